@@ -1,0 +1,42 @@
+# lakeloom — two commands on a fresh machine: `make demo` and `make test`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+
+.PHONY: venv demo test check format bench clean-demo
+
+venv: $(STAMP)
+
+# Recreated only when missing or when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip 2>&1 | { grep -v "is ignored" || true; }
+	$(BIN)/python -m pip install -q -e ".[dev]" 2>&1 | { grep -v "is ignored" || true; }
+	$(BIN)/python -c "import lake, lancedb, imagehash"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lakeloom demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+check: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+
+clean-demo:
+	rm -rf data/lake data/demo

@@ -1,0 +1,1 @@
+"""lakeloom: conf package."""

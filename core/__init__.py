@@ -1,0 +1,1 @@
+"""lakeloom: core package."""

@@ -1,0 +1,1 @@
+"""lakeloom: lake package."""

@@ -1,0 +1,40 @@
+"""Content keys: ``media_id`` from bytes, ``sample_id`` from canonical sample content."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+SAMPLE_CONTENT_FIELDS = ("media_ids", "messages", "caption", "label", "chosen", "rejected")
+
+
+def media_id(data: bytes) -> str:
+    """sha256 of the original bytes, hex."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sample_id(
+    media_ids: Sequence[str],
+    messages: Sequence[dict[str, str]],
+    caption: str | None = None,
+    label: str | None = None,
+    chosen: str | None = None,
+    rejected: str | None = None,
+) -> str:
+    """sha256 of the canonical JSON of a sample's content.
+
+    The dataset name and source location are deliberately not part of the key: the same
+    content re-ingested (or exported and ingested back) gets the same id.
+    """
+    content: dict[str, Any] = {
+        "media_ids": list(media_ids),
+        "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+        "caption": caption,
+        "label": label,
+        "chosen": chosen,
+        "rejected": rejected,
+    }
+    blob = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()

@@ -1,0 +1,94 @@
+"""Image enrichment done at ingest: verify, measure, perceptual hash and thumbnail.
+
+Runs in worker processes, so it imports only PIL and imagehash. The original bytes are
+never modified; EXIF orientation is applied to the thumbnail (and the hash) only.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import imagehash
+from PIL import Image, ImageOps
+
+Image.MAX_IMAGE_PIXELS = None  # we enforce our own, configurable limit below
+_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """Limits and outputs of image processing (``conf/media/default.yaml``)."""
+
+    thumb_size: int = 128
+    thumb_quality: int = 85
+    max_pixels: int = 89_478_485  # PIL's own decompression-bomb threshold
+    formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What processing found out about one image."""
+
+    mime: str
+    width: int
+    height: int
+    phash: int
+    thumb: bytes
+
+
+class ImageRejected(Exception):
+    """The bytes are not an acceptable image; the message is the reason."""
+
+
+def process_image(data: bytes, settings: ImageSettings) -> ImageInfo:
+    """Decode and verify ``data`` fully, then hash and thumbnail it.
+
+    Raises ImageRejected for unidentifiable, unsupported, truncated or corrupt images and
+    for images over ``max_pixels`` (decompression bombs), before decoding any pixels.
+    """
+    if not data:
+        raise ImageRejected("empty file")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError:
+        raise ImageRejected("not a recognised image format") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageRejected(f"corrupt or truncated image: {exc}") from None
+    if img.format not in settings.formats:
+        raise ImageRejected(f"unsupported image format {img.format}")
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise ImageRejected(f"invalid image size {width}x{height}")
+    if width * height > settings.max_pixels:
+        raise ImageRejected(
+            f"decompression bomb: {width}x{height} = {width * height} pixels "
+            f"> max_pixels {settings.max_pixels}"
+        )
+    mime = Image.MIME.get(img.format, "application/octet-stream")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # PIL reports some corruption only as warnings
+            img.load()
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise ImageRejected(f"corrupt or truncated image: {exc}") from None
+    orientation = img.getexif().get(_ORIENTATION, 1)
+    oriented = img if orientation in (1, None) else ImageOps.exif_transpose(img)
+    phash = int(str(imagehash.phash(oriented)), 16)
+    return ImageInfo(mime, width, height, phash, _thumbnail(data, img, oriented, settings))
+
+
+def _thumbnail(
+    data: bytes, img: Image.Image, oriented: Image.Image, settings: ImageSettings
+) -> bytes:
+    """A JPEG no larger than ``thumb_size``; small upright JPEGs are reused as they are."""
+    if img.format == "JPEG" and oriented is img and max(img.size) <= settings.thumb_size:
+        return data
+    thumb = oriented.copy() if oriented is img else oriented
+    thumb.thumbnail((settings.thumb_size, settings.thumb_size), Image.Resampling.BILINEAR)
+    if thumb.mode != "RGB":
+        thumb = thumb.convert("RGBA").convert("RGB") if thumb.mode == "P" else thumb.convert("RGB")
+    out = io.BytesIO()
+    thumb.save(out, format="JPEG", quality=settings.thumb_quality)
+    return out.getvalue()

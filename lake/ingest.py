@@ -1,0 +1,481 @@
+"""The ingest runner: source records -> processed media -> merge-inserted lake rows.
+
+Pipeline (one pass, bounded memory): a feeder thread reads each record's media bytes and
+hashes them; media not yet in the lake go to worker processes that verify, measure,
+phash and thumbnail them; the main thread assembles samples in source order and commits
+media then samples every ``write_batch`` samples. A record is written whole or not at
+all: any bad media rejects the record, with its location, into the rejects report.
+Because keys are content hashes and writes insert only missing keys, a re-run (or a run
+resumed after a crash) converges to the lake a single clean run produces.
+
+Run it as ``python -m lake.ingest source=NAME source.path=PATH`` or ``lakeloom ingest``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from lake import ids, provenance
+from lake.errors import ConfigError
+from lake.images import ImageInfo, ImageRejected, ImageSettings, process_image
+from lake.job import RunContext, hydra_job
+from lake.plugin import Source
+from lake.records import Reject, SourceRecord
+from lake.schema import MEDIA, MEDIA_SCHEMA, SAMPLES, SAMPLES_SCHEMA
+from lake.store import Lake
+
+log = logging.getLogger("lakeloom.ingest")
+
+
+@dataclass
+class IngestSettings:
+    """Runner options (``ingest:`` in ``conf/ingest.yaml``)."""
+
+    workers: int | str = "auto"
+    chunk_size: int = 256
+    write_batch: int = 5000
+    progress: bool = True
+    image: ImageSettings = field(default_factory=ImageSettings)
+
+
+@dataclass
+class IngestReport:
+    """Counts and timing of one ingest run."""
+
+    run_id: str
+    dataset: str
+    records: int = 0
+    new_samples: int = 0
+    present_samples: int = 0
+    new_media: int = 0
+    images_processed: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    rejects_path: str | None = None
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def ingested(self) -> int:
+        """Samples that are in the lake after the run (new or already present)."""
+        return self.new_samples + self.present_samples
+
+    @property
+    def images_per_s(self) -> float:
+        """Images decoded and processed per second of wall time."""
+        return self.images_processed / self.seconds if self.seconds else 0.0
+
+    def counts(self) -> dict[str, Any]:
+        """JSON-ready counts for the run record."""
+        return {
+            "records": self.records,
+            "new_samples": self.new_samples,
+            "present_samples": self.present_samples,
+            "new_media": self.new_media,
+            "images_processed": self.images_processed,
+            "rejected": self.rejected,
+            "seconds": round(self.seconds, 3),
+            "images_per_s": round(self.images_per_s, 1),
+        }
+
+    def summary(self) -> str:
+        """Human-readable closing lines."""
+        lines = [
+            f"ingest {self.dataset}: {self.records} records -> {self.new_samples} new samples, "
+            f"{self.present_samples} already present, {self.rejected} rejected; "
+            f"{self.new_media} new media; {self.images_processed} images in {self.seconds:.1f} s "
+            f"({self.images_per_s:.0f} images/s)"
+        ]
+        if self.rejected:
+            lines.append(f"rejects report: {self.rejects_path}")
+            for reason, n in self.reasons.most_common(8):
+                lines.append(f"  {n:6d}  {reason}")
+        return "\n".join(lines)
+
+
+# -- worker side ---------------------------------------------------------------------------
+_WORKER_SETTINGS = ImageSettings()
+
+
+def _init_worker(settings: ImageSettings) -> None:
+    global _WORKER_SETTINGS
+    _WORKER_SETTINGS = settings
+
+
+def _process_chunk(task: tuple[int, list[tuple[str, bytes]]]) -> tuple[int, list[tuple[str, Any]]]:
+    idx, items = task
+    out: list[tuple[str, Any]] = []
+    for mid, data in items:
+        try:
+            out.append((mid, process_image(data, _WORKER_SETTINGS)))
+        except ImageRejected as exc:
+            out.append((mid, str(exc)))
+    return idx, out
+
+
+# -- main side -----------------------------------------------------------------------------
+@dataclass
+class _Prepared:
+    record: SourceRecord | None
+    media_ids: list[str]
+    reject: Reject | None = None
+
+
+@dataclass
+class _Staged:
+    items: list[_Prepared]
+    new_media: dict[str, tuple[bytes, str, str]]  # media_id -> (bytes, source_uri, kind)
+
+
+class _Feeder:
+    """Reads and hashes media for chunks of records; runs in the pool's feeder thread."""
+
+    def __init__(self, source: Source, present_media: set[str], chunk_size: int, inflight: int):
+        self.source = source
+        self.present_media = present_media
+        self.chunk_size = chunk_size
+        self.staged: dict[int, _Staged] = {}
+        self.slots = threading.BoundedSemaphore(inflight)
+        self.seen: set[str] = set()
+
+    def tasks(self) -> Iterator[tuple[int, list[tuple[str, bytes]]]]:
+        chunk: list[SourceRecord | Reject] = []
+        idx = 0
+        for rec in self.source.records():
+            chunk.append(rec)
+            if len(chunk) >= self.chunk_size:
+                yield self._stage(idx, chunk)
+                idx, chunk = idx + 1, []
+        if chunk:
+            yield self._stage(idx, chunk)
+
+    def _stage(self, idx: int, chunk: list[SourceRecord | Reject]) -> tuple[int, list]:
+        self.slots.acquire()  # back-pressure: at most `inflight` chunks read ahead
+        items: list[_Prepared] = []
+        new_media: dict[str, tuple[bytes, str, str]] = {}
+        for rec in chunk:
+            if isinstance(rec, Reject):
+                items.append(_Prepared(None, [], rec))
+                continue
+            mids: list[str] = []
+            reject = None
+            for ref in rec.media:
+                try:
+                    data = ref.data if ref.data is not None else ref.path.read_bytes()  # type: ignore[union-attr]
+                except OSError as exc:
+                    reject = Reject(
+                        rec.location, f"cannot read {ref.source_uri}: {exc.strerror or exc}"
+                    )
+                    break
+                mid = ids.media_id(data)
+                mids.append(mid)
+                if mid not in self.present_media and mid not in self.seen:
+                    self.seen.add(mid)
+                    new_media[mid] = (data, ref.source_uri, ref.kind)
+            items.append(_Prepared(rec, mids, reject))
+        self.staged[idx] = _Staged(items, new_media)
+        return idx, [(mid, v[0]) for mid, v in new_media.items()]
+
+
+class _Writer:
+    """Buffers accepted rows and commits them media-first in large batches."""
+
+    def __init__(self, lake: Lake, write_batch: int):
+        self.lake = lake
+        self.write_batch = write_batch
+        self.media: list[dict[str, Any]] = []
+        self.samples: list[dict[str, Any]] = []
+        self.new_media = 0
+        self.new_samples = 0
+
+    def add(self, media_rows: list[dict[str, Any]], sample_row: dict[str, Any]) -> None:
+        self.media.extend(media_rows)
+        self.samples.append(sample_row)
+        if len(self.samples) >= self.write_batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.media:
+            self.new_media += self.lake.insert_new(
+                MEDIA, pa.Table.from_pylist(self.media, MEDIA_SCHEMA)
+            )
+        if self.samples:
+            rows = pa.Table.from_pylist(self.samples, SAMPLES_SCHEMA)
+            self.new_samples += self.lake.insert_new(SAMPLES, rows)
+        self.media, self.samples = [], []
+
+
+def ingest(
+    source: Source,
+    lake: Lake,
+    dataset: str | None = None,
+    settings: IngestSettings | None = None,
+    ctx: RunContext | None = None,
+    rejects_path: str | Path | None = None,
+) -> IngestReport:
+    """Ingest every record of ``source`` into ``lake``; return the counts.
+
+    ``rejects_path`` receives one JSON line per rejected record (source file, line or
+    row, reason); it is rewritten by each run, so it always describes the last run.
+    """
+    settings = settings or IngestSettings()
+    ctx = ctx or RunContext("ingest", provenance.new_run_id("ingest"), "", "")
+    dataset = dataset or source.default_dataset()
+    report = IngestReport(ctx.run_id, dataset)
+    started = time.perf_counter()
+    lake.record_run(ctx.record("running", inputs={"source": source.name, **source.params()}))
+
+    present_media = lake.keys(MEDIA)
+    present_samples = lake.keys(SAMPLES)
+    total = source.count()
+    workers = _worker_count(settings, total)
+    feeder = _Feeder(source, present_media, settings.chunk_size, inflight=2 * max(workers, 1) + 2)
+    writer = _Writer(lake, settings.write_batch)
+    rejects = _RejectsFile(rejects_path)
+    report.rejects_path = str(rejects_path) if rejects_path else None
+    status: dict[str, ImageInfo | str] = {}
+    written_media: set[str] = set()
+    orphans: dict[str, tuple[bytes, str, str]] = {}
+    media_steps = provenance.steps(
+        ("read", {}),
+        (
+            "decode_verify",
+            {"max_pixels": settings.image.max_pixels, "formats": list(settings.image.formats)},
+        ),
+        ("phash", {"algo": "imagehash.phash", "hash_size": 8, "exif_transpose": True}),
+        (
+            "thumbnail",
+            {"max_side": settings.image.thumb_size, "quality": settings.image.thumb_quality},
+        ),
+    )
+    media_prov = provenance.record(
+        source.name, source.version, ctx.config_hash, ctx.run_id, media_steps
+    )
+    seen_samples: set[str] = set()
+    bar = _progress(settings.progress, total, dataset)
+
+    def consume(idx: int, results: list[tuple[str, Any]]) -> None:
+        staged = feeder.staged.pop(idx)
+        feeder.slots.release()
+        for mid, res in results:
+            status[mid] = res
+        report.images_processed += sum(1 for _, r in results if isinstance(r, ImageInfo))
+        for item in staged.items:
+            report.records += 1
+            reject = item.reject or _media_problem(item, status)
+            if reject is not None:
+                report.rejected += 1
+                report.reasons[_reason_kind(reject.reason)] += 1
+                rejects.write(reject)
+                continue
+            rec = item.record
+            assert rec is not None
+            sid = ids.sample_id(
+                item.media_ids, rec.messages, rec.caption, rec.label, rec.chosen, rec.rejected
+            )
+            if sid in present_samples or sid in seen_samples:
+                report.present_samples += 1
+                continue
+            seen_samples.add(sid)
+            media_rows = []
+            for mid in item.media_ids:
+                if mid in present_media or mid in written_media:
+                    continue
+                written_media.add(mid)
+                data, uri, kind = staged.new_media.get(mid) or orphans.pop(mid)
+                info = status[mid]
+                assert isinstance(info, ImageInfo)
+                media_rows.append(_media_row(mid, data, uri, kind, info, media_prov))
+            writer.add(media_rows, _sample_row(sid, dataset, item, rec, source, ctx))
+        # Valid media whose records were all rejected may still be used by a later record.
+        for mid, staged_media in staged.new_media.items():
+            if mid not in written_media and isinstance(status.get(mid), ImageInfo):
+                orphans[mid] = staged_media
+        if bar is not None:
+            bar.update(len(staged.items))
+
+    try:
+        if workers == 0:
+            for task in feeder.tasks():
+                consume(*_process_chunk_inline(task, settings.image))
+        else:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(workers, _init_worker, (settings.image,)) as pool:
+                for idx, results in pool.imap(_process_chunk, feeder.tasks()):
+                    consume(idx, results)
+        writer.flush()
+    finally:
+        rejects.close()
+        if bar is not None:
+            bar.close()
+    report.new_media = writer.new_media
+    report.new_samples = writer.new_samples
+    report.present_samples += len(seen_samples) - writer.new_samples  # lost races: counted once
+    report.seconds = time.perf_counter() - started
+    versions = lake.tag(ctx.run_id)
+    lake.record_run(
+        ctx.record(
+            "finished",
+            inputs={"source": source.name, "dataset": dataset, **source.params()},
+            counts=report.counts(),
+            versions=versions,
+        )
+    )
+    return report
+
+
+def _process_chunk_inline(task: tuple[int, list[tuple[str, bytes]]], settings: ImageSettings):
+    _init_worker(settings)
+    return _process_chunk(task)
+
+
+def _media_problem(item: _Prepared, status: dict[str, ImageInfo | str]) -> Reject | None:
+    rec = item.record
+    assert rec is not None
+    for ref, mid in zip(rec.media, item.media_ids, strict=True):
+        res = status.get(mid)
+        if isinstance(res, str):
+            return Reject(rec.location, f"image {ref.source_uri}: {res}")
+    return None
+
+
+def _reason_kind(reason: str) -> str:
+    """Group reasons for the summary: drop the per-file detail after the first colon."""
+    head = reason.split(": ", 2)
+    return ": ".join(head[1:2]) if reason.startswith("image ") and len(head) > 1 else head[0]
+
+
+def _media_row(
+    mid: str, data: bytes, uri: str, kind: str, info: ImageInfo, prov: dict
+) -> dict[str, Any]:
+    return {
+        "media_id": mid,
+        "kind": kind,
+        "mime": info.mime,
+        "bytes": data,
+        "width": info.width,
+        "height": info.height,
+        "thumb": info.thumb,
+        "phash": info.phash,
+        "source_uri": uri,
+        "provenance": prov,
+    }
+
+
+def _sample_row(
+    sid: str, dataset: str, item: _Prepared, rec: SourceRecord, source: Source, ctx: RunContext
+) -> dict[str, Any]:
+    steps = provenance.steps(*rec.steps, ("canonicalize", {"format": source.name}))
+    return {
+        "sample_id": sid,
+        "dataset": dataset,
+        "media_ids": item.media_ids,
+        "messages": rec.messages,
+        "caption": rec.caption,
+        "label": rec.label,
+        "chosen": rec.chosen,
+        "rejected": rec.rejected,
+        "tags": rec.tags,
+        "flags": [],
+        "source_uri": rec.location.uri(),
+        "provenance": provenance.record(
+            source.name, source.version, ctx.config_hash, ctx.run_id, steps
+        ),
+    }
+
+
+def _worker_count(settings: IngestSettings, total: int | None) -> int:
+    if settings.workers == "auto":
+        if total is not None and total < 2 * settings.chunk_size:
+            return 0
+        return os.cpu_count() or 1
+    return int(settings.workers)
+
+
+class _RejectsFile:
+    """The rejects report: truncated at the start of a run, one JSON line per reject."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+        self.fh = None
+        if self.path is not None and self.path.exists():
+            self.path.unlink()
+
+    def write(self, reject: Reject) -> None:
+        if self.path is None:
+            return
+        if self.fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = self.path.open("w", encoding="utf-8")
+        self.fh.write(json.dumps({**reject.location.as_dict(), "reason": reject.reason}) + "\n")
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+
+def _progress(enabled: bool, total: int | None, dataset: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"ingest {dataset}", unit="rec", smoothing=0.1, mininterval=0.5)
+
+
+def settings_from_config(cfg: Any) -> IngestSettings:
+    """Build runner settings from the ``ingest`` and ``media`` config nodes."""
+    m = cfg.media
+    image = ImageSettings(
+        int(m.thumb_size), int(m.thumb_quality), int(m.max_pixels), tuple(m.formats)
+    )
+    i = cfg.ingest
+    return IngestSettings(i.workers, int(i.chunk_size), int(i.write_batch), bool(i.progress), image)
+
+
+def build_source(cfg: Any) -> Source:
+    """Instantiate and validate the configured Source plugin."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        source = instantiate(cfg.source)
+    except InstantiationException as exc:
+        raise ConfigError(f"cannot create source {cfg.source.get('_target_')}: {exc}") from exc
+    if not isinstance(source, Source):
+        raise ConfigError(f"{cfg.source._target_} is not a Source plugin")
+    try:
+        source.validate()
+    except OSError as exc:
+        raise ConfigError(str(exc)) from exc
+    return source
+
+
+@hydra_job("ingest")
+def main(cfg: Any) -> int:
+    """Hydra entry point: ingest one source and print the summary."""
+    ctx = RunContext.from_config("ingest", cfg)
+    source = build_source(cfg)
+    dataset = cfg.dataset or source.default_dataset()
+    lake = Lake(cfg.lake.uri)
+    rejects = Path(cfg.lake.reports) / "rejects" / f"{dataset}.jsonl"
+    report = ingest(source, lake, dataset, settings_from_config(cfg), ctx, rejects)
+    print(report.summary())
+    if report.ingested == 0:
+        print("lakeloom: nothing could be ingested", flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    main()

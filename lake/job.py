@@ -1,0 +1,91 @@
+"""What every lake job shares: Hydra entry, run identity, run records and exit codes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from lake import provenance
+from lake.errors import ConfigError, LakeloomError
+from lake.plugin import config_search_path
+
+log = logging.getLogger("lakeloom")
+
+CONFIG_PATH = "pkg://conf"
+
+
+@dataclass
+class RunContext:
+    """Identity of one job run: id, resolved config and its hash."""
+
+    job: str
+    run_id: str
+    config_yaml: str
+    config_hash: str
+    started_at: datetime = field(default_factory=provenance.now)
+
+    @classmethod
+    def from_config(cls, job: str, cfg: Any) -> RunContext:
+        """Build the context from a Hydra config (resolving it validates interpolations)."""
+        from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
+
+        try:
+            yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(str(exc)) from exc
+        return cls(job, provenance.new_run_id(job), yaml, provenance.config_hash(yaml))
+
+    def record(self, status: str, **extra: Any) -> dict[str, Any]:
+        """A row for the ``runs`` table."""
+        return {
+            "run_id": self.run_id,
+            "job": self.job,
+            "status": status,
+            "started_at": self.started_at,
+            "finished_at": None if status == "running" else provenance.now(),
+            "config_yaml": self.config_yaml,
+            "config_hash": self.config_hash,
+            "lakeloom_version": provenance.lakeloom_version(),
+            **extra,
+        }
+
+
+def hydra_job(config_name: str) -> Callable[[Callable[[Any], int | None]], Callable[[], None]]:
+    """Make ``fn(cfg) -> exit code`` a Hydra app reading ``conf/<config_name>.yaml``.
+
+    Adds the config search path of third-party plugins, and turns lakeloom errors into
+    a one-line message and an exit status (2 for config errors, 1 otherwise).
+    """
+
+    def wrap(fn: Callable[[Any], int | None]) -> Callable[[], None]:
+        import hydra
+
+        @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)
+        def hydra_entry(cfg: Any) -> None:
+            try:
+                code = fn(cfg) or 0
+            except ConfigError as exc:
+                print(f"lakeloom: invalid configuration: {exc}", file=sys.stderr)
+                code = 2
+            except LakeloomError as exc:
+                print(f"lakeloom: {exc}", file=sys.stderr)
+                code = 1
+            if code:
+                sys.exit(code)
+
+        @functools.wraps(fn)
+        def main() -> None:
+            extra = config_search_path()
+            if extra and not any(a.startswith("hydra.searchpath") for a in sys.argv):
+                sys.argv.append(f"hydra.searchpath=[{','.join(extra)}]")
+            hydra_entry()
+
+        return main
+
+    return wrap

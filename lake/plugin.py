@@ -1,0 +1,129 @@
+"""Plugin kinds and discovery.
+
+Four kinds, each a small class with one job (see ``DESIGN.md``): :class:`Source`,
+``Enricher``, ``Check`` and ``Exporter``. Every plugin declares ``name``, ``version`` and
+``kind``. Built-ins and third-party plugins come through the same door: the
+``lakeloom.plugins`` entry-point group (a third-party package may also register a
+``lakeloom.conf`` entry point naming a package of Hydra config groups).
+``lake`` never imports ``plugins``: it discovers them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import ClassVar
+
+from lake.errors import PluginError
+from lake.records import Reject, SourceRecord
+from lake.sources import PathPolicy
+
+PLUGIN_GROUP = "lakeloom.plugins"
+CONF_GROUP = "lakeloom.conf"
+
+
+class Plugin(ABC):
+    """Common declarations of every plugin."""
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "0.1.0"
+    kind: ClassVar[str]
+
+
+class Source(Plugin):
+    """Reads a raw dataset and yields records or rejects.
+
+    ``path`` is a folder or a file; the dataset root (against which image paths are
+    resolved) is the folder itself, or the file's folder. Subclasses implement
+    :meth:`records` and never read media bytes themselves: the ingest runner does that
+    in worker processes.
+    """
+
+    kind: ClassVar[str] = "source"
+
+    def __init__(
+        self,
+        path: str | Path,
+        allow_absolute: bool = False,
+        allow_outside_root: bool = False,
+        allow_urls: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.policy = PathPolicy(allow_absolute, allow_outside_root, allow_urls)
+
+    @property
+    def root(self) -> Path:
+        """Folder that image paths are relative to."""
+        return self.path if self.path.is_dir() else self.path.parent
+
+    def default_dataset(self) -> str:
+        """Dataset name used when the job does not give one: the source folder's name."""
+        return self.root.resolve().name
+
+    def validate(self) -> None:
+        """Raise FileNotFoundError when the source path does not exist."""
+        if not self.path.exists():
+            raise FileNotFoundError(f"source path does not exist: {self.path}")
+
+    def count(self) -> int | None:
+        """Number of records if cheaply known (for the progress bar), else None."""
+        return None
+
+    def params(self) -> dict[str, object]:
+        """Options recorded in provenance."""
+        return {"path": str(self.path), **self.policy.__dict__}
+
+    @abstractmethod
+    def records(self) -> Iterator[SourceRecord | Reject]:
+        """Yield every record of the source, or a Reject for each unreadable one."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One discovered plugin."""
+
+    name: str
+    kind: str
+    version: str
+    target: str
+    distribution: str
+
+
+def discover() -> list[PluginInfo]:
+    """List plugins registered in the ``lakeloom.plugins`` entry-point group."""
+    found: list[PluginInfo] = []
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            cls = ep.load()
+        except Exception as exc:  # a broken third-party plugin must not hide the others
+            found.append(PluginInfo(ep.name, "?", "?", ep.value, f"load failed: {exc}"))
+            continue
+        dist = ep.dist.name if ep.dist else "?"
+        found.append(
+            PluginInfo(
+                getattr(cls, "name", ep.name),
+                getattr(cls, "kind", "?"),
+                getattr(cls, "version", "?"),
+                ep.value,
+                dist,
+            )
+        )
+    return sorted(found, key=lambda p: (p.kind, p.name))
+
+
+def load_class(target: str) -> type:
+    """Import ``module:Class`` or ``module.Class``."""
+    module, _, attr = target.replace(":", ".").rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise PluginError(f"cannot load plugin {target!r}: {exc}") from exc
+
+
+def config_search_path() -> list[str]:
+    """Hydra search-path entries (``pkg://...``) that third-party plugins register."""
+    return [f"pkg://{ep.value}" for ep in entry_points(group=CONF_GROUP)]

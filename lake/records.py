@@ -1,0 +1,65 @@
+"""What a Source yields: records (media references + sample fields) and rejects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a record came from: a file relative to the source root, and a line or row."""
+
+    file: str
+    line: int | None = None
+    row: int | None = None
+
+    def uri(self) -> str:
+        """``file#L12`` for a line, ``file#12`` for a row, ``file`` alone otherwise."""
+        if self.line is not None:
+            return f"{self.file}#L{self.line}"
+        if self.row is not None:
+            return f"{self.file}#{self.row}"
+        return self.file
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready form for the rejects report."""
+        return {"source_file": self.file, "line": self.line, "row": self.row}
+
+
+@dataclass(frozen=True)
+class MediaRef:
+    """One media object a record refers to: a file on disk or inline bytes.
+
+    ``source_uri`` is the path relative to the source root (or a description of where
+    inline bytes came from); ``path`` is where to read the bytes, or None when ``data``
+    holds them already.
+    """
+
+    source_uri: str
+    path: Path | None = None
+    data: bytes | None = None
+    kind: str = "image"
+
+
+@dataclass
+class SourceRecord:
+    """One training example as read from a source, before its media are processed."""
+
+    location: Location
+    media: list[MediaRef] = field(default_factory=list)
+    messages: list[dict[str, str]] = field(default_factory=list)
+    caption: str | None = None
+    label: str | None = None
+    chosen: str | None = None
+    rejected: str | None = None
+    tags: list[str] = field(default_factory=list)
+    steps: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A record that could not be read, with its location and the reason."""
+
+    location: Location
+    reason: str

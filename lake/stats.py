@@ -1,0 +1,42 @@
+"""``lakeloom stats``: row counts per table, per dataset and per media kind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lake.job import hydra_job
+from lake.schema import MEDIA, RUNS, SAMPLES
+from lake.store import Lake
+
+
+def lake_stats(lake: Lake) -> dict[str, Any]:
+    """Counts of every table, samples per dataset and media per kind."""
+    return {
+        "tables": {t: lake.count(t) for t in (MEDIA, SAMPLES, RUNS)},
+        "datasets": dict(sorted(lake.value_counts(SAMPLES, "dataset").items())),
+        "media_kinds": dict(sorted(lake.value_counts(MEDIA, "kind").items())),
+    }
+
+
+def format_stats(stats: dict[str, Any], uri: str) -> str:
+    """Plain-text rendering of :func:`lake_stats`."""
+    lines = [f"lake {uri}", "", f"{'table':<12}{'rows':>12}"]
+    lines += [f"{t:<12}{n:>12,}" for t, n in stats["tables"].items()]
+    if stats["datasets"]:
+        lines += ["", f"{'dataset':<24}{'samples':>12}"]
+        lines += [f"{d:<24}{n:>12,}" for d, n in stats["datasets"].items()]
+    if stats["media_kinds"]:
+        lines += ["", f"{'media kind':<24}{'rows':>12}"]
+        lines += [f"{k:<24}{n:>12,}" for k, n in stats["media_kinds"].items()]
+    return "\n".join(lines)
+
+
+@hydra_job("stats")
+def main(cfg: Any) -> int:
+    """Print the lake's counts."""
+    print(format_stats(lake_stats(Lake(cfg.lake.uri)), cfg.lake.uri))
+    return 0
+
+
+if __name__ == "__main__":
+    main()

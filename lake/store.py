@@ -1,0 +1,171 @@
+"""The lake: an embedded LanceDB database holding the ``media``, ``samples`` and ``runs`` tables.
+
+All writes go through :meth:`Lake.insert_new` (merge-insert on the table's key, inserting
+only keys not yet present) or :meth:`Lake.upsert`; each is one atomic Lance commit, so a
+crash between two writes leaves a consistent lake and a re-run converges.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lake.errors import LakeNotFoundError
+from lake.schema import KEYS, MEDIA, RUNS, SAMPLES, SCHEMAS
+
+DEFAULT_URI = "data/lake"
+
+
+class Lake:
+    """Handle on a lake directory; tables are opened lazily and created on first write."""
+
+    def __init__(self, uri: str | Path = DEFAULT_URI) -> None:
+        import lancedb  # ~3 s import: keep `lakeloom --help` fast
+
+        self.uri = str(uri)
+        self.db = lancedb.connect(self.uri)
+
+    # -- tables -------------------------------------------------------------------------
+    def table_names(self) -> list[str]:
+        """Names of the tables that exist."""
+        return list(self.db.list_tables().tables)
+
+    def exists(self, name: str) -> bool:
+        """Whether table ``name`` exists."""
+        return name in self.table_names()
+
+    def table(self, name: str, version: int | str | None = None) -> Any:
+        """Open a table, optionally at an earlier version number or tag."""
+        if not self.exists(name):
+            raise LakeNotFoundError(f"table {name!r} does not exist in lake {self.uri}")
+        tbl = self.db.open_table(name)
+        if version is not None:
+            tbl.checkout(version)
+        return tbl
+
+    def ensure(self, name: str) -> Any:
+        """Open a table, creating it empty with its schema when missing."""
+        if self.exists(name):
+            return self.db.open_table(name)
+        return self.db.create_table(name, schema=SCHEMAS[name], exist_ok=True)
+
+    def dataset(self, name: str, version: int | str | None = None) -> Any:
+        """The pylance dataset behind a table (for scans with projection and filters)."""
+        return self.table(name, version).to_lance()
+
+    # -- reads ----------------------------------------------------------------------------
+    def keys(self, name: str) -> set[str]:
+        """Every key currently in table ``name`` (empty when the table does not exist)."""
+        if not self.exists(name):
+            return set()
+        key = KEYS[name]
+        col = self.dataset(name).to_table(columns=[key]).column(key)
+        return set(col.to_pylist())
+
+    def count(self, name: str, where: str | None = None) -> int:
+        """Row count of a table (0 when missing), optionally filtered."""
+        if not self.exists(name):
+            return 0
+        return self.table(name).count_rows(where)
+
+    def value_counts(self, name: str, column: str) -> dict[str, int]:
+        """Rows per distinct value of ``column``, reading only that column."""
+        if not self.exists(name):
+            return {}
+        col = self.dataset(name).to_table(columns=[column]).column(column)
+        counts = pc.value_counts(col).to_pylist()
+        return {str(c["values"]): int(c["counts"]) for c in counts}
+
+    # -- writes ---------------------------------------------------------------------------
+    def insert_new(self, name: str, rows: pa.Table) -> int:
+        """Merge-insert rows whose key is not yet in the table; return how many were new.
+
+        Rows are cast to the table's schema first, so a wrong column fails loudly before
+        anything is written.
+        """
+        if rows.num_rows == 0:
+            return 0
+        tbl = self.ensure(name)
+        rows = _conform(rows, tbl.schema)
+        result = tbl.merge_insert(KEYS[name]).when_not_matched_insert_all().execute(rows)
+        return int(result.num_inserted_rows)
+
+    def upsert(self, name: str, rows: pa.Table) -> None:
+        """Insert rows, replacing rows with the same key."""
+        if rows.num_rows == 0:
+            return
+        tbl = self.ensure(name)
+        rows = _conform(rows, tbl.schema)
+        (
+            tbl.merge_insert(KEYS[name])
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute(rows)
+        )
+
+    # -- versions -------------------------------------------------------------------------
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        """Versions of a table, oldest first, with their timestamp, row count and tags."""
+        tbl = self.table(name)
+        tags: dict[int, list[str]] = {}
+        for tag, info in tbl.tags.list().items():
+            tags.setdefault(int(info["version"]), []).append(tag)
+        out = []
+        for v in tbl.list_versions():
+            meta = v.get("metadata", {})
+            out.append(
+                {
+                    "version": int(v["version"]),
+                    "timestamp": v["timestamp"],
+                    "rows": int(meta.get("total_rows", 0)),
+                    "tags": sorted(tags.get(int(v["version"]), [])),
+                }
+            )
+        return out
+
+    def tag(self, tag: str, tables: Iterable[str] = (MEDIA, SAMPLES)) -> dict[str, int]:
+        """Tag the current version of each existing table with ``tag``; return the versions."""
+        tagged = {}
+        for name in tables:
+            if not self.exists(name):
+                continue
+            tbl = self.table(name)
+            tbl.tags.create(tag, tbl.version)
+            tagged[name] = int(tbl.version)
+        return tagged
+
+    def current_versions(self) -> dict[str, int]:
+        """Current version of every data table."""
+        return {n: int(self.table(n).version) for n in (MEDIA, SAMPLES) if self.exists(n)}
+
+    # -- runs -----------------------------------------------------------------------------
+    def record_run(self, run: dict[str, Any]) -> None:
+        """Write (or update) the run's record in the ``runs`` table."""
+        row = {f.name: run.get(f.name) for f in SCHEMAS[RUNS]}
+        for key in ("inputs", "counts", "versions"):
+            if row[key] is not None and not isinstance(row[key], str):
+                row[key] = json.dumps(row[key], sort_keys=True, default=str)
+        self.upsert(RUNS, pa.Table.from_pylist([row], schema=SCHEMAS[RUNS]))
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run record, oldest first."""
+        if not self.exists(RUNS):
+            return []
+        rows = self.dataset(RUNS).to_table().to_pylist()
+        return sorted(rows, key=lambda r: r["started_at"])
+
+
+def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Reorder and cast ``rows`` to ``schema``; columns missing from rows become nulls."""
+    cols = []
+    for field in schema:
+        if field.name in rows.column_names:
+            cols.append(rows.column(field.name).cast(field.type))
+        else:
+            cols.append(pa.nulls(rows.num_rows, field.type))
+    return pa.Table.from_arrays(cols, schema=schema)
