@@ -22,11 +22,13 @@ def sample_id(
     label: str | None = None,
     chosen: str | None = None,
     rejected: str | None = None,
+    key: str | None = None,
 ) -> str:
     """sha256 of the canonical JSON of a sample's content.
 
     The dataset name and source location are deliberately not part of the key: the same
-    content re-ingested (or exported and ingested back) gets the same id.
+    content re-ingested (or exported and ingested back) gets the same id. ``key`` is
+    included only when a source sets it (records with no distinguishing content).
     """
     content: dict[str, Any] = {
         "media_ids": list(media_ids),
@@ -36,5 +38,7 @@ def sample_id(
         "chosen": chosen,
         "rejected": rejected,
     }
+    if key is not None:
+        content["key"] = key
     blob = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()

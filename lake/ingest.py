@@ -280,9 +280,8 @@ def ingest(
                 continue
             rec = item.record
             assert rec is not None
-            sid = ids.sample_id(
-                item.media_ids, rec.messages, rec.caption, rec.label, rec.chosen, rec.rejected
-            )
+            content = (rec.messages, rec.caption, rec.label, rec.chosen, rec.rejected, rec.key)
+            sid = ids.sample_id(item.media_ids, *content)
             if sid in present_samples or sid in seen_samples:
                 report.present_samples += 1
                 continue
@@ -443,17 +442,17 @@ def settings_from_config(cfg: Any) -> IngestSettings:
     return IngestSettings(i.workers, int(i.chunk_size), int(i.write_batch), bool(i.progress), image)
 
 
-def build_source(cfg: Any) -> Source:
-    """Instantiate and validate the configured Source plugin."""
+def build_source(source_cfg: Any) -> Source:
+    """Instantiate and validate a Source plugin from its config node (``_target_`` + options)."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     try:
-        source = instantiate(cfg.source)
+        source = instantiate(source_cfg)
     except InstantiationException as exc:
-        raise ConfigError(f"cannot create source {cfg.source.get('_target_')}: {exc}") from exc
+        raise ConfigError(f"cannot create source {source_cfg.get('_target_')}: {exc}") from exc
     if not isinstance(source, Source):
-        raise ConfigError(f"{cfg.source._target_} is not a Source plugin")
+        raise ConfigError(f"{source_cfg.get('_target_')} is not a Source plugin")
     try:
         source.validate()
     except OSError as exc:
@@ -465,7 +464,7 @@ def build_source(cfg: Any) -> Source:
 def main(cfg: Any) -> int:
     """Hydra entry point: ingest one source and print the summary."""
     ctx = RunContext.from_config("ingest", cfg)
-    source = build_source(cfg)
+    source = build_source(cfg.source)
     dataset = cfg.dataset or source.default_dataset()
     lake = Lake(cfg.lake.uri)
     rejects = Path(cfg.lake.reports) / "rejects" / f"{dataset}.jsonl"

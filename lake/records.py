@@ -54,6 +54,9 @@ class SourceRecord:
     chosen: str | None = None
     rejected: str | None = None
     tags: list[str] = field(default_factory=list)
+    # Distinguishes records whose content is otherwise identical (image_folder: the
+    # file path, so byte-identical copies stay separate samples for the duplicate check).
+    key: str | None = None
     steps: list[tuple[str, dict[str, object]]] = field(default_factory=list)
 
 

@@ -78,5 +78,6 @@ class ImageFolderSource(Source):
                 media=[MediaRef(source_uri=rel, path=file.resolve())],
                 label=label,
                 caption=caption,
+                key=rel,
                 steps=[("scan_class_folders", {"label_from": "top-level folder"})],
             )

@@ -1,0 +1,110 @@
+"""Benchmark: ingest N demo images through `image_folder` vs a read+decode+phash floor.
+
+Both sides use the same number of worker processes and the same files (page cache warm
+for both: the floor runs first, then the lake ingest, then the floor again, and the
+faster floor is kept). Prints a table and a last line with a JSON object of the figures.
+
+    python bench/ingest.py [--n 10000] [--workers auto] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import imagehash
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lake.demo_data import generate
+
+from lake.ingest import IngestSettings, ingest
+from lake.store import Lake
+from plugins.image_folder import ImageFolderSource
+
+
+def _floor_chunk(paths: list[str]) -> int:
+    for p in paths:
+        with open(p, "rb") as fh:
+            img = Image.open(fh)
+            img.load()
+            imagehash.phash(img)
+    return len(paths)
+
+
+def floor(files: list[Path], workers: int, chunk: int) -> float:
+    """Seconds to read, decode and phash every file with ``workers`` processes."""
+    chunks = [[str(p) for p in files[i : i + chunk]] for i in range(0, len(files), chunk)]
+    t0 = time.perf_counter()
+    with mp.get_context("spawn").Pool(workers) as pool:
+        done = sum(pool.imap(_floor_chunk, chunks))
+    assert done == len(files)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    """Run both sides and print the comparison."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--workers", default="auto")
+    ap.add_argument("--chunk", type=int, default=256)
+    ap.add_argument("--keep", type=Path, help="folder for data and lake (default: a temp dir)")
+    args = ap.parse_args()
+    workers = os.cpu_count() or 1 if args.workers == "auto" else int(args.workers)
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="lakeloom-bench-"))
+    data = work / "shapes"
+    t0 = time.perf_counter()
+    gen = generate(data, n=args.n, seed=0, wrong_caption_frac=0, exact_dup_frac=0, near_dup_frac=0)
+    gen_s = time.perf_counter() - t0
+    files = sorted(p for p in data.rglob("*.jpg"))
+    floor_a = floor(files, workers, args.chunk)
+
+    lake_dir = work / "lake"
+    shutil.rmtree(lake_dir, ignore_errors=True)
+    settings = IngestSettings(workers=workers, chunk_size=args.chunk, progress=False)
+    t0 = time.perf_counter()
+    report = ingest(ImageFolderSource(data), Lake(lake_dir), settings=settings)
+    lake_s = time.perf_counter() - t0
+    floor_b = floor(files, workers, args.chunk)
+    floor_s = min(floor_a, floor_b)
+
+    n = len(files)
+    assert report.new_samples == n, report.summary()
+    overhead = lake_s / floor_s - 1
+    rows = [
+        ("floor: read + decode + phash", floor_s, n / floor_s),
+        ("lakeloom ingest (image_folder)", lake_s, n / lake_s),
+    ]
+    print(f"{n} images ({gen['images']} generated in {gen_s:.1f} s), {workers} worker processes")
+    print(f"{'':34}{'seconds':>10}{'images/s':>12}")
+    for name, s, rate in rows:
+        print(f"{name:34}{s:>10.2f}{rate:>12.0f}")
+    print(f"lake overhead over the floor: {overhead:+.1%} (target <= +30%)")
+    print(
+        json.dumps(
+            {
+                "bench": "ingest",
+                "images": n,
+                "workers": workers,
+                "floor_images_per_s": round(n / floor_s, 1),
+                "ingest_images_per_s": round(n / lake_s, 1),
+                "ratio": round(floor_s / lake_s, 3),
+                "overhead": round(overhead, 3),
+            }
+        )
+    )
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""``lakeloom demo``: generate the shapes demo if absent, ingest it, print the lake stats.
+
+Later stages (enrich, check, split, train) extend this job as they land.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lake.demo_data import generate_from_config
+from lake.ingest import build_source, ingest, settings_from_config
+from lake.job import RunContext, hydra_job
+from lake.stats import format_stats, lake_stats
+from lake.store import Lake
+
+
+@hydra_job("demo")
+def main(cfg: Any) -> int:
+    """Run the demo pipeline."""
+    summary = generate_from_config(cfg.demo)
+    print(f"demo data: {summary['images']} images in {summary['path']}")
+    lake = Lake(cfg.lake.uri)
+    settings = settings_from_config(cfg)
+    for dataset, source_cfg in cfg.datasets.items():
+        ctx = RunContext.from_config("ingest", cfg)
+        source = build_source(source_cfg)
+        rejects = Path(cfg.lake.reports) / "rejects" / f"{dataset}.jsonl"
+        report = ingest(source, lake, str(dataset), settings, ctx, rejects)
+        print(report.summary())
+    print()
+    print(format_stats(lake_stats(lake), cfg.lake.uri))
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Shared fixtures: offline settings and small real image datasets made by the tests."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def jpeg_bytes(
+    color: tuple[int, int, int], size: tuple[int, int] = (64, 48), **save: object
+) -> bytes:
+    """A real JPEG of one colour with a darker square, so images differ in structure."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", size, color)
+    ImageDraw.Draw(img).rectangle((4, 4, size[0] // 2, size[1] // 2), fill=(20, 20, 20))
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=90, **save)
+    return out.getvalue()
+
+
+def png_bytes(color: tuple[int, int, int], size: tuple[int, int] = (40, 40)) -> bytes:
+    """A real PNG of one colour."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.fixture
+def class_folder(tmp_path: Path) -> Path:
+    """``pets/{cat,dog}/*``: 4 cats (JPEG), 3 dogs (PNG) and one byte-identical copy."""
+    root = tmp_path / "pets"
+    (root / "cat").mkdir(parents=True)
+    (root / "dog").mkdir()
+    for i in range(4):
+        (root / "cat" / f"cat{i}.jpg").write_bytes(jpeg_bytes((200, 40 * i, 30)))
+    for i in range(3):
+        (root / "dog" / f"dog{i}.png").write_bytes(png_bytes((10, 60 * i, 200)))
+    (root / "cat" / "cat0_copy.jpg").write_bytes((root / "cat" / "cat0.jpg").read_bytes())
+    (root / "README.txt").write_text("top-level files are ignored")
+    return root
+
+
+@pytest.fixture
+def lake(tmp_path: Path):
+    """An empty lake in a temporary folder."""
+    from lake.store import Lake
+
+    return Lake(tmp_path / "lake")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Textual Pilot tests run on asyncio."""
+    return "asyncio"
