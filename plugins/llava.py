@@ -1,0 +1,32 @@
+"""Source plugin: LLaVA instruction data (JSON array or JSONL of ``conversations``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from plugins.sharegpt import ShareGPTSource
+
+
+class LlavaSource(ShareGPTSource):
+    """LLaVA records: ``{"id", "image" | "images", "conversations": [{"from", "value"}]}``.
+
+    The ShareGPT reader with LLaVA's fixed keys (``conversations``, ``from``, ``value``;
+    ``human`` / ``gpt``). ``<image>`` placeholders pair in order with the images; a record
+    without images is a text-only sample when its conversation has no placeholder. The
+    record ``id`` is not kept (samples are keyed by content). ``image_folder`` is the
+    subfolder of the dataset root that image paths are relative to (LLaVA's
+    ``--image_folder``); null means the dataset root itself.
+    """
+
+    name = "llava"
+    version = "0.1.0"
+    step: ClassVar[str] = "parse_llava"
+
+    def __init__(self, path: str | Path, image_folder: str | None = None, **kwargs: bool) -> None:
+        super().__init__(path, image_folder=image_folder, **kwargs)
+
+    def params(self) -> dict[str, object]:
+        """Options recorded in provenance (the fixed LLaVA keys are left out)."""
+        fixed = ("messages_key", "role_key", "content_key", "user_tag", "assistant_tag")
+        return {k: v for k, v in super().params().items() if k not in (*fixed, "system_tag")}

@@ -1,0 +1,241 @@
+"""Source plugin: ShareGPT conversations (JSON array or JSONL), with preference pairs.
+
+Also home of the code the JSON-based sources share (``sharegpt``, ``llava``,
+``messages``): :func:`dataset_files` lists a source's files and :class:`JsonRecordsSource`
+iterates their records with locations, resolves media under the path policy (with the
+``image_folder`` prefix) and turns a :class:`~lake.errors.RejectedInput` raised while
+parsing one record into a Reject at that record's location, so reading goes on.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path, PurePosixPath
+from typing import ClassVar
+from urllib.parse import urlparse
+
+from lake.errors import RejectedInput
+from lake.plugin import Source
+from lake.records import Location, MediaRef, Reject, SourceRecord
+from lake.sources import (
+    canonical_messages,
+    canonical_role,
+    image_list,
+    iter_json_records,
+    resolve_media,
+)
+
+JSON_SUFFIXES = (".json", ".jsonl")
+
+
+def dataset_files(path: Path, suffixes: Sequence[str]) -> list[Path]:
+    """``path`` itself when it is a file, else its top-level files ending in ``suffixes``.
+
+    Files are sorted by name; hidden files are skipped.
+    """
+    if not path.is_dir():
+        return [path]
+    return sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
+    )
+
+
+def relative_name(file: Path, root: Path) -> str:
+    """``file`` relative to ``root`` (POSIX), or its full path when outside it."""
+    return file.relative_to(root).as_posix() if file.is_relative_to(root) else file.as_posix()
+
+
+def json_type(value: object) -> str:
+    """JSON name of a parsed value's type, for reject reasons."""
+    names = {dict: "object", list: "array", str: "string", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def require(obj: dict[str, object], key: str) -> object:
+    """``obj[key]``, or RejectedInput naming the missing field."""
+    if obj.get(key) is None:
+        raise RejectedInput(f"missing field {key!r}")
+    return obj[key]
+
+
+class JsonRecordsSource(Source):
+    """Base of sources reading JSON objects from one file or every JSON(L) file of a folder.
+
+    ``path`` is a ``.json`` (array) or ``.jsonl`` file, or a folder whose top-level
+    ``*.json`` / ``*.jsonl`` files are all read in name order. ``image_folder`` is a prefix
+    (relative to the dataset root, like LLaVA's ``--image_folder``) joined to every plain
+    relative image path. Subclasses implement :meth:`parse` for one record.
+    """
+
+    step: ClassVar[str]
+
+    def __init__(self, path: str | Path, image_folder: str | None = None, **kwargs: bool) -> None:
+        super().__init__(path, **kwargs)
+        self.image_folder = image_folder or None
+
+    def files(self) -> list[Path]:
+        """The JSON(L) files to read, in order."""
+        return dataset_files(self.path, JSON_SUFFIXES)
+
+    def validate(self) -> None:
+        """The path must exist; a folder must hold at least one JSON(L) file."""
+        super().validate()
+        if not self.files():
+            raise FileNotFoundError(f"{self.name} source: no *.json or *.jsonl in {self.path}")
+
+    def count(self) -> None:
+        """Unknown without parsing the files (a JSON array must be read whole)."""
+        return None
+
+    def params(self) -> dict[str, object]:
+        """Options recorded in provenance."""
+        return {**super().params(), "image_folder": self.image_folder}
+
+    def records(self) -> Iterator[SourceRecord | Reject]:
+        """Parse every record of every file; a bad record becomes a Reject at its location."""
+        root = self.root
+        for file in self.files():
+            try:
+                for item in iter_json_records(file, root):
+                    if isinstance(item, Reject):
+                        yield item
+                        continue
+                    location, obj = item
+                    try:
+                        if not isinstance(obj, dict):
+                            raise RejectedInput(
+                                f"record must be a JSON object, got {json_type(obj)}"
+                            )
+                        yield self.parse(obj, location)
+                    except RejectedInput as exc:
+                        yield Reject(location, exc.reason)
+            except OSError as exc:
+                yield Reject(
+                    Location(relative_name(file, root)), f"cannot read file: {exc.strerror or exc}"
+                )
+
+    @abstractmethod
+    def parse(self, obj: dict[str, object], location: Location) -> SourceRecord:
+        """Turn one JSON object into a record, or raise RejectedInput with the reason."""
+
+    def media(self, refs: Iterable[object]) -> list[MediaRef]:
+        """Resolve image references (with the ``image_folder`` prefix) under the policy."""
+        return [resolve_media(self.root, self._prefixed(ref), self.policy) for ref in refs]
+
+    def _prefixed(self, ref: object) -> object:
+        """Prefix plain relative paths with ``image_folder``; leave anything else alone."""
+        if not self.image_folder or not isinstance(ref, str):
+            return ref
+        ref = ref.strip()
+        if ref.startswith("data:") or len(urlparse(ref).scheme) > 1 or Path(ref).is_absolute():
+            return ref
+        return (PurePosixPath(self.image_folder) / ref).as_posix()
+
+
+class ShareGPTSource(JsonRecordsSource):
+    """ShareGPT conversations: ``conversations`` = ``[{"from", "value"}, ...]``.
+
+    The conversation, role and content keys and the user / assistant / system tags are
+    configurable; the standard aliases (``human``, ``gpt``, ``user``, ``assistant``,
+    ``system``, ...) are accepted as well, any other role is a reject. Images come from
+    ``image`` (one) or ``images`` (a list) and pair in order with the ``<image>``
+    placeholders. A top-level string ``system`` field becomes a leading system message.
+    A record with ``chosen`` and ``rejected`` (each a string or a turn object) is a
+    preference pair; one without the other is a reject.
+    """
+
+    name = "sharegpt"
+    version = "0.1.0"
+    step: ClassVar[str] = "parse_sharegpt"
+
+    def __init__(
+        self,
+        path: str | Path,
+        messages_key: str = "conversations",
+        role_key: str = "from",
+        content_key: str = "value",
+        user_tag: str = "human",
+        assistant_tag: str = "gpt",
+        system_tag: str = "system",
+        image_folder: str | None = None,
+        **kwargs: bool,
+    ) -> None:
+        super().__init__(path, image_folder=image_folder, **kwargs)
+        self.messages_key = messages_key
+        self.role_key = role_key
+        self.content_key = content_key
+        self.user_tag = user_tag
+        self.assistant_tag = assistant_tag
+        self.system_tag = system_tag
+
+    def params(self) -> dict[str, object]:
+        """Options recorded in provenance."""
+        return {
+            **super().params(),
+            "messages_key": self.messages_key,
+            "role_key": self.role_key,
+            "content_key": self.content_key,
+            "user_tag": self.user_tag,
+            "assistant_tag": self.assistant_tag,
+            "system_tag": self.system_tag,
+        }
+
+    def role(self, tag: object) -> str:
+        """Canonical role of a turn's tag: a configured tag first, then the aliases."""
+        tags = {self.user_tag: "user", self.assistant_tag: "assistant", self.system_tag: "system"}
+        if isinstance(tag, str) and tag in tags:
+            return tags[tag]
+        return canonical_role(tag)
+
+    def parse(self, obj: dict[str, object], location: Location) -> SourceRecord:
+        """One ShareGPT record -> canonical messages, media and preference pair."""
+        conv = require(obj, self.messages_key)
+        if not isinstance(conv, list):
+            raise RejectedInput(f"{self.messages_key!r} must be a list, got {json_type(conv)}")
+        turns: list[tuple[object, object]] = []
+        system = obj.get("system")
+        if system is not None and not isinstance(system, str):
+            raise RejectedInput(f"'system' must be a string, got {json_type(system)}")
+        if system and system.strip():
+            turns.append(("system", system))
+        for i, turn in enumerate(conv):
+            if not isinstance(turn, dict):
+                raise RejectedInput(f"turn {i} must be an object, got {json_type(turn)}")
+            for key in (self.role_key, self.content_key):
+                if key not in turn:
+                    raise RejectedInput(f"turn {i}: missing field {key!r}")
+            turns.append((self.role(turn[self.role_key]), turn[self.content_key]))
+        images = image_list(obj)
+        messages = canonical_messages(turns, len(images))
+        chosen, rejected = self._preference(obj)
+        return SourceRecord(
+            location=location,
+            media=self.media(images),
+            messages=messages,
+            chosen=chosen,
+            rejected=rejected,
+            steps=[(self.step, {"format": self.name})],
+        )
+
+    def _preference(self, obj: dict[str, object]) -> tuple[str | None, str | None]:
+        has = [k for k in ("chosen", "rejected") if obj.get(k) is not None]
+        if not has:
+            return None, None
+        if len(has) == 1:
+            other = "rejected" if has[0] == "chosen" else "chosen"
+            raise RejectedInput(f"{has[0]!r} without {other!r}: a preference pair needs both")
+        return self._answer(obj["chosen"], "chosen"), self._answer(obj["rejected"], "rejected")
+
+    def _answer(self, value: object, key: str) -> str:
+        if isinstance(value, dict):
+            if self.content_key not in value:
+                raise RejectedInput(f"{key!r}: missing field {self.content_key!r}")
+            if self.role_key in value:
+                self.role(value[self.role_key])
+            value = value[self.content_key]
+        if not isinstance(value, str) or not value.strip():
+            raise RejectedInput(f"{key!r} must be a non-empty string or turn object")
+        return value
