@@ -73,7 +73,7 @@ def process_image(data: bytes, settings: ImageSettings) -> ImageInfo:
             img.load()
     except Exception as exc:  # PIL raises many types for corrupt data
         raise ImageRejected(f"corrupt or truncated image: {exc}") from None
-    orientation = img.getexif().get(_ORIENTATION, 1)
+    orientation = img.getexif().get(_ORIENTATION, 1) if "exif" in img.info else 1
     oriented = img if orientation in (1, None) else ImageOps.exif_transpose(img)
     phash = int(str(imagehash.phash(oriented)), 16)
     return ImageInfo(mime, width, height, phash, _thumbnail(data, img, oriented, settings))

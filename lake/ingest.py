@@ -372,10 +372,25 @@ def _media_row(
     }
 
 
+_STEPS_CACHE: dict[int, tuple[object, list[dict[str, str]]]] = {}
+
+
+def _record_steps(rec: SourceRecord, source: Source) -> list[dict[str, str]]:
+    """Provenance steps of a record; sources that share one steps list pay JSON once."""
+    hit = _STEPS_CACHE.get(id(rec.steps))
+    if hit is not None and hit[0] is rec.steps:
+        return hit[1]
+    encoded = provenance.steps(*rec.steps, ("canonicalize", {"format": source.name}))
+    if len(_STEPS_CACHE) > 64:
+        _STEPS_CACHE.clear()
+    _STEPS_CACHE[id(rec.steps)] = (rec.steps, encoded)  # holding the list keeps its id unique
+    return encoded
+
+
 def _sample_row(
     sid: str, dataset: str, item: _Prepared, rec: SourceRecord, source: Source, ctx: RunContext
 ) -> dict[str, Any]:
-    steps = provenance.steps(*rec.steps, ("canonicalize", {"format": source.name}))
+    steps = _record_steps(rec, source)
     return {
         "sample_id": sid,
         "dataset": dataset,

@@ -61,8 +61,9 @@ class ImageFolderSource(Source):
     def records(self) -> Iterator[SourceRecord | Reject]:
         """One record per image candidate."""
         root = self.path.resolve()
+        steps = [("scan_class_folders", {"label_from": "top-level folder"})]  # shared: cheap
         for file in self._list():
-            rel = file.resolve().relative_to(root).as_posix()
+            rel = file.relative_to(self.path).as_posix()
             label = rel.split("/", 1)[0]
             caption = None
             if self.caption_sidecar:
@@ -71,13 +72,15 @@ class ImageFolderSource(Source):
                     try:
                         caption = side.read_text(encoding="utf-8").strip() or None
                     except UnicodeDecodeError as exc:
-                        yield Reject(Location(side.relative_to(root).as_posix()), f"caption: {exc}")
+                        yield Reject(
+                            Location(side.relative_to(self.path).as_posix()), f"caption: {exc}"
+                        )
                         continue
             yield SourceRecord(
                 location=Location(rel),
-                media=[MediaRef(source_uri=rel, path=file.resolve())],
+                media=[MediaRef(source_uri=rel, path=root / rel)],
                 label=label,
                 caption=caption,
                 key=rel,
-                steps=[("scan_class_folders", {"label_from": "top-level folder"})],
+                steps=steps,
             )
