@@ -35,7 +35,7 @@ class ImageInfo:
     width: int
     height: int
     phash: int
-    thumb: bytes
+    thumb: bytes | None  # None: the original bytes serve as the thumbnail
 
 
 class ImageRejected(Exception):

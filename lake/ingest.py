@@ -1,7 +1,7 @@
 """The ingest runner: source records -> processed media -> merge-inserted lake rows.
 
-Pipeline (one pass, bounded memory): a feeder thread reads each record's media bytes and
-hashes them; media not yet in the lake go to worker processes that verify, measure,
+Pipeline (one pass, bounded memory): the main process reads each record's media bytes
+and hashes them; media not yet in the lake go to worker processes that verify, measure,
 phash and thumbnail them; the main thread assembles samples in source order and commits
 media then samples every ``write_batch`` samples. A record is written whole or not at
 all: any bad media rejects the record, with its location, into the rejects report.
@@ -16,9 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,14 +137,13 @@ class _Staged:
 
 
 class _Feeder:
-    """Reads and hashes media for chunks of records; runs in the pool's feeder thread."""
+    """Reads and hashes the media of chunks of records; keeps their bytes until consumed."""
 
-    def __init__(self, source: Source, present_media: set[str], chunk_size: int, inflight: int):
+    def __init__(self, source: Source, present_media: set[str], chunk_size: int):
         self.source = source
         self.present_media = present_media
         self.chunk_size = chunk_size
         self.staged: dict[int, _Staged] = {}
-        self.slots = threading.BoundedSemaphore(inflight)
         self.seen: set[str] = set()
 
     def tasks(self) -> Iterator[tuple[int, list[tuple[str, bytes]]]]:
@@ -160,7 +158,6 @@ class _Feeder:
             yield self._stage(idx, chunk)
 
     def _stage(self, idx: int, chunk: list[SourceRecord | Reject]) -> tuple[int, list]:
-        self.slots.acquire()  # back-pressure: at most `inflight` chunks read ahead
         items: list[_Prepared] = []
         new_media: dict[str, tuple[bytes, str, str]] = {}
         for rec in chunk:
@@ -171,7 +168,7 @@ class _Feeder:
             reject = None
             for ref in rec.media:
                 try:
-                    data = ref.data if ref.data is not None else ref.path.read_bytes()  # type: ignore[union-attr]
+                    data = ref.data if ref.data is not None else _read(ref.path)
                 except OSError as exc:
                     reject = Reject(
                         rec.location, f"cannot read {ref.source_uri}: {exc.strerror or exc}"
@@ -187,32 +184,71 @@ class _Feeder:
         return idx, [(mid, v[0]) for mid, v in new_media.items()]
 
 
+def _read(path: Path | str | None) -> bytes:
+    if path is None:
+        raise OSError("no path and no inline data")
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
 class _Writer:
-    """Buffers accepted rows and commits them media-first in large batches."""
+    """Buffers accepted rows column-wise and commits them media-first in large batches.
+
+    Provenance values repeat (one per run and source step list), so rows hold an index
+    into the distinct values and the column is built with one ``take``.
+    """
 
     def __init__(self, lake: Lake, write_batch: int):
         self.lake = lake
         self.write_batch = write_batch
-        self.media: list[dict[str, Any]] = []
-        self.samples: list[dict[str, Any]] = []
+        self.media: dict[str, list[Any]] = {f.name: [] for f in MEDIA_SCHEMA}
+        self.samples: dict[str, list[Any]] = {f.name: [] for f in SAMPLES_SCHEMA}
+        self.provs: list[dict[str, Any]] = []
+        self.prov_index: dict[int, int] = {}
         self.new_media = 0
         self.new_samples = 0
 
+    def prov(self, value: dict[str, Any]) -> int:
+        """Index of a provenance value (identical objects share one index)."""
+        i = self.prov_index.get(id(value))
+        if i is None or self.provs[i] is not value:
+            i = len(self.provs)
+            self.provs.append(value)
+            self.prov_index[id(value)] = i
+        return i
+
     def add(self, media_rows: list[dict[str, Any]], sample_row: dict[str, Any]) -> None:
-        self.media.extend(media_rows)
-        self.samples.append(sample_row)
-        if len(self.samples) >= self.write_batch:
+        for row in media_rows:
+            for k, v in row.items():
+                self.media[k].append(v)
+        for k, v in sample_row.items():
+            self.samples[k].append(v)
+        if len(self.samples["sample_id"]) >= self.write_batch:
             self.flush()
 
+    def _table(self, cols: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
+        n = len(cols[schema.names[0]])
+        provs = pa.array(self.provs, type=schema.field("provenance").type)
+        arrays = []
+        for f in schema:
+            if f.name == "provenance":
+                arrays.append(provs.take(pa.array(cols[f.name], pa.int32())))
+            elif cols[f.name]:
+                arrays.append(pa.array(cols[f.name], type=f.type))
+            else:
+                arrays.append(pa.nulls(n, f.type))
+        return pa.Table.from_arrays(arrays, schema=schema)
+
     def flush(self) -> None:
-        if self.media:
-            self.new_media += self.lake.insert_new(
-                MEDIA, pa.Table.from_pylist(self.media, MEDIA_SCHEMA)
+        if self.media["media_id"]:
+            self.new_media += self.lake.insert_new(MEDIA, self._table(self.media, MEDIA_SCHEMA))
+        if self.samples["sample_id"]:
+            self.new_samples += self.lake.insert_new(
+                SAMPLES, self._table(self.samples, SAMPLES_SCHEMA)
             )
-        if self.samples:
-            rows = pa.Table.from_pylist(self.samples, SAMPLES_SCHEMA)
-            self.new_samples += self.lake.insert_new(SAMPLES, rows)
-        self.media, self.samples = [], []
+        self.media = {k: [] for k in self.media}
+        self.samples = {k: [] for k in self.samples}
+        self.provs, self.prov_index = [], {}
 
 
 def ingest(
@@ -239,7 +275,7 @@ def ingest(
     present_samples = lake.keys(SAMPLES)
     total = source.count()
     workers = _worker_count(settings, total)
-    feeder = _Feeder(source, present_media, settings.chunk_size, inflight=2 * max(workers, 1) + 2)
+    feeder = _Feeder(source, present_media, settings.chunk_size)
     writer = _Writer(lake, settings.write_batch)
     rejects = _RejectsFile(rejects_path)
     report.rejects_path = str(rejects_path) if rejects_path else None
@@ -266,7 +302,6 @@ def ingest(
 
     def consume(idx: int, results: list[tuple[str, Any]]) -> None:
         staged = feeder.staged.pop(idx)
-        feeder.slots.release()
         for mid, res in results:
             status[mid] = res
         report.images_processed += sum(1 for _, r in results if isinstance(r, ImageInfo))
@@ -294,8 +329,9 @@ def ingest(
                 data, uri, kind = staged.new_media.get(mid) or orphans.pop(mid)
                 info = status[mid]
                 assert isinstance(info, ImageInfo)
-                media_rows.append(_media_row(mid, data, uri, kind, info, media_prov))
-            writer.add(media_rows, _sample_row(sid, dataset, item, rec, source, ctx))
+                media_rows.append(_media_row(mid, data, uri, kind, info, writer.prov(media_prov)))
+            prov = writer.prov(_sample_prov(rec, source, ctx))
+            writer.add(media_rows, _sample_row(sid, dataset, item, rec, prov))
         # Valid media whose records were all rejected may still be used by a later record.
         for mid, staged_media in staged.new_media.items():
             if mid not in written_media and isinstance(status.get(mid), ImageInfo):
@@ -308,11 +344,7 @@ def ingest(
             for task in feeder.tasks():
                 consume(*_process_chunk_inline(task, settings.image))
         else:
-            import multiprocessing as mp
-
-            with mp.get_context("spawn").Pool(workers, _init_worker, (settings.image,)) as pool:
-                for idx, results in pool.imap(_process_chunk, feeder.tasks()):
-                    consume(idx, results)
+            _run_pool(feeder, consume, workers, settings.image, inflight=2 * workers + 2)
         writer.flush()
     finally:
         rejects.close()
@@ -332,6 +364,29 @@ def ingest(
         )
     )
     return report
+
+
+def _run_pool(
+    feeder: _Feeder, consume: Any, workers: int, image: ImageSettings, inflight: int
+) -> None:
+    """Process chunks in worker processes, at most ``inflight`` ahead, consuming in order.
+
+    A worker that dies (or cannot start) raises BrokenProcessPool instead of hanging.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("spawn")  # Lance is not fork-safe; workers import PIL only
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_worker, initargs=(image,)
+    ) as pool:
+        pending: deque = deque()
+        for task in feeder.tasks():
+            pending.append(pool.submit(_process_chunk, task))
+            if len(pending) >= inflight:
+                consume(*pending.popleft().result())
+        while pending:
+            consume(*pending.popleft().result())
 
 
 def _process_chunk_inline(task: tuple[int, list[tuple[str, bytes]]], settings: ImageSettings):
@@ -356,7 +411,7 @@ def _reason_kind(reason: str) -> str:
 
 
 def _media_row(
-    mid: str, data: bytes, uri: str, kind: str, info: ImageInfo, prov: dict
+    mid: str, data: bytes, uri: str, kind: str, info: ImageInfo, prov: int
 ) -> dict[str, Any]:
     return {
         "media_id": mid,
@@ -365,32 +420,38 @@ def _media_row(
         "bytes": data,
         "width": info.width,
         "height": info.height,
-        "thumb": info.thumb,
+        "duration_s": None,
+        "thumb": data if info.thumb is None else info.thumb,
         "phash": info.phash,
+        "parent_id": None,
+        "t_start": None,
+        "t_end": None,
+        "scene": None,
+        "transcript": None,
         "source_uri": uri,
         "provenance": prov,
     }
 
 
-_STEPS_CACHE: dict[int, tuple[object, list[dict[str, str]]]] = {}
+_PROV_CACHE: dict[int, tuple[object, dict[str, Any]]] = {}
 
 
-def _record_steps(rec: SourceRecord, source: Source) -> list[dict[str, str]]:
-    """Provenance steps of a record; sources that share one steps list pay JSON once."""
-    hit = _STEPS_CACHE.get(id(rec.steps))
-    if hit is not None and hit[0] is rec.steps:
+def _sample_prov(rec: SourceRecord, source: Source, ctx: RunContext) -> dict[str, Any]:
+    """Provenance of a record's sample; records sharing one steps list share one value."""
+    hit = _PROV_CACHE.get(id(rec.steps))
+    if hit is not None and hit[0] is rec.steps and hit[1]["run_id"] == ctx.run_id:
         return hit[1]
-    encoded = provenance.steps(*rec.steps, ("canonicalize", {"format": source.name}))
-    if len(_STEPS_CACHE) > 64:
-        _STEPS_CACHE.clear()
-    _STEPS_CACHE[id(rec.steps)] = (rec.steps, encoded)  # holding the list keeps its id unique
-    return encoded
+    steps = provenance.steps(*rec.steps, ("canonicalize", {"format": source.name}))
+    value = provenance.record(source.name, source.version, ctx.config_hash, ctx.run_id, steps)
+    if len(_PROV_CACHE) > 64:
+        _PROV_CACHE.clear()
+    _PROV_CACHE[id(rec.steps)] = (rec.steps, value)  # holding the list keeps its id unique
+    return value
 
 
 def _sample_row(
-    sid: str, dataset: str, item: _Prepared, rec: SourceRecord, source: Source, ctx: RunContext
+    sid: str, dataset: str, item: _Prepared, rec: SourceRecord, prov: int
 ) -> dict[str, Any]:
-    steps = _record_steps(rec, source)
     return {
         "sample_id": sid,
         "dataset": dataset,
@@ -400,12 +461,12 @@ def _sample_row(
         "label": rec.label,
         "chosen": rec.chosen,
         "rejected": rec.rejected,
+        "split": None,
         "tags": rec.tags,
         "flags": [],
+        "clip_score": None,
         "source_uri": rec.location.uri(),
-        "provenance": provenance.record(
-            source.name, source.version, ctx.config_hash, ctx.run_id, steps
-        ),
+        "provenance": prov,
     }
 
 

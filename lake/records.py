@@ -37,7 +37,7 @@ class MediaRef:
     """
 
     source_uri: str
-    path: Path | None = None
+    path: Path | str | None = None
     data: bytes | None = None
     kind: str = "image"
 

@@ -27,7 +27,7 @@ class ImageFolderSource(Source):
     def __init__(self, path: str | Path, caption_sidecar: bool = False, **kwargs: bool) -> None:
         super().__init__(path, **kwargs)
         self.caption_sidecar = caption_sidecar
-        self._files: list[Path] | None = None
+        self._files: list[tuple[str, str]] | None = None  # (path relative to root, full path)
 
     def validate(self) -> None:
         """The path must be a folder."""
@@ -35,18 +35,22 @@ class ImageFolderSource(Source):
         if not self.path.is_dir():
             raise NotADirectoryError(f"image_folder source.path must be a folder: {self.path}")
 
-    def _list(self) -> list[Path]:
+    def _list(self) -> list[tuple[str, str]]:
+        # Plain strings: pathlib costs more than the image hashing on small images.
         if self._files is None:
-            files: list[Path] = []
-            for class_dir in sorted(p for p in self.path.iterdir() if p.is_dir()):
-                if class_dir.name.startswith("."):
+            root = str(self.path.resolve())
+            files: list[tuple[str, str]] = []
+            for class_dir in sorted(os.listdir(root)):
+                top = os.path.join(root, class_dir)
+                if class_dir.startswith(".") or not os.path.isdir(top):
                     continue
-                for dirpath, dirnames, filenames in os.walk(class_dir):
+                for dirpath, dirnames, filenames in os.walk(top):
                     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                    rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
                     for fn in sorted(filenames):
-                        if fn.startswith(".") or Path(fn).suffix.lower() in SIDECARS:
+                        if fn.startswith(".") or os.path.splitext(fn)[1].lower() in SIDECARS:
                             continue
-                        files.append(Path(dirpath) / fn)
+                        files.append((f"{rel_dir}/{fn}", os.path.join(dirpath, fn)))
             self._files = files
         return self._files
 
@@ -60,25 +64,22 @@ class ImageFolderSource(Source):
 
     def records(self) -> Iterator[SourceRecord | Reject]:
         """One record per image candidate."""
-        root = self.path.resolve()
         steps = [("scan_class_folders", {"label_from": "top-level folder"})]  # shared: cheap
-        for file in self._list():
-            rel = file.relative_to(self.path).as_posix()
+        for rel, full in self._list():
             label = rel.split("/", 1)[0]
             caption = None
             if self.caption_sidecar:
-                side = file.with_suffix(".txt")
+                side = Path(full).with_suffix(".txt")
                 if side.is_file():
                     try:
                         caption = side.read_text(encoding="utf-8").strip() or None
                     except UnicodeDecodeError as exc:
-                        yield Reject(
-                            Location(side.relative_to(self.path).as_posix()), f"caption: {exc}"
-                        )
+                        side_rel = rel.rsplit(".", 1)[0] + ".txt"
+                        yield Reject(Location(side_rel), f"caption: {exc}")
                         continue
             yield SourceRecord(
                 location=Location(rel),
-                media=[MediaRef(source_uri=rel, path=root / rel)],
+                media=[MediaRef(source_uri=rel, path=full)],
                 label=label,
                 caption=caption,
                 key=rel,
