@@ -16,6 +16,16 @@ JOBS: dict[str, tuple[str, str]] = {
     "ingest": ("lake.ingest", "ingest a source into the lake: source=NAME source.path=PATH"),
     "stats": ("lake.stats", "row counts per table, dataset and media kind"),
     "versions": ("lake.versions", "list lake versions and the runs that tagged them"),
+    "check": ("lake.check", "run consistency checks: [check=NAME] [where=SQL] [dataset=NAME]"),
+    "train": (
+        "core.train",
+        "train a model on the lake: +experiment=NAME [model=NAME] [+debug=NAME]",
+    ),
+    "enrich": (
+        "lake.enrich",
+        "add columns with enricher plugins: enrich=clip [enrich.model.run=ID]",
+    ),
+    "query": ("lake.query", 'search the lake by CLIP similarity: text="..." | image=PATH [k=10]'),
     "plugins": ("lake.plugins_cmd", "list installed plugins"),
     "schema": ("lake.schema_cmd", "print the lake schema as Markdown"),
 }

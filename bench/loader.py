@@ -1,0 +1,132 @@
+"""Benchmark: LanceDataModule train loader vs a raw Lance scan + decode of the same rows.
+
+Builds a lake of N generated JPEGs (lake.ingest + plugins.image_folder), then in the same
+run measures samples/s of
+  (a) raw: ``to_batches`` over the samples' ``media_ids`` and the media ``bytes`` of the
+      same rows (the floor: sequential scans, no sample<->media join, no shuffling), with
+      the same PIL decode;
+  (b) the data module's shuffled train loader (media by row id, and by ``media_id IN``
+      filter) with a decode-only collator, in the main process and with workers.
+Prints a table and a last line with a JSON object of the figures (target: data module
+>= 0.9x raw with the same number of processes).
+
+    python bench/loader.py [--n 4000] [--batch 64] [--workers 2] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.data.collate import DecodeCollator
+from core.data.lance_data import LanceDataModule
+from lake.ingest import IngestSettings, ingest
+from lake.store import Lake
+from plugins.image_folder import ImageFolderSource
+
+
+def make_images(root: Path, n: int, size: int = 96) -> None:
+    """``n`` JPEGs of random blocks in 4 class folders."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        d = root / f"c{i % 4}"
+        d.mkdir(parents=True, exist_ok=True)
+        arr = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
+        img = Image.fromarray(arr).resize((size, size), Image.NEAREST)
+        img.save(d / f"{i:06d}.jpg", quality=85)
+
+
+def _decode(data: bytes) -> None:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    img.convert("RGB")
+
+
+def raw_scan(lake: Lake, sample_rows: np.ndarray, batch: int) -> float:
+    """Samples/s of scanning the same samples' rows and their media bytes, + decode."""
+    samples, media = lake.dataset("samples"), lake.dataset("media")
+    t0 = time.perf_counter()
+    n = 0
+    for b in samples.to_batches(columns=["sample_id", "label", "media_ids"], batch_size=batch):
+        n += b.num_rows
+    for b in media.to_batches(columns=["bytes"], batch_size=batch):
+        for data in b.column("bytes").to_pylist():
+            _decode(data)
+    assert n >= len(sample_rows)
+    return n / (time.perf_counter() - t0)
+
+
+def module_rate(uri: str, batch: int, workers: int, media_read: str) -> tuple[float, int]:
+    """Samples/s of one epoch of the train loader (worker start-up excluded)."""
+    dm = LanceDataModule(
+        uri, batch_size=batch, num_workers=workers, val_fraction=0, test_fraction=0,
+        media_read=media_read, persistent_workers=True,
+    )  # fmt: skip
+    dm.set_collator(DecodeCollator())
+    loader = dm.loader("train")
+    it = iter(loader)
+    first = next(it)  # workers started, first batch read
+    t0 = time.perf_counter()
+    n = 0
+    for b in it:
+        n += len(b["sample_id"])
+    rate = n / (time.perf_counter() - t0)
+    assert n + len(first["sample_id"]) == len(dm.dataset("train"))
+    return rate, len(dm.dataset("train"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=4000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--keep", type=Path, default=None, help="build the lake here and keep it")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_loader_"))
+    root = args.keep or tmp
+    try:
+        uri = root / "lake"
+        lake = Lake(uri)
+        if not lake.exists("samples"):
+            make_images(root / "images", args.n)
+            ingest(
+                ImageFolderSource(root / "images"), lake, "bench", IngestSettings(progress=False)
+            )
+        rows = np.arange(lake.count("samples"))
+        raw = max(raw_scan(lake, rows, args.batch) for _ in range(2))
+        figures = {"n": len(rows), "batch": args.batch, "raw_scan_per_s": round(raw, 1)}
+        table = [("raw scan + decode (1 process)", raw, 1.0)]
+        for workers in (0, args.workers):
+            for media_read in ("rowid", "filter"):
+                rate, _ = module_rate(str(uri), args.batch, workers, media_read)
+                key = f"module_{media_read}_w{workers}_per_s"
+                figures[key] = round(rate, 1)
+                table.append(
+                    (f"data module, media {media_read}, {workers} workers", rate, rate / raw)
+                )
+        figures["ratio_rowid_w0"] = round(figures["module_rowid_w0_per_s"] / raw, 3)
+        figures[f"ratio_rowid_w{args.workers}"] = round(
+            figures[f"module_rowid_w{args.workers}_per_s"] / raw, 3
+        )
+        print(f"{'loader':<44}{'samples/s':>12}{'x raw':>8}")
+        for name, rate, ratio in table:
+            print(f"{name:<44}{rate:>12.0f}{ratio:>8.2f}")
+        print(json.dumps(figures))
+    finally:
+        if args.keep is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

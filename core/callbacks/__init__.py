@@ -1,0 +1,1 @@
+"""Lightning callbacks of lakeloom runs: the events log and RNG state in checkpoints."""

@@ -1,0 +1,184 @@
+"""``LanceDataModule``: the lake's samples of a split, with their media, for Lightning.
+
+Selection (``setup``) scans only id columns of ``samples`` (filtered by ``where`` and
+``datasets``) and ``media_id`` of ``media``, pinning both table versions, and keeps per
+split the sample row ids and their media row ids (numpy arrays, a few bytes per sample).
+Splits come from ``samples.split`` where set; samples without one are assigned by a
+deterministic hash of their ``sample_id`` (``val_fraction`` / ``test_fraction``; see
+:func:`core.data.lance_dataset.hash_split`) until ``lakeloom split`` has written splits.
+
+Loading reads whole batches (a batch sampler plus ``__getitems__``), opens Lance lazily in
+each worker process, and starts workers with ``spawn`` (Lance is not fork-safe). The
+collator, set by the model through :meth:`set_collator`, decodes in the workers. Batches
+are sharded by rank (deterministic, like ``DistributedSampler``) and the training
+loader's position is saved in checkpoints, so a resumed run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from core.data.collate import collate_samples
+from core.data.lance_dataset import SPLITS, LanceSamples, Selection, select
+from core.data.loader import StatefulLoader
+from core.data.sampler import ShardedBatchSampler
+
+Collator = Callable[[list[dict[str, Any]]], Any]
+
+
+class LanceDataModule(L.LightningDataModule):
+    """Train/val/test loaders over a lakeloom lake (see the module docstring)."""
+
+    def __init__(
+        self,
+        lake_uri: str = "data/lake",
+        where: str | None = None,
+        datasets: Sequence[str] | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        media_read: str = "rowid",
+        multiprocessing_context: str = "spawn",
+        persistent_workers: bool = True,
+        prefetch_factor: int | None = 2,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if multiprocessing_context == "fork":
+            raise ValueError("Lance is not fork-safe: use 'spawn' or 'forkserver'")
+        self.lake_uri = str(lake_uri)
+        self.where = where
+        self.datasets = list(datasets) if datasets else None
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.seed = seed
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.media_read = media_read
+        self.multiprocessing_context = multiprocessing_context
+        self.persistent_workers = persistent_workers
+        self.prefetch_factor = prefetch_factor
+        self.pin_memory = pin_memory
+        self.collate_fn: Collator = collate_samples
+        self.eval_collate_fn: Collator | None = None
+        self.splits: dict[str, LanceSamples] | None = None
+        self._labels: list[str] = []
+
+    # -- contract with the modules ------------------------------------------------------
+    def set_collator(self, fn: Collator, eval_fn: Collator | None = None) -> None:
+        """Collate with ``fn`` (picklable: it runs in worker processes); ``eval_fn``, when
+        given, is used for the val and test loaders (e.g. without augmentation)."""
+        self.collate_fn = fn
+        self.eval_collate_fn = eval_fn
+
+    @property
+    def label_names(self) -> list[str]:
+        """Sorted distinct non-null labels of the selected samples (all splits)."""
+        self.setup()
+        return list(self._labels)
+
+    # -- selection ------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        """Select the samples of every split once (id columns only)."""
+        if self.splits is not None:
+            return
+        from lake.errors import ConfigError
+        from lake.schema import MEDIA, SAMPLES
+        from lake.store import Lake
+
+        lake = Lake(self.lake_uri)
+        samples, media = lake.dataset(SAMPLES), lake.dataset(MEDIA)
+        try:
+            selections, self._labels = select(
+                samples,
+                media,
+                where=self.where,
+                datasets=self.datasets,
+                val_fraction=self.val_fraction,
+                test_fraction=self.test_fraction,
+            )
+        except ValueError as exc:  # Lance reports a bad filter as ValueError
+            raise ConfigError(f"invalid data.where / data.datasets filter: {exc}") from exc
+        self.splits = {name: self._dataset(samples, media, sel) for name, sel in selections.items()}
+
+    def _dataset(self, samples: Any, media: Any, sel: Selection) -> LanceSamples:
+        return LanceSamples(
+            samples.uri, samples.version, media.uri, media.version, sel, self.media_read
+        )
+
+    def dataset(self, split: str) -> LanceSamples:
+        """The dataset of one split (``train``, ``val`` or ``test``)."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        self.setup()
+        assert self.splits is not None
+        return self.splits[split]
+
+    def sizes(self) -> dict[str, int]:
+        """Number of samples per split."""
+        return {s: len(self.dataset(s)) for s in SPLITS}
+
+    # -- loaders --------------------------------------------------------------------------
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def loader(
+        self, split: str, rank: int | None = None, world_size: int | None = None
+    ) -> DataLoader:
+        """A loader over one split for one rank (defaults: the trainer's rank and world)."""
+        ds = self.dataset(split)
+        if rank is None or world_size is None:
+            rank, world_size = self._rank_world()
+        train = split == "train"
+        sampler = ShardedBatchSampler(
+            len(ds),
+            self.batch_size if train else self.eval_batch_size,
+            shuffle=train and self.shuffle,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+            drop_last=train and self.drop_last,
+        )
+        workers: dict[str, Any] = {}
+        if self.num_workers > 0:
+            workers = {
+                "multiprocessing_context": self.multiprocessing_context,
+                "persistent_workers": self.persistent_workers,
+                "prefetch_factor": self.prefetch_factor,
+            }
+        cls = StatefulLoader if train else DataLoader
+        return cls(
+            ds,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=self.collate_fn if train else (self.eval_collate_fn or self.collate_fn),
+            pin_memory=self.pin_memory,
+            **workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, sharded, resumable loader over the train split."""
+        return self.loader("train")
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Loader over the val split (none when it is empty)."""
+        return self.loader("val") if len(self.dataset("val")) else []
+
+    def test_dataloader(self) -> DataLoader | list:
+        """Loader over the test split (none when it is empty)."""
+        return self.loader("test") if len(self.dataset("test")) else []

@@ -1,0 +1,243 @@
+"""Map-style dataset over the lake's ``samples`` joined with their ``media`` bytes.
+
+The dataset holds only row ids (numpy arrays) of its samples and of their media, at pinned
+table versions; the Lance datasets are opened lazily in whichever process reads (Lance is
+not fork-safe, so DataLoader workers must be started with ``spawn`` or ``forkserver`` and
+open their own handles). ``__getitems__`` reads a whole batch: one ``take`` of the sample
+rows and one of their media (or, with ``media_read="filter"``, one filtered scan
+``media_id IN (...)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from torch.utils.data import Dataset
+
+SPLITS = ("train", "val", "test")
+SAMPLE_COLUMNS = ["sample_id", "caption", "label", "messages", "dataset"]
+
+
+@dataclass
+class Selection:
+    """Row ids of the selected samples and, CSR-style, of each sample's media in order."""
+
+    sample_rows: np.ndarray  # int64, one per sample
+    media_offsets: np.ndarray  # int64, len(sample_rows) + 1
+    media_rows: np.ndarray  # int64, media row ids of all samples, concatenated
+
+    def __len__(self) -> int:
+        return len(self.sample_rows)
+
+    def media_of(self, positions: Sequence[int]) -> list[np.ndarray]:
+        """Media row ids of each sample position."""
+        o = self.media_offsets
+        return [self.media_rows[o[p] : o[p + 1]] for p in positions]
+
+
+def hash_split(sample_id: str, val_fraction: float, test_fraction: float) -> str:
+    """Deterministic split of a sample with no ``split`` set: sha256 of its id -> [0, 1).
+
+    ``u < test`` is test, ``u < test + val`` is val, the rest train. It depends on the
+    sample id only (not on the training seed), so a sample stays in its split across runs.
+    """
+    u = int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "big") / 2.0**64
+    if u < test_fraction:
+        return "test"
+    return "val" if u < test_fraction + val_fraction else "train"
+
+
+def sql_filter(where: str | None, datasets: Iterable[str] | None) -> str | None:
+    """Combine a SQL ``where`` and a dataset list into one Lance filter."""
+    parts = []
+    if where:
+        parts.append(f"({where})")
+    if datasets:
+        names = ", ".join("'" + d.replace("'", "''") + "'" for d in datasets)
+        parts.append(f"dataset IN ({names})")
+    return " AND ".join(parts) or None
+
+
+def select(
+    samples: Any,
+    media: Any,
+    *,
+    where: str | None = None,
+    datasets: Iterable[str] | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    scan_batch: int = 65536,
+) -> tuple[dict[str, Selection], list[str]]:
+    """Scan id columns only and return the selection of each split plus the sorted labels.
+
+    ``samples.split`` is used when set; otherwise :func:`hash_split` decides.
+    """
+    rows: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    mids: dict[str, list[pa.Array]] = {s: [] for s in SPLITS}
+    counts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    labels: set[str] = set()
+    scanner = samples.scanner(
+        columns=["sample_id", "split", "label", "media_ids"],
+        filter=sql_filter(where, datasets),
+        with_row_id=True,
+        batch_size=scan_batch,
+    )
+    for batch in scanner.to_batches():
+        if batch.num_rows == 0:
+            continue
+        ids = batch.column("sample_id").to_pylist()
+        given = batch.column("split").to_pylist()
+        split = np.array(
+            [
+                g or hash_split(i, val_fraction, test_fraction)
+                for i, g in zip(ids, given, strict=True)
+            ]
+        )
+        labels.update(x for x in batch.column("label").to_pylist() if x is not None)
+        rowid = batch.column("_rowid").to_numpy()
+        media_ids = batch.column("media_ids")
+        for name in SPLITS:
+            mask = split == name
+            if not mask.any():
+                continue
+            picked = media_ids.filter(pa.array(mask))
+            rows[name].append(rowid[mask])
+            mids[name].append(pc.list_flatten(picked))
+            counts[name].append(pc.fill_null(pc.list_value_length(picked), 0).to_numpy())
+    lookup = _media_rows(media, [m for s in SPLITS for m in mids[s]])
+    out: dict[str, Selection] = {}
+    for name in SPLITS:
+        n_media = np.concatenate(counts[name]) if counts[name] else np.zeros(0, np.int64)
+        flat = (
+            pa.chunked_array(mids[name], pa.string()) if mids[name] else pa.array([], pa.string())
+        )
+        out[name] = Selection(
+            np.concatenate(rows[name]).astype(np.int64) if rows[name] else np.zeros(0, np.int64),
+            np.concatenate([[0], np.cumsum(n_media)]).astype(np.int64),
+            lookup(flat),
+        )
+    return out, sorted(labels)
+
+
+def _media_rows(media: Any, needed: list[pa.Array], scan_batch: int = 65536):
+    """Return a function mapping media ids to media row ids (one batched scan of ``media_id``)."""
+    want = pa.chunked_array(needed, pa.string()).unique() if needed else pa.array([], pa.string())
+    keep_ids: list[pa.Array] = []
+    keep_rows: list[np.ndarray] = []
+    if len(want):
+        scanner = media.scanner(columns=["media_id"], with_row_id=True, batch_size=scan_batch)
+        for batch in scanner.to_batches():
+            mask = pc.is_in(batch.column("media_id"), value_set=want)
+            keep_ids.append(batch.column("media_id").filter(mask))
+            keep_rows.append(batch.column("_rowid").filter(mask).to_numpy())
+    known = pa.chunked_array(keep_ids, pa.string()).combine_chunks() if keep_ids else want
+    known_rows = np.concatenate(keep_rows) if keep_rows else np.zeros(0, np.uint64)
+
+    def lookup(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
+        if len(ids) == 0:
+            return np.zeros(0, np.int64)
+        idx = pc.index_in(ids, value_set=known)
+        if idx.null_count:
+            missing = pc.filter(ids, pc.is_null(idx))[0]
+            raise LookupError(f"media {missing} is referenced by a sample but not in the lake")
+        return known_rows[np.asarray(idx)].astype(np.int64)
+
+    return lookup
+
+
+class LanceSamples(Dataset):
+    """The samples of one split; items are the dicts the model collators expect."""
+
+    def __init__(
+        self,
+        samples_uri: str,
+        samples_version: int,
+        media_uri: str,
+        media_version: int,
+        selection: Selection,
+        media_read: str = "rowid",
+    ) -> None:
+        if media_read not in ("rowid", "filter"):
+            raise ValueError(f"media_read must be 'rowid' or 'filter', not {media_read!r}")
+        self.samples_uri, self.samples_version = samples_uri, samples_version
+        self.media_uri, self.media_version = media_uri, media_version
+        self.selection = selection
+        self.media_read = media_read
+        self._handles: tuple[Any, Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.selection)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"] = None  # each process opens its own Lance handles
+        return state
+
+    def _open(self) -> tuple[Any, Any]:
+        if self._handles is None:
+            import lance
+
+            self._handles = (
+                lance.dataset(self.samples_uri, version=self.samples_version),
+                lance.dataset(self.media_uri, version=self.media_version),
+            )
+        return self._handles
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        return self.__getitems__([position])[0]
+
+    def __getitems__(self, positions: Sequence[int]) -> list[dict[str, Any]]:
+        """Read a batch of samples with their media bytes (two reads for the whole batch)."""
+        samples, media = self._open()
+        rows = self.selection.sample_rows[np.asarray(positions, dtype=np.int64)]
+        cols = SAMPLE_COLUMNS + (["media_ids"] if self.media_read == "filter" else [])
+        table = samples._take_rows(pa.array(rows, pa.uint64()), columns=cols).to_pydict()
+        if self.media_read == "rowid":
+            images = self._by_rowid(media, self.selection.media_of(positions))
+        else:
+            images = self._by_filter(media, table["media_ids"])
+        return [
+            {
+                "sample_id": table["sample_id"][i],
+                "images": images[i],
+                "caption": table["caption"][i],
+                "label": table["label"][i],
+                "messages": table["messages"][i] or [],
+                "dataset": table["dataset"][i],
+            }
+            for i in range(len(rows))
+        ]
+
+    @staticmethod
+    def _by_rowid(media: Any, per_sample: list[np.ndarray]) -> list[list[bytes]]:
+        flat = np.concatenate(per_sample) if per_sample else np.zeros(0, np.int64)
+        if len(flat) == 0:
+            return [[] for _ in per_sample]
+        uniq, inverse = np.unique(flat, return_inverse=True)
+        data = media._take_rows(pa.array(uniq, pa.uint64()), columns=["bytes"]).column("bytes")
+        values = data.to_pylist()
+        out, k = [], 0
+        for ids in per_sample:
+            out.append([values[j] for j in inverse[k : k + len(ids)]])
+            k += len(ids)
+        return out
+
+    @staticmethod
+    def _by_filter(media: Any, media_ids: list[list[str] | None]) -> list[list[bytes]]:
+        wanted = sorted({m for ids in media_ids for m in ids or []})
+        if not wanted:
+            return [[] for _ in media_ids]
+        quoted = ", ".join(f"'{m}'" for m in wanted)
+        table = media.to_table(columns=["media_id", "bytes"], filter=f"media_id IN ({quoted})")
+        by_id = dict(
+            zip(
+                table.column("media_id").to_pylist(), table.column("bytes").to_pylist(), strict=True
+            )
+        )
+        return [[by_id[m] for m in ids or []] for ids in media_ids]

@@ -1,0 +1,1 @@
+"""lakeloom: model factories (CLIP through open_clip)."""

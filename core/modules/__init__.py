@@ -1,0 +1,1 @@
+"""lakeloom: Lightning modules, one per model family."""

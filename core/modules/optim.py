@@ -1,0 +1,50 @@
+"""Optimiser helpers shared by the Lightning modules: decay groups and LR schedules."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+#: name fragments of parameters that never get weight decay (besides every 1-d tensor)
+NO_DECAY_NAMES: tuple[str, ...] = ("logit_scale", "logit_bias", "positional_embedding", "cls_emb")
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
+    """AdamW parameter groups: biases, norms, embeddings of position and temperature
+    get no weight decay; frozen parameters are left out. Empty groups are dropped."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or any(part in name for part in NO_DECAY_NAMES):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier: linear warmup from ~0 to 1 over ``warmup_steps``, then cosine decay
+    to ``min_ratio`` at ``total_steps`` (held there after)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class WarmupCosine:
+    """Picklable ``LambdaLR`` lambda around :func:`warmup_cosine` (checkpoints keep it)."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> None:
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.min_ratio = min_ratio
+
+    def __call__(self, step: int) -> float:
+        return warmup_cosine(step, self.warmup_steps, self.total_steps, self.min_ratio)

@@ -1,0 +1,205 @@
+"""``python -m core.train +experiment=NAME`` (or ``lakeloom train``): fit, validate, test.
+
+Composes ``conf/train.yaml``, instantiates the data module over the lake
+(``cfg.data``), the LightningModule (``cfg.model``), loggers, callbacks and the Trainer
+(``cfg.trainer``), fits, then tests the best checkpoint (or the last weights). Each run
+writes ``runs/<run_id>/`` (see :mod:`core.run`). ``resume=true [run_id=ID]`` continues a
+killed run from ``checkpoints/last.ckpt``: model, optimizer, scheduler, loop counters,
+RNG states and the training loader's position in the epoch. Pass the same overrides as
+the original run; keys that differ from its saved config are reported in the log.
+
+Heavy imports (torch, lightning) happen inside :func:`train`, so importing this module,
+``lakeloom --help`` and spawned DataLoader workers stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from lake.errors import ConfigError
+from lake.job import hydra_job
+
+log = logging.getLogger("lakeloom.train")
+
+EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130}
+
+
+def train(cfg: Any) -> dict[str, Any]:
+    """Run one training job from a composed config; return the run summary.
+
+    Returns normally for ``finished`` and ``interrupted`` runs (Ctrl-C, SIGTERM); an
+    error is recorded (events, summary) and re-raised.
+    """
+    from omegaconf import OmegaConf, open_dict
+
+    from core.run import EventLog, resolve_run
+
+    rank_zero = _rank_zero()
+    run, ckpt = resolve_run(cfg.runs_dir, cfg.run_id, bool(cfg.resume), rank_zero)
+    with open_dict(cfg):
+        cfg.run_id = run.run_id
+        cfg.run_dir = str(run.path)
+    if rank_zero:
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        os.environ["LAKELOOM_RUN_ID"] = run.run_id  # DDP workers re-run this script
+    changes = _config_changes(run.config, cfg) if ckpt else {}
+    if rank_zero and not ckpt:
+        run.config.write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    events = EventLog(run.events, enabled=rank_zero)
+    events.write(
+        "status",
+        status="started",
+        run_id=run.run_id,
+        experiment=cfg.experiment_name,
+        resumed_from=str(ckpt) if ckpt else None,
+        config_changes=changes or None,
+    )
+    if changes:
+        log.warning("resumed with config changes: %s", changes)
+    summary: dict[str, Any] = {
+        "run_id": run.run_id,
+        "experiment": cfg.experiment_name,
+        "status": "failed",
+        "started_at": time.time(),
+        "resumed_from": str(ckpt) if ckpt else None,
+    }
+    t0 = time.perf_counter()
+    try:
+        _fit_and_test(cfg, run, ckpt, events, summary)
+    except BaseException as exc:
+        summary["status"] = "interrupted" if _is_interrupt(exc) else "failed"
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+        events.write("status", status=summary["status"], error=summary["error"])
+        _finish(run, events, summary, t0, rank_zero)
+        if summary["status"] == "failed":
+            raise
+        return summary
+    summary["status"] = "finished"
+    events.write("status", status="finished")
+    _finish(run, events, summary, t0, rank_zero)
+    return summary
+
+
+def _fit_and_test(cfg: Any, run: Any, ckpt: Path | None, events: Any, summary: dict) -> None:
+    import lightning as L
+    from hydra.utils import instantiate
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    from core.builders import build_callbacks, build_loggers
+
+    L.seed_everything(cfg.seed, workers=True)
+    dm = instantiate(cfg.data)
+    module = instantiate(cfg.model)
+    dm.setup("fit")
+    module.set_label_names(dm.label_names)
+    _set_collators(dm, module)
+    summary["data"] = dm.sizes()
+    callbacks, ckpt_cb, events_cb = build_callbacks(cfg, run, events)
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=build_loggers(cfg) or False,
+        default_root_dir=str(run.path),
+        use_distributed_sampler=False,  # the data module shards by rank itself
+    )
+    t_fit = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=False)
+    summary["fit_s"] = round(time.perf_counter() - t_fit, 3)
+    summary.update(step=trainer.global_step, epoch=trainer.current_epoch)
+    if trainer.interrupted:
+        raise KeyboardInterrupt("training was interrupted")
+    best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
+    summary["best"] = events_cb.best
+    summary["best_checkpoint"] = best or None
+    summary["last_val"] = _strip(events_cb.last.get("val"))
+    if cfg.test_after_fit and is_overridden("test_step", module) and dm.sizes()["test"]:
+        t_test = time.perf_counter()
+        trainer.test(module, datamodule=dm, ckpt_path=best or None, weights_only=False)
+        summary["test_s"] = round(time.perf_counter() - t_test, 3)
+        summary["test"] = _strip(events_cb.last.get("test"))
+    # After test() the module holds the best checkpoint's weights (or the last ones).
+    if hasattr(module, "export") and trainer.is_global_zero:
+        module.export(run.path)
+        summary["exported"] = True
+
+
+def _set_collators(dm: Any, module: Any) -> None:
+    """``make_collator()`` for all loaders; ``make_collator(train=False)`` for val/test
+    when the module's ``make_collator`` takes a ``train`` flag."""
+    import inspect
+
+    if "train" in inspect.signature(module.make_collator).parameters:
+        dm.set_collator(module.make_collator(train=True), module.make_collator(train=False))
+    else:
+        dm.set_collator(module.make_collator())
+
+
+def _finish(run: Any, events: Any, summary: dict, t0: float, rank_zero: bool) -> None:
+    summary["finished_at"] = time.time()
+    summary["total_s"] = round(time.perf_counter() - t0, 3)
+    events.write("summary", **{k: v for k, v in summary.items() if k not in ("started_at",)})
+    events.close()
+    if rank_zero:
+        tmp = run.summary.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+        tmp.replace(run.summary)
+
+
+def _strip(event: dict | None) -> dict | None:
+    if event is None:
+        return None
+    return {k: v for k, v in event.items() if k not in ("t", "type")}
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    # Lightning turns Ctrl-C into sys.exit(1) after its graceful shutdown
+    return isinstance(exc, KeyboardInterrupt | SIGTERMException | SystemExit)
+
+
+def _rank_zero() -> bool:
+    return all(int(os.environ.get(k, 0)) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def _config_changes(saved: Path, cfg: Any) -> dict[str, Any]:
+    """Keys whose resolved value differs from the run's saved config (resume check)."""
+    from omegaconf import OmegaConf
+
+    if not saved.is_file():
+        return {}
+    old = _flatten(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
+    new = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    ignore = {"resume", "run_id", "run_dir"}
+    keys = (old.keys() | new.keys()) - ignore
+    return {k: [old.get(k), new.get(k)] for k in sorted(keys) if old.get(k) != new.get(k)}
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+@hydra_job("train")
+def main(cfg: Any) -> int:
+    """Hydra entry point: train and print where the run is."""
+    if cfg.get("model") is None or cfg.get("data") is None:
+        raise ConfigError("train needs model= and data= config groups")
+    summary = train(cfg)
+    print(
+        f"run {summary['run_id']}: {summary['status']} -> {Path(cfg.runs_dir) / summary['run_id']}"
+    )
+    return EXIT_CODES.get(summary["status"], 1)
+
+
+if __name__ == "__main__":
+    main()
