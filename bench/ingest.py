@@ -26,7 +26,6 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lake.demo_data import generate
-
 from lake.ingest import IngestSettings, ingest
 from lake.store import Lake
 from plugins.image_folder import ImageFolderSource

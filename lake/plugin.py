@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
+
+import pyarrow as pa
 
 from lake.errors import PluginError
 from lake.records import Reject, SourceRecord
@@ -80,6 +82,62 @@ class Source(Plugin):
     @abstractmethod
     def records(self) -> Iterator[SourceRecord | Reject]:
         """Yield every record of the source, or a Reject for each unreadable one."""
+
+
+class Enricher(Plugin):
+    """Adds columns to the rows of one table, in batches.
+
+    Declares the table it writes, the columns it reads and the columns it writes
+    (:meth:`output_fields`, which may depend on the model, e.g. an embedding width), and
+    an owner column recording who produced each row's outputs (model id or plugin
+    version). The runner adds the output columns up front, skips rows already produced
+    by the same owner, and refuses to overwrite another owner's outputs unless a re-run
+    is explicitly requested.
+    """
+
+    kind: ClassVar[str] = "enricher"
+    table: ClassVar[str]
+    inputs: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def output_fields(self) -> list[pa.Field]:
+        """Columns this enricher writes (the owner column included)."""
+
+    @abstractmethod
+    def owner_column(self) -> str:
+        """Column holding the owner of each row's outputs."""
+
+    @abstractmethod
+    def owner(self) -> str:
+        """Identity of what produces the outputs now (model id, or name@version)."""
+
+    def where(self) -> str | None:
+        """SQL filter selecting the rows this enricher applies to (None: all)."""
+        return None
+
+    def setup(self) -> None:
+        """Load heavy resources (models) once, before the first batch."""
+
+    @abstractmethod
+    def process(self, batch: pa.Table) -> pa.Table:
+        """Compute the output columns for ``batch`` (key + inputs); return key + outputs."""
+
+    def finish(self, lake: Any) -> None:
+        """Called by the runner after the last write (e.g. to build an index)."""
+
+
+class Check(Plugin):
+    """A consistency query over the lake that scores and flags samples; it never deletes.
+
+    :meth:`run` returns one row per scored sample (``sample_id``, ``score``, ``flagged``,
+    optional ``group`` and ``detail``) and a JSON-ready summary.
+    """
+
+    kind: ClassVar[str] = "check"
+
+    @abstractmethod
+    def run(self, lake: Any, where: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
+        """Score the samples selected by ``where``; return (per-sample results, summary)."""
 
 
 @dataclass(frozen=True)

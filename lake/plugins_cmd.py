@@ -13,9 +13,17 @@ def main() -> None:
     if not plugins:
         print("no plugins installed", file=sys.stderr)
         sys.exit(1)
-    print(f"{'kind':<10}{'name':<16}{'version':<10}{'target':<44}distribution")
+    w = {
+        "kind": max(len("kind"), *(len(p.kind) for p in plugins)) + 2,
+        "name": max(len("name"), *(len(p.name) for p in plugins)) + 2,
+        "target": max(len("target"), *(len(p.target) for p in plugins)) + 2,
+    }
+    print(f"{'kind':<{w['kind']}}{'name':<{w['name']}}{'version':<10}{'target':<{w['target']}}dist")
     for p in plugins:
-        print(f"{p.kind:<10}{p.name:<16}{p.version:<10}{p.target:<44}{p.distribution}")
+        print(
+            f"{p.kind:<{w['kind']}}{p.name:<{w['name']}}{p.version:<10}"
+            f"{p.target:<{w['target']}}{p.distribution}"
+        )
     extra = config_search_path()
     if extra:
         print("\nextra config search path: " + ", ".join(extra))

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lake.errors import LakeNotFoundError
+from lake.errors import ConfigError, LakeNotFoundError
 from lake.schema import KEYS, MEDIA, RUNS, SAMPLES, SCHEMAS
 
 DEFAULT_URI = "data/lake"
@@ -107,6 +107,44 @@ class Lake:
             .when_not_matched_insert_all()
             .execute(rows)
         )
+
+    def update_columns(self, name: str, rows: pa.Table) -> int:
+        """Set some columns of existing rows (``rows`` = key + those columns); no inserts."""
+        if rows.num_rows == 0:
+            return 0
+        tbl = self.table(name)
+        schema = tbl.schema
+        rows = pa.Table.from_arrays(
+            [rows.column(c).cast(schema.field(c).type) for c in rows.column_names],
+            schema=pa.schema([schema.field(c) for c in rows.column_names]),
+        )
+        # on_bad_vectors="null": lancedb rejects null vectors by default, but an enricher
+        # may have no output for a row (e.g. a sample without text); the enricher must
+        # not produce NaN vectors itself (lancedb would null those too)
+        merge = tbl.merge_insert(KEYS[name]).when_matched_update_all()
+        result = merge.execute(rows, on_bad_vectors="null")
+        return int(result.num_updated_rows)
+
+    def add_columns(self, name: str, fields: list[pa.Field]) -> list[str]:
+        """Add missing nullable columns (schema evolution); return the names added.
+
+        A column that exists with another type is an error: a model with another output
+        width needs a new column or an explicit drop, never a silent overwrite.
+        """
+        tbl = self.table(name)
+        have = {f.name: f for f in tbl.schema}
+        missing = []
+        for field in fields:
+            if field.name not in have:
+                missing.append(field)
+            elif have[field.name].type != field.type:
+                raise ConfigError(
+                    f"{name}.{field.name} holds {have[field.name].type}, the new output is "
+                    f"{field.type}: write to another column or drop this one first"
+                )
+        if missing:
+            tbl.add_columns(pa.schema(missing))
+        return [f.name for f in missing]
 
     # -- versions -------------------------------------------------------------------------
     def versions(self, name: str) -> list[dict[str, Any]]:

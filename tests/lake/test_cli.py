@@ -67,5 +67,8 @@ def test_invalid_config_and_nothing_ingested_are_errors(tmp_path: Path) -> None:
 def test_plugins_lists_every_builtin_source() -> None:
     out = _run("plugins")
     assert out.returncode == 0, out.stdout + out.stderr
-    names = {line.split()[1] for line in out.stdout.splitlines()[1:] if line.startswith("source")}
+    rows = [line.split() for line in out.stdout.splitlines()[1:]]
+    names = {r[1] for r in rows if r and r[0] == "source"}
     assert names == {"image_folder", "llava", "messages", "sharegpt", "clip_pairs"}
+    kinds = {r[1]: r[0] for r in rows if r}
+    assert kinds["clip_image"] == "enricher" and kinds["duplicates"] == "check"

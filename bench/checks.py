@@ -1,0 +1,272 @@
+"""Benchmark: the checks against the shapes demo's ground truth.
+
+Reads the check results already written to the lake (it does not train, embed or run the
+checks itself) for dataset ``shapes`` and compares them with ``ground_truth.json``:
+
+- caption mismatch: precision and recall of the ``caption_mismatch`` flag against the
+  planted wrong captions, and the best point of the precision/recall curve over
+  ``check_caption_mismatch_score`` (best F1, and the best precision at recall >= 0.8);
+- duplicates: the share of planted pairs (exact and near) found (both samples in the same
+  ``check_duplicates_group``), and the false-group rate (groups that contain no planted
+  pair).
+
+Run the pipeline first::
+
+    lakeloom demo                                   # generate + ingest data/demo/shapes
+    lakeloom train +experiment=clip_tiny            # tiny CLIP on the lake
+    lakeloom enrich enrich=clip embed.run=<run_id>  # media.clip_image, samples.clip_text
+    lakeloom check dataset=shapes                   # flags, check_* columns, reports
+    python bench/checks.py [--lake data/lake] [--demo data/demo/shapes] [--dataset shapes]
+        [--caption-dataset shapes_llava]
+
+Prints a table and, last, one line with a JSON object of the figures. Targets (issue 3):
+precision >= 0.8 at recall >= 0.8 for captions; >= 95% of planted pairs found with <= 5%
+false groups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lake.store import Lake
+
+CAPTION = "caption_mismatch"
+DUPLICATES = "duplicates"
+
+
+def _record_images(demo: Path, file: str) -> dict[str, str]:
+    """``fragment -> image`` for a demo record file: ``L<line>`` of a CSV, ``<index>`` of JSON."""
+    path = demo / file
+    out: dict[str, str] = {}
+    if file.endswith(".csv") and path.is_file():
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = next(reader)
+            col = header.index("image")
+            while True:
+                start = reader.line_num + 1
+                row = next(reader, None)
+                if row is None:
+                    break
+                if row:
+                    out[f"L{start}"] = row[col]
+    elif file.endswith(".json") and path.is_file():
+        for i, rec in enumerate(json.loads(path.read_text())):
+            out[str(i)] = rec.get("image", "")
+    return out
+
+
+def _image_paths(rows: list[dict[str, Any]], demo: Path, images: dict[str, Any]) -> list[str]:
+    """Image path (relative to the demo folder) of every sample.
+
+    ``source_uri`` when it names an image of the ground truth (the class-folder source);
+    ``captions.csv#L<line>`` / ``llava.json#<index>`` through those files (the caption and
+    LLaVA sources); otherwise the first media's sha256 matched against the demo files (a
+    byte-identical copy then maps to one of its paths).
+    """
+    records: dict[str, dict[str, str]] = {}
+    by_hash: dict[str, str] | None = None
+    out = []
+    for r in rows:
+        uri = r["source_uri"] or ""
+        if uri in images:
+            out.append(uri)
+            continue
+        file, _, frag = uri.partition("#")
+        if file not in records:
+            records[file] = _record_images(demo, file)
+        if records[file].get(frag) in images:
+            out.append(records[file][frag])
+            continue
+        if by_hash is None:
+            by_hash = {}
+            for rel in sorted(images):
+                digest = hashlib.sha256((demo / rel).read_bytes()).hexdigest()
+                by_hash.setdefault(digest, rel)
+        mids = r["media_ids"] or []
+        out.append(by_hash.get(mids[0], "") if mids else "")
+    return out
+
+
+def caption_figures(rows: list[dict[str, Any]], paths: list[str], wrong: set[str]) -> dict:
+    """Precision/recall of the flag and the best points of the score's PR curve."""
+    col = f"check_{CAPTION}_score"
+    truth = np.array([p in wrong for p in paths])
+    flagged = np.array([CAPTION in (r.get("flags") or []) for r in rows])
+    scores = np.array([np.nan if r.get(col) is None else r[col] for r in rows], dtype=float)
+    scored = ~np.isnan(scores)
+    positives = int(truth.sum())
+    tp = int((flagged & truth).sum())
+    out: dict[str, Any] = {
+        "samples": len(rows),
+        "scored": int(scored.sum()),
+        "wrong_captions": positives,
+        "flagged": int(flagged.sum()),
+        "precision": tp / max(int(flagged.sum()), 1),
+        "recall": tp / max(positives, 1),
+    }
+    order = np.argsort(-scores[scored], kind="stable")
+    t = truth[scored][order]
+    s = scores[scored][order]
+    ctp = np.cumsum(t)
+    k = np.arange(1, len(t) + 1)
+    prec, rec = ctp / k, ctp / max(positives, 1)
+    f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
+    if len(t):
+        b = int(np.argmax(f1))
+        out["best_f1"] = {
+            "f1": float(f1[b]),
+            "precision": float(prec[b]),
+            "recall": float(rec[b]),
+            "score_threshold": float(s[b]),
+        }
+        ok = rec >= 0.8
+        if ok.any():
+            c = int(np.argmax(np.where(ok, prec, -1.0)))
+            out["best_precision_at_recall_0.8"] = {
+                "precision": float(prec[c]),
+                "recall": float(rec[c]),
+                "score_threshold": float(s[c]),
+            }
+    out["target_met"] = bool(out["precision"] >= 0.8 and out["recall"] >= 0.8)
+    return out
+
+
+def duplicate_figures(rows: list[dict[str, Any]], paths: list[str], pairs: list[dict]) -> dict:
+    """Planted pairs found and the false-group rate."""
+    col = f"check_{DUPLICATES}_group"
+    group_of = {p: r.get(col) for r, p in zip(rows, paths, strict=True)}
+    members: dict[str, set[str]] = {}
+    for p, g in group_of.items():
+        if g is not None:
+            members.setdefault(g, set()).add(p)
+    found = {"exact": [0, 0], "near": [0, 0]}
+    groups_with_pair: set[str] = set()
+    for d in pairs:
+        a, b = d["pair"]
+        hit = group_of.get(a) is not None and group_of.get(a) == group_of.get(b)
+        found[d["kind"]][0] += hit
+        found[d["kind"]][1] += 1
+        if hit:
+            groups_with_pair.add(group_of[a])
+    total = sum(v[1] for v in found.values())
+    hits = sum(v[0] for v in found.values())
+    false_groups = [g for g in members if g not in groups_with_pair]
+    return {
+        "planted_pairs": total,
+        "found": hits,
+        "found_rate": hits / max(total, 1),
+        "exact_found": f"{found['exact'][0]}/{found['exact'][1]}",
+        "near_found": f"{found['near'][0]}/{found['near'][1]}",
+        "groups": len(members),
+        "false_groups": len(false_groups),
+        "false_group_rate": len(false_groups) / max(len(members), 1),
+        "target_met": bool(
+            hits / max(total, 1) >= 0.95 and len(false_groups) / max(len(members), 1) <= 0.05
+        ),
+    }
+
+
+def _rows(lake: Lake, dataset: str, cols: list[str], lake_uri: str) -> list[dict[str, Any]]:
+    safe = dataset.replace("'", "''")
+    rows = lake.dataset("samples").to_table(columns=cols, filter=f"dataset = '{safe}'").to_pylist()
+    if not rows:
+        raise SystemExit(f"no samples of dataset {dataset!r} in {lake_uri}")
+    return rows
+
+
+def evaluate(
+    lake_uri: str, demo: Path, dataset: str = "shapes", caption_dataset: str | None = None
+) -> dict[str, Any]:
+    """The figures for ``dataset`` of the lake against ``demo``/ground_truth.json.
+
+    ``caption_dataset`` (default: ``dataset``) is where the caption figures are taken:
+    the class-folder dataset ``shapes`` has no captions unless it was ingested with them;
+    ``shapes_llava`` has them (its text is the conversation's answer).
+    """
+    truth = json.loads((demo / "ground_truth.json").read_text())
+    lake = Lake(lake_uri)
+    have = {f.name for f in lake.table("samples").schema}
+    need = [f"check_{CAPTION}_score", f"check_{DUPLICATES}_group"]
+    missing = [c for c in need if c not in have]
+    if missing:
+        raise SystemExit(
+            f"the lake has no {', '.join(missing)}: run `lakeloom check` first (see the docstring)"
+        )
+    cols = ["sample_id", "source_uri", "media_ids", "flags", *need]
+    rows = _rows(lake, dataset, cols, lake_uri)
+    paths = _image_paths(rows, demo, truth["images"])
+    caption_dataset = caption_dataset or dataset
+    if caption_dataset != dataset:
+        crows = _rows(lake, caption_dataset, cols, lake_uri)
+        cpaths = _image_paths(crows, demo, truth["images"])
+    else:
+        crows, cpaths = rows, paths
+    wrong = {w["image"] for w in truth["wrong_captions"]}
+    return {
+        "dataset": dataset,
+        "caption_dataset": caption_dataset,
+        "caption_mismatch": caption_figures(crows, cpaths, wrong),
+        "duplicates": duplicate_figures(rows, paths, truth["duplicates"]),
+    }
+
+
+def _table(fig: dict[str, Any]) -> str:
+    c, d = fig["caption_mismatch"], fig["duplicates"]
+    lines = [
+        f"checks vs ground truth: duplicates in {fig['dataset']}, "
+        f"captions in {fig['caption_dataset']}",
+        "",
+    ]
+    lines.append(f"{'caption mismatch':<34}{'value':>12}")
+    lines.append(f"  {'wrong captions / flagged':<32}{c['wrong_captions']:>6} /{c['flagged']:>5}")
+    lines.append(f"  {'precision (flag)':<32}{c['precision']:>12.3f}")
+    lines.append(f"  {'recall (flag)':<32}{c['recall']:>12.3f}")
+    if "best_f1" in c:
+        b = c["best_f1"]
+        lines.append(
+            f"  {'best F1 point':<32}{b['f1']:>12.3f}  (P {b['precision']:.3f}, "
+            f"R {b['recall']:.3f}, score >= {b['score_threshold']:.3f})"
+        )
+    if "best_precision_at_recall_0.8" in c:
+        b = c["best_precision_at_recall_0.8"]
+        lines.append(
+            f"  {'best precision at R >= 0.8':<32}{b['precision']:>12.3f}  "
+            f"(R {b['recall']:.3f}, score >= {b['score_threshold']:.3f})"
+        )
+    lines.append(f"  {'target P>=0.8 at R>=0.8 (flag)':<32}{c['target_met']!s:>12}")
+    lines += ["", f"{'duplicates':<34}{'value':>12}"]
+    lines.append(f"  {'planted pairs found':<32}{d['found']:>6} / {d['planted_pairs']}")
+    lines.append(f"  {'  exact / near':<32}{d['exact_found']:>6} / {d['near_found']}")
+    lines.append(f"  {'found rate':<32}{d['found_rate']:>12.3f}")
+    lines.append(f"  {'groups / false groups':<32}{d['groups']:>6} / {d['false_groups']}")
+    lines.append(f"  {'false-group rate':<32}{d['false_group_rate']:>12.3f}")
+    lines.append(f"  {'target >=0.95 found, <=0.05 false':<32}{d['target_met']!s:>12}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: print the table and a final JSON line."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lake", default="data/lake")
+    ap.add_argument("--demo", default="data/demo/shapes")
+    ap.add_argument("--dataset", default="shapes")
+    ap.add_argument("--caption-dataset", default=None, help="default: --dataset")
+    args = ap.parse_args(argv)
+    fig = evaluate(args.lake, Path(args.demo), args.dataset, args.caption_dataset)
+    print(_table(fig))
+    print(json.dumps(fig, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""The enrich runner: plan output columns, skip finished rows, process in batches.
+
+``lakeloom enrich enrich=NAME`` runs the enrichers of ``conf/enrich/NAME.yaml`` in order.
+Rows whose owner column already names the current owner are skipped, so a re-run or a
+run resumed after a crash only does the remaining work; rows produced by another owner
+(another model) are replaced only with ``enrich.reembed=true``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from lake import provenance
+from lake.errors import ConfigError
+from lake.job import RunContext, hydra_job
+from lake.plugin import Enricher
+from lake.schema import KEYS
+from lake.store import Lake
+
+log = logging.getLogger("lakeloom.enrich")
+
+
+@dataclass
+class EnrichReport:
+    """What one enricher did."""
+
+    enricher: str
+    table: str
+    owner: str
+    todo: int = 0
+    done: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line for people."""
+        rate = self.done / self.seconds if self.seconds else 0.0
+        return (
+            f"enrich {self.enricher} -> {self.table}: {self.done} rows written, {self.skipped} "
+            f"already done by {self.owner} ({self.seconds:.1f} s, {rate:.0f} rows/s)"
+        )
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _and(*parts: str | None) -> str | None:
+    kept = [f"({p})" for p in parts if p]
+    return " AND ".join(kept) or None
+
+
+def enrich(
+    enricher: Enricher,
+    lake: Lake,
+    batch_size: int = 256,
+    write_batch: int = 4096,
+    reembed: bool = False,
+    ctx: RunContext | None = None,
+    progress: bool = True,
+) -> EnrichReport:
+    """Run one enricher over its table; return the counts."""
+    ctx = ctx or RunContext("enrich", provenance.new_run_id("enrich"), "", "")
+    table, key = enricher.table, KEYS[enricher.table]
+    lake.add_columns(table, enricher.output_fields())
+    owner, oc = enricher.owner(), enricher.owner_column()
+    scope = enricher.where()
+    others = lake.count(table, _and(scope, f"{oc} IS NOT NULL AND {oc} != {_quote(owner)}"))
+    if others and not reembed:
+        raise ConfigError(
+            f"{others} rows of {table} were produced by another owner than {owner!r} "
+            f"(column {oc}); set enrich.reembed=true to replace them"
+        )
+    pending = f"{oc} IS NULL" if not reembed else f"{oc} IS NULL OR {oc} != {_quote(owner)}"
+    todo_filter = _and(scope, pending)
+    report = EnrichReport(enricher.name, table, owner, todo=lake.count(table, todo_filter))
+    report.skipped = lake.count(table, scope) - report.todo
+    started = time.perf_counter()
+    if report.todo:
+        enricher.setup()
+        step = {
+            "name": enricher.name,
+            "params": json.dumps(
+                {"owner": owner, "version": enricher.version, "run_id": ctx.run_id}
+            ),
+        }
+        bar = _progress(progress, report.todo, f"{enricher.name}")
+        pinned = lake.dataset(table)  # scan one version while writing new ones
+        columns = list(dict.fromkeys([key, *enricher.inputs, "provenance"]))
+        buffer: list[pa.Table] = []
+        buffered = 0
+        for batch in pinned.to_batches(columns=columns, filter=todo_filter, batch_size=batch_size):
+            if batch.num_rows == 0:
+                continue
+            rows = pa.Table.from_batches([batch])
+            out = enricher.process(rows)
+            out = out.append_column("provenance", _with_step(rows, out, key, step))
+            buffer.append(out)
+            buffered += out.num_rows
+            if bar is not None:
+                bar.update(batch.num_rows)
+            if buffered >= write_batch:
+                report.done += lake.update_columns(table, pa.concat_tables(buffer))
+                buffer, buffered = [], 0
+        if buffer:
+            report.done += lake.update_columns(table, pa.concat_tables(buffer))
+        if bar is not None:
+            bar.close()
+    enricher.finish(lake)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _with_step(rows: pa.Table, out: pa.Table, key: str, step: dict[str, str]) -> pa.Array:
+    """Each output row's provenance with the enrichment step appended."""
+    prov = dict(
+        zip(rows.column(key).to_pylist(), rows.column("provenance").to_pylist(), strict=True)
+    )
+    values = []
+    for k in out.column(key).to_pylist():
+        p = dict(prov[k] or {})
+        p["steps"] = [*(p.get("steps") or []), step]
+        values.append(p)
+    return pa.array(values, type=rows.schema.field("provenance").type)
+
+
+def _progress(enabled: bool, total: int, desc: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"enrich {desc}", unit="row", mininterval=0.5)
+
+
+@hydra_job("enrich")
+def main(cfg: Any) -> int:
+    """Hydra entry point: run the configured enrichers in order."""
+    from hydra.utils import instantiate
+
+    ctx = RunContext.from_config("enrich", cfg)
+    lake = Lake(cfg.lake.uri)
+    lake.record_run(ctx.record("running", inputs={"enrich": cfg.enrich.name}))
+    reports = []
+    for name, node in cfg.enrich.steps.items():
+        enricher = instantiate(node)
+        if not isinstance(enricher, Enricher):
+            raise ConfigError(f"enrich step {name}: {node.get('_target_')} is not an Enricher")
+        e = cfg.enrich
+        report = enrich(enricher, lake, e.batch_size, e.write_batch, e.reembed, ctx, e.progress)
+        print(report.summary())
+        reports.append(report.__dict__)
+    versions = lake.tag(ctx.run_id)
+    lake.record_run(ctx.record("finished", counts=reports, versions=versions))
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,819 @@
+"""Built-in Check plugins: caption mismatch, label conflict, duplicates, outliers.
+
+Each check reads only the columns it needs (projection), works per dataset (captions,
+labels and duplicates are judged within the dataset a sample belongs to), is vectorised
+with numpy, and returns one row per scored sample::
+
+    sample_id string, score float32, flagged bool, group string (nullable), detail string
+
+plus a JSON-ready summary (counts, thresholds, the embedding models it read). Checks
+never write or delete anything themselves: ``lake.check`` writes flags and scores.
+
+Embedding inputs (written by the CLIP enricher): ``media.clip_image`` (L2-normalised
+``fixed_size_list<float32>[D]``) with ``media.clip_image_model``, and ``samples.clip_text``
+(L2-normalised, null without text) with ``samples.clip_text_model``. A sample's image is
+its first media.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lake.plugin import Check
+
+RESULT_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("score", pa.float32()),
+        pa.field("flagged", pa.bool_()),
+        pa.field("group", pa.string()),
+        pa.field("detail", pa.string()),
+    ]
+)
+
+IMAGE_VEC, IMAGE_MODEL = "clip_image", "clip_image_model"
+TEXT_VEC, TEXT_MODEL = "clip_text", "clip_text_model"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _columns(lake: Any, table: str) -> set[str]:
+    return {f.name for f in lake.table(table).schema} if lake.exists(table) else set()
+
+
+def _samples(lake: Any, where: str | None, columns: list[str]) -> pa.Table:
+    """The selected samples, reading only ``columns`` (``sample_id``, ``dataset`` added)."""
+    cols = list(dict.fromkeys(["sample_id", "dataset", *columns]))
+    return lake.dataset("samples").to_table(columns=cols, filter=where)
+
+
+def _first_media(samples: pa.Table) -> pa.Array:
+    """First media id of every sample (null when it has none)."""
+    lists = samples.column("media_ids").combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(lists), 0)
+    has = pc.greater(lengths, 0)
+    safe = pc.if_else(has, lists, pa.scalar(["-"], lists.type))
+    first = pc.list_element(safe, 0)
+    return pc.if_else(has, first, pa.nulls(len(first), pa.string()))
+
+
+def _vectors(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(valid mask, float32 matrix with zero rows where null) of a fixed-size-list column."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(arr)
+    valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    if pa.types.is_fixed_size_list(arr.type):
+        dim = arr.type.list_size
+    else:  # a variable list: take the first valid row's length
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        dim = int(lengths[valid][0]) if valid.any() else 0
+    out = np.zeros((n, dim), dtype=np.float32)
+    if valid.any():
+        kept = arr.filter(pa.array(valid))
+        flat = pc.list_flatten(kept).to_numpy(zero_copy_only=False).astype(np.float32)
+        out[valid] = flat.reshape(-1, dim)
+    return valid, out
+
+
+def _media(lake: Any, columns: list[str], ids: pa.Array) -> tuple[pa.Table, np.ndarray]:
+    """Media rows (``columns`` only) for ``ids``; returns (table, row index per id, -1 absent)."""
+    cols = list(dict.fromkeys(["media_id", *columns]))
+    wanted = pc.unique(ids.filter(pc.is_valid(ids)))
+    table = lake.dataset("media").to_table(columns=cols)
+    table = table.filter(pc.is_in(table.column("media_id"), value_set=wanted))
+    idx = pc.index_in(ids, value_set=table.column("media_id").combine_chunks())
+    return table, np.asarray(pc.fill_null(idx, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _models(*cols: pa.ChunkedArray | pa.Array | None) -> list[str]:
+    """Distinct non-null model ids of some ``*_model`` columns."""
+    found: set[str] = set()
+    for col in cols:
+        if col is not None:
+            found.update(v for v in pc.unique(col).to_pylist() if v is not None)
+    return sorted(found)
+
+
+def _image_embeddings(lake: Any, samples: pa.Table) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(valid mask, image matrix, models) of every sample's first media."""
+    n = samples.num_rows
+    if IMAGE_VEC not in _columns(lake, "media"):
+        return np.zeros(n, dtype=bool), np.zeros((n, 0), np.float32), []
+    first = _first_media(samples)
+    cols = [IMAGE_VEC] + ([IMAGE_MODEL] if IMAGE_MODEL in _columns(lake, "media") else [])
+    media, idx = _media(lake, cols, first)
+    mvalid, mvec = _vectors(media.column(IMAGE_VEC))
+    valid = idx >= 0
+    valid[valid] &= mvalid[idx[valid]]
+    out = np.zeros((n, mvec.shape[1]), dtype=np.float32)
+    out[valid] = mvec[idx[valid]]
+    used = media.take(pa.array(np.unique(idx[valid]))) if valid.any() else media.slice(0, 0)
+    models = _models(used.column(IMAGE_MODEL)) if IMAGE_MODEL in used.column_names else []
+    return valid, out, models
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def _datasets(samples: pa.Table) -> Iterable[tuple[str, np.ndarray]]:
+    """(dataset, row indices) for each dataset in ``samples``."""
+    ds = np.asarray(samples.column("dataset").to_pylist(), dtype=object)
+    for name in sorted(set(ds.tolist())):
+        yield name, np.flatnonzero(ds == name)
+
+
+def _result(
+    ids: list[str],
+    score: np.ndarray,
+    flagged: np.ndarray,
+    group: list[str | None] | None = None,
+    detail: list[str | None] | None = None,
+) -> pa.Table:
+    n = len(ids)
+    return pa.table(
+        {
+            "sample_id": pa.array(ids, pa.string()),
+            "score": pa.array(np.asarray(score, dtype=np.float32), pa.float32()),
+            "flagged": pa.array(np.asarray(flagged, dtype=bool), pa.bool_()),
+            "group": pa.array(group if group is not None else [None] * n, pa.string()),
+            "detail": pa.array(detail if detail is not None else [None] * n, pa.string()),
+        },
+        schema=RESULT_SCHEMA,
+    )
+
+
+def _robust_z(x: np.ndarray) -> np.ndarray:
+    """(x - median) / (1.4826 * MAD); the scale never falls below 1e-6."""
+    med = np.median(x)
+    mad = np.median(np.abs(x - med))
+    return (x - med) / max(1.4826 * float(mad), 1e-6)
+
+
+# --------------------------------------------------------------------------- caption mismatch
+
+
+class CaptionMismatch(Check):
+    """Flags captions that rank poorly among other captions for their own image.
+
+    For each sample with an image embedding and a text embedding, the image is compared
+    with its own caption and with the captions of ``negatives`` other samples of the same
+    dataset (all of them when there are fewer; a fixed random subset otherwise, drawn with
+    ``seed``). The score is the fraction of those other captions that match the image
+    better than its own caption does (0: its own caption is the best match; 1: the worst).
+    A sample is flagged when that fraction exceeds ``max_beaten_frac``: its own caption is
+    not in the image's top ``max_beaten_frac`` of captions. The threshold is a rank, so it
+    adapts to the model's cosine scale rather than being one global cosine constant.
+    Also writes ``samples.clip_score`` (image–own-caption cosine).
+    """
+
+    name: ClassVar[str] = "caption_mismatch"
+    version: ClassVar[str] = "0.1.0"
+    writes: ClassVar[tuple[str, ...]] = ("clip_score",)
+
+    def __init__(
+        self,
+        max_beaten_frac: float = 0.2,
+        negatives: int = 2048,
+        min_samples: int = 10,
+        batch_size: int = 1024,
+        seed: int = 0,
+    ) -> None:
+        self.max_beaten_frac = float(max_beaten_frac)
+        self.negatives = int(negatives)
+        self.min_samples = int(min_samples)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+
+    def thresholds(self) -> dict[str, Any]:
+        """Settings recorded in the summary and the report."""
+        return {
+            "max_beaten_frac": self.max_beaten_frac,
+            "negatives": self.negatives,
+            "min_samples": self.min_samples,
+        }
+
+    def run(self, lake: Any, where: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
+        """Score every sample that has both an image and a text embedding."""
+        have = _columns(lake, "samples")
+        summary: dict[str, Any] = {"check": self.name, "thresholds": self.thresholds()}
+        if TEXT_VEC not in have:
+            empty = _result([], np.zeros(0), np.zeros(0, bool)).append_column(
+                "clip_score", pa.array([], pa.float32())
+            )
+            return empty, {**summary, "scored": 0, "flagged": 0, "models": {}}
+        cols = ["media_ids", TEXT_VEC] + ([TEXT_MODEL] if TEXT_MODEL in have else [])
+        samples = _samples(lake, where, cols)
+        ivalid, img, image_models = _image_embeddings(lake, samples)
+        tvalid, txt = _vectors(samples.column(TEXT_VEC))
+        ok = ivalid & tvalid
+        text_models = (
+            _models(samples.column(TEXT_MODEL).filter(pa.array(ok)))
+            if TEXT_MODEL in samples.column_names
+            else []
+        )
+        ids_all = samples.column("sample_id").to_pylist()
+        ids: list[str] = []
+        scores: list[np.ndarray] = []
+        cosines: list[np.ndarray] = []
+        skipped = 0
+        for _, rows in _datasets(samples):
+            rows = rows[ok[rows]]
+            if len(rows) < self.min_samples:
+                skipped += len(rows)
+                continue
+            beaten, own = self._score(img[rows], txt[rows])
+            ids += [ids_all[i] for i in rows]
+            scores.append(beaten)
+            cosines.append(own)
+        score = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+        own = np.concatenate(cosines) if cosines else np.zeros(0, np.float32)
+        flagged = score > self.max_beaten_frac
+        z = _robust_z(own) if len(own) else own
+        detail = [f"cosine {c:.3f} (robust z {zz:+.2f})" for c, zz in zip(own, z, strict=True)]
+        result = _result(ids, score, flagged, None, detail).append_column(
+            "clip_score", pa.array(own.astype(np.float32), pa.float32())
+        )
+        summary.update(
+            scored=len(ids),
+            flagged=int(flagged.sum()),
+            skipped_small_datasets=skipped,
+            no_embedding=int((~ok).sum()),
+            clip_score_median=float(np.median(own)) if len(own) else None,
+            models={"image": image_models, "text": text_models},
+        )
+        return result, summary
+
+    def _score(self, img: np.ndarray, txt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(fraction of other captions beating the own caption, own cosine) per row."""
+        n = len(img)
+        own = np.einsum("ij,ij->i", img, txt)
+        if n - 1 <= self.negatives:
+            neg = np.arange(n)
+        else:
+            rng = np.random.default_rng(self.seed)
+            neg = np.sort(rng.choice(n, size=self.negatives, replace=False))
+        negt = txt[neg]
+        beaten = np.zeros(n, dtype=np.float32)
+        for a in range(0, n, self.batch_size):
+            b = min(a + self.batch_size, n)
+            sims = img[a:b] @ negt.T
+            better = sims > own[a:b, None]
+            rows = np.arange(a, b)
+            is_self = neg[None, :] == rows[:, None]  # own caption among the negatives
+            better &= ~is_self
+            count = is_self.sum(axis=1)
+            beaten[a:b] = better.sum(axis=1) / np.maximum(len(neg) - count, 1)
+        return beaten, own.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- label conflict
+
+
+class LabelConflict(Check):
+    """Flags samples whose image is confidently closer to another label's prototype.
+
+    A prototype classifier in the embedding space: the prototype of a label is the mean
+    image embedding of that label's samples in the dataset, leave-one-out for the sample's
+    own label (a sample never votes for itself). Prediction = the label whose prototype has
+    the highest cosine. Score = cosine to the best other prototype minus cosine to the own
+    label's prototype; flagged when the prediction differs and the score exceeds
+    ``margin``. Labels with fewer than ``min_per_label`` samples are not scored. A
+    text-prompt zero-shot variant ("a photo of a {label}") needs the CLIP model itself and
+    can come later.
+    """
+
+    name: ClassVar[str] = "label_conflict"
+    version: ClassVar[str] = "0.1.0"
+
+    def __init__(self, margin: float = 0.05, min_per_label: int = 3) -> None:
+        self.margin = float(margin)
+        self.min_per_label = int(min_per_label)
+
+    def thresholds(self) -> dict[str, Any]:
+        """Settings recorded in the summary and the report."""
+        return {"margin": self.margin, "min_per_label": self.min_per_label}
+
+    def run(self, lake: Any, where: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
+        """Score every labelled sample with an image embedding."""
+        samples = _samples(lake, where, ["media_ids", "label"])
+        valid, img, models = _image_embeddings(lake, samples)
+        labels = np.asarray(samples.column("label").to_pylist(), dtype=object)
+        ids_all = samples.column("sample_id").to_pylist()
+        ids: list[str] = []
+        scores, flags, details = [], [], []
+        for _, rows in _datasets(samples):
+            rows = rows[valid[rows] & (labels[rows] != None)]  # noqa: E711
+            if not len(rows):
+                continue
+            names, inv, counts = np.unique(
+                labels[rows].astype(str), return_inverse=True, return_counts=True
+            )
+            keep = counts[inv] >= self.min_per_label
+            rows, inv = rows[keep], inv[keep]
+            big = counts >= self.min_per_label
+            if big.sum() < 2 or not len(rows):
+                continue
+            x = img[rows]
+            sums = np.zeros((len(names), x.shape[1]), dtype=np.float64)
+            np.add.at(sums, inv, x)
+            protos = _normalise(sums)
+            sims = x @ protos.T
+            loo = sums[inv] - x  # own label's prototype without the sample itself
+            sims[np.arange(len(rows)), inv] = np.einsum("ij,ij->i", x, _normalise(loo))
+            sims[:, ~big] = -np.inf
+            own = sims[np.arange(len(rows)), inv]
+            others = sims.copy()
+            others[np.arange(len(rows)), inv] = -np.inf
+            best = others.argmax(axis=1)
+            margin = others[np.arange(len(rows)), best] - own
+            flagged = margin > self.margin
+            ids += [ids_all[i] for i in rows]
+            scores.append(margin)
+            flags.append(flagged)
+            details += [
+                f"predicted {names[p]} (label {names[o]}, margin {m:+.3f})"
+                for p, o, m in zip(best, inv, margin, strict=True)
+            ]
+        score = np.concatenate(scores) if scores else np.zeros(0)
+        flagged = np.concatenate(flags) if flags else np.zeros(0, bool)
+        result = _result(ids, score, flagged, None, details)
+        return result, {
+            "check": self.name,
+            "thresholds": self.thresholds(),
+            "scored": len(ids),
+            "flagged": int(flagged.sum()),
+            "method": "leave-one-out label prototypes (mean image embedding), cosine",
+            "models": {"image": models},
+        }
+
+
+# --------------------------------------------------------------------------- duplicates
+
+
+def _match(keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All (i, j) with ``keys[j] == query[i]``, without comparing all pairs (sort + search)."""
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    lo = np.searchsorted(sk, query, "left")
+    hi = np.searchsorted(sk, query, "right")
+    counts = hi - lo
+    i = np.repeat(np.arange(len(query)), counts)
+    starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
+    j = order[starts + np.arange(counts.sum())]
+    return i, j
+
+
+def phash_pairs(
+    hashes: np.ndarray, max_distance: int, bands: int = 4, probe_radius: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i < j) of 64-bit hashes within ``max_distance`` bits, found by banding.
+
+    The hash is split into ``bands`` bands; two hashes are candidates when some band is
+    equal, or (``probe_radius=1``) differs in one bit. By pigeonhole, 4 bands with radius 1
+    find every pair within 7 bits (radius 0: within 3); larger distances are found when
+    their differences are unevenly spread over the bands. Candidates are then checked with
+    the exact Hamming distance (``np.bitwise_count``). Returns (i, j, distance).
+    """
+    h = np.asarray(hashes, dtype=np.uint64)
+    n = len(h)
+    if n < 2:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    width = 64 // bands
+    mask = np.uint64((1 << width) - 1)
+    found = []
+    for b in range(bands):
+        key = (h >> np.uint64(b * width)) & mask
+        probes = [np.uint64(0)]
+        if probe_radius >= 1:
+            probes += [np.uint64(1 << k) for k in range(width)]
+        for p in probes:
+            i, j = _match(key, key ^ p)
+            keep = i < j
+            found.append(i[keep].astype(np.int64) * n + j[keep])
+    codes = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+    i, j = codes // n, codes % n
+    dist = np.bitwise_count(h[i] ^ h[j]).astype(np.int64)
+    keep = dist <= max_distance
+    return i[keep], j[keep], dist[keep]
+
+
+def knn_pairs(
+    x: np.ndarray, min_cosine: float, k: int = 10, batch_size: int = 2048
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i < j) among each row's ``k`` nearest rows with cosine >= ``min_cosine``.
+
+    Exact search in batches of ``batch_size`` rows against the whole matrix (memory
+    ``batch_size x n``). Returns (i, j, cosine).
+    """
+    n = len(x)
+    if n < 2:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, np.float32)
+    k = min(k, n - 1)
+    found_i, found_j, found_s = [], [], []
+    for a in range(0, n, batch_size):
+        b = min(a + batch_size, n)
+        sims = x[a:b] @ x.T
+        sims[np.arange(b - a), np.arange(a, b)] = -np.inf
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        s = np.take_along_axis(sims, top, axis=1)
+        rows = np.repeat(np.arange(a, b), k)
+        keep = s.ravel() >= min_cosine
+        found_i.append(rows[keep])
+        found_j.append(top.ravel()[keep])
+        found_s.append(s.ravel()[keep])
+    i, j, s = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    codes, first = np.unique(lo * n + hi, return_index=True)
+    return codes // n, codes % n, s[first].astype(np.float32)
+
+
+def lance_knn_pairs(
+    lake: Any,
+    media_ids: list[str],
+    x: np.ndarray,
+    min_cosine: float,
+    k: int = 10,
+    nprobes: int = 64,
+    refine_factor: int = 10,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like :func:`knn_pairs`, through LanceDB vector search on ``media.clip_image``.
+
+    Used for large selections. With a vector index (IVF_PQ), recall depends on
+    ``nprobes`` and ``refine_factor`` (see DESIGN.md: measure against exact search when
+    choosing them); without one, LanceDB searches exactly. Neighbours outside
+    ``media_ids`` (other datasets) are dropped, so ``2k + 1`` neighbours are asked for.
+    """
+    n = len(media_ids)
+    where = {m: i for i, m in enumerate(media_ids)}
+    tbl = lake.table("media")
+    found_i, found_j, found_s = [], [], []
+    for a in range(0, n, batch_size):
+        b = min(a + batch_size, n)
+        query = (
+            tbl.search(list(x[a:b].astype(np.float32)), vector_column_name=IMAGE_VEC)
+            .distance_type("cosine")
+            .limit(2 * k + 1)
+            .nprobes(nprobes)
+            .refine_factor(refine_factor)
+            .select(["media_id", "_distance"])
+        )
+        res = query.to_arrow()
+        qi = res.column("query_index").to_numpy() + a
+        js = np.array([where.get(m, -1) for m in res.column("media_id").to_pylist()])
+        cos = 1.0 - res.column("_distance").to_numpy(zero_copy_only=False)
+        keep = (js >= 0) & (js != qi) & (cos >= min_cosine)
+        found_i.append(qi[keep])
+        found_j.append(js[keep])
+        found_s.append(cos[keep])
+    if not found_i:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, np.float32)
+    i, j, s = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    codes, first = np.unique(lo * n + hi, return_index=True)
+    return codes // n, codes % n, s[first].astype(np.float32)
+
+
+def greedy_groups(
+    n: int,
+    edges: list[tuple[int, int, float, int]],
+    order_key: list[Any],
+    complete: bool = True,
+) -> tuple[np.ndarray, dict[int, float]]:
+    """Groups around representatives from candidate edges; never connected components.
+
+    ``edges`` are ``(u, v, similarity, rank)``; they are taken strongest first (rank, then
+    similarity). Two ungrouped items found together start a group whose representative is
+    the one with the smaller ``order_key``. An ungrouped item joins an existing group only
+    when it has a direct edge to the group's representative and, with ``complete``, to
+    every member too, so a chain a~b~c never puts a and c together. Groups never merge.
+    Returns (representative per item, -1 when ungrouped; similarity of each member to its
+    representative).
+    """
+    rep = np.full(n, -1, dtype=np.int64)
+    members: dict[int, list[int]] = {}
+    sim_of: dict[tuple[int, int], float] = {}
+    for u, v, s, _ in edges:
+        key = (min(u, v), max(u, v))
+        sim_of[key] = max(s, sim_of.get(key, -np.inf))
+    to_rep: dict[int, float] = {}
+
+    def linked(a: int, b: int) -> bool:
+        return (min(a, b), max(a, b)) in sim_of
+
+    for u, v, _, _ in sorted(edges, key=lambda e: (-e[3], -e[2], min(e[0], e[1]), max(e[0], e[1]))):
+        if rep[u] == -1 and rep[v] == -1:
+            r, m = (u, v) if order_key[u] <= order_key[v] else (v, u)
+            rep[r] = rep[m] = r
+            members[r] = [r, m]
+            to_rep[m] = sim_of[(min(r, m), max(r, m))]
+            continue
+        if rep[u] != -1 and rep[v] != -1:
+            continue
+        new, grouped = (v, u) if rep[v] == -1 else (u, v)
+        r = int(rep[grouped])
+        if not linked(r, new):
+            continue
+        if complete and not all(linked(x, new) for x in members[r]):
+            continue
+        rep[new] = r
+        members[r].append(new)
+        to_rep[new] = sim_of[(min(r, new), max(r, new))]
+    return rep, to_rep
+
+
+class Duplicates(Check):
+    """Exact and near duplicates, reported as groups around a representative.
+
+    Within each dataset:
+
+    - exact duplicates: samples whose first media is the same ``media_id`` (same bytes);
+    - near duplicates between distinct media: perceptual-hash Hamming distance
+      <= ``phash_max_distance`` (candidates by banding, see :func:`phash_pairs`; identical
+      hashes included), confirmed by an image-embedding cosine >= ``phash_min_cosine`` when
+      both media have embeddings (set it to null to trust the hash alone; synthetic images
+      with plain backgrounds share hashes without being copies); or embedding cosine >=
+      ``min_cosine`` alone (catches crops and recolours that move the hash), from each
+      media's ``knn`` nearest neighbours (exact search in batches; LanceDB vector search,
+      with ``nprobes`` / ``refine_factor``, above ``ann_above`` distinct media).
+
+    Groups are built greedily around a representative (:func:`greedy_groups`), never as
+    connected components. Per sample: ``group`` = the representative's ``sample_id``,
+    ``score`` = similarity to the representative (1 for the same bytes, the cosine when
+    embeddings exist, else ``1 - distance/64``; ungrouped samples score 0), flagged for
+    every member except the representative.
+    """
+
+    name: ClassVar[str] = "duplicates"
+    version: ClassVar[str] = "0.1.0"
+    has_groups: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        phash_max_distance: int = 8,
+        phash_min_cosine: float | None = 0.9,
+        min_cosine: float | None = 0.97,
+        knn: int = 10,
+        bands: int = 4,
+        probe_radius: int = 1,
+        complete_link: bool = True,
+        batch_size: int = 2048,
+        report_groups: int = 200,
+        ann_above: int = 50_000,
+        nprobes: int = 64,
+        refine_factor: int = 10,
+    ) -> None:
+        self.phash_max_distance = int(phash_max_distance)
+        self.phash_min_cosine = None if phash_min_cosine is None else float(phash_min_cosine)
+        self.min_cosine = None if min_cosine is None else float(min_cosine)
+        self.knn = int(knn)
+        self.bands = int(bands)
+        self.probe_radius = int(probe_radius)
+        self.complete_link = bool(complete_link)
+        self.batch_size = int(batch_size)
+        self.report_groups = int(report_groups)
+        self.ann_above = int(ann_above)
+        self.nprobes = int(nprobes)
+        self.refine_factor = int(refine_factor)
+
+    def thresholds(self) -> dict[str, Any]:
+        """Settings recorded in the summary and the report."""
+        return {
+            "phash_max_distance": self.phash_max_distance,
+            "phash_min_cosine": self.phash_min_cosine,
+            "min_cosine": self.min_cosine,
+            "knn": self.knn,
+            "bands": self.bands,
+            "probe_radius": self.probe_radius,
+            "complete_link": self.complete_link,
+            "ann_above": self.ann_above,
+        }
+
+    def run(self, lake: Any, where: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
+        """Group the selected samples' duplicates."""
+        samples = _samples(lake, where, ["media_ids", "source_uri"])
+        first = _first_media(samples)
+        media, idx = _media(lake, ["phash"], first)
+        valid, img, models = _image_embeddings(lake, samples)
+        pcol = media.column("phash")
+        phash = pc.fill_null(pcol, 0).to_numpy(zero_copy_only=False).astype(np.uint64)
+        hvalid = np.asarray(pcol.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        ids_all = samples.column("sample_id").to_pylist()
+        uris = samples.column("source_uri").to_pylist()
+        first_l = first.to_pylist()
+        out_ids: list[str] = []
+        scores: list[float] = []
+        flags: list[bool] = []
+        groups: list[str | None] = []
+        details: list[str | None] = []
+        report: list[dict[str, Any]] = []
+        n_groups = n_exact = n_near = 0
+        for _, rows in _datasets(samples):
+            rows = rows[idx[rows] >= 0]
+            if not len(rows):
+                continue
+            # units: samples sharing the same media (same bytes)
+            by_media: dict[str, list[int]] = {}
+            for r in sorted(rows.tolist(), key=lambda r: (uris[r] or "", ids_all[r])):
+                by_media.setdefault(first_l[r], []).append(r)
+            units = list(by_media.values())
+            head = np.array([u[0] for u in units])
+            order_key = [(-len(u), uris[u[0]] or "", ids_all[u[0]]) for u in units]
+            edges = self._edges(
+                phash[idx[head]], hvalid[idx[head]], valid[head], img[head], first_l, head, lake
+            )
+            rep, to_rep = greedy_groups(len(units), edges, order_key, self.complete_link)
+            kind = {(min(u, v), max(u, v)): k for u, v, _, k in edges}
+            grouped_units: dict[int, list[int]] = {}
+            for u in range(len(units)):
+                if rep[u] != -1 or len(units[u]) > 1:
+                    grouped_units.setdefault(int(rep[u]) if rep[u] != -1 else u, []).append(u)
+            in_group = np.zeros(len(units), bool)
+            for r_unit, member_units in grouped_units.items():
+                rep_sample = units[r_unit][0]
+                gid = ids_all[rep_sample]
+                entry = {"group": gid, "representative": uris[rep_sample], "members": []}
+                near_here = False
+                for u in sorted(member_units, key=lambda u: u != r_unit):
+                    in_group[u] = True
+                    for pos, s in enumerate(units[u]):
+                        is_rep = u == r_unit and pos == 0
+                        if u == r_unit:
+                            sc, det = 1.0, None if is_rep else "exact: same media"
+                        else:
+                            near_here = True
+                            sc = float(to_rep[u])
+                            k = kind[(min(u, r_unit), max(u, r_unit))]
+                            det = f"near ({self._kind_name(k)}) {sc:.3f}"
+                            if pos:
+                                det += ", exact copy of a member"
+                        out_ids.append(ids_all[s])
+                        scores.append(sc)
+                        flags.append(not is_rep)
+                        groups.append(gid)
+                        details.append("representative" if is_rep else det)
+                        if not is_rep:
+                            entry["members"].append(
+                                {"sample": uris[s], "score": round(sc, 4), "detail": det}
+                            )
+                n_groups += 1
+                n_near += near_here
+                n_exact += not near_here
+                if len(report) < self.report_groups:
+                    report.append(entry)
+            best = self._best(len(units), edges)
+            for u in np.flatnonzero(~in_group):
+                s = units[u][0]
+                out_ids.append(ids_all[s])
+                scores.append(best.get(int(u), 0.0))
+                flags.append(False)
+                groups.append(None)
+                details.append(None)
+        score = np.asarray(scores, dtype=np.float32)
+        flagged = np.asarray(flags, dtype=bool)
+        result = _result(out_ids, score, flagged, groups, details)
+        return result, {
+            "check": self.name,
+            "thresholds": self.thresholds(),
+            "scored": len(out_ids),
+            "flagged": int(flagged.sum()),
+            "groups": n_groups,
+            "exact_groups": n_exact,
+            "near_groups": n_near,
+            "models": {"image": models},
+            "group_list": report,
+        }
+
+    @staticmethod
+    def _kind_name(rank: int) -> str:
+        return {2: "phash+cosine", 1: "phash", 0: "cosine"}.get(rank, "?")
+
+    @staticmethod
+    def _best(n: int, edges: list[tuple[int, int, float, int]]) -> dict[int, float]:
+        best: dict[int, float] = {}
+        for u, v, s, _ in edges:
+            best[u] = max(best.get(u, 0.0), s)
+            best[v] = max(best.get(v, 0.0), s)
+        return best
+
+    def _edges(
+        self,
+        hashes: np.ndarray,
+        has_hash: np.ndarray,
+        has_vec: np.ndarray,
+        vecs: np.ndarray,
+        media: list[str | None],
+        head: np.ndarray,
+        lake: Any,
+    ) -> list[tuple[int, int, float, int]]:
+        """Candidate edges (u, v, similarity, rank) between units (distinct media)."""
+        edges: dict[tuple[int, int], tuple[float, int]] = {}
+        keep = np.flatnonzero(has_hash)
+        h = hashes[keep]
+        i, j, dist = phash_pairs(h, self.phash_max_distance, self.bands, self.probe_radius)
+        i, j = keep[i], keep[j]
+        both = has_vec[i] & has_vec[j]
+        cos = np.einsum("ij,ij->i", vecs[i], vecs[j]) if len(i) else np.zeros(0)
+        for a, b, d, c, e in zip(i, j, dist, cos, both, strict=True):
+            if e and self.phash_min_cosine is not None:
+                if c < self.phash_min_cosine:
+                    continue
+                edges[(int(a), int(b))] = (float(c), 2)
+            else:
+                edges[(int(a), int(b))] = (1.0 - float(d) / 64.0, 1)
+        if self.min_cosine is not None and has_vec.sum() >= 2:
+            rows = np.flatnonzero(has_vec)
+            if len(rows) > self.ann_above:
+                mids = [str(media[int(h)]) for h in head[rows]]
+                a, b, c = lance_knn_pairs(
+                    lake, mids, vecs[rows], self.min_cosine, self.knn, self.nprobes,
+                    self.refine_factor,
+                )  # fmt: skip
+            else:
+                a, b, c = knn_pairs(vecs[rows], self.min_cosine, self.knn, self.batch_size)
+            for x, y, s in zip(rows[a], rows[b], c, strict=True):
+                edges.setdefault((int(x), int(y)), (float(s), 0))
+        return [(u, v, s, k) for (u, v), (s, k) in edges.items()]
+
+
+# --------------------------------------------------------------------------- outliers
+
+
+class Outliers(Check):
+    """Flags samples far from their label's neighbours in the image-embedding space.
+
+    Score = robust z-score, within the sample's (dataset, label), of the mean cosine
+    distance from the sample's image to its ``k`` nearest neighbours of the same label:
+    ``(d - median) / (1.4826 * MAD)``. Flagged when the score exceeds ``z``. Labels with
+    fewer than ``min_per_label`` samples are not scored. Unlabelled samples form one group.
+    """
+
+    name: ClassVar[str] = "outliers"
+    version: ClassVar[str] = "0.1.0"
+
+    def __init__(
+        self, k: int = 5, z: float = 3.5, min_per_label: int = 10, batch_size: int = 2048
+    ) -> None:
+        self.k = int(k)
+        self.z = float(z)
+        self.min_per_label = int(min_per_label)
+        self.batch_size = int(batch_size)
+
+    def thresholds(self) -> dict[str, Any]:
+        """Settings recorded in the summary and the report."""
+        return {"k": self.k, "z": self.z, "min_per_label": self.min_per_label}
+
+    def run(self, lake: Any, where: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
+        """Score every sample with an image embedding, per (dataset, label)."""
+        samples = _samples(lake, where, ["media_ids", "label"])
+        valid, img, models = _image_embeddings(lake, samples)
+        labels = np.asarray(
+            [x if x is not None else "" for x in samples.column("label").to_pylist()], object
+        )
+        ids_all = samples.column("sample_id").to_pylist()
+        ids: list[str] = []
+        scores, flags, details = [], [], []
+        for _, rows in _datasets(samples):
+            rows = rows[valid[rows]]
+            for label in sorted(set(labels[rows].tolist())):
+                sub = rows[labels[rows] == label]
+                if len(sub) < max(self.min_per_label, self.k + 1):
+                    continue
+                d = self._knn_distance(img[sub])
+                z = _robust_z(d)
+                ids += [ids_all[i] for i in sub]
+                scores.append(z)
+                flags.append(z > self.z)
+                details += [f"{self.k}-NN distance {x:.3f} in label {label!r}" for x in d]
+        score = np.concatenate(scores) if scores else np.zeros(0)
+        flagged = np.concatenate(flags) if flags else np.zeros(0, bool)
+        return _result(ids, score, flagged, None, details), {
+            "check": self.name,
+            "thresholds": self.thresholds(),
+            "scored": len(ids),
+            "flagged": int(flagged.sum()),
+            "models": {"image": models},
+        }
+
+    def _knn_distance(self, x: np.ndarray) -> np.ndarray:
+        """Mean cosine distance of each row to its k nearest other rows (exact, batched)."""
+        n, k = len(x), self.k
+        out = np.zeros(n, dtype=np.float64)
+        for a in range(0, n, self.batch_size):
+            b = min(a + self.batch_size, n)
+            sims = x[a:b] @ x.T
+            sims[np.arange(b - a), np.arange(a, b)] = -np.inf
+            top = -np.partition(-sims, k - 1, axis=1)[:, :k]
+            out[a:b] = 1.0 - top.mean(axis=1)
+        return out

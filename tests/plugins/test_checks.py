@@ -1,0 +1,155 @@
+"""Each check on a small planted lake (vectors and hashes written by the test)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lake.store import Lake
+from plugins.checks import (
+    CaptionMismatch,
+    Duplicates,
+    LabelConflict,
+    Outliers,
+    greedy_groups,
+    knn_pairs,
+    phash_pairs,
+)
+from tests.checks_data import (
+    DUP_MEMBERS,
+    IMAGE_MODEL,
+    MISLABELLED,
+    OUTLIER,
+    TEXT_MODEL,
+    WRONG_CAPTIONS,
+    build_lake,
+)
+
+
+@pytest.fixture
+def toy(lake: Lake) -> Lake:
+    return build_lake(lake)
+
+
+def _flagged(table) -> set[str]:
+    return set(table.filter(table.column("flagged")).column("sample_id").to_pylist())
+
+
+def test_caption_mismatch_flags_exactly_the_wrong_captions(toy: Lake) -> None:
+    result, summary = CaptionMismatch().run(toy)
+    assert _flagged(result) == WRONG_CAPTIONS
+    assert result.column_names == ["sample_id", "score", "flagged", "group", "detail", "clip_score"]
+    rows = {r["sample_id"]: r for r in result.to_pylist()}
+    assert len(rows) == 40  # the chain has no embeddings; `other` is too small to rank
+    assert rows["s03"]["score"] > 0.9 and rows["s00"]["score"] < 0.1
+    assert rows["s03"]["clip_score"] < 0 < rows["s00"]["clip_score"]
+    assert summary["models"] == {"image": [IMAGE_MODEL], "text": [TEXT_MODEL]}
+    assert summary["flagged"] == 3 and summary["thresholds"]["max_beaten_frac"] == 0.2
+
+
+def test_caption_mismatch_is_relative_and_respects_where(toy: Lake) -> None:
+    # the wrong captions rank last, whatever the rank threshold; `where` limits the scope
+    loose, _ = CaptionMismatch(max_beaten_frac=0.9).run(toy)
+    assert _flagged(loose) == WRONG_CAPTIONS
+    some, _ = CaptionMismatch(min_samples=5).run(toy, "label = 'a'")
+    assert set(some.column("sample_id").to_pylist()) == {f"s{i:02d}" for i in range(10)}
+    assert _flagged(some) == {"s03"}
+
+
+def test_caption_mismatch_with_sampled_negatives(toy: Lake) -> None:
+    result, _ = CaptionMismatch(negatives=20, seed=1).run(toy)
+    assert _flagged(result) == WRONG_CAPTIONS
+
+
+def test_label_conflict_flags_the_mislabelled(toy: Lake) -> None:
+    result, summary = LabelConflict().run(toy)
+    assert _flagged(result) == MISLABELLED
+    detail = {r["sample_id"]: r["detail"] for r in result.to_pylist()}
+    assert detail["s08"].startswith("predicted b (label a")
+    assert summary["models"] == {"image": [IMAGE_MODEL]}
+    # the outlier is far from every prototype: no confident conflict
+    assert "s29" not in _flagged(result)
+
+
+def test_outliers_flag_far_samples_per_label(toy: Lake) -> None:
+    result, summary = Outliers().run(toy)
+    assert _flagged(result) == OUTLIER | MISLABELLED
+    assert summary["thresholds"] == {"k": 5, "z": 3.5, "min_per_label": 10}
+
+
+def test_duplicates_groups_around_representatives(toy: Lake) -> None:
+    result, summary = Duplicates().run(toy)
+    assert _flagged(result) == DUP_MEMBERS
+    groups: dict[str, set[str]] = {}
+    for r in result.to_pylist():
+        if r["group"]:
+            groups.setdefault(r["group"], set()).add(r["sample_id"])
+    assert sorted(map(sorted, groups.values())) == [
+        ["s30", "s31"],  # same media
+        ["s32", "s33"],  # same phash, confirmed by embeddings
+        ["s34", "s35"],  # phash 3 bits apart
+        ["s37", "s38"],  # embeddings only
+        ["s40", "s41"],  # the chain's first link; s42 is not within reach of s40
+    ]
+    assert all(r == min(m) for r, m in groups.items())  # representative = group id
+    rows = {r["sample_id"]: r for r in result.to_pylist()}
+    assert rows["s31"]["score"] == 1.0 and rows["s31"]["detail"] == "exact: same media"
+    assert rows["s38"]["detail"].startswith("near (cosine)")
+    # hash 2 bits from s05 but another image: not a copy; s43 is in another dataset
+    assert rows["s36"]["group"] is None and rows["s05"]["group"] is None
+    assert rows["s43"]["group"] is None and rows["s00"]["group"] is None
+    assert summary["groups"] == 5 and summary["exact_groups"] == 1
+    assert summary["group_list"][0]["members"]
+
+
+def test_duplicates_hash_only_trusts_hashes(toy: Lake) -> None:
+    result, _ = Duplicates(phash_min_cosine=None, min_cosine=None).run(toy)
+    flagged = _flagged(result)
+    assert {"s31", "s33", "s35", "s41"} <= flagged and "s38" not in flagged
+    assert flagged & {"s05", "s36"}  # the hash collision is grouped without embeddings
+
+
+def test_chain_never_becomes_one_group() -> None:
+    # 0 ~ 1 ~ 2, but 0 and 2 are not within threshold; 1 sorts first (representative)
+    edges = [(0, 1, 0.95, 1), (1, 2, 0.95, 1)]
+    rep, _ = greedy_groups(3, edges, order_key=[1, 0, 2], complete=True)
+    assert rep.tolist() in ([1, 1, -1], [-1, 1, 1])
+    # without the complete-link rule, the star around the representative takes both
+    rep, _ = greedy_groups(3, edges, order_key=[1, 0, 2], complete=False)
+    assert rep.tolist() == [1, 1, 1]
+    # and groups never grow through a member: 0 is rep, 1 member, 2 only near 1
+    rep, _ = greedy_groups(3, edges, order_key=[0, 1, 2], complete=False)
+    assert rep.tolist() == [0, 0, -1]
+
+
+def test_phash_banding_finds_every_pair_within_seven_bits() -> None:
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 2**63, size=300, dtype=np.int64).astype(np.uint64) * np.uint64(2)
+    near = base.copy()
+    for k in range(len(near)):
+        for b in rng.choice(64, size=int(rng.integers(0, 8)), replace=False):
+            near[k] ^= np.uint64(1) << np.uint64(int(b))
+    h = np.concatenate([base, near])
+    i, j, d = phash_pairs(h, max_distance=7)
+    dist = np.bitwise_count(h[:, None] ^ h[None, :])
+    want = {(a, b) for a, b in zip(*np.nonzero(np.triu(dist <= 7, 1)), strict=True)}
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == want
+    assert (d == dist[i, j]).all()
+
+
+def test_knn_pairs_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 8))
+    x[25:] = x[:25] + 0.01 * rng.normal(size=(25, 8))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    i, j, s = knn_pairs(x, 0.99, k=3, batch_size=7)
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) >= {(a, a + 25) for a in range(25)}
+    assert np.allclose(s, np.einsum("ij,ij->i", x[i], x[j]), atol=1e-5)
+
+
+def test_duplicates_through_lancedb_vector_search(toy: Lake) -> None:
+    exact, _ = Duplicates().run(toy)
+    ann, summary = Duplicates(ann_above=0).run(toy)
+    assert summary["thresholds"]["ann_above"] == 0
+    assert _flagged(ann) == _flagged(exact) == DUP_MEMBERS
+    assert ann.column("group").to_pylist() == exact.column("group").to_pylist()
