@@ -17,12 +17,14 @@ its first media.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from PIL import Image
 
 from lake.plugin import Check
 
@@ -485,6 +487,88 @@ def lance_knn_pairs(
     return codes // n, codes % n, s[first].astype(np.float32)
 
 
+def thumb_views(
+    scales: Iterable[float] = (1.0, 0.96, 0.92, 0.88), anchors: Iterable[float] = (0.5,)
+) -> list[tuple[float, float, float]]:
+    """(scale, x anchor, y anchor) of each view: the whole image first, then each zoom
+    ``s < 1`` with its window placed at each anchor of the slack ``1 - s`` (0 left/top, 0.5
+    centred, 1 right/bottom): the inverse of a crop taken there."""
+    zooms = sorted({float(s) for s in scales if float(s) < 1.0}, reverse=True)
+    places = [float(a) for a in anchors]
+    return [(1.0, 0.5, 0.5)] + [(s, ax, ay) for s in zooms for ay in places for ax in places]
+
+
+def thumb_stack(
+    blobs: list[bytes | None],
+    size: int = 16,
+    scales: Iterable[float] = (1.0, 0.96, 0.92, 0.88),
+    anchors: Iterable[float] = (0.5,),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode each thumbnail once into small RGB views: uint8 ``n x views x 3 x size x size``
+    (3 KB a media with the defaults), and ok.
+
+    The views are :func:`thumb_views`: view 0 the whole image, the others zoomed windows
+    (the inverse of a crop), each resampled to ``size x size`` with PIL's antialiased
+    bilinear filter (a low-pass that removes JPEG block noise and sub-pixel misalignment;
+    full-resolution decode, since JPEG draft decoding adds its own error); ``ok`` is False
+    for missing or undecodable ones.
+    """
+    views = thumb_views(scales, anchors)
+    out = np.zeros((len(blobs), len(views), 3, size, size), np.uint8)
+    ok = np.zeros(len(blobs), dtype=bool)
+    for r, blob in enumerate(blobs):
+        if not blob:
+            continue
+        try:
+            with Image.open(io.BytesIO(blob)) as im:
+                rgb = im.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+        w, h = rgb.size
+        for k, (s, ax, ay) in enumerate(views):
+            x0, y0 = w * (1 - s) * ax, h * (1 - s) * ay
+            box = (x0, y0, x0 + w * s, y0 + h * s)
+            view = rgb.resize((size, size), Image.Resampling.BILINEAR, box=box)
+            out[r, k] = np.asarray(view, np.uint8).transpose(2, 0, 1)
+        ok[r] = True
+    return out, ok
+
+
+def thumb_similarity(
+    views: np.ndarray, i: np.ndarray, j: np.ndarray, batch_size: int = 4096
+) -> np.ndarray:
+    """Best concordance of the pairs' thumbnail views, over zooms of either side.
+
+    For each pair, each zoom of one image is compared with the other's full view by Lin's
+    concordance correlation over the RGB pixels, ``1 - E[(a - b)^2] / (var a + var b +
+    (mean a - mean b)^2)`` (per channel, pooled): 1 for identical pictures, near 1 after
+    re-encoding (small pixel noise) or a centred crop (matched by the zoom), and unlike a
+    plain correlation it drops when colours or brightness change. The denominator never falls
+    below 1 (grey level squared), so two flat images score low unless they are equal.
+    """
+    n, k, c, s, _ = views.shape
+    flat = views.reshape(n, k, c, s * s)  # uint8 (or float): cast per batch
+    mu = np.zeros((n, k, c), np.float32)
+    sq = np.zeros((n, k, c), np.float32)
+    for a in range(0, n, batch_size):
+        part = flat[a : a + batch_size].astype(np.float32)
+        mu[a : a + batch_size], sq[a : a + batch_size] = part.mean(-1), (part * part).mean(-1)
+    best = np.full(len(i), -np.inf, dtype=np.float32)
+    for a in range(0, len(i), batch_size):
+        ii, jj = np.asarray(i[a : a + batch_size]), np.asarray(j[a : a + batch_size])
+        for x, y in ((ii, jj), (jj, ii)):
+            # zooms of x against the full view of y
+            fx, fy = flat[x].astype(np.float32), flat[y, 0].astype(np.float32)
+            cross = np.einsum("pkcl,pcl->pkc", fx, fy) / (s * s)
+            ma, mb = mu[x], mu[y, 0][:, None]
+            ea, eb = sq[x], sq[y, 0][:, None]
+            err = (ea + eb - 2 * cross).mean(-1)
+            spread = (ea - ma**2 + eb - mb**2 + (ma - mb) ** 2).mean(-1)
+            ccc = 1.0 - err / np.maximum(spread, 1.0)
+            best[a : a + batch_size] = np.maximum(best[a : a + batch_size], ccc.max(1))
+    return best
+
+
 def greedy_groups(
     n: int,
     edges: list[tuple[int, int, float, int]],
@@ -539,24 +623,31 @@ class Duplicates(Check):
     Within each dataset:
 
     - exact duplicates: samples whose first media is the same ``media_id`` (same bytes);
-    - near duplicates between distinct media: perceptual-hash Hamming distance
-      <= ``phash_max_distance`` (candidates by banding, see :func:`phash_pairs`; identical
-      hashes included), confirmed by an image-embedding cosine >= ``phash_min_cosine`` when
-      both media have embeddings (set it to null to trust the hash alone; synthetic images
-      with plain backgrounds share hashes without being copies); or embedding cosine >=
-      ``min_cosine`` alone (catches crops and recolours that move the hash), from each
-      media's ``knn`` nearest neighbours (exact search in batches; LanceDB vector search,
-      with ``nprobes`` / ``refine_factor``, above ``ann_above`` distinct media).
+    - near duplicates between distinct media, in two stages. Candidates, never all pairs:
+      perceptual-hash Hamming distance <= ``candidate_distance`` (banding with probes, see
+      :func:`phash_pairs`) and each media's ``knn`` nearest embeddings with cosine >=
+      ``candidate_cosine`` (exact search in batches; LanceDB vector search, with
+      ``nprobes`` / ``refine_factor``, above ``ann_above`` distinct media). Verification,
+      when both media have a decodable ``media.thumb``: the thumbnails, decoded once per
+      run to ``thumb_size`` px RGB views at the zooms ``thumb_scales``, must reach a
+      concordance >= ``thumb_min_similarity`` (:func:`thumb_similarity`). Hashes and
+      embeddings only say "looks alike" (synthetic scenes with the same shape, colour and
+      background at another position share both); the pixels say "same picture".
+    - pairs without thumbnails keep the unverified rules: Hamming distance <=
+      ``phash_max_distance`` confirmed by an image-embedding cosine >= ``phash_min_cosine``
+      when both have embeddings (null: trust the hash alone), or cosine >= ``min_cosine``
+      alone. ``thumb_min_similarity: null`` applies these rules to every pair.
 
     Groups are built greedily around a representative (:func:`greedy_groups`), never as
     connected components. Per sample: ``group`` = the representative's ``sample_id``,
-    ``score`` = similarity to the representative (1 for the same bytes, the cosine when
-    embeddings exist, else ``1 - distance/64``; ungrouped samples score 0), flagged for
+    ``score`` = similarity to the representative (1 for the same bytes, the thumbnail
+    concordance when verified, else the cosine when embeddings exist, else
+    ``1 - distance/64``; ungrouped samples score their best accepted link, else 0), flagged for
     every member except the representative.
     """
 
     name: ClassVar[str] = "duplicates"
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = "0.2.0"
     has_groups: ClassVar[bool] = True
 
     def __init__(
@@ -565,7 +656,7 @@ class Duplicates(Check):
         phash_min_cosine: float | None = 0.9,
         min_cosine: float | None = 0.97,
         knn: int = 10,
-        bands: int = 4,
+        bands: int = 8,
         probe_radius: int = 1,
         complete_link: bool = True,
         batch_size: int = 2048,
@@ -573,7 +664,21 @@ class Duplicates(Check):
         ann_above: int = 50_000,
         nprobes: int = 64,
         refine_factor: int = 10,
+        candidate_distance: int = 16,
+        candidate_cosine: float = 0.9,
+        thumb_min_similarity: float | None = 0.96,
+        thumb_size: int = 16,
+        thumb_scales: Iterable[float] = (1.0, 0.96, 0.92, 0.88),
+        thumb_anchors: Iterable[float] = (0.5,),
     ) -> None:
+        self.thumb_anchors = tuple(float(x) for x in thumb_anchors)
+        self.candidate_distance = int(candidate_distance)
+        self.candidate_cosine = float(candidate_cosine)
+        self.thumb_min_similarity = (
+            None if thumb_min_similarity is None else float(thumb_min_similarity)
+        )
+        self.thumb_size = int(thumb_size)
+        self.thumb_scales = tuple(float(x) for x in thumb_scales)
         self.phash_max_distance = int(phash_max_distance)
         self.phash_min_cosine = None if phash_min_cosine is None else float(phash_min_cosine)
         self.min_cosine = None if min_cosine is None else float(min_cosine)
@@ -598,6 +703,12 @@ class Duplicates(Check):
             "probe_radius": self.probe_radius,
             "complete_link": self.complete_link,
             "ann_above": self.ann_above,
+            "candidate_distance": self.candidate_distance,
+            "candidate_cosine": self.candidate_cosine,
+            "thumb_min_similarity": self.thumb_min_similarity,
+            "thumb_size": self.thumb_size,
+            "thumb_scales": list(self.thumb_scales),
+            "thumb_anchors": list(self.thumb_anchors),
         }
 
     def run(self, lake: Any, where: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
@@ -697,7 +808,7 @@ class Duplicates(Check):
 
     @staticmethod
     def _kind_name(rank: int) -> str:
-        return {2: "phash+cosine", 1: "phash", 0: "cosine"}.get(rank, "?")
+        return {3: "thumbnail", 2: "phash+cosine", 1: "phash", 0: "cosine"}.get(rank, "?")
 
     @staticmethod
     def _best(n: int, edges: list[tuple[int, int, float, int]]) -> dict[int, float]:
@@ -706,6 +817,25 @@ class Duplicates(Check):
             best[u] = max(best.get(u, 0.0), s)
             best[v] = max(best.get(v, 0.0), s)
         return best
+
+    def _thumbs(self, lake: Any, media_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Views (:func:`thumb_stack`) of ``media_ids``' thumbnails, each decoded once."""
+        n = len(media_ids)
+        if self.thumb_min_similarity is None or not n or "thumb" not in _columns(lake, "media"):
+            return np.zeros((n, 0, 3, 0, 0), np.uint8), np.zeros(n, dtype=bool)
+        ids = pa.array(media_ids, pa.string())
+        table = lake.dataset("media").to_table(
+            columns=["media_id", "thumb"], filter=pc.field("media_id").isin(ids)
+        )
+        at = pc.index_in(ids, value_set=table.column("media_id").combine_chunks())
+        at = np.asarray(pc.fill_null(at, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+        blobs = table.column("thumb").to_pylist()
+        return thumb_stack(
+            [blobs[a] if a >= 0 else None for a in at],
+            self.thumb_size,
+            self.thumb_scales,
+            self.thumb_anchors,
+        )
 
     def _edges(
         self,
@@ -717,34 +847,70 @@ class Duplicates(Check):
         head: np.ndarray,
         lake: Any,
     ) -> list[tuple[int, int, float, int]]:
-        """Candidate edges (u, v, similarity, rank) between units (distinct media)."""
-        edges: dict[tuple[int, int], tuple[float, int]] = {}
+        """Edges (u, v, similarity, rank) between units (distinct media), verified if possible."""
+        verify = self.thumb_min_similarity is not None
+        n = len(hashes)
+        # candidates: code u * n + v (u < v) -> Hamming distance / cosine (nan: unknown)
+        dist: dict[int, int] = {}
+        cosine: dict[int, float] = {}
         keep = np.flatnonzero(has_hash)
-        h = hashes[keep]
-        i, j, dist = phash_pairs(h, self.phash_max_distance, self.bands, self.probe_radius)
+        max_d = max(self.phash_max_distance, self.candidate_distance if verify else 0)
+        i, j, d = phash_pairs(hashes[keep], max_d, self.bands, self.probe_radius)
         i, j = keep[i], keep[j]
-        both = has_vec[i] & has_vec[j]
-        cos = np.einsum("ij,ij->i", vecs[i], vecs[j]) if len(i) else np.zeros(0)
-        for a, b, d, c, e in zip(i, j, dist, cos, both, strict=True):
-            if e and self.phash_min_cosine is not None:
-                if c < self.phash_min_cosine:
-                    continue
-                edges[(int(a), int(b))] = (float(c), 2)
-            else:
-                edges[(int(a), int(b))] = (1.0 - float(d) / 64.0, 1)
-        if self.min_cosine is not None and has_vec.sum() >= 2:
+        dist.update(zip((i * n + j).tolist(), d.tolist(), strict=True))
+        floors = [
+            c for c in (self.min_cosine, self.candidate_cosine if verify else None) if c is not None
+        ]
+        if floors and has_vec.sum() >= 2:
             rows = np.flatnonzero(has_vec)
             if len(rows) > self.ann_above:
                 mids = [str(media[int(h)]) for h in head[rows]]
                 a, b, c = lance_knn_pairs(
-                    lake, mids, vecs[rows], self.min_cosine, self.knn, self.nprobes,
+                    lake, mids, vecs[rows], min(floors), self.knn, self.nprobes,
                     self.refine_factor,
                 )  # fmt: skip
             else:
-                a, b, c = knn_pairs(vecs[rows], self.min_cosine, self.knn, self.batch_size)
-            for x, y, s in zip(rows[a], rows[b], c, strict=True):
-                edges.setdefault((int(x), int(y)), (float(s), 0))
-        return [(u, v, s, k) for (u, v), (s, k) in edges.items()]
+                a, b, c = knn_pairs(vecs[rows], min(floors), self.knn, self.batch_size)
+            x, y = rows[a], rows[b]
+            lo, hi = np.minimum(x, y), np.maximum(x, y)
+            cosine.update(zip((lo * n + hi).tolist(), c.tolist(), strict=True))
+        codes = np.array(sorted(set(dist) | set(cosine)), dtype=np.int64)
+        if not len(codes):
+            return []
+        u, v = codes // n, codes % n
+        both = has_vec[u] & has_vec[v]
+        cos = np.einsum("ij,ij->i", vecs[u], vecs[v])
+        # verification by thumbnails: decode only the media that have a candidate
+        units = np.unique(np.concatenate([u, v]))
+        views, ok = self._thumbs(lake, [str(media[int(h)]) for h in head[units]])
+        slot = np.full(n, -1, dtype=np.int64)
+        slot[units] = np.arange(len(units))
+        checked = verify & ok[slot[u]] & ok[slot[v]]
+        sim = np.zeros(len(codes), dtype=np.float32)
+        if checked.any():
+            sim[checked] = thumb_similarity(
+                views, slot[u[checked]], slot[v[checked]], self.batch_size
+            )
+        edges: list[tuple[int, int, float, int]] = []
+        for k, code in enumerate(codes.tolist()):
+            a, b = int(u[k]), int(v[k])
+            if checked[k]:  # every candidate: the thumbnails decide
+                if sim[k] >= self.thumb_min_similarity:
+                    edges.append((a, b, float(sim[k]), 3))
+                continue
+            hd = dist.get(code)
+            if hd is not None and hd <= self.phash_max_distance:
+                if both[k] and self.phash_min_cosine is not None:
+                    if cos[k] >= self.phash_min_cosine:
+                        edges.append((a, b, float(cos[k]), 2))
+                        continue
+                else:
+                    edges.append((a, b, 1.0 - hd / 64.0, 1))
+                    continue
+            c = cosine.get(code)
+            if c is not None and self.min_cosine is not None and c >= self.min_cosine:
+                edges.append((a, b, float(c), 0))
+        return edges
 
 
 # --------------------------------------------------------------------------- outliers

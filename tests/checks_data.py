@@ -16,8 +16,11 @@ Dataset ``other`` has one sample, s43, reusing s00's media: never grouped across
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pyarrow as pa
+from PIL import Image, ImageDraw
 
 from lake.schema import MEDIA_SCHEMA, SAMPLES_SCHEMA
 from lake.store import Lake
@@ -120,6 +123,96 @@ def build_lake(lake: Lake, seed: int = 0) -> Lake:
                 "sample_id": sids,
                 "clip_text": pa.array(list(tvecs), vec),
                 "clip_text_model": [TEXT_MODEL] * len(sids),
+            }
+        ),
+    )
+    return lake
+
+
+# --------------------------------------------------------------------------- thumbnails
+
+THUMB_SIZE = 96
+
+
+def picture(centre: tuple[float, float] = (40.0, 44.0), seed: int = 7) -> Image.Image:
+    """A small scene: textured gradient background, a star and a disc (same seed, same scene).
+
+    ``centre`` places the star; the background and the disc do not move with it, so a
+    second call with another centre is "the same shape drawn at another position".
+    """
+    rng = np.random.default_rng(seed)
+    s = THUMB_SIZE
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float64)
+    bg = np.stack([90 + 60 * xx / s, 120 + 40 * yy / s, 160 - 50 * xx / s], -1)
+    bg += 12 * np.sin(xx / 5.0 + yy / 9.0)[..., None] + rng.normal(0, 6, size=(s, s, 3))
+    img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    cx, cy = centre
+    pts = []
+    for k in range(10):
+        r = 22 if k % 2 == 0 else 9
+        a = np.pi * k / 5 - np.pi / 2
+        pts.append((cx + r * np.cos(a), cy + r * np.sin(a)))
+    draw.polygon(pts, fill=(235, 190, 40))
+    draw.ellipse((66, 62, 84, 80), fill=(40, 60, 170))
+    return img
+
+
+def jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def cropped(img: Image.Image, frac: float, left: float = 0.5, top: float = 0.5) -> Image.Image:
+    """Crop ``frac`` of each dimension (split ``left``/``top`` : rest) and resize back."""
+    w, h = img.size
+    cw, ch = round(w * frac), round(h * frac)
+    x0, y0 = round(cw * left), round(ch * top)
+    box = (x0, y0, w - (cw - x0), h - (ch - y0))
+    return img.crop(box).resize((w, h), Image.Resampling.BICUBIC)
+
+
+def build_thumb_lake(lake: Lake) -> Lake:
+    """Dataset ``pix``: one picture, its copies and a redraw, all with the same phash and
+    embedding (so every pair is a candidate) and a JPEG thumbnail each.
+
+    p0 original; p1 re-encoded at quality 60; p2 4% crop (2% a side) re-encoded at 75;
+    p3 the star drawn 14 px to the right (not a copy); p4 has no thumbnail (unverifiable,
+    the unverified rules apply: hash + cosine).
+    """
+    base = picture()
+    thumbs = [
+        jpeg(base, 90),
+        jpeg(base, 60),
+        jpeg(cropped(base, 0.04), 75),
+        jpeg(picture(centre=(54.0, 44.0)), 90),
+        None,
+    ]
+    vec = pa.list_(pa.float32(), D)
+    media = [
+        {"media_id": f"pm{i}", "kind": "image", "phash": 12345, "thumb": t,
+         "source_uri": f"p{i}.jpg"}
+        for i, t in enumerate(thumbs)
+    ]  # fmt: skip
+    samples = [
+        {"sample_id": f"p{i}", "dataset": "pix", "media_ids": [f"pm{i}"], "label": "star",
+         "source_uri": f"pix/p{i}.jpg"}
+        for i in range(len(thumbs))
+    ]  # fmt: skip
+    lake.insert_new("media", pa.Table.from_pylist(media, schema=MEDIA_SCHEMA))
+    lake.insert_new("samples", pa.Table.from_pylist(samples, schema=SAMPLES_SCHEMA))
+    lake.add_columns(
+        "media", [pa.field("clip_image", vec), pa.field("clip_image_model", pa.string())]
+    )
+    one = _unit(np.ones(D)).astype(np.float32)
+    lake.update_columns(
+        "media",
+        pa.table(
+            {
+                "media_id": [m["media_id"] for m in media],
+                "clip_image": pa.array([one] * len(media), vec),
+                "clip_image_model": [IMAGE_MODEL] * len(media),
             }
         ),
     )

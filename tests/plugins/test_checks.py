@@ -14,6 +14,8 @@ from plugins.checks import (
     greedy_groups,
     knn_pairs,
     phash_pairs,
+    thumb_similarity,
+    thumb_stack,
 )
 from tests.checks_data import (
     DUP_MEMBERS,
@@ -23,6 +25,10 @@ from tests.checks_data import (
     TEXT_MODEL,
     WRONG_CAPTIONS,
     build_lake,
+    build_thumb_lake,
+    cropped,
+    jpeg,
+    picture,
 )
 
 
@@ -153,3 +159,53 @@ def test_duplicates_through_lancedb_vector_search(toy: Lake) -> None:
     assert summary["thresholds"]["ann_above"] == 0
     assert _flagged(ann) == _flagged(exact) == DUP_MEMBERS
     assert ann.column("group").to_pylist() == exact.column("group").to_pylist()
+
+
+def test_thumbnail_similarity_confirms_copies_not_redraws() -> None:
+    threshold = Duplicates().thumb_min_similarity
+    base = picture()
+    copies = [
+        jpeg(base, 60),  # re-encoded
+        jpeg(cropped(base, 0.04), 75),  # 4% crop (2% a side), resized back, re-encoded
+        jpeg(cropped(base, 0.08), 60),  # 8% crop at a low quality
+    ]
+    others = [
+        jpeg(picture(centre=(54.0, 44.0)), 90),  # the same star drawn 14 px to the right
+        jpeg(picture(centre=(40.0, 30.0)), 90),  # ... 14 px higher
+        jpeg(base.convert("L").convert("RGB"), 90),  # the same layout without its colours
+    ]
+    views, ok = thumb_stack([jpeg(base, 90), *copies, *others, None, b"not an image"])
+    assert ok.tolist() == [True] * 7 + [False, False]
+    sim = thumb_similarity(views, np.zeros(6, int), np.arange(1, 7))
+    assert (sim[:3] >= threshold).all(), sim
+    assert (sim[3:] < threshold).all(), sim
+    assert sim[3] < 0.9  # far below: a moved shape is not a borderline case
+    # symmetric, and the crop is found from either side
+    back = thumb_similarity(views, np.arange(1, 7), np.zeros(6, int))
+    assert np.allclose(sim, back)
+
+
+def test_off_centre_crops_need_anchors() -> None:
+    base = picture()
+    blobs = [jpeg(base, 90), jpeg(cropped(base, 0.04, left=0.0, top=0.0), 75)]
+    centred, _ = thumb_stack(blobs)
+    anywhere, _ = thumb_stack(blobs, anchors=(0.0, 0.5, 1.0))
+    assert anywhere.shape[1] == 1 + 3 * 9
+    i, j = np.array([0]), np.array([1])
+    assert thumb_similarity(anywhere, i, j)[0] > 0.99 > thumb_similarity(centred, i, j)[0]
+
+
+def test_duplicates_verifies_candidates_on_thumbnails(lake: Lake) -> None:
+    pix = build_thumb_lake(lake)
+    result, summary = Duplicates().run(pix)
+    rows = {r["sample_id"]: r for r in result.to_pylist()}
+    # same hash and embedding everywhere: the thumbnails decide
+    assert {s for s, r in rows.items() if r["group"] == "p0"} == {"p0", "p1", "p2", "p4"}
+    assert rows["p1"]["detail"].startswith("near (thumbnail)") and rows["p1"]["score"] > 0.96
+    assert rows["p3"]["group"] is None  # the star drawn elsewhere is not a copy
+    # p4 has no thumbnail: its pairs fall back to the unverified rule (hash + cosine)
+    assert rows["p4"]["detail"].startswith("near (phash+cosine)")
+    assert summary["thresholds"]["thumb_min_similarity"] == 0.96
+    # without verification, hash + embedding put everything together (the old failure)
+    loose, _ = Duplicates(thumb_min_similarity=None).run(pix)
+    assert set(loose.column("group").to_pylist()) == {"p0"}
