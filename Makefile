@@ -21,8 +21,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import lake, lancedb, imagehash"
 	touch $(STAMP)
 
+DEMO_RUN ?= demo-clip-tiny
+
+# The main job end to end: demo data -> lake -> tiny CLIP -> embeddings -> checks -> figures.
+# Each step is idempotent: a finished training run is reused, a killed one resumes.
 demo: $(STAMP)
 	$(BIN)/lakeloom demo
+	test -f runs/$(DEMO_RUN)/summary.json && grep -q '"status": "finished"' runs/$(DEMO_RUN)/summary.json \
+	  || $(BIN)/lakeloom train +experiment=clip_tiny 'data.datasets=[shapes_llava]' run_id=$(DEMO_RUN) \
+	       $$(test -f runs/$(DEMO_RUN)/checkpoints/last.ckpt && echo resume=true)
+	$(BIN)/lakeloom enrich enrich=clip enrich.model.run=$(DEMO_RUN) enrich.reembed=true
+	$(BIN)/lakeloom check
+	$(BIN)/python bench/checks.py --caption-dataset shapes_llava
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
