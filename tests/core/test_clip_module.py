@@ -15,17 +15,7 @@ from core.modules.clip_collate import ClipCollator, pick_text
 from core.modules.clip_metrics import clip_loss, retrieval_recall, zero_shot_accuracy
 from core.modules.clip_module import ClipModule
 from core.modules.optim import decay_groups, warmup_cosine
-
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 50),
-    "blue": (30, 70, 220),
-    "yellow": (240, 220, 30),
-    "purple": (140, 50, 170),
-    "orange": (245, 140, 20),
-    "white": (250, 250, 250),
-    "black": (12, 12, 12),
-}
+from lake.demo_data import COLOURS
 
 
 def shape_png(shape: str, colour: tuple[int, int, int], size: int = 64) -> bytes:
@@ -303,5 +293,5 @@ def test_configs_compose_and_instantiate() -> None:
     assert finetune.trainer.num_sanity_val_steps == -1 and finetune.model.warmup_steps > 0
     assert tiny.trainer.num_sanity_val_steps == -1
     module = instantiate(tiny.model)
-    assert isinstance(module, ClipModule) and module.hparams.arch == "tiny-clip"
+    assert isinstance(module, ClipModule) and module.hparams.arch == "tiny-clip-p8"
     assert module.hparams.recall_ks == [1, 5] and module.hparams.warmup_steps == 20
