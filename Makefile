@@ -28,7 +28,7 @@ DEMO_RUN ?= demo-clip-tiny
 demo: $(STAMP)
 	$(BIN)/lakeloom demo
 	test -f runs/$(DEMO_RUN)/summary.json && grep -q '"status": "finished"' runs/$(DEMO_RUN)/summary.json \
-	  || $(BIN)/lakeloom train +experiment=clip_tiny 'data.datasets=[shapes_llava]' run_id=$(DEMO_RUN) \
+	  || $(BIN)/lakeloom train +experiment=clip_tiny run_id=$(DEMO_RUN) \
 	       $$(test -f runs/$(DEMO_RUN)/checkpoints/last.ckpt && echo resume=true)
 	$(BIN)/lakeloom enrich enrich=clip enrich.model.run=$(DEMO_RUN) enrich.reembed=true
 	$(BIN)/lakeloom check

@@ -6,16 +6,19 @@ checks itself) for dataset ``shapes`` and compares them with ``ground_truth.json
 - caption mismatch: precision and recall of the ``caption_mismatch`` flag against the
   planted wrong captions, and the best point of the precision/recall curve over
   ``check_caption_mismatch_score`` (best F1, and the best precision at recall >= 0.8);
+  the baseline is one global threshold on the image-caption cosine (``clip_score``);
 - duplicates: the share of planted pairs (exact and near) found (both samples in the same
   ``check_duplicates_group``), and the false-group rate (groups that contain no planted
-  pair).
+  pair);
+- label conflict: the demo's class folders are correctly labelled, so every flag in
+  ``shapes`` is a false alarm.
 
 Run the pipeline first::
 
     lakeloom demo                                   # generate + ingest data/demo/shapes
-    lakeloom train +experiment=clip_tiny            # tiny CLIP on the lake
-    lakeloom enrich enrich=clip embed.run=<run_id>  # media.clip_image, samples.clip_text
-    lakeloom check dataset=shapes                   # flags, check_* columns, reports
+    lakeloom train +experiment=clip_tiny run_id=R   # tiny CLIP on the lake
+    lakeloom enrich enrich=clip enrich.model.run=R  # media.clip_image, samples.clip_text
+    lakeloom check                                  # flags, check_* columns, reports
     python bench/checks.py [--lake data/lake] [--demo data/demo/shapes] [--dataset shapes]
         [--caption-dataset shapes_llava]
 
@@ -42,6 +45,7 @@ from lake.store import Lake
 
 CAPTION = "caption_mismatch"
 DUPLICATES = "duplicates"
+LABELS = "label_conflict"
 
 
 def _record_images(demo: Path, file: str) -> dict[str, str]:
@@ -139,6 +143,18 @@ def caption_figures(rows: list[dict[str, Any]], paths: list[str], wrong: set[str
                 "score_threshold": float(s[c]),
             }
     out["target_met"] = bool(out["precision"] >= 0.8 and out["recall"] >= 0.8)
+    # baseline, same embeddings: one global threshold on the image-caption cosine
+    cos = np.array([np.nan if r.get("clip_score") is None else -r["clip_score"] for r in rows])
+    ok = ~np.isnan(cos)
+    if ok.any():
+        o = np.argsort(-cos[ok], kind="stable")
+        t = truth[ok][o]
+        ctp = np.cumsum(t)
+        prec, rec = ctp / np.arange(1, len(t) + 1), ctp / max(positives, 1)
+        good = rec >= 0.8
+        out["baseline_cosine_precision_at_recall_0.8"] = (
+            float(prec[good].max()) if good.any() else 0.0
+        )
     return out
 
 
@@ -204,6 +220,8 @@ def evaluate(
             f"the lake has no {', '.join(missing)}: run `lakeloom check` first (see the docstring)"
         )
     cols = ["sample_id", "source_uri", "media_ids", "flags", *need]
+    if "clip_score" in have:
+        cols.append("clip_score")
     rows = _rows(lake, dataset, cols, lake_uri)
     paths = _image_paths(rows, demo, truth["images"])
     caption_dataset = caption_dataset or dataset
@@ -213,11 +231,27 @@ def evaluate(
     else:
         crows, cpaths = rows, paths
     wrong = {w["image"] for w in truth["wrong_captions"]}
-    return {
+    out = {
         "dataset": dataset,
         "caption_dataset": caption_dataset,
         "caption_mismatch": caption_figures(crows, cpaths, wrong),
         "duplicates": duplicate_figures(rows, paths, truth["duplicates"]),
+    }
+    if f"check_{LABELS}_score" in have:
+        out["label_conflict"] = label_figures(
+            _rows(lake, dataset, ["flags", f"check_{LABELS}_score"], lake_uri)
+        )
+    return out
+
+
+def label_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The demo's class folders are all correctly labelled: every flag is a false alarm."""
+    scored = sum(r[f"check_{LABELS}_score"] is not None for r in rows)
+    flagged = sum(LABELS in (r.get("flags") or []) for r in rows)
+    return {
+        "scored": scored,
+        "flagged": flagged,
+        "false_alarm_rate": flagged / max(scored, 1),
     }
 
 
@@ -244,6 +278,11 @@ def _table(fig: dict[str, Any]) -> str:
             f"  {'best precision at R >= 0.8':<32}{b['precision']:>12.3f}  "
             f"(R {b['recall']:.3f}, score >= {b['score_threshold']:.3f})"
         )
+    if "baseline_cosine_precision_at_recall_0.8" in c:
+        lines.append(
+            f"  {'baseline: global cosine, P@R0.8':<32}"
+            f"{c['baseline_cosine_precision_at_recall_0.8']:>12.3f}"
+        )
     lines.append(f"  {'target P>=0.8 at R>=0.8 (flag)':<32}{c['target_met']!s:>12}")
     lines += ["", f"{'duplicates':<34}{'value':>12}"]
     lines.append(f"  {'planted pairs found':<32}{d['found']:>6} / {d['planted_pairs']}")
@@ -252,6 +291,11 @@ def _table(fig: dict[str, Any]) -> str:
     lines.append(f"  {'groups / false groups':<32}{d['groups']:>6} / {d['false_groups']}")
     lines.append(f"  {'false-group rate':<32}{d['false_group_rate']:>12.3f}")
     lines.append(f"  {'target >=0.95 found, <=0.05 false':<32}{d['target_met']!s:>12}")
+    if "label_conflict" in fig:
+        lab = fig["label_conflict"]
+        lines += ["", f"{'label conflict (none planted)':<34}{'value':>12}"]
+        lines.append(f"  {'scored / flagged':<32}{lab['scored']:>6} / {lab['flagged']}")
+        lines.append(f"  {'false-alarm rate':<32}{lab['false_alarm_rate']:>12.3f}")
     return "\n".join(lines)
 
 

@@ -163,31 +163,46 @@ def _robust_z(x: np.ndarray) -> np.ndarray:
 
 
 class CaptionMismatch(Check):
-    """Flags captions that rank poorly among other captions for their own image.
+    """Flags captions that fit their own image poorly compared with the dataset's captions.
 
-    For each sample with an image embedding and a text embedding, the image is compared
-    with its own caption and with the captions of ``negatives`` other samples of the same
-    dataset (all of them when there are fewer; a fixed random subset otherwise, drawn with
-    ``seed``). The score is the fraction of those other captions that match the image
-    better than its own caption does (0: its own caption is the best match; 1: the worst).
-    A sample is flagged when that fraction exceeds ``max_beaten_frac``: its own caption is
-    not in the image's top ``max_beaten_frac`` of captions. The threshold is a rank, so it
-    adapts to the model's cosine scale rather than being one global cosine constant.
-    Also writes ``samples.clip_score`` (image–own-caption cosine).
+    For each sample with an image and a text embedding, the image is compared with its own
+    caption and with the captions of ``negatives`` other samples of the same dataset (all
+    of them when there are fewer; a fixed random subset otherwise, drawn with ``seed``).
+
+    - ``method="nll"`` (default): the score is the negative log-probability of the own
+      caption under a softmax over those captions at ``temperature`` (CLIP's image→text
+      retrieval loss for this one pair): near ``log m`` when ``m`` captions say the same,
+      large when many captions fit the image better. Flagged when the robust z-score
+      (median/MAD) of its logarithm within the dataset exceeds ``max_z`` (the nll of
+      right captions is skewed to the right; its log is close to symmetric).
+    - ``method="rank"``: the score is the fraction of the other captions that match the
+      image better than its own (0: best; 1: worst); flagged above ``max_beaten_frac``.
+
+    Both thresholds are relative to the dataset, so they adapt to the model's cosine
+    scale rather than being one global cosine constant. Also writes ``samples.clip_score``
+    (image–own-caption cosine).
     """
 
     name: ClassVar[str] = "caption_mismatch"
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = "0.2.0"
     writes: ClassVar[tuple[str, ...]] = ("clip_score",)
 
     def __init__(
         self,
+        method: str = "nll",
+        temperature: float = 0.05,
+        max_z: float = 3.5,
         max_beaten_frac: float = 0.2,
         negatives: int = 2048,
         min_samples: int = 10,
         batch_size: int = 1024,
         seed: int = 0,
     ) -> None:
+        if method not in ("nll", "rank"):
+            raise ValueError(f"caption_mismatch method must be 'nll' or 'rank', not {method!r}")
+        self.method = method
+        self.temperature = float(temperature)
+        self.max_z = float(max_z)
         self.max_beaten_frac = float(max_beaten_frac)
         self.negatives = int(negatives)
         self.min_samples = int(min_samples)
@@ -196,11 +211,14 @@ class CaptionMismatch(Check):
 
     def thresholds(self) -> dict[str, Any]:
         """Settings recorded in the summary and the report."""
-        return {
-            "max_beaten_frac": self.max_beaten_frac,
+        common = {
+            "method": self.method,
             "negatives": self.negatives,
             "min_samples": self.min_samples,
         }
+        if self.method == "nll":
+            return {**common, "temperature": self.temperature, "max_z": self.max_z}
+        return {**common, "max_beaten_frac": self.max_beaten_frac}
 
     def run(self, lake: Any, where: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
         """Score every sample that has both an image and a text embedding."""
@@ -223,23 +241,34 @@ class CaptionMismatch(Check):
         )
         ids_all = samples.column("sample_id").to_pylist()
         ids: list[str] = []
-        scores: list[np.ndarray] = []
-        cosines: list[np.ndarray] = []
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         skipped = 0
         for _, rows in _datasets(samples):
             rows = rows[ok[rows]]
             if len(rows) < self.min_samples:
                 skipped += len(rows)
                 continue
-            beaten, own = self._score(img[rows], txt[rows])
+            score, own = self._score(img[rows], txt[rows])
+            if self.method == "nll":
+                z = _robust_z(np.log(np.maximum(score, 1e-6)))
+                flagged = z > self.max_z
+            else:
+                z = _robust_z(own)
+                flagged = score > self.max_beaten_frac
             ids += [ids_all[i] for i in rows]
-            scores.append(beaten)
-            cosines.append(own)
-        score = np.concatenate(scores) if scores else np.zeros(0, np.float32)
-        own = np.concatenate(cosines) if cosines else np.zeros(0, np.float32)
-        flagged = score > self.max_beaten_frac
-        z = _robust_z(own) if len(own) else own
-        detail = [f"cosine {c:.3f} (robust z {zz:+.2f})" for c, zz in zip(own, z, strict=True)]
+            parts.append((score, own, z, flagged))
+        score, own, z, flagged = (
+            (np.concatenate([p[k] for p in parts]) for k in range(4))
+            if parts
+            else (np.zeros(0, np.float32),) * 3 + (np.zeros(0, bool),)
+        )
+        if self.method == "nll":
+            detail = [
+                f"cosine {c:.3f}, nll {sc:.2f} (robust z of its log {x:+.1f})"
+                for c, sc, x in zip(own, score, z, strict=True)
+            ]
+        else:
+            detail = [f"cosine {c:.3f} (robust z {x:+.2f})" for c, x in zip(own, z, strict=True)]
         result = _result(ids, score, flagged, None, detail).append_column(
             "clip_score", pa.array(own.astype(np.float32), pa.float32())
         )
@@ -253,55 +282,123 @@ class CaptionMismatch(Check):
         )
         return result, summary
 
+    def _negatives(self, n: int) -> np.ndarray:
+        """Row positions of the captions every image is compared with."""
+        if n - 1 <= self.negatives:
+            return np.arange(n)
+        rng = np.random.default_rng(self.seed)
+        return np.sort(rng.choice(n, size=self.negatives, replace=False))
+
     def _score(self, img: np.ndarray, txt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(fraction of other captions beating the own caption, own cosine) per row."""
+        """(score per row by ``method``, own cosine per row)."""
         n = len(img)
         own = np.einsum("ij,ij->i", img, txt)
-        if n - 1 <= self.negatives:
-            neg = np.arange(n)
-        else:
-            rng = np.random.default_rng(self.seed)
-            neg = np.sort(rng.choice(n, size=self.negatives, replace=False))
+        neg = self._negatives(n)
         negt = txt[neg]
-        beaten = np.zeros(n, dtype=np.float32)
+        score = np.zeros(n, dtype=np.float64)
+        inv_t = 1.0 / self.temperature
         for a in range(0, n, self.batch_size):
             b = min(a + self.batch_size, n)
             sims = img[a:b] @ negt.T
-            better = sims > own[a:b, None]
             rows = np.arange(a, b)
             is_self = neg[None, :] == rows[:, None]  # own caption among the negatives
-            better &= ~is_self
-            count = is_self.sum(axis=1)
-            beaten[a:b] = better.sum(axis=1) / np.maximum(len(neg) - count, 1)
-        return beaten, own.astype(np.float32)
+            if self.method == "nll":
+                # softmax over the own caption and the other captions
+                logits = np.where(is_self, -np.inf, sims * inv_t)
+                logits = np.concatenate([logits, own[a:b, None] * inv_t], axis=1)
+                top = logits.max(axis=1, keepdims=True)
+                lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+                score[a:b] = lse - own[a:b] * inv_t
+            else:
+                better = (sims > own[a:b, None]) & ~is_self
+                count = is_self.sum(axis=1)
+                score[a:b] = better.sum(axis=1) / np.maximum(len(neg) - count, 1)
+        return score.astype(np.float32), own.astype(np.float32)
 
 
 # --------------------------------------------------------------------------- label conflict
 
 
 class LabelConflict(Check):
-    """Flags samples whose image is confidently closer to another label's prototype.
+    """Flags samples whose image a classifier over the dataset's labels confidently puts
+    under another label.
 
-    A prototype classifier in the embedding space: the prototype of a label is the mean
-    image embedding of that label's samples in the dataset, leave-one-out for the sample's
-    own label (a sample never votes for itself). Prediction = the label whose prototype has
-    the highest cosine. Score = cosine to the best other prototype minus cosine to the own
-    label's prototype; flagged when the prediction differs and the score exceeds
-    ``margin``. Labels with fewer than ``min_per_label`` samples are not scored. A
-    text-prompt zero-shot variant ("a photo of a {label}") needs the CLIP model itself and
-    can come later.
+    Two classifiers in the embedding space, per dataset:
+
+    - ``zero_shot``: CLIP zero-shot. Each label becomes the prompts of ``templates``
+      (``_`` read as a space), embedded by the text tower of the model that embedded the
+      images (reproduced from the ``clip_image_model`` id, like ``lakeloom query``) and
+      averaged; probabilities are a softmax at the model's own temperature (or
+      ``temperature`` when given).
+    - ``prototype``: a label's prototype is the mean image embedding of its samples,
+      leave-one-out for the sample's own label; probabilities are a softmax over the
+      cosines at ``temperature`` (0.05 when not given).
+
+    ``auto`` (default) uses ``zero_shot`` when the image model can be loaded and
+    ``prototype`` otherwise; the summary records which. A sample is flagged when the most
+    probable label is not its own and has probability >= ``min_confidence``. Score = the
+    most probable other label's probability minus the own label's. Labels with fewer than
+    ``min_per_label`` samples are not scored.
     """
 
     name: ClassVar[str] = "label_conflict"
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = "0.2.0"
 
-    def __init__(self, margin: float = 0.05, min_per_label: int = 3) -> None:
-        self.margin = float(margin)
+    def __init__(
+        self,
+        method: str = "auto",
+        min_confidence: float = 0.8,
+        temperature: float | None = None,
+        templates: list[str] | tuple[str, ...] = ("a photo of a {}",),
+        min_per_label: int = 3,
+        runs_dir: str = "runs",
+    ) -> None:
+        if method not in ("auto", "zero_shot", "prototype"):
+            raise ValueError(
+                f"label_conflict method must be auto, zero_shot or prototype, not {method!r}"
+            )
+        self.method = method
+        self.min_confidence = float(min_confidence)
+        self.temperature = None if temperature is None else float(temperature)
+        self.templates = tuple(templates)
         self.min_per_label = int(min_per_label)
+        self.runs_dir = str(runs_dir)
 
     def thresholds(self) -> dict[str, Any]:
         """Settings recorded in the summary and the report."""
-        return {"margin": self.margin, "min_per_label": self.min_per_label}
+        return {
+            "method": self.method,
+            "min_confidence": self.min_confidence,
+            "temperature": self.temperature,
+            "min_per_label": self.min_per_label,
+        }
+
+    def _text_model(self, models: list[str]) -> tuple[Any, float] | None:
+        """(text embedder, its temperature factor) reproducing the image model, or None."""
+        if len(models) != 1:
+            if self.method == "zero_shot":
+                raise ValueError(
+                    f"zero-shot label check needs media embedded by one model, found {models}"
+                )
+            return None
+        try:
+            from plugins.clip_embed import ClipTextEmbedder
+
+            embedder = ClipTextEmbedder.from_owner(models[0], runs_dir=self.runs_dir)
+            if embedder.owner() != models[0]:
+                raise ValueError(f"{models[0]} reloads as {embedder.owner()}")
+            scale = float(embedder.clip.model.logit_scale.exp().item())
+        except Exception as exc:  # the model of the vectors is not reproducible here
+            if self.method == "zero_shot":
+                raise ValueError(f"cannot load {models[0]} for zero-shot labels: {exc}") from exc
+            return None
+        return embedder, scale
+
+    def _prompts(self, embedder: Any, names: np.ndarray) -> np.ndarray:
+        """One unit vector per label: the mean of its templates' text embeddings."""
+        texts = [t.format(str(n).replace("_", " ")) for n in names for t in self.templates]
+        emb = embedder.embed_texts(texts).reshape(len(names), len(self.templates), -1)
+        return _normalise(emb.mean(axis=1))
 
     def run(self, lake: Any, where: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
         """Score every labelled sample with an image embedding."""
@@ -309,6 +406,10 @@ class LabelConflict(Check):
         valid, img, models = _image_embeddings(lake, samples)
         labels = np.asarray(samples.column("label").to_pylist(), dtype=object)
         ids_all = samples.column("sample_id").to_pylist()
+        text = None
+        if self.method != "prototype" and valid.any():
+            text = self._text_model(models)
+        method = "zero_shot" if text is not None else "prototype"
         ids: list[str] = []
         scores, flags, details = [], [], []
         for _, rows in _datasets(samples):
@@ -324,35 +425,48 @@ class LabelConflict(Check):
             if big.sum() < 2 or not len(rows):
                 continue
             x = img[rows]
-            sums = np.zeros((len(names), x.shape[1]), dtype=np.float64)
-            np.add.at(sums, inv, x)
-            protos = _normalise(sums)
-            sims = x @ protos.T
-            loo = sums[inv] - x  # own label's prototype without the sample itself
-            sims[np.arange(len(rows)), inv] = np.einsum("ij,ij->i", x, _normalise(loo))
-            sims[:, ~big] = -np.inf
-            own = sims[np.arange(len(rows)), inv]
-            others = sims.copy()
-            others[np.arange(len(rows)), inv] = -np.inf
+            if text is not None:
+                embedder, scale = text
+                factor = 1.0 / self.temperature if self.temperature else scale
+                logits = factor * (x @ self._prompts(embedder, names).T)
+            else:
+                sums = np.zeros((len(names), x.shape[1]), dtype=np.float64)
+                np.add.at(sums, inv, x)
+                sims = x @ _normalise(sums).T
+                loo = sums[inv] - x  # own label's prototype without the sample itself
+                sims[np.arange(len(rows)), inv] = np.einsum("ij,ij->i", x, _normalise(loo))
+                logits = sims / (self.temperature or 0.05)
+            logits[:, ~big] = -np.inf
+            logits -= logits.max(axis=1, keepdims=True)
+            probs = np.exp(logits)
+            probs /= probs.sum(axis=1, keepdims=True)
+            at = np.arange(len(rows))
+            own = probs[at, inv]
+            others = probs.copy()
+            others[at, inv] = -1.0
             best = others.argmax(axis=1)
-            margin = others[np.arange(len(rows)), best] - own
-            flagged = margin > self.margin
+            margin = others[at, best] - own
+            flagged = (margin > 0) & (others[at, best] >= self.min_confidence)
             ids += [ids_all[i] for i in rows]
             scores.append(margin)
             flags.append(flagged)
             details += [
-                f"predicted {names[p]} (label {names[o]}, margin {m:+.3f})"
-                for p, o, m in zip(best, inv, margin, strict=True)
+                f"predicted {names[b]} p={others[i, b]:.2f} (label {names[o]} p={own[i]:.2f})"
+                for i, (b, o) in enumerate(zip(best, inv, strict=True))
             ]
         score = np.concatenate(scores) if scores else np.zeros(0)
         flagged = np.concatenate(flags) if flags else np.zeros(0, bool)
         result = _result(ids, score, flagged, None, details)
+        described = {
+            "zero_shot": f"CLIP zero-shot over the labels, prompts {list(self.templates)}",
+            "prototype": "leave-one-out label prototypes (mean image embedding), softmax",
+        }
         return result, {
             "check": self.name,
             "thresholds": self.thresholds(),
             "scored": len(ids),
             "flagged": int(flagged.sum()),
-            "method": "leave-one-out label prototypes (mean image embedding), cosine",
+            "method": described[method],
             "models": {"image": models},
         }
 

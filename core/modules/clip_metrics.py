@@ -11,16 +11,29 @@ import torch.nn.functional as F
 
 
 def clip_loss(
-    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    drop_frac: float = 0.0,
 ) -> torch.Tensor:
     """Symmetric InfoNCE: mean of image→text and text→image cross-entropy.
 
     Row ``i`` of each side is the positive for row ``i`` of the other; ``logit_scale``
-    is the (already exponentiated) temperature factor.
+    is the (already exponentiated) temperature factor. ``drop_frac`` > 0 averages only the
+    pairs with the smallest loss, leaving out the ``drop_frac`` highest-loss pairs of the
+    batch (the small-loss trick for noisy pairs: a mismatched caption keeps a high loss and
+    is not memorised; the pair still serves as a negative for the others).
     """
     logits = logit_scale * image_features @ text_features.T
     target = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    if drop_frac <= 0.0:
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    per_pair = (
+        F.cross_entropy(logits, target, reduction="none")
+        + F.cross_entropy(logits.T, target, reduction="none")
+    ) / 2
+    keep = max(1, per_pair.numel() - int(drop_frac * per_pair.numel()))
+    return torch.topk(per_pair, keep, largest=False).values.mean()
 
 
 def retrieval_recall(

@@ -62,6 +62,8 @@ class ClipModule(L.LightningModule):
         prompt_template: str = DEFAULT_TEMPLATE,
         recall_ks: tuple[int, ...] | list[int] = (1, 5),
         fused_adamw: bool | None = None,
+        drop_high_loss_frac: float = 0.0,
+        drop_high_loss_after_epochs: int = 0,
     ) -> None:
         """``max_steps=None`` takes the schedule length from the trainer;
         ``init_logit_scale`` (log of the factor, open_clip default ln(1/0.07)) overrides
@@ -106,16 +108,26 @@ class ClipModule(L.LightningModule):
         """Normalised image and text features and the temperature factor."""
         return self.model(images, texts)
 
-    def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _loss(
+        self, batch: dict[str, Any], drop_frac: float = 0.0
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self(batch["images"], batch["texts"])
         scale = out["logit_scale"].clamp(max=self.hparams.max_logit_scale)
-        return clip_loss(out["image_features"], out["text_features"], scale), out
+        loss = clip_loss(out["image_features"], out["text_features"], scale, drop_frac)
+        return loss, out
+
+    def _drop_frac(self) -> float:
+        """Share of highest-loss pairs left out of this training batch's loss."""
+        hp = self.hparams
+        return (
+            hp.drop_high_loss_frac if self.current_epoch >= hp.drop_high_loss_after_epochs else 0.0
+        )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         n = batch["images"].shape[0]
         if n < 2:  # a contrastive loss needs negatives; skip (near-)empty batches
             return None
-        loss, out = self._loss(batch)
+        loss, out = self._loss(batch, self._drop_frac())
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/logit_scale", out["logit_scale"].detach(), batch_size=n)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)

@@ -151,6 +151,28 @@ def test_zero_shot_and_loss_exact_values() -> None:
     assert loss.item() == pytest.approx(math.log(1 + (n - 1) * math.exp(-s)))
 
 
+def test_loss_can_leave_out_the_noisiest_pairs() -> None:
+    # pair 0's caption is another image's (a mismatched pair): its loss is the highest
+    image = torch.eye(4)
+    text = torch.eye(4)[[1, 1, 2, 3]]
+    scale = torch.tensor(3.0)
+    logits = scale * image @ text.T
+    target = torch.arange(4)
+    per_pair = (
+        torch.nn.functional.cross_entropy(logits, target, reduction="none")
+        + torch.nn.functional.cross_entropy(logits.T, target, reduction="none")
+    ) / 2
+    assert int(per_pair.argmax()) == 0
+    full = clip_loss(image, text, scale)
+    assert full.item() == pytest.approx(per_pair.mean().item())
+    trimmed = clip_loss(image, text, scale, drop_frac=0.25)  # 1 of 4 pairs left out
+    assert trimmed.item() == pytest.approx(per_pair[1:].mean().item())
+    # the left-out pair gets no gradient as a positive, but stays a negative for the others
+    image.requires_grad_(True)
+    clip_loss(image, text, scale, drop_frac=0.25).backward()
+    assert image.grad is not None and image.grad[0].abs().sum() > 0
+
+
 def test_warmup_cosine_values() -> None:
     assert warmup_cosine(0, 10, 110) == pytest.approx(0.1)
     assert warmup_cosine(4, 10, 110) == pytest.approx(0.5)

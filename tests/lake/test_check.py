@@ -68,10 +68,10 @@ def test_run_checks_writes_flags_scores_and_reports(lake: Lake, tmp_path: Path) 
     assert metrics == json.loads(json.dumps(report, default=str))
     dup = metrics["checks"]["duplicates"]
     assert (dup["flagged"], dup["groups"], dup["models"]) == (5, 5, {"image": ["toy-clip-image"]})
-    assert metrics["checks"]["caption_mismatch"]["thresholds"]["max_beaten_frac"] == 0.2
+    assert metrics["checks"]["caption_mismatch"]["thresholds"]["max_z"] == 3.5
     assert metrics["checks"]["caption_mismatch"]["models"]["text"] == ["toy-clip-text"]
     md = (reports / "checks.md").read_text()
-    assert "| caption_mismatch | 0.1.0 | 40 | 3 |" in md
+    assert "| caption_mismatch | 0.2.0 | 40 | 3 |" in md
     assert "## duplicates: worst" in md and "b/img38.jpg" not in md  # s38 is label d
     assert "d/img38.jpg" in md
     groups = json.loads((reports / "duplicates.json").read_text())["duplicates"]
@@ -92,7 +92,7 @@ def test_rerun_replaces_only_its_own_flags(lake: Lake) -> None:
     assert rows["s08"]["flags"] == ["label_conflict"]
     assert rows["s29"]["flags"] == []
     # a filtered run leaves samples outside the selection alone
-    run_checks(lake, {"label_conflict": LabelConflict(margin=10.0)}, where="label = 'b'")
+    run_checks(lake, {"label_conflict": LabelConflict(min_confidence=1.1)}, where="label = 'b'")
     assert _rows(lake)["s08"]["flags"] == ["label_conflict"]
 
 

@@ -47,32 +47,64 @@ def test_caption_mismatch_flags_exactly_the_wrong_captions(toy: Lake) -> None:
     assert result.column_names == ["sample_id", "score", "flagged", "group", "detail", "clip_score"]
     rows = {r["sample_id"]: r for r in result.to_pylist()}
     assert len(rows) == 40  # the chain has no embeddings; `other` is too small to rank
-    assert rows["s03"]["score"] > 0.9 and rows["s00"]["score"] < 0.1
+    # nll: a right caption competes with its label's ~10 captions (about log 10), a wrong
+    # one (opposite to its image) with all 40 at a far higher logit
+    assert rows["s03"]["score"] > 20 and rows["s00"]["score"] < np.log(40)
     assert rows["s03"]["clip_score"] < 0 < rows["s00"]["clip_score"]
+    assert "robust z" in rows["s03"]["detail"]
     assert summary["models"] == {"image": [IMAGE_MODEL], "text": [TEXT_MODEL]}
-    assert summary["flagged"] == 3 and summary["thresholds"]["max_beaten_frac"] == 0.2
+    assert summary["flagged"] == 3 and summary["thresholds"]["method"] == "nll"
+
+
+def test_caption_mismatch_nll_is_the_softmax_retrieval_loss(toy: Lake) -> None:
+    result, _ = CaptionMismatch(temperature=0.1).run(toy, "dataset = 'toy'")
+    rows = {r["sample_id"]: r for r in result.to_pylist()}
+    data = toy.dataset("samples").to_table(columns=["sample_id", "clip_text", "media_ids"])
+    media = toy.dataset("media").to_table(columns=["media_id", "clip_image"]).to_pylist()
+    image = {m["media_id"]: m["clip_image"] for m in media}
+    ids = [i for i in data.column("sample_id").to_pylist() if i in rows]
+    by_id = {r["sample_id"]: r for r in data.to_pylist()}
+    txt = np.array([by_id[i]["clip_text"] for i in ids])
+    img = np.array([image[by_id[i]["media_ids"][0]] for i in ids])
+    logits = img @ txt.T / 0.1
+    expected = np.log(np.exp(logits).sum(axis=1)) - np.diag(logits)
+    got = np.array([rows[i]["score"] for i in ids])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_caption_mismatch_is_relative_and_respects_where(toy: Lake) -> None:
     # the wrong captions rank last, whatever the rank threshold; `where` limits the scope
-    loose, _ = CaptionMismatch(max_beaten_frac=0.9).run(toy)
+    ranked, summary = CaptionMismatch(method="rank").run(toy)
+    assert _flagged(ranked) == WRONG_CAPTIONS and summary["thresholds"]["max_beaten_frac"] == 0.2
+    rows = {r["sample_id"]: r for r in ranked.to_pylist()}
+    assert rows["s03"]["score"] > 0.9 and rows["s00"]["score"] < 0.1
+    loose, _ = CaptionMismatch(method="rank", max_beaten_frac=0.9).run(toy)
     assert _flagged(loose) == WRONG_CAPTIONS
     some, _ = CaptionMismatch(min_samples=5).run(toy, "label = 'a'")
     assert set(some.column("sample_id").to_pylist()) == {f"s{i:02d}" for i in range(10)}
     assert _flagged(some) == {"s03"}
 
 
-def test_caption_mismatch_with_sampled_negatives(toy: Lake) -> None:
-    result, _ = CaptionMismatch(negatives=20, seed=1).run(toy)
-    assert _flagged(result) == WRONG_CAPTIONS
+@pytest.mark.parametrize("method", ["nll", "rank"])
+def test_caption_mismatch_with_sampled_negatives(toy: Lake, method: str) -> None:
+    result, _ = CaptionMismatch(method=method, negatives=20, seed=1).run(toy)
+    worst = result.sort_by([("score", "descending")]).column("sample_id").to_pylist()[:3]
+    assert set(worst) == WRONG_CAPTIONS <= _flagged(result)
+
+
+def test_caption_mismatch_rejects_unknown_method() -> None:
+    with pytest.raises(ValueError, match=r"nll.*rank"):
+        CaptionMismatch(method="cosine")
 
 
 def test_label_conflict_flags_the_mislabelled(toy: Lake) -> None:
+    # the toy vectors' model (toy-clip-image) cannot be loaded: auto falls back to prototypes
     result, summary = LabelConflict().run(toy)
     assert _flagged(result) == MISLABELLED
     detail = {r["sample_id"]: r["detail"] for r in result.to_pylist()}
-    assert detail["s08"].startswith("predicted b (label a")
+    assert detail["s08"].startswith("predicted b p=") and "(label a p=" in detail["s08"]
     assert summary["models"] == {"image": [IMAGE_MODEL]}
+    assert summary["method"].startswith("leave-one-out label prototypes")
     # the outlier is far from every prototype: no confident conflict
     assert "s29" not in _flagged(result)
 

@@ -209,3 +209,56 @@ def test_index_built_over_threshold(tmp_path: Path) -> None:
     assert build_index(lake, min_rows=256, num_partitions=4) == "created"
     assert any("clip_image" in i.columns for i in lake.table("media").list_indices())
     assert index_recall(lake, queries=20, k=5, nprobes=4, refine_factor=10) >= 0.9
+
+
+def test_label_conflict_zero_shot_reloads_the_images_model(
+    clip_base, clip_lake: Lake, tmp_path: Path
+) -> None:
+    """The zero-shot label check embeds its prompts with the model named by the vectors."""
+    import torch
+
+    from core.models.clip import create_clip, save_open_clip
+    from plugins.checks import LabelConflict
+
+    runs = tmp_path / "runs"
+    torch.manual_seed(3)
+    model = create_clip("tiny-clip", None)[0]
+    save_open_clip(model, None, runs / "r1" / "open_clip")
+    _run(ClipImageEmbedder(run="r1", runs_dir=str(runs)), clip_lake)
+
+    check = LabelConflict(method="zero_shot", min_confidence=0.0, runs_dir=str(runs))
+    result, summary = check.run(clip_lake)
+    assert summary["method"].startswith("CLIP zero-shot") and summary["scored"] == 12
+
+    # the same figures computed here, straight from the saved model
+    saved, _, _, tokenizer = create_clip(f"local-dir:{runs / 'r1' / 'open_clip'}")
+    names = sorted(COLOURS)
+    with torch.no_grad():
+        prompts = saved.encode_text(tokenizer([f"a photo of a {n}" for n in names]))
+        prompts = torch.nn.functional.normalize(prompts, dim=-1).numpy()
+        scale = saved.logit_scale.exp().item()
+    samples = clip_lake.dataset("samples").to_table(columns=["sample_id", "label", "media_ids"])
+    vec = _column(clip_lake, "media", "clip_image", "media_id")
+    rows = {r["sample_id"]: r for r in result.to_pylist()}
+    for s in samples.to_pylist():
+        logits = scale * np.asarray(vec[s["media_ids"][0]]) @ prompts.T
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        own = names.index(s["label"])
+        others = [(p[j], j) for j in range(len(names)) if j != own]
+        best_p, best = max(others)
+        row = rows[s["sample_id"]]
+        assert row["score"] == pytest.approx(best_p - p[own], abs=1e-4)
+        assert row["flagged"] == bool(best_p > p[own])
+        assert row["detail"].startswith(f"predicted {names[best]} ")
+
+
+def test_label_conflict_zero_shot_needs_a_loadable_model(clip_base, clip_lake: Lake) -> None:
+    from plugins.checks import LabelConflict
+
+    _run(ClipImageEmbedder(pretrained=clip_base["m1"]), clip_lake)
+    # a local-dir model's id holds only the folder's name: zero_shot says so, auto falls back
+    with pytest.raises(ValueError, match=r"cannot load .* for zero-shot labels"):
+        LabelConflict(method="zero_shot").run(clip_lake)
+    _, summary = LabelConflict().run(clip_lake)
+    assert summary["method"].startswith("leave-one-out label prototypes")
