@@ -173,8 +173,11 @@ class CaptionMismatch(Check):
       caption under a softmax over those captions at ``temperature`` (CLIP's image→text
       retrieval loss for this one pair): near ``log m`` when ``m`` captions say the same,
       large when many captions fit the image better. Flagged when the robust z-score
-      (median/MAD) of its logarithm within the dataset exceeds ``max_z`` (the nll of
-      right captions is skewed to the right; its log is close to symmetric).
+      (median/MAD) of ``log(1 + nll)`` within the dataset exceeds ``max_z`` (the nll of
+      right captions is skewed to the right; ``log1p`` makes it close to symmetric and
+      stays tame when a confident model puts the nll of right captions near 0), and the
+      own caption's probability is below ``max_own_prob`` (so that with a near-perfect
+      model a caption shared by two images, nll ~ log 2, is not an outlier).
     - ``method="rank"``: the score is the fraction of the other captions that match the
       image better than its own (0: best; 1: worst); flagged above ``max_beaten_frac``.
 
@@ -190,8 +193,9 @@ class CaptionMismatch(Check):
     def __init__(
         self,
         method: str = "nll",
-        temperature: float = 0.05,
+        temperature: float = 0.02,
         max_z: float = 3.5,
+        max_own_prob: float = 0.1,
         max_beaten_frac: float = 0.2,
         negatives: int = 2048,
         min_samples: int = 10,
@@ -203,6 +207,7 @@ class CaptionMismatch(Check):
         self.method = method
         self.temperature = float(temperature)
         self.max_z = float(max_z)
+        self.max_own_prob = float(max_own_prob)
         self.max_beaten_frac = float(max_beaten_frac)
         self.negatives = int(negatives)
         self.min_samples = int(min_samples)
@@ -217,7 +222,12 @@ class CaptionMismatch(Check):
             "min_samples": self.min_samples,
         }
         if self.method == "nll":
-            return {**common, "temperature": self.temperature, "max_z": self.max_z}
+            return {
+                **common,
+                "temperature": self.temperature,
+                "max_z": self.max_z,
+                "max_own_prob": self.max_own_prob,
+            }
         return {**common, "max_beaten_frac": self.max_beaten_frac}
 
     def run(self, lake: Any, where: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
@@ -250,8 +260,8 @@ class CaptionMismatch(Check):
                 continue
             score, own = self._score(img[rows], txt[rows])
             if self.method == "nll":
-                z = _robust_z(np.log(np.maximum(score, 1e-6)))
-                flagged = z > self.max_z
+                z = _robust_z(np.log1p(np.maximum(score, 0.0)))
+                flagged = (z > self.max_z) & (np.exp(-score) < self.max_own_prob)
             else:
                 z = _robust_z(own)
                 flagged = score > self.max_beaten_frac
@@ -264,7 +274,7 @@ class CaptionMismatch(Check):
         )
         if self.method == "nll":
             detail = [
-                f"cosine {c:.3f}, nll {sc:.2f} (robust z of its log {x:+.1f})"
+                f"cosine {c:.3f}, nll {sc:.2f} (robust z of log1p {x:+.1f})"
                 for c, sc, x in zip(own, score, z, strict=True)
             ]
         else:

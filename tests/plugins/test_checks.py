@@ -51,9 +51,17 @@ def test_caption_mismatch_flags_exactly_the_wrong_captions(toy: Lake) -> None:
     # one (opposite to its image) with all 40 at a far higher logit
     assert rows["s03"]["score"] > 20 and rows["s00"]["score"] < np.log(40)
     assert rows["s03"]["clip_score"] < 0 < rows["s00"]["clip_score"]
-    assert "robust z" in rows["s03"]["detail"]
+    assert "robust z of log1p" in rows["s03"]["detail"]
     assert summary["models"] == {"image": [IMAGE_MODEL], "text": [TEXT_MODEL]}
     assert summary["flagged"] == 3 and summary["thresholds"]["method"] == "nll"
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.05, 0.01])
+def test_caption_mismatch_flags_do_not_hang_on_the_temperature(toy: Lake, temperature) -> None:
+    # with a near-perfect model the nll of right captions is ~0 and its spread tiny: a
+    # caption shared by two images (nll ~ log 2) must not become an outlier
+    result, _ = CaptionMismatch(temperature=temperature).run(toy)
+    assert _flagged(result) == WRONG_CAPTIONS
 
 
 def test_caption_mismatch_nll_is_the_softmax_retrieval_loss(toy: Lake) -> None:
