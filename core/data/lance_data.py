@@ -12,6 +12,9 @@ each worker process, and starts workers with ``spawn`` (Lance is not fork-safe).
 collator, set by the model through :meth:`set_collator`, decodes in the workers. Batches
 are sharded by rank (deterministic, like ``DistributedSampler``) and the training
 loader's position is saved in checkpoints, so a resumed run continues where it stopped.
+``shuffle_block`` > 0 switches to block reads: the sampler shuffles blocks of that many
+consecutive samples and mixes ``shuffle_window`` blocks at a time, and the dataset reads
+and caches whole blocks (``bench/loader.py`` measures both ways).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class LanceDataModule(L.LightningDataModule):
         shuffle: bool = True,
         drop_last: bool = False,
         media_read: str = "rowid",
+        shuffle_block: int = 0,
+        shuffle_window: int = 4,
         multiprocessing_context: str = "spawn",
         persistent_workers: bool = True,
         prefetch_factor: int | None = 2,
@@ -67,6 +72,8 @@ class LanceDataModule(L.LightningDataModule):
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.media_read = media_read
+        self.shuffle_block = shuffle_block
+        self.shuffle_window = shuffle_window
         self.multiprocessing_context = multiprocessing_context
         self.persistent_workers = persistent_workers
         self.prefetch_factor = prefetch_factor
@@ -114,9 +121,11 @@ class LanceDataModule(L.LightningDataModule):
         self.splits = {name: self._dataset(samples, media, sel) for name, sel in selections.items()}
 
     def _dataset(self, samples: Any, media: Any, sel: Selection) -> LanceSamples:
+        # a window may straddle a batch: keep two windows of blocks
         return LanceSamples(
-            samples.uri, samples.version, media.uri, media.version, sel, self.media_read
-        )
+            samples.uri, samples.version, media.uri, media.version, sel, self.media_read,
+            read_block=self.shuffle_block, cache_blocks=2 * self.shuffle_window,
+        )  # fmt: skip
 
     def dataset(self, split: str) -> LanceSamples:
         """The dataset of one split (``train``, ``val`` or ``test``)."""
@@ -153,6 +162,8 @@ class LanceDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world_size,
             drop_last=train and self.drop_last,
+            shuffle_block=self.shuffle_block,
+            shuffle_window=self.shuffle_window,
         )
         workers: dict[str, Any] = {}
         if self.num_workers > 0:

@@ -5,12 +5,17 @@ table versions; the Lance datasets are opened lazily in whichever process reads 
 not fork-safe, so DataLoader workers must be started with ``spawn`` or ``forkserver`` and
 open their own handles). ``__getitems__`` reads a whole batch: one ``take`` of the sample
 rows and one of their media (or, with ``media_read="filter"``, one filtered scan
-``media_id IN (...)``).
+``media_id IN (...)``). With ``read_block`` > 0 it reads whole blocks of ``read_block``
+consecutive positions instead (one take of the samples and one of their media per block,
+row ids ascending) and keeps the last ``cache_blocks`` of them: with the sampler's
+block-local shuffle (same block size) a batch then costs no read at all most of the time.
+Memory: ``read_block * cache_blocks`` samples' encoded media per process.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -162,14 +167,21 @@ class LanceSamples(Dataset):
         media_version: int,
         selection: Selection,
         media_read: str = "rowid",
+        read_block: int = 0,
+        cache_blocks: int = 8,
     ) -> None:
         if media_read not in ("rowid", "filter"):
             raise ValueError(f"media_read must be 'rowid' or 'filter', not {media_read!r}")
+        if read_block < 0 or cache_blocks < 1:
+            raise ValueError("read_block must be >= 0 and cache_blocks >= 1")
         self.samples_uri, self.samples_version = samples_uri, samples_version
         self.media_uri, self.media_version = media_uri, media_version
         self.selection = selection
         self.media_read = media_read
+        self.read_block = read_block
+        self.cache_blocks = cache_blocks
         self._handles: tuple[Any, Any] | None = None
+        self._blocks: OrderedDict[int, list[dict[str, Any]]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.selection)
@@ -177,6 +189,7 @@ class LanceSamples(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_handles"] = None  # each process opens its own Lance handles
+        state["_blocks"] = OrderedDict()
         return state
 
     def _open(self) -> tuple[Any, Any]:
@@ -193,7 +206,27 @@ class LanceSamples(Dataset):
         return self.__getitems__([position])[0]
 
     def __getitems__(self, positions: Sequence[int]) -> list[dict[str, Any]]:
-        """Read a batch of samples with their media bytes (two reads for the whole batch)."""
+        """Read a batch of samples with their media bytes (two reads for the whole batch,
+        or none when ``read_block`` is set and their blocks are cached)."""
+        if self.read_block > 0:
+            return [self._block(p // self.read_block)[p % self.read_block] for p in positions]
+        return self._read(positions)
+
+    def _block(self, index: int) -> list[dict[str, Any]]:
+        """The items of block ``index`` (read once, then cached, least recently used out)."""
+        items = self._blocks.get(index)
+        if items is not None:
+            self._blocks.move_to_end(index)
+            return items
+        start = index * self.read_block
+        items = self._read(range(start, min(start + self.read_block, len(self))))
+        self._blocks[index] = items
+        while len(self._blocks) > self.cache_blocks:
+            self._blocks.popitem(last=False)
+        return items
+
+    def _read(self, positions: Sequence[int]) -> list[dict[str, Any]]:
+        """Read samples with their media bytes: one take of each table."""
         samples, media = self._open()
         rows = self.selection.sample_rows[np.asarray(positions, dtype=np.int64)]
         cols = SAMPLE_COLUMNS + (["media_ids"] if self.media_read == "filter" else [])

@@ -1,11 +1,16 @@
 """A deterministic, rank-sharded, resumable batch sampler.
 
 Every epoch draws a permutation from ``numpy.random.default_rng([seed, epoch])`` (no global
-RNG), pads it to a multiple of the world size by repeating its head (as
-``torch.utils.data.DistributedSampler`` does, so every rank gets the same number of
-batches), and gives rank ``r`` the positions ``r, r + world, r + 2*world, ...``. The
-sampler can start an epoch after its first ``skip`` batches: that is how a resumed run
-continues where it stopped.
+RNG). With ``shuffle_block`` > 0 the permutation is block-local, as streaming loaders do
+(MosaicML Streaming, WebDataset): the positions are cut into blocks of ``shuffle_block``
+consecutive positions, the blocks are shuffled, and the positions within each window of
+``shuffle_window`` consecutive (shuffled) blocks are shuffled together, so a batch draws
+from ``shuffle_block * shuffle_window`` samples and the dataset can read whole blocks with
+one sequential take each. The order is then padded to a multiple of the world size by
+repeating its head (as ``torch.utils.data.DistributedSampler`` does, so every rank gets
+the same number of batches), and gives rank ``r`` the positions ``r, r + world, ...``.
+The sampler can start an epoch after its first ``skip`` batches: that is how a resumed
+run continues where it stopped.
 """
 
 from __future__ import annotations
@@ -29,7 +34,11 @@ class ShardedBatchSampler:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        shuffle_block: int = 0,
+        shuffle_window: int = 1,
     ) -> None:
+        if shuffle_block < 0 or shuffle_window < 1:
+            raise ValueError("shuffle_block must be >= 0 and shuffle_window >= 1")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         if batch_size < 1:
@@ -41,6 +50,8 @@ class ShardedBatchSampler:
         self.rank = rank
         self.world_size = world_size
         self.drop_last = drop_last
+        self.shuffle_block = shuffle_block
+        self.shuffle_window = shuffle_window
         self.epoch = 0
         self.skip = 0  # batches to skip at the start of the next iteration (resume)
 
@@ -61,7 +72,9 @@ class ShardedBatchSampler:
 
     def positions(self) -> np.ndarray:
         """This rank's positions for the current epoch, in order."""
-        if self.shuffle:
+        if self.shuffle and self.shuffle_block > 0:
+            order = self._block_permutation()
+        elif self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
         else:
             order = np.arange(self.size)
@@ -69,6 +82,20 @@ class ShardedBatchSampler:
         if total > self.size:
             order = np.concatenate([order, np.resize(order, total - self.size)])
         return order[self.rank :: self.world_size]
+
+    def _block_permutation(self) -> np.ndarray:
+        """Blocks shuffled, then positions shuffled within each window of blocks."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        block, window = self.shuffle_block, self.shuffle_window
+        blocks = rng.permutation(math.ceil(self.size / block))
+        parts = []
+        for w in range(0, len(blocks), window):
+            members = [
+                np.arange(b * block, min((b + 1) * block, self.size))
+                for b in blocks[w : w + window]
+            ]
+            parts.append(rng.permutation(np.concatenate(members)))
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def __iter__(self) -> Iterator[list[int]]:
         skip, self.skip = self.skip, 0

@@ -77,6 +77,38 @@ def test_media_read_filter_matches_rowid(lake_dir: Path) -> None:
     assert _all_items(a, "train") == _all_items(b, "train")
 
 
+def test_block_reads_give_the_same_items_and_stay_bounded(lake_dir: Path) -> None:
+    plain = LanceDataModule(str(lake_dir))
+    blocked = LanceDataModule(str(lake_dir), shuffle_block=3, shuffle_window=1)
+    ds = blocked.dataset("train")
+    assert (ds.read_block, ds.cache_blocks) == (3, 2)
+    order = np.random.default_rng(0).permutation(len(ds)).tolist()
+    want = plain.dataset("train").__getitems__(order)
+    assert ds.__getitems__(order[:5]) + ds.__getitems__(order[5:]) == want
+    assert 0 < len(ds._blocks) <= 2  # least recently used blocks are dropped
+    loaded = [sid for b in blocked.loader("train", 0, 1) for sid in b["sample_id"]]
+    assert sorted(loaded) == sorted(it["sample_id"] for it in want)
+
+
+def test_block_shuffle_mixes_whole_blocks_within_windows() -> None:
+    s = ShardedBatchSampler(23, 4, seed=2, shuffle_block=5, shuffle_window=2)
+    order = s.positions()
+    assert sorted(order.tolist()) == list(range(23))
+    where = np.empty(23, np.int64)
+    where[order] = np.arange(23)
+    for b in range(5):  # a block's positions all come within one window (< 10 apart)
+        span = where[5 * b : min(5 * b + 5, 23)]
+        assert span.max() - span.min() < 10
+    assert np.array_equal(
+        order, ShardedBatchSampler(23, 4, seed=2, shuffle_block=5, shuffle_window=2).positions()
+    )
+    s.set_epoch(1)
+    assert not np.array_equal(order, s.positions())
+    assert not np.array_equal(order, np.arange(23))
+    with pytest.raises(ValueError, match="shuffle_block"):
+        ShardedBatchSampler(10, 2, shuffle_block=-1)
+
+
 def test_loader_batches_and_rank_sharding(lake_dir: Path) -> None:
     dm = LanceDataModule(str(lake_dir), batch_size=3, val_fraction=0, test_fraction=0)
     full = [sid for b in dm.loader("train", 0, 1) for sid in b["sample_id"]]
