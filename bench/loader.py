@@ -2,9 +2,9 @@
 
 Builds a lake of N generated JPEGs (lake.ingest + plugins.image_folder), then in the same
 run measures samples/s of
-  (a) raw: ``to_batches`` over the samples' ``media_ids`` and the media ``bytes`` of the
-      same rows (the floor: sequential scans, no sample<->media join, no shuffling), with
-      the same PIL decode;
+  (a) raw: ``to_batches`` over the samples and the media ``bytes`` in row order, in
+      lockstep (the floor: sequential scans, no sample<->media join, no shuffling), decoded
+      with the collator's own function into batches of the same shape;
   (b) the data module's shuffled train loader with a decode-only collator, in the main
       process and with workers: a full permutation read per batch (media by row id, and by
       ``media_id IN`` filter), and block-local shuffling with block reads (the default,
@@ -18,7 +18,6 @@ Prints a table and a last line with a JSON object of the figures (target: data m
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import shutil
 import sys
@@ -31,7 +30,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.data.collate import DecodeCollator
+from core.data.collate import DecodeCollator, decode_image
 from core.data.lance_data import LanceDataModule
 from lake.ingest import IngestSettings, ingest
 from lake.store import Lake
@@ -49,23 +48,24 @@ def make_images(root: Path, n: int, size: int = 96) -> None:
         img.save(d / f"{i:06d}.jpg", quality=85)
 
 
-def _decode(data: bytes) -> None:
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    img.convert("RGB")
-
-
 def raw_scan(lake: Lake, sample_rows: np.ndarray, batch: int) -> float:
-    """Samples/s of scanning the same samples' rows and their media bytes, + decode."""
+    """Samples/s of scanning the samples' rows and their media bytes in row order, decoded
+    with the same function as the loader's collator into the same kind of batches (ids,
+    labels and a list of decoded images; each batch is kept until the next one)."""
     samples, media = lake.dataset("samples"), lake.dataset("media")
     t0 = time.perf_counter()
     n = 0
-    for b in samples.to_batches(columns=["sample_id", "label", "media_ids"], batch_size=batch):
-        n += b.num_rows
-    for b in media.to_batches(columns=["bytes"], batch_size=batch):
-        for data in b.column("bytes").to_pylist():
-            _decode(data)
-    assert n >= len(sample_rows)
+    meta = samples.to_batches(columns=["sample_id", "label", "media_ids"], batch_size=batch)
+    data = media.to_batches(columns=["bytes"], batch_size=batch)
+    out: dict[str, list] = {}
+    for m, d in zip(meta, data, strict=True):
+        out = {
+            "sample_id": m.column("sample_id").to_pylist(),
+            "label": m.column("label").to_pylist(),
+            "images": [[decode_image(b)] for b in d.column("bytes").to_pylist()],
+        }
+        n += len(out["sample_id"])
+    assert n >= len(sample_rows) and out
     return n / (time.perf_counter() - t0)
 
 
@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
     ap.add_argument("--keep", type=Path, default=None, help="build the lake here and keep it")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_loader_"))
@@ -108,23 +109,39 @@ def main() -> None:
                 ImageFolderSource(root / "images"), lake, "bench", IngestSettings(progress=False)
             )
         rows = np.arange(lake.count("samples"))
-        raw = max(raw_scan(lake, rows, args.batch) for _ in range(2))
-        figures = {"n": len(rows), "batch": args.batch, "raw_scan_per_s": round(raw, 1)}
+        configs = [
+            (f"data module, {how}, {w} workers", f"{name}_w{w}", w, media_read, block)
+            for w in (0, args.workers)
+            for name, how, media_read, block in (
+                ("block256", "block reads (256)", "rowid", 256),
+                ("rowid", "per batch, media rowid", "rowid", 0),
+                ("filter", "per batch, media filter", "filter", 0),
+            )
+        ]
+        # rounds interleave the baseline with every loader, so a load change on the box
+        # hits both sides of a ratio; the figures are medians over the rounds
+        raws: list[float] = []
+        rates: dict[str, list[float]] = {key: [] for _, key, *_ in configs}
+        ratios: dict[str, list[float]] = {key: [] for _, key, *_ in configs}
+        for _ in range(args.rounds):
+            for _, key, w, media_read, block in configs:
+                raw = raw_scan(lake, rows, args.batch)
+                rate = module_rate(str(uri), args.batch, w, media_read, block)[0]
+                raws.append(raw)
+                rates[key].append(rate)
+                ratios[key].append(rate / raw)
+        raw = float(np.median(raws))
+        figures: dict[str, float | int] = {
+            "n": len(rows), "batch": args.batch, "rounds": args.rounds,
+            "raw_scan_per_s": round(raw, 1),
+        }  # fmt: skip
         table = [("raw scan + decode (1 process)", raw, 1.0)]
-        for workers in (0, args.workers):
-            for media_read, block in (("rowid", 256), ("rowid", 0), ("filter", 0)):
-                rate = max(
-                    module_rate(str(uri), args.batch, workers, media_read, block)[0]
-                    for _ in range(2)
-                )
-                name = f"block{block}" if block else media_read
-                figures[f"module_{name}_w{workers}_per_s"] = round(rate, 1)
-                how = f"block reads ({block})" if block else f"per batch, media {media_read}"
-                table.append((f"data module, {how}, {workers} workers", rate, rate / raw))
-        for name in ("block256", "rowid"):
-            for w in (0, args.workers):
-                figures[f"ratio_{name}_w{w}"] = round(figures[f"module_{name}_w{w}_per_s"] / raw, 3)
-        print(f"{'loader':<52}{'samples/s':>12}{'x raw':>8}")
+        for label, key, *_ in configs:
+            rate, ratio = float(np.median(rates[key])), float(np.median(ratios[key]))
+            figures[f"module_{key}_per_s"] = round(rate, 1)
+            figures[f"ratio_{key}"] = round(ratio, 3)
+            table.append((label, rate, ratio))
+        print(f"{'loader (median of rounds)':<52}{'samples/s':>12}{'x raw':>8}")
         for name, rate, ratio in table:
             print(f"{name:<52}{rate:>12.0f}{ratio:>8.2f}")
         print(json.dumps(figures))

@@ -17,6 +17,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "stats": ("lake.stats", "row counts per table, dataset and media kind"),
     "versions": ("lake.versions", "list lake versions and the runs that tagged them"),
     "check": ("lake.check", "run consistency checks: [check=NAME] [where=SQL] [dataset=NAME]"),
+    "split": ("lake.split", "stratified train/val/test splits: [split.seed=N] [where=SQL]"),
     "train": (
         "core.train",
         "train a model on the lake: +experiment=NAME [model=NAME] [+debug=NAME]",
@@ -25,6 +26,7 @@ JOBS: dict[str, tuple[str, str]] = {
         "lake.enrich",
         "add columns with enricher plugins: enrich=clip [enrich.model.run=ID]",
     ),
+    "export": ("lake.export", "export a split for training: export=NAME split=train out=DIR"),
     "query": ("lake.query", 'search the lake by CLIP similarity: text="..." | image=PATH [k=10]'),
     "plugins": ("lake.plugins_cmd", "list installed plugins"),
     "schema": ("lake.schema_cmd", "print the lake schema as Markdown"),

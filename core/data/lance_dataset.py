@@ -81,14 +81,17 @@ def select(
 ) -> tuple[dict[str, Selection], list[str]]:
     """Scan id columns only and return the selection of each split plus the sorted labels.
 
-    ``samples.split`` is used when set; otherwise :func:`hash_split` decides.
+    ``samples.split`` is used when set; otherwise :func:`hash_split` decides. Samples of
+    other splits (``excluded``) are left out. A train sample with ``split_repeat`` = k
+    (``lakeloom split``'s oversampling) appears k times in the train selection.
     """
     rows: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
     mids: dict[str, list[pa.Array]] = {s: [] for s in SPLITS}
     counts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
     labels: set[str] = set()
+    repeat = "split_repeat" in samples.schema.names
     scanner = samples.scanner(
-        columns=["sample_id", "split", "label", "media_ids"],
+        columns=["sample_id", "split", "label", "media_ids"] + (["split_repeat"] if repeat else []),
         filter=sql_filter(where, datasets),
         with_row_id=True,
         batch_size=scan_batch,
@@ -107,12 +110,21 @@ def select(
         labels.update(x for x in batch.column("label").to_pylist() if x is not None)
         rowid = batch.column("_rowid").to_numpy()
         media_ids = batch.column("media_ids")
+        reps = (
+            np.asarray(batch.column("split_repeat").fill_null(1).to_numpy(zero_copy_only=False))
+            if repeat
+            else None
+        )
         for name in SPLITS:
             mask = split == name
             if not mask.any():
                 continue
             picked = media_ids.filter(pa.array(mask))
-            rows[name].append(rowid[mask])
+            kept = rowid[mask]
+            if name == "train" and reps is not None and (reps[mask] > 1).any():
+                idx = np.repeat(np.arange(len(kept)), np.maximum(reps[mask], 1))
+                picked, kept = picked.take(pa.array(idx)), kept[idx]
+            rows[name].append(kept)
             mids[name].append(pc.list_flatten(picked))
             counts[name].append(pc.fill_null(pc.list_value_length(picked), 0).to_numpy())
     lookup = _media_rows(media, [m for s in SPLITS for m in mids[s]])

@@ -1,0 +1,492 @@
+"""The export runner: ``lakeloom export export=NAME [split=train] out=DIR``.
+
+Writes the selected samples in one training format (the Exporter plugins of
+``conf/export/*.yaml``, built-ins in ``plugins/exporters.py``) into the folder ``out``:
+the exporter's data file(s), every referenced image once under
+``images/<media_id[:2]>/<media_id>.<ext>`` (paths in the records are relative to
+``out``) and a hidden manifest ``.lakeloom_export.json`` (exporter, selection, table
+versions read, counts, how to ingest it back). Hidden, so the sources never read it.
+
+Selection: ``split`` (``samples.split`` equals it; null = every sample), ``dataset`` and a
+``where`` SQL filter, combined with AND. A split no sample has, an unknown dataset, an
+invalid filter or an empty selection is an error naming what exists.
+
+Streaming: samples are read with a Lance scanner in batches of ``batch_size`` rows (only
+the content columns); each batch's media are read with one filtered scan
+``media_id IN (...)`` of the media not yet written, written, and the batch's records are
+appended to the exporter's files. Memory: one batch of samples and its media bytes,
+plus the relative path of each media already written (to write each image once).
+Without a scalar index on ``media.media_id`` each batch's media read scans that column,
+so larger batches mean fewer scans.
+
+Atomic: everything is written to a hidden temporary sibling ``.<out>.tmp-<hex>`` and
+renamed to ``out`` at the end; an earlier export at ``out`` is moved aside first and
+deleted after. A crash leaves the old export or none (plus, after a hard kill, a hidden
+temporary sibling that can be deleted). ``out`` may be missing, an empty folder or an
+earlier export (it has the manifest); anything else is refused unless ``force=true``.
+
+Round trip: the media bytes are written unchanged (verified against their sha256), so
+``media_ids`` are kept; :meth:`Exporter.readback` states the canonical content the
+matching source will read back, and the report counts ``changed_ids``: the samples whose
+``sample_id`` will differ after re-ingesting (content the format cannot carry, e.g. a
+caption in a conversation format, or a source ``key`` such as ``image_folder``'s path).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+import os
+import secrets
+import shutil
+from abc import abstractmethod
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from lake import ids, provenance
+from lake.errors import ConfigError, LakeloomError
+from lake.job import RunContext, hydra_job
+from lake.plugin import Plugin
+from lake.schema import MEDIA, SAMPLES
+from lake.store import Lake
+
+log = logging.getLogger("lakeloom.export")
+
+MANIFEST = ".lakeloom_export.json"
+IMAGES = "images"
+SAMPLE_COLUMNS = ["sample_id", *ids.SAMPLE_CONTENT_FIELDS]
+# MIME -> file extension of the exported media (anything else: mimetypes, then "bin")
+EXTENSIONS = {
+    "image/jpeg": "jpg",
+    "image/png": "png",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "image/bmp": "bmp",
+    "image/tiff": "tif",
+}
+
+
+@dataclass(frozen=True)
+class ExportMedia:
+    """One media object of a sample, as the exporter sees it.
+
+    ``path`` is relative to the export folder (POSIX) when the runner wrote the file;
+    ``data`` holds the bytes instead for exporters with ``inline_media``.
+    """
+
+    media_id: str
+    mime: str | None
+    path: str | None = None
+    data: bytes | None = None
+
+
+class Exporter(Plugin):
+    """Writes samples in one training format that a source plugin reads back.
+
+    The runner calls :meth:`open` with the (temporary) export folder, then per batch
+    :meth:`skip_reason` for every row and :meth:`write` with the kept rows and their
+    media, then :meth:`close` (or :meth:`abort` after an error). Rows are dicts with
+    ``sample_id`` and the content fields of :data:`lake.ids.SAMPLE_CONTENT_FIELDS`.
+    """
+
+    kind: ClassVar[str] = "exporter"
+    source: ClassVar[str]  # the source plugin that reads the export back
+    inline_media: bool = False  # True: media bytes go into the records, no files
+    media_kinds: ClassVar[tuple[str, ...]] = ("image", "frame")
+
+    def skip_reason(self, row: dict[str, Any]) -> str | None:
+        """Why a sample cannot be written in this format (None: it can)."""
+        return None
+
+    @abstractmethod
+    def readback(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The content fields (messages, caption, label, chosen, rejected) that the
+        matching source reads back from this sample's exported record."""
+
+    @abstractmethod
+    def open(self, folder: Path) -> None:
+        """Start writing into ``folder`` (it exists and is empty but for ``images/``)."""
+
+    @abstractmethod
+    def write(self, rows: list[dict[str, Any]], media: list[list[ExportMedia]]) -> None:
+        """Append the records of one batch; ``media[i]`` are ``rows[i]``'s media in order."""
+
+    @abstractmethod
+    def close(self) -> list[str]:
+        """Finish the files; return their names relative to the export folder."""
+
+    def abort(self) -> None:
+        """Release open files after an error (the runner deletes the folder)."""
+
+    def source_options(self) -> dict[str, Any]:
+        """Options the matching source needs (besides ``path``) to read the export."""
+        return {}
+
+    def params(self) -> dict[str, Any]:
+        """Options recorded in the manifest."""
+        return {}
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def selection(
+    split: str | None = None, where: str | None = None, dataset: str | None = None
+) -> str | None:
+    """SQL filter on ``samples`` for a split, a dataset and a free filter (AND-ed)."""
+    parts = [
+        f"split = {_quote(split)}" if split is not None else None,
+        f"dataset = {_quote(dataset)}" if dataset else None,
+        where or None,
+    ]
+    kept = [f"({p})" for p in parts if p]
+    return " AND ".join(kept) or None
+
+
+def extension(mime: str | None) -> str:
+    """File extension (no dot) for a media MIME type."""
+    if mime in EXTENSIONS:
+        return EXTENSIONS[mime]
+    guessed = mimetypes.guess_extension(mime) if mime else None
+    return guessed.lstrip(".") if guessed else "bin"
+
+
+def media_path(media_id: str, mime: str | None) -> str:
+    """Where a media object goes, relative to the export folder."""
+    return f"{IMAGES}/{media_id[:2]}/{media_id}.{extension(mime)}"
+
+
+def _listing(counts: dict[str, int], unset: str = "unset") -> str:
+    items = sorted(counts.items(), key=lambda kv: (kv[0] == "None", kv[0]))
+    return ", ".join(f"{unset if k == 'None' else k} ({n})" for k, n in items)
+
+
+def _count(samples: Any, where: str | None, what: str) -> int:
+    try:
+        return int(samples.count_rows(where))
+    except Exception as exc:  # Lance reports SQL problems as several exception types
+        raise ConfigError(f"invalid {what} {where!r}: {exc}") from exc
+
+
+def check_selection(
+    lake: Lake,
+    samples: Any,
+    split: str | None,
+    where: str | None,
+    dataset: str | None,
+) -> int:
+    """Number of selected samples; ConfigError naming what exists when it is zero."""
+    if split is not None and _count(samples, selection(split=split), "split") == 0:
+        splits = lake.value_counts(SAMPLES, "split")
+        if set(splits) <= {"None"}:
+            raise ConfigError(
+                f"no samples with split {split!r}: the lake has no splits yet (samples.split "
+                "is null everywhere); run `lakeloom split`, or export every sample with "
+                "split=null"
+            )
+        raise ConfigError(
+            f"no samples with split {split!r}; splits in the lake: {_listing(splits)}"
+        )
+    if dataset and _count(samples, selection(dataset=dataset), "dataset") == 0:
+        names = lake.value_counts(SAMPLES, "dataset")
+        raise ConfigError(f"no dataset {dataset!r} in the lake; datasets: {_listing(names)}")
+    if where:
+        _count(samples, where, "where filter")
+    n = _count(samples, selection(split, where, dataset), "selection")
+    if n == 0:
+        raise ConfigError(
+            f"empty selection: no samples match split={split!r}, dataset={dataset!r}, "
+            f"where={where!r}"
+        )
+    return n
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_out(out: Path, force: bool, lake: Lake) -> None:
+    """Refuse an ``out`` that is neither missing, empty nor an earlier export (unless
+    ``force``), and always one that holds the lake or the working directory."""
+    full = out.resolve()
+    for keep, what in ((Path(lake.uri).resolve(), "the lake"), (Path.cwd(), "the working dir")):
+        if _inside(keep, full):
+            raise ConfigError(f"out={out} would replace {what} ({keep}); choose another folder")
+    if not (out.exists() or out.is_symlink()):
+        return
+    is_folder = out.is_dir() and not out.is_symlink()
+    if is_folder and ((out / MANIFEST).is_file() or not any(out.iterdir())):
+        return
+    if force:
+        return
+    what = "a folder" if is_folder else "a link" if out.is_symlink() else "a file"
+    raise ConfigError(
+        f"out={out} exists and is {what} that is not a lakeloom export (no {MANIFEST}): "
+        "choose another folder, or pass force=true to replace it"
+    )
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move ``tmp`` to ``out``; an existing ``out`` is moved aside first, then deleted."""
+    if out.exists() or out.is_symlink():
+        old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+        os.rename(out, old)
+        os.rename(tmp, out)
+        _remove(old)
+    else:
+        os.rename(tmp, out)
+
+
+class _MediaWriter:
+    """Reads a batch's media with one filtered scan and writes each file once."""
+
+    def __init__(self, media: Any, folder: Path, exporter: Exporter) -> None:
+        self.media = media
+        self.folder = folder
+        self.inline = exporter.inline_media
+        self.kinds = exporter.media_kinds
+        self.written: dict[str, ExportMedia] = {}  # media_id -> its file in the folder
+        self.bad: dict[str, str] = {}  # media_id -> why it cannot be exported
+
+    def fetch(self, wanted: set[str]) -> dict[str, ExportMedia]:
+        """ExportMedia for every media id of ``wanted`` that can be exported."""
+        out: dict[str, ExportMedia] = {}
+        todo = sorted(m for m in wanted if self.inline or m not in self.written)
+        todo = [m for m in todo if m not in self.bad]
+        if todo:
+            quoted = ", ".join(_quote(m) for m in todo)
+            table = self.media.to_table(
+                columns=["media_id", "kind", "mime", "bytes"], filter=f"media_id IN ({quoted})"
+            )
+            for row in table.to_pylist():
+                mid, data = row["media_id"], row["bytes"]
+                if row["kind"] not in self.kinds:
+                    self.bad[mid] = f"media kind {row['kind']!r} not supported by this format"
+                    continue
+                if data is None or ids.media_id(data) != mid:
+                    raise LakeloomError(f"media {mid}: stored bytes do not match their sha256")
+                if self.inline:
+                    out[mid] = ExportMedia(mid, row["mime"], data=data)
+                    continue
+                path = media_path(mid, row["mime"])
+                target = self.folder / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+                self.written[mid] = ExportMedia(mid, row["mime"], path=path)
+        if not self.inline:
+            out.update((m, self.written[m]) for m in wanted if m in self.written)
+        return out
+
+
+def export(
+    lake: Lake,
+    exporter: Exporter,
+    out: str | Path,
+    split: str | None = None,
+    where: str | None = None,
+    dataset: str | None = None,
+    *,
+    force: bool = False,
+    batch_size: int = 1024,
+    ctx: RunContext | None = None,
+) -> dict[str, Any]:
+    """Export the selected samples with ``exporter`` into the folder ``out``; return the report.
+
+    See the module docstring for the selection, the layout, streaming and atomicity.
+    Raises ConfigError for a bad selection or ``out``, and when every selected sample
+    had to be skipped.
+    """
+    out = Path(out)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if not lake.exists(SAMPLES):
+        raise ConfigError(f"lake {lake.uri} has no samples table: ingest something first")
+    samples = lake.dataset(SAMPLES)  # pinned to the version read from here on
+    selected = check_selection(lake, samples, split, where, dataset)
+    if not lake.exists(MEDIA):
+        raise ConfigError(f"lake {lake.uri} has no media table")
+    media = lake.dataset(MEDIA)
+    check_out(out, force, lake)
+    run_id = ctx.run_id if ctx else provenance.new_run_id("export")
+    filt = selection(split, where, dataset)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    report: dict[str, Any] = {
+        "out": str(out),
+        "exporter": exporter.name,
+        "run_id": run_id,
+        "selection": filt,
+        "selected": selected,
+        "samples": 0,
+        "media": 0,
+        "batches": 0,
+        "skipped": Counter(),
+        "changed_ids": 0,
+    }
+    try:
+        exporter.open(tmp)
+        writer = _MediaWriter(media, tmp, exporter)
+        scanner = samples.scanner(columns=SAMPLE_COLUMNS, filter=filt, batch_size=batch_size)
+        for batch in scanner.to_batches():
+            if batch.num_rows:
+                _export_batch(batch.to_pylist(), exporter, writer, report)
+        files = exporter.close()
+    except BaseException:
+        exporter.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report["media"] = len(writer.written)
+    report["skipped"] = dict(report["skipped"].most_common())
+    report["files"] = [*files, IMAGES] if writer.written else files
+    report["versions"] = {SAMPLES: int(samples.version), MEDIA: int(media.version)}
+    report["ingest"] = {"source": exporter.source, "path": str(out), **exporter.source_options()}
+    if report["samples"] == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(
+            f"nothing to export: all {selected} selected samples were skipped "
+            f"({', '.join(f'{r}: {n}' for r, n in report['skipped'].items())})"
+        )
+    manifest = {
+        **report,
+        "exporter_version": exporter.version,
+        "params": exporter.params(),
+        "lake": lake.uri,
+        "split": split,
+        "where": where,
+        "dataset": dataset,
+        "created_at": provenance.now().isoformat(),
+        "lakeloom_version": provenance.lakeloom_version(),
+    }
+    try:
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str) + "\n")
+        check_out(out, force, lake)  # again: something may have appeared meanwhile
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info(
+        "export %s: %d samples, %d media -> %s",
+        exporter.name,
+        report["samples"],
+        report["media"],
+        out,
+    )
+    return report
+
+
+def _export_batch(
+    rows: list[dict[str, Any]], exporter: Exporter, writer: _MediaWriter, report: dict[str, Any]
+) -> None:
+    report["batches"] += 1
+    kept: list[dict[str, Any]] = []
+    for row in rows:
+        row["media_ids"] = list(row["media_ids"] or [])
+        row["messages"] = list(row["messages"] or [])
+        reason = exporter.skip_reason(row)
+        if reason is not None:
+            report["skipped"][reason] += 1
+            continue
+        kept.append(row)
+    found = writer.fetch({m for row in kept for m in row["media_ids"]})
+    rows_out: list[dict[str, Any]] = []
+    media_out: list[list[ExportMedia]] = []
+    for row in kept:
+        missing = [m for m in row["media_ids"] if m not in found]
+        if missing:
+            reason = writer.bad.get(missing[0], "media missing from the lake")
+            report["skipped"][reason] += 1
+            continue
+        rows_out.append(row)
+        media_out.append([found[m] for m in row["media_ids"]])
+        back = exporter.readback(row)
+        if ids.sample_id(row["media_ids"], **back) != row["sample_id"]:
+            report["changed_ids"] += 1
+    if rows_out:
+        exporter.write(rows_out, media_out)
+    report["samples"] += len(rows_out)
+
+
+def build_exporter(node: Any) -> Exporter:
+    """Instantiate an Exporter from its config node (``_target_`` + options; ``name`` is
+    the config's own name and is not passed)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    options = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    options = {k: v for k, v in dict(options).items() if k != "name"}
+    try:
+        exporter = instantiate(options)
+    except InstantiationException as exc:
+        raise ConfigError(f"cannot create exporter {options.get('_target_')}: {exc}") from exc
+    if not isinstance(exporter, Exporter):
+        raise ConfigError(f"{options.get('_target_')} is not an Exporter plugin")
+    return exporter
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Closing lines for the console."""
+    lines = [
+        f"export {report['exporter']}: {report['samples']} of {report['selected']} selected "
+        f"samples, {report['media']} media files in {report['batches']} batches -> "
+        f"{report['out']} ({', '.join(report['files'])})"
+    ]
+    for reason, n in report["skipped"].items():
+        lines.append(f"  skipped {n:6d}  {reason}")
+    if report["changed_ids"]:
+        lines.append(
+            f"  {report['changed_ids']} samples will get a new sample_id when ingested back "
+            "(content this format cannot carry, or a source key)"
+        )
+    ing = report["ingest"]
+    opts = " ".join(f"source.{k}={v}" for k, v in ing.items() if k != "source")
+    lines.append(f"ingest it back: lakeloom ingest source={ing['source']} {opts}")
+    return "\n".join(lines)
+
+
+@hydra_job("export")
+def main(cfg: Any) -> int:
+    """Hydra entry point: export the selection and record the run."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_missing(cfg, "out") or not cfg.out:
+        raise ConfigError("out=DIR is required: the folder to write the export into")
+    ctx = RunContext.from_config("export", cfg)
+    exporter = build_exporter(cfg.export)
+    lake = Lake(cfg.lake.uri)
+    report = export(
+        lake,
+        exporter,
+        cfg.out,
+        split=None if cfg.get("split") is None else str(cfg.split),
+        where=cfg.get("where"),
+        dataset=cfg.get("dataset"),
+        force=bool(cfg.get("force", False)),
+        batch_size=int(cfg.get("batch_size", 1024)),
+        ctx=ctx,
+    )
+    print(format_report(report))
+    for name, version in report["versions"].items():  # the versions read, findable by run id
+        lake.table(name).tags.create(ctx.run_id, version)
+    inputs = {k: report[k] for k in ("exporter", "selection", "out")}
+    counts = {k: report[k] for k in ("samples", "media", "skipped", "changed_ids")}
+    lake.record_run(
+        ctx.record("finished", inputs=inputs, counts=counts, versions=report["versions"])
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    main()
