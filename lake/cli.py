@@ -27,6 +27,7 @@ JOBS: dict[str, tuple[str, str]] = {
         "add columns with enricher plugins: enrich=clip [enrich.model.run=ID]",
     ),
     "export": ("lake.export", "export a split for training: export=NAME split=train out=DIR"),
+    "compact": ("lake.compact", "compact fragments, drop old versions: [compact.retention_days=7]"),
     "query": ("lake.query", 'search the lake by CLIP similarity: text="..." | image=PATH [k=10]'),
     "plugins": ("lake.plugins_cmd", "list installed plugins"),
     "schema": ("lake.schema_cmd", "print the lake schema as Markdown"),

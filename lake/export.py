@@ -478,8 +478,6 @@ def main(cfg: Any) -> int:
         ctx=ctx,
     )
     print(format_report(report))
-    for name, version in report["versions"].items():  # the versions read, findable by run id
-        lake.table(name).tags.create(ctx.run_id, version)
     inputs = {k: report[k] for k in ("exporter", "selection", "out")}
     counts = {k: report[k] for k in ("samples", "media", "skipped", "changed_ids")}
     lake.record_run(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from lake import provenance
@@ -81,6 +83,11 @@ def hydra_job(config_name: str) -> Callable[[Callable[[Any], int | None]], Calla
 
         @functools.wraps(fn)
         def main() -> None:
+            # LAKELOOM_CONFIG_DIR: read conf/ from that folder instead of the installed
+            # package (a copy of the project, e.g. a DVC pipeline run elsewhere)
+            folder = os.environ.get("LAKELOOM_CONFIG_DIR")
+            if folder and not any(a.startswith(("-cp", "--config-path")) for a in sys.argv):
+                sys.argv.append(f"--config-path={Path(folder).resolve()}")
             extra = config_search_path()
             if extra and not any(a.startswith("hydra.searchpath") for a in sys.argv):
                 sys.argv.append(f"hydra.searchpath=[{','.join(extra)}]")

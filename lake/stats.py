@@ -1,7 +1,13 @@
-"""``lakeloom stats``: row counts per table, per dataset and per media kind."""
+"""``lakeloom stats``: row counts per table, per dataset and per media kind.
+
+``out=PATH`` also writes them as JSON with the versions of ``media`` and ``samples``: the
+DVC pipeline's stages use that file as the mark of the lake state they produced.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from lake.job import hydra_job
@@ -34,7 +40,20 @@ def format_stats(stats: dict[str, Any], uri: str) -> str:
 @hydra_job("stats")
 def main(cfg: Any) -> int:
     """Print the lake's counts."""
-    print(format_stats(lake_stats(Lake(cfg.lake.uri)), cfg.lake.uri))
+    lake = Lake(cfg.lake.uri)
+    stats = lake_stats(lake)
+    print(format_stats(stats, cfg.lake.uri))
+    if cfg.get("out"):
+        versions = lake.current_versions()
+        state = {
+            "media": {"rows": stats["tables"][MEDIA], "version": versions.get(MEDIA)},
+            "samples": {"rows": stats["tables"][SAMPLES], "version": versions.get(SAMPLES)},
+            "datasets": stats["datasets"],
+            "media_kinds": stats["media_kinds"],
+        }
+        out = Path(cfg.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
     return 0
 
 

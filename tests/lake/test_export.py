@@ -429,7 +429,8 @@ def test_cli_export_records_the_run(llava_lake: Lake, tmp_path: Path) -> None:
     assert (out / "messages.jsonl").is_file()
     (run,) = [r for r in llava_lake.runs() if r["job"] == "export"]
     assert run["status"] == "finished" and json.loads(run["counts"])["samples"] == 5
-    tags = [t for v in llava_lake.versions(SAMPLES) for t in v["tags"]]
-    assert run["run_id"] in tags
+    # export only reads: the versions it read are in its run record, the tables untouched
+    assert json.loads(run["versions"]) == llava_lake.current_versions()
+    assert not any(run["run_id"] in v["tags"] for v in llava_lake.versions(SAMPLES))
     no_out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert no_out.returncode == 2 and "out=DIR is required" in no_out.stderr

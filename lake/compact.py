@@ -1,0 +1,696 @@
+"""``lakeloom compact``: compact fragments and remove old versions, keeping what matters.
+
+Every lake write is one Lance commit: many small writes leave many small fragments (slow
+scans) and many versions whose files stay on disk. For each table (``media``, ``samples``,
+``runs``) this job
+
+1. **compacts** the fragments (``LanceDataset.optimize.compact_files``: merges small
+   fragments, materialises deleted rows; indices are remapped, and with
+   ``optimize_indices`` rows not yet indexed are added to the existing indices). The rows
+   are unchanged; compaction only commits a new version.
+2. **removes old versions** (``cleanup_old_versions``): a version is removed when it is
+   older than ``retention_days`` and none of these holds:
+
+   - it is the latest version (never removed);
+   - it is **tagged**. Every job tags the versions it produced with its run id
+     (:meth:`lake.store.Lake.tag`), which is how ``lakeloom versions`` and the ``runs``
+     table say what each job produced, so tagged versions are kept by default. With
+     ``drop_old_tags`` the tags of versions older than the retention are deleted first
+     (the ``runs`` records stay, those versions can then no longer be opened);
+   - **DVC still references it** (``keep_dvc``): by default the head version of every
+     DVC-tracked lake state, in ``dvc.lock`` / ``.dvc`` files or in the local DVC cache
+     (``dvc_versions=all``: every version such a state lists). The exact rule is in
+     :func:`dvc_scan`. A table whose tracked state has no listing in the local cache keeps
+     all its versions.
+
+   The exact list of removable versions is passed to Lance (``versions=``) together with
+   ``older_than`` and ``error_if_tagged_old_versions=False``, so Lance itself also
+   re-checks the age and skips tagged versions. A protected version keeps every data file
+   it needs and stays readable: ``Lake(uri).table("samples", version=N)``.
+
+``dry_run`` changes nothing (no compaction, no cleanup, no tags, no ``runs`` record): it
+reports the compaction plan and what the cleanup would remove now. A real run records
+itself in ``runs`` and tags the versions it produced, like every job.
+
+Removing versions while another process still reads one of them breaks that reader
+(Lance's own caveat): run it when no job is writing or reading old versions, and keep
+``delete_unverified`` false unless no other process can be writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from lake.errors import ConfigError, LakeloomError
+from lake.job import RunContext, hydra_job
+from lake.schema import MEDIA, RUNS, SAMPLES
+from lake.store import Lake
+
+log = logging.getLogger("lakeloom.compact")
+
+TABLES = (MEDIA, SAMPLES, RUNS)
+LANCE_DEFAULT_ROWS_PER_FRAGMENT = 1024 * 1024
+
+_U64_MAX = 2**64 - 1
+_MANIFEST = re.compile(r"^(?P<table>[^/]+)\.lance/_versions/(?P<stem>\d+)\.manifest$")
+_ANY_MANIFEST = re.compile(r"(?:^|/)_versions/(?P<stem>\d+)\.manifest$")
+
+
+# -- Lance manifests -------------------------------------------------------------------------
+def manifest_version(stem: str) -> int:
+    """Version number of a Lance manifest file ``_versions/<stem>.manifest``.
+
+    Lance has two naming schemes: V1 writes ``<version>.manifest``; V2 (the default of the
+    installed pylance) writes ``u64::MAX - version`` zero-padded to 20 digits, so that
+    the newest version sorts first (version 1 is ``18446744073709551614.manifest``).
+    """
+    number = int(stem)
+    if len(stem) == 20 and number > 2**63:
+        return _U64_MAX - number
+    return number
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _lake_tables(lake_dir: Path) -> dict[str, Path]:
+    if not lake_dir.is_dir():
+        return {}
+    return {p.name[: -len(".lance")]: p for p in lake_dir.glob("*.lance") if p.is_dir()}
+
+
+def lake_manifests(lake_dir: str | Path) -> dict[str, tuple[str, int]]:
+    """md5 of every manifest in the lake -> (table, version)."""
+    out: dict[str, tuple[str, int]] = {}
+    for table, folder in _lake_tables(Path(lake_dir)).items():
+        for path in (folder / "_versions").glob("*.manifest"):
+            out[_md5(path)] = (table, manifest_version(path.stem))
+    return out
+
+
+# -- DVC -------------------------------------------------------------------------------------
+@dataclass
+class DvcRefs:
+    """What DVC references in a lake: versions per table, where from, what is unreadable."""
+
+    root: Path | None
+    versions: dict[str, set[int]] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+    # tables whose tracked state has no listing in the local cache: their versions are
+    # unknown, so the cleanup leaves those tables alone
+    unknown: dict[str, list[str]] = field(default_factory=dict)
+
+
+def find_dvc_root(start: str | Path) -> Path | None:
+    """The nearest folder at or above ``start`` that holds a ``.dvc`` folder."""
+    here = Path(start).resolve()
+    for folder in (here, *here.parents):
+        if (folder / ".dvc").is_dir():
+            return folder
+    return None
+
+
+def dvc_cache_dir(repo_root: str | Path) -> Path:
+    """The local DVC cache (``cache.dir`` of ``.dvc/config.local`` / ``.dvc/config``)."""
+    dvc_dir = Path(repo_root) / ".dvc"
+    for name in ("config.local", "config"):
+        conf = dvc_dir / name
+        if not conf.is_file():
+            continue
+        section = ""
+        for raw in conf.read_text().splitlines():
+            line = raw.strip()
+            if line.startswith("["):
+                section = line.strip("[]").strip().strip("'\"")
+            elif section == "cache" and "=" in line:
+                key, value = (s.strip() for s in line.split("=", 1))
+                if key == "dir" and value:
+                    return (dvc_dir / value).resolve()
+    return dvc_dir / "cache"
+
+
+def _cache_file(cache: Path, md5: str, legacy: bool) -> Path:
+    md5 = md5.strip()
+    base = cache if legacy else cache / "files" / "md5"
+    return base / md5[:2] / md5[2:]
+
+
+def _read_listing(path: Path) -> list[dict[str, str]] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, list) else None
+
+
+def _tracked(repo_root: Path) -> Iterator[tuple[Path, Mapping[str, Any], str]]:
+    """(folder the paths are relative to, entry, source) for the outs and deps of dvc.lock."""
+    import yaml
+
+    lock = repo_root / "dvc.lock"
+    if not lock.is_file():
+        return
+    try:
+        data = yaml.safe_load(lock.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        msg = f"cannot read {lock} (compact.keep_dvc=false ignores DVC): {exc}"
+        raise ConfigError(msg) from exc
+    for stage in (data.get("stages") or {}).values():
+        for kind in ("outs", "deps"):
+            for entry in stage.get(kind) or []:
+                if isinstance(entry, Mapping) and entry.get("path") and entry.get("md5"):
+                    yield repo_root, entry, "dvc.lock"
+
+
+def _dvc_files(repo_root: Path, lake_dir: Path) -> list[Path]:
+    """``.dvc`` files that can track the lake: in it, beside it, beside a parent in the repo."""
+    if _rel(lake_dir, repo_root) is None:
+        return []
+    folders = [lake_dir]
+    for folder in (lake_dir, *lake_dir.parents):
+        if folder == repo_root:
+            break
+        folders.append(folder.parent)
+    found = [f for folder in folders if folder.is_dir() for f in sorted(folder.glob("*.dvc"))]
+    return [f for f in dict.fromkeys(found) if f.is_file()]
+
+
+def _tracked_dvc_files(
+    repo_root: Path, lake_dir: Path
+) -> Iterator[tuple[Path, Mapping[str, Any], str]]:
+    import yaml
+
+    for dvc_file in _dvc_files(repo_root, lake_dir):
+        try:
+            data = yaml.safe_load(dvc_file.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        outs = data.get("outs") if isinstance(data, Mapping) else None
+        for entry in outs or []:
+            if isinstance(entry, Mapping) and entry.get("path") and entry.get("md5"):
+                yield dvc_file.parent, entry, str(dvc_file.relative_to(repo_root))
+
+
+def _rel(path: Path, base: Path) -> str | None:
+    try:
+        rel = path.relative_to(base).as_posix()
+    except ValueError:
+        return None
+    return "" if rel == "." else rel
+
+
+def dvc_scan(
+    repo_root: str | Path | None,
+    lake_dir: str | Path,
+    scan_cache: bool = True,
+    heads_only: bool = True,
+) -> DvcRefs:
+    """Every lake version that DVC references, with where each reference comes from.
+
+    DVC tracks the lake (or its ``<table>.lance`` folders) as directories: a tracked state
+    is a ``<md5>.dir`` listing in the DVC cache (``files/md5/<2>/<rest>``, or ``<2>/<rest>``
+    for DVC 2 entries), a JSON list of ``{relpath, md5}`` that includes the table's version
+    manifests ``_versions/<name>.manifest``. A state *references* a table's **head**: the
+    highest version it lists, which is what the table reads as when that state is checked
+    out. The older manifests a state happens to carry are history that ``dvc checkout``
+    restores from the cache anyway; with ``heads_only=False`` every listed version is
+    protected instead (a lake that was ever committed then keeps all those versions).
+
+    A version of table ``T`` is protected when either holds:
+
+    1. **Tracked now**: ``dvc.lock`` at ``repo_root`` (the outs and deps of every stage) or
+       a ``.dvc`` file beside the lake, beside one of its parents up to ``repo_root``, or
+       inside the lake, tracks the lake folder, a folder containing it, or a folder or file
+       inside it, and that entry's listing lists ``T.lance/_versions/<name>.manifest``
+       (resolved against the tracked path, matched by file name; a single tracked manifest
+       file counts too). A tracked entry whose listing is not in the local cache leaves its
+       tables' references unknown: they are reported under ``unknown`` and the cleanup
+       leaves those tables alone.
+    2. **Restorable from the local cache** (``scan_cache``): any ``.dir`` listing in the
+       local DVC cache (a lake state committed earlier, which ``dvc checkout`` of an older
+       commit brings back) lists a manifest whose md5 is the md5 of ``T``'s manifest of that
+       version in the lake: a byte-identical manifest, so the same table state, whatever
+       path it was tracked under.
+
+    Lake states recorded only in git history or on a DVC remote, whose listing is not in the
+    local cache, are not seen (``dvc fetch`` brings those listings into the cache).
+    """
+    lake = Path(lake_dir).resolve()
+    root = Path(repo_root).resolve() if repo_root is not None else find_dvc_root(lake)
+    refs = DvcRefs(root)
+    tables = _lake_tables(lake)
+    refs.versions = {t: set() for t in tables}
+    if root is None or not (root / ".dvc").is_dir():
+        return refs
+    cache = dvc_cache_dir(root)
+    for base, entry, source in [*_tracked(root), *_tracked_dvc_files(root, lake)]:
+        tracked = (base / str(entry["path"])).resolve()
+        inside = _rel(tracked, lake)  # tracked path relative to the lake, if inside it
+        above = _rel(lake, tracked)  # lake relative to the tracked path, if it contains it
+        if inside is None and above is None:
+            continue
+        md5 = str(entry["md5"])
+        if not md5.endswith(".dir"):  # a single tracked file: a manifest itself?
+            match = _MANIFEST.match(inside or "")
+            if match and match["table"] in tables:
+                refs.versions[match["table"]].add(manifest_version(match["stem"]))
+                refs.sources.append(f"{source}: {entry['path']}")
+            continue
+        top = inside.split("/")[0] if inside else None
+        covered = [t for t in tables if top is None or top == f"{t}.lance"]
+        listing = _read_listing(_cache_file(cache, md5, legacy=entry.get("hash") != "md5"))
+        if listing is None:  # DVC 2 entries have no `hash: md5`; try both layouts
+            listing = _read_listing(_cache_file(cache, md5, legacy=entry.get("hash") == "md5"))
+        if listing is None:
+            for t in covered:
+                refs.unknown.setdefault(t, []).append(f"{source}: {entry['path']} ({md5})")
+            continue
+        refs.sources.append(f"{source}: {entry['path']} ({md5})")
+        listed: dict[str, set[int]] = {}
+        for item in listing:
+            relpath = str(item.get("relpath", ""))
+            if not relpath.endswith(".manifest"):
+                continue
+            if inside is not None:
+                full = f"{inside}/{relpath}" if inside else relpath
+            else:
+                prefix = f"{above}/" if above else ""
+                if not relpath.startswith(prefix):
+                    continue
+                full = relpath[len(prefix) :]
+            match = _MANIFEST.match(full)
+            if match and match["table"] in tables:
+                listed.setdefault(match["table"], set()).add(manifest_version(match["stem"]))
+        for table, versions in listed.items():
+            refs.versions[table] |= {max(versions)} if heads_only else versions
+    if scan_cache:
+        _scan_cache(cache, lake, refs, heads_only)
+    return refs
+
+
+def _cache_listings(cache: Path) -> Iterator[Path]:
+    for base in (cache / "files" / "md5", cache):
+        if not base.is_dir():
+            continue
+        for sub in sorted(base.iterdir()):
+            if len(sub.name) == 2 and sub.is_dir():
+                with os.scandir(sub) as it:
+                    for e in it:
+                        if e.name.endswith(".dir") and e.is_file():
+                            yield Path(e.path)
+
+
+def _scan_cache(cache: Path, lake: Path, refs: DvcRefs, heads_only: bool) -> None:
+    manifests: dict[str, tuple[str, int]] | None = None
+    for path in _cache_listings(cache):
+        listing = _read_listing(path)
+        if not listing:
+            continue
+        # manifests per Lance dataset folder in the listing: prefix -> [(version, md5)]
+        groups: dict[str, list[tuple[int, str]]] = {}
+        for item in listing:
+            match = _ANY_MANIFEST.search(str(item.get("relpath", "")))
+            if match and item.get("md5"):
+                prefix = str(item["relpath"])[: match.start()]
+                groups.setdefault(prefix, []).append(
+                    (manifest_version(match["stem"]), str(item["md5"]))
+                )
+        if not groups:
+            continue
+        if manifests is None:
+            manifests = lake_manifests(lake)
+        found = False
+        for entries in groups.values():
+            for _version, md5 in [max(entries)] if heads_only else entries:
+                if md5 in manifests:
+                    table, version = manifests[md5]
+                    refs.versions.setdefault(table, set()).add(version)
+                    found = True
+        if found:
+            refs.sources.append(f"cache: {path.relative_to(cache).as_posix()}")
+
+
+def dvc_referenced_versions(
+    repo_root: str | Path | None, lake_dir: str | Path, heads_only: bool = True
+) -> dict[str, set[int]]:
+    """Versions of each lake table that DVC still references (rule: :func:`dvc_scan`)."""
+    return dvc_scan(repo_root, lake_dir, heads_only=heads_only).versions
+
+
+# -- compaction and cleanup --------------------------------------------------------------------
+def _disk_bytes(folder: Path) -> int:
+    total = 0
+    for base, _dirs, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(base, name)).st_size
+    return total
+
+
+def _table_state(lake: Lake, name: str) -> dict[str, Any]:
+    ds = lake.dataset(name)
+    return {
+        "version": int(ds.version),
+        "versions": len(ds.versions()),
+        "fragments": len(ds.get_fragments()),
+        "rows": int(ds.count_rows()),
+        "bytes": _disk_bytes(Path(lake.uri) / f"{name}.lance"),
+    }
+
+
+def _compaction_options(
+    target_rows_per_fragment: int, max_bytes_per_file: int | None
+) -> dict[str, Any]:
+    opts: dict[str, Any] = {"target_rows_per_fragment": int(target_rows_per_fragment)}
+    if max_bytes_per_file:
+        opts["max_bytes_per_file"] = int(max_bytes_per_file)
+    return opts
+
+
+def _compact(
+    ds: Any, opts: dict[str, Any], dry_run: bool, optimize_indices: bool
+) -> dict[str, Any]:
+    from lance.optimize import Compaction
+
+    if dry_run:
+        plan = Compaction.plan(ds, opts)
+        rewrite = [f for task in plan.tasks for f in task.fragments]
+        rows = sum(int(f.physical_rows or 0) for f in rewrite)
+        target = int(opts["target_rows_per_fragment"])
+        new = sum(
+            max(1, math.ceil(sum(int(f.physical_rows or 0) for f in t.fragments) / target))
+            for t in plan.tasks
+        )
+        return {
+            "tasks": plan.num_tasks(),
+            "fragments_rewritten": len(rewrite),
+            "rows": rows,
+            "fragments_added": new if rewrite else 0,
+        }
+    metrics = ds.optimize.compact_files(**opts)
+    out = {
+        "fragments_removed": int(metrics.fragments_removed),
+        "fragments_added": int(metrics.fragments_added),
+        "files_removed": int(metrics.files_removed),
+        "files_added": int(metrics.files_added),
+        "indices_optimized": False,
+    }
+    if optimize_indices and metrics.fragments_removed:
+        from lance import dataset as open_dataset
+
+        fresh = open_dataset(ds.uri)
+        if fresh.describe_indices():
+            fresh.optimize.optimize_indices()
+            out["indices_optimized"] = True
+    return out
+
+
+def _main_tags(ds: Any) -> dict[str, int]:
+    tags = {}
+    for tag, info in ds.tags.list().items():
+        branch = info.get("branch") if isinstance(info, Mapping) else None
+        if branch in (None, "", "main"):
+            tags[str(tag)] = int(info["version"])
+    return tags
+
+
+def compact_table(
+    lake: Lake,
+    name: str,
+    retention_days: float,
+    keep_versions: Iterable[int] | None = None,
+    *,
+    dry_run: bool = False,
+    target_rows_per_fragment: int = LANCE_DEFAULT_ROWS_PER_FRAGMENT,
+    max_bytes_per_file: int | None = None,
+    drop_old_tags: bool = False,
+    delete_unverified: bool = False,
+    optimize_indices: bool = True,
+    skip_cleanup: str | None = None,
+) -> dict[str, Any]:
+    """Compact one table, then remove its unprotected versions older than the retention.
+
+    ``keep_versions`` are protected (DVC references); the latest and tagged versions are
+    always protected (tags of old versions are dropped first with ``drop_old_tags``).
+    ``skip_cleanup`` (a reason) compacts but removes no version.
+    """
+    before = _table_state(lake, name)
+    opts = _compaction_options(target_rows_per_fragment, max_bytes_per_file)
+    compaction = _compact(lake.dataset(name), opts, dry_run, optimize_indices)
+    ds = lake.dataset(name)  # latest, after compaction
+    rows = int(ds.count_rows())
+    if rows != before["rows"]:
+        raise LakeloomError(f"{name}: compaction changed the row count {before['rows']} -> {rows}")
+    versions = ds.versions()
+    stamps = {int(v["version"]): v["timestamp"] for v in versions}
+    latest = int(ds.version)
+    retention = timedelta(days=float(retention_days))
+    # Lance's version timestamps are naive local times: compare with the local clock
+    cutoff = datetime.now() - retention
+
+    tags = _main_tags(ds)
+    dropped: list[str] = []
+    if drop_old_tags:
+        for tag, version in sorted(tags.items()):
+            stamp = stamps.get(version)
+            if version != latest and stamp is not None and stamp < cutoff:
+                dropped.append(tag)
+                if not dry_run:
+                    ds.tags.delete(tag)
+        tags = {t: v for t, v in tags.items() if t not in dropped}
+    tagged = set(tags.values())
+    dvc = {int(v) for v in keep_versions or ()} & set(stamps)
+    old = [v for v, ts in sorted(stamps.items()) if v != latest and ts < cutoff]
+    remove = [v for v in old if v not in tagged and v not in dvc]
+    cleanup: dict[str, Any] = {}
+    if skip_cleanup:
+        remove = []
+        cleanup = {"skipped": skip_cleanup}
+    elif remove:
+        kwargs: dict[str, Any] = {
+            "older_than": retention,
+            "versions": remove,
+            "delete_unverified": bool(delete_unverified),
+            "error_if_tagged_old_versions": False,
+        }
+        if dry_run:
+            stats = ds.explain_cleanup_old_versions(**kwargs).stats
+        else:
+            stats = ds.cleanup_old_versions(**kwargs)
+        cleanup = {
+            k: int(getattr(stats, k))
+            for k in ("old_versions", "bytes_removed", "data_files_removed", "failed_deletes")
+        }
+    if dry_run:  # what would be left
+        after = {
+            "versions": len(stamps) - len(remove),
+            "fragments": before["fragments"]
+            - compaction["fragments_rewritten"]
+            + compaction["fragments_added"],
+            "bytes": before["bytes"] - cleanup.get("bytes_removed", 0),
+        }
+    else:
+        after = _table_state(lake, name)
+        remove = sorted(set(stamps) - {int(v["version"]) for v in lake.dataset(name).versions()})
+    report: dict[str, Any] = {
+        "rows": rows,
+        "versions_before": before["versions"],
+        "versions_after": after["versions"],
+        "fragments_before": before["fragments"],
+        "fragments_after": after["fragments"],
+        "bytes_before": before["bytes"],
+        "bytes_after": after["bytes"],
+        "latest": latest,
+        "removed_versions": remove,
+        "protected": {
+            "latest": latest,
+            "tagged": sorted(v for v in tagged if v in stamps and v != latest),
+            "dvc": sorted(dvc),
+        },
+        "kept_young": sum(1 for ts in stamps.values() if ts >= cutoff),
+        "dropped_tags": dropped,
+        "compaction": compaction,
+        "cleanup": cleanup,
+    }
+    return report
+
+
+def compact_lake(
+    lake: Lake,
+    retention_days: float = 7,
+    keep_versions: Mapping[str, Iterable[int]] | None = None,
+    dry_run: bool = False,
+    target_rows_per_fragment: int = LANCE_DEFAULT_ROWS_PER_FRAGMENT,
+    *,
+    tables: Iterable[str] = TABLES,
+    max_bytes_per_file: int | None = None,
+    drop_old_tags: bool = False,
+    delete_unverified: bool = False,
+    optimize_indices: bool = True,
+    unknown: Mapping[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """Compact every table of the lake and remove its old unprotected versions.
+
+    ``keep_versions`` maps a table to versions that must survive (e.g. from
+    :func:`dvc_referenced_versions`); ``None`` protects nothing beyond the latest and the
+    tagged versions. ``unknown`` maps tables whose DVC references could not be read to the
+    reasons; those tables are compacted but keep all their versions. Returns the report
+    (per table: rows, versions, fragments and bytes before/after, protected and removed
+    versions).
+    """
+    if float(retention_days) < 0:
+        raise ConfigError(f"compact.retention_days must be >= 0, got {retention_days}")
+    if int(target_rows_per_fragment) < 1:
+        raise ConfigError("compact.target_rows_per_fragment must be >= 1")
+    keep = {k: set(v) for k, v in (keep_versions or {}).items()}
+    report: dict[str, Any] = {
+        "lake": lake.uri,
+        "retention_days": float(retention_days),
+        "dry_run": bool(dry_run),
+        "tables": {},
+    }
+    for name in tables:
+        if not lake.exists(name):
+            continue
+        reasons = (unknown or {}).get(name)
+        skip = "DVC state not in the local cache: " + "; ".join(reasons) if reasons else None
+        report["tables"][name] = compact_table(
+            lake,
+            name,
+            retention_days,
+            keep.get(name),
+            dry_run=dry_run,
+            target_rows_per_fragment=target_rows_per_fragment,
+            max_bytes_per_file=max_bytes_per_file,
+            drop_old_tags=drop_old_tags,
+            delete_unverified=delete_unverified,
+            optimize_indices=optimize_indices,
+            skip_cleanup=skip,
+        )
+    return report
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _versions_text(versions: list[int], limit: int = 8) -> str:
+    if not versions:
+        return "-"
+    shown = ", ".join(map(str, versions[:limit]))
+    return shown + (f", ... ({len(versions)})" if len(versions) > limit else "")
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a table for the console."""
+    head = "dry run: nothing changed; " if report["dry_run"] else ""
+    lines = [
+        f"{head}lake {report['lake']}, retention {report['retention_days']:g} days",
+        f"{'table':<8} {'versions':>11} {'fragments':>11} {'bytes on disk':>23} "
+        "protected (tagged | dvc)",
+    ]
+    for name, t in report["tables"].items():
+        p = t["protected"]
+        lines.append(
+            f"{name:<8} {t['versions_before']:>5}->{t['versions_after']:<5} "
+            f"{t['fragments_before']:>5}->{t['fragments_after']:<5} "
+            f"{_size(t['bytes_before']):>11}->{_size(t['bytes_after']):<11} "
+            f"latest {p['latest']}; {_versions_text(p['tagged'])} | {_versions_text(p['dvc'])}"
+        )
+        if t["cleanup"].get("skipped"):
+            lines.append(f"  cleanup skipped: {t['cleanup']['skipped']}")
+        if t["dropped_tags"]:
+            lines.append(f"  tags dropped: {', '.join(t['dropped_tags'])}")
+    dvc = report.get("dvc")
+    if dvc:
+        where = dvc["root"] or "no DVC repository found"
+        lines.append(f"DVC ({where}): {len(dvc['sources'])} tracked or cached lake states read")
+    return "\n".join(lines)
+
+
+@hydra_job("compact")
+def main(cfg: Any) -> int:
+    """Hydra entry point: compact the lake, remove old versions, print and record a report."""
+    c = cfg.compact
+    ctx = RunContext.from_config("compact", cfg)
+    lake = Lake(cfg.lake.uri)
+    if not lake.table_names():
+        raise ConfigError(f"lake {lake.uri} has no tables")
+    dry_run = bool(c.dry_run)
+    if str(c.dvc_versions) not in ("head", "all"):
+        raise ConfigError(f"compact.dvc_versions must be head or all, got {c.dvc_versions}")
+    refs = (
+        dvc_scan(
+            c.dvc_root,
+            lake.uri,
+            scan_cache=bool(c.dvc_cache),
+            heads_only=str(c.dvc_versions) == "head",
+        )
+        if c.keep_dvc
+        else DvcRefs(None)
+    )
+    if not dry_run:
+        lake.record_run(ctx.record("running", inputs={"dvc_sources": refs.sources}))
+    report = compact_lake(
+        lake,
+        retention_days=float(c.retention_days),
+        keep_versions=refs.versions,
+        dry_run=dry_run,
+        target_rows_per_fragment=int(c.target_rows_per_fragment),
+        tables=list(c.tables),
+        max_bytes_per_file=c.max_bytes_per_file,
+        drop_old_tags=bool(c.drop_old_tags),
+        delete_unverified=bool(c.delete_unverified),
+        optimize_indices=bool(c.optimize_indices),
+        unknown=refs.unknown,
+    )
+    report["dvc"] = {
+        "root": str(refs.root) if refs.root else None,
+        "sources": refs.sources,
+        "unknown": refs.unknown,
+    }
+    print(format_report(report))
+    if not dry_run:
+        versions = lake.tag(ctx.run_id)
+        counts = {
+            n: {
+                k: t[k]
+                for k in (
+                    "versions_before",
+                    "versions_after",
+                    "fragments_before",
+                    "fragments_after",
+                    "bytes_before",
+                    "bytes_after",
+                )
+            }
+            | {"removed": len(t["removed_versions"])}
+            for n, t in report["tables"].items()
+        }
+        lake.record_run(ctx.record("finished", counts=counts, versions=versions))
+    return 0
+
+
+if __name__ == "__main__":
+    main()
