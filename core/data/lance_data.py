@@ -52,6 +52,7 @@ class LanceDataModule(L.LightningDataModule):
         media_read: str = "rowid",
         shuffle_block: int = 0,
         shuffle_window: int = 4,
+        read_ahead: bool = True,
         multiprocessing_context: str = "spawn",
         persistent_workers: bool = True,
         prefetch_factor: int | None = 2,
@@ -74,6 +75,7 @@ class LanceDataModule(L.LightningDataModule):
         self.media_read = media_read
         self.shuffle_block = shuffle_block
         self.shuffle_window = shuffle_window
+        self.read_ahead = read_ahead
         self.multiprocessing_context = multiprocessing_context
         self.persistent_workers = persistent_workers
         self.prefetch_factor = prefetch_factor
@@ -172,6 +174,8 @@ class LanceDataModule(L.LightningDataModule):
                 "persistent_workers": self.persistent_workers,
                 "prefetch_factor": self.prefetch_factor,
             }
+        if train:
+            workers["read_ahead"] = self.read_ahead
         cls = StatefulLoader if train else DataLoader
         return cls(
             ds,

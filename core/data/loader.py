@@ -5,11 +5,16 @@ Lightning saves ``state_dict()`` of every training dataloader that has one (its
 restart before it creates the iterator. The state is the sampler's epoch and the number
 of batches this loader has handed out in it; the loader counts batches as it yields them
 (in the main process, so worker prefetching does not inflate the count).
+
+Without worker processes, ``read_ahead`` reads the next batch from Lance in a background
+thread while the current one is collated (decoded) in the main thread: Lance's takes and
+PIL's decoders release the GIL, so the reads hide behind the decoding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from torch.utils.data import DataLoader
@@ -20,11 +25,12 @@ from core.data.sampler import ShardedBatchSampler
 class StatefulLoader(DataLoader):
     """DataLoader over a :class:`ShardedBatchSampler`, resumable mid-epoch."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, read_ahead: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if not isinstance(self.batch_sampler, ShardedBatchSampler):
             raise TypeError("StatefulLoader needs batch_sampler=ShardedBatchSampler(...)")
         self._consumed = 0
+        self.read_ahead = read_ahead
 
     @property
     def sampler_state(self) -> ShardedBatchSampler:
@@ -34,7 +40,22 @@ class StatefulLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         self._consumed = self.sampler_state.skip
+        if self.read_ahead and self.num_workers == 0 and hasattr(self.dataset, "__getitems__"):
+            return _Counting(self, self._read_ahead(), len(self.sampler_state))
         return _Counting(self, super().__iter__())
+
+    def _read_ahead(self) -> Iterator[Any]:
+        """Batches collated in this thread, each read while the previous one decodes."""
+        read = self.dataset.__getitems__  # type: ignore[attr-defined]
+        batches = iter(self.sampler_state)
+        with ThreadPoolExecutor(1, thread_name_prefix="lakeloom-read") as pool:
+            nxt = next(batches, None)
+            pending = pool.submit(read, nxt) if nxt is not None else None
+            while pending is not None:
+                items = pending.result()
+                nxt = next(batches, None)
+                pending = pool.submit(read, nxt) if nxt is not None else None
+                yield self.collate_fn(items)
 
     def state_dict(self) -> dict[str, Any]:
         """Epoch and batches consumed in it, plus what must match on resume."""
@@ -66,8 +87,8 @@ class StatefulLoader(DataLoader):
 class _Counting:
     """Iterator wrapper counting the batches handed out."""
 
-    def __init__(self, loader: StatefulLoader, it: Iterator[Any]) -> None:
-        self.loader, self.it = loader, it
+    def __init__(self, loader: StatefulLoader, it: Iterator[Any], length: int | None = None):
+        self.loader, self.it, self.length = loader, it, length
 
     def __iter__(self) -> _Counting:
         return self
@@ -78,4 +99,4 @@ class _Counting:
         return batch
 
     def __len__(self) -> int:
-        return len(self.it)  # type: ignore[arg-type]
+        return self.length if self.length is not None else len(self.it)  # type: ignore[arg-type]

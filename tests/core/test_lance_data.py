@@ -157,6 +157,19 @@ def test_stateful_loader_resumes_position(lake_dir: Path) -> None:
         again.load_state_dict(dict(state, batch_size=5))
 
 
+def test_read_ahead_gives_the_same_batches(lake_dir: Path) -> None:
+    ahead = LanceDataModule(str(lake_dir), batch_size=3, read_ahead=True).loader("train")
+    plain = LanceDataModule(str(lake_dir), batch_size=3, read_ahead=False).loader("train")
+    assert ahead.read_ahead and not plain.read_ahead
+    it = iter(ahead)
+    assert len(it) == len(plain)
+    got = [b["sample_id"] for b in it]
+    assert got == [b["sample_id"] for b in plain] and len(got) == len(plain)
+    assert ahead.state_dict()["batches"] == len(got)  # counted as handed out, not as read
+    ahead.load_state_dict(dict(ahead.state_dict(), batches=2, epoch=0))
+    assert [b["sample_id"] for b in ahead] == got[2:]
+
+
 def test_workers_with_spawn(lake_dir: Path) -> None:
     from core.data.collate import DecodeCollator
 
