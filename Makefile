@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: venv demo test check format bench clean-demo
+.PHONY: venv demo test check format bench pipeline clean-demo
 
 venv: $(STAMP)
 
@@ -47,6 +47,10 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+
+# The DVC pipeline (dvc.yaml); its stages call `lakeloom`, so the venv goes on PATH.
+pipeline: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc repro
 
 clean-demo:
 	rm -rf data/lake data/demo
