@@ -102,6 +102,17 @@ def _image_paths(rows: list[dict[str, Any]], demo: Path, images: dict[str, Any])
     return out
 
 
+def pr_curve(
+    truth: np.ndarray, scores: np.ndarray, positives: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, threshold) at every cut of ``scores`` (higher = more suspect);
+    rows with a NaN score are never flagged."""
+    keep = ~np.isnan(scores)
+    order = np.argsort(-scores[keep], kind="stable")
+    hits = np.cumsum(truth[keep][order])
+    return hits / np.arange(1, len(hits) + 1), hits / max(positives, 1), scores[keep][order]
+
+
 def caption_figures(rows: list[dict[str, Any]], paths: list[str], wrong: set[str]) -> dict:
     """Precision/recall of the flag and the best points of the score's PR curve."""
     col = f"check_{CAPTION}_score"
@@ -119,14 +130,9 @@ def caption_figures(rows: list[dict[str, Any]], paths: list[str], wrong: set[str
         "precision": tp / max(int(flagged.sum()), 1),
         "recall": tp / max(positives, 1),
     }
-    order = np.argsort(-scores[scored], kind="stable")
-    t = truth[scored][order]
-    s = scores[scored][order]
-    ctp = np.cumsum(t)
-    k = np.arange(1, len(t) + 1)
-    prec, rec = ctp / k, ctp / max(positives, 1)
+    prec, rec, s = pr_curve(truth, scores, positives)
     f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
-    if len(t):
+    if len(s):
         b = int(np.argmax(f1))
         out["best_f1"] = {
             "f1": float(f1[b]),
@@ -145,12 +151,8 @@ def caption_figures(rows: list[dict[str, Any]], paths: list[str], wrong: set[str
     out["target_met"] = bool(out["precision"] >= 0.8 and out["recall"] >= 0.8)
     # baseline, same embeddings: one global threshold on the image-caption cosine
     cos = np.array([np.nan if r.get("clip_score") is None else -r["clip_score"] for r in rows])
-    ok = ~np.isnan(cos)
-    if ok.any():
-        o = np.argsort(-cos[ok], kind="stable")
-        t = truth[ok][o]
-        ctp = np.cumsum(t)
-        prec, rec = ctp / np.arange(1, len(t) + 1), ctp / max(positives, 1)
+    if (~np.isnan(cos)).any():
+        prec, rec, _ = pr_curve(truth, cos, positives)
         good = rec >= 0.8
         out["baseline_cosine_precision_at_recall_0.8"] = (
             float(prec[good].max()) if good.any() else 0.0

@@ -63,7 +63,26 @@ def _pair(row: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-class JsonExporter(Exporter):
+class _TextFile:
+    """The one text data file an exporter streams into: closing and aborting it."""
+
+    file: str
+    _fh: TextIO | None = None
+
+    def _close_file(self) -> list[str]:
+        assert self._fh is not None, "open() first"
+        self._fh.close()
+        self._fh = None
+        return [self.file]
+
+    def abort(self) -> None:
+        """Close the file without finishing it."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class JsonExporter(_TextFile, Exporter):
     """Base of the conversation formats: one JSON object per sample.
 
     ``file`` is the data file's name: ``.json`` writes a JSON array (streamed), ``.jsonl``
@@ -148,15 +167,7 @@ class JsonExporter(Exporter):
         assert self._fh is not None, "open() first"
         if not self.jsonl:
             self._fh.write("\n]\n")
-        self._fh.close()
-        self._fh = None
-        return [self.file]
-
-    def abort(self) -> None:
-        """Close the file without finishing it."""
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        return self._close_file()
 
 
 class ShareGPTExporter(JsonExporter):
@@ -409,7 +420,7 @@ class ClipPairsExporter(Exporter):
         }
 
 
-class ClipPairsCsvExporter(ClipPairsExporter):
+class ClipPairsCsvExporter(_TextFile, ClipPairsExporter):
     """CSV pairs (header line, RFC 4180 quoting, so captions may hold commas, quotes and
     newlines); the image cell is the relative path."""
 
@@ -444,16 +455,7 @@ class ClipPairsCsvExporter(ClipPairsExporter):
 
     def close(self) -> list[str]:
         """Close the file."""
-        assert self._fh is not None, "open() first"
-        self._fh.close()
-        self._fh = None
-        return [self.file]
-
-    def abort(self) -> None:
-        """Close the file without finishing it."""
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        return self._close_file()
 
 
 class ClipPairsParquetExporter(ClipPairsExporter):
