@@ -53,6 +53,8 @@ class LanceDataModule(L.LightningDataModule):
         shuffle_block: int = 0,
         shuffle_window: int = 4,
         read_ahead: bool = True,
+        group_by_length: int = 0,
+        length_image_tokens: int = 256,
         multiprocessing_context: str = "spawn",
         persistent_workers: bool = True,
         prefetch_factor: int | None = 2,
@@ -76,6 +78,9 @@ class LanceDataModule(L.LightningDataModule):
         self.shuffle_block = shuffle_block
         self.shuffle_window = shuffle_window
         self.read_ahead = read_ahead
+        self.group_by_length = group_by_length
+        self.length_image_tokens = length_image_tokens
+        self._lengths: dict[str, Any] = {}
         self.multiprocessing_context = multiprocessing_context
         self.persistent_workers = persistent_workers
         self.prefetch_factor = prefetch_factor
@@ -156,6 +161,9 @@ class LanceDataModule(L.LightningDataModule):
         if rank is None or world_size is None:
             rank, world_size = self._rank_world()
         train = split == "train"
+        grouped = train and self.group_by_length > 0
+        if grouped and split not in self._lengths:
+            self._lengths[split] = ds.estimate_lengths(self.length_image_tokens)
         sampler = ShardedBatchSampler(
             len(ds),
             self.batch_size if train else self.eval_batch_size,
@@ -166,6 +174,8 @@ class LanceDataModule(L.LightningDataModule):
             drop_last=train and self.drop_last,
             shuffle_block=self.shuffle_block,
             shuffle_window=self.shuffle_window,
+            lengths=self._lengths.get(split) if grouped else None,
+            group_by_length=self.group_by_length if grouped else 0,
         )
         workers: dict[str, Any] = {}
         if self.num_workers > 0:

@@ -26,7 +26,11 @@ import pyarrow.compute as pc
 from torch.utils.data import Dataset
 
 SPLITS = ("train", "val", "test")
-SAMPLE_COLUMNS = ["sample_id", "caption", "label", "messages", "dataset"]
+SAMPLE_COLUMNS = [
+    "sample_id", "caption", "label", "messages", "dataset", "chosen", "rejected", "source_uri",
+]  # fmt: skip
+#: read too when the samples table has them (per-sample pixel budget, see vlm_collate)
+OPTIONAL_COLUMNS = ["min_pixels", "max_pixels"]
 
 
 @dataclass
@@ -241,23 +245,48 @@ class LanceSamples(Dataset):
         """Read samples with their media bytes: one take of each table."""
         samples, media = self._open()
         rows = self.selection.sample_rows[np.asarray(positions, dtype=np.int64)]
-        cols = SAMPLE_COLUMNS + (["media_ids"] if self.media_read == "filter" else [])
+        names = samples.schema.names
+        cols = [c for c in SAMPLE_COLUMNS + OPTIONAL_COLUMNS if c in names]
+        cols += ["media_ids"] if self.media_read == "filter" else []
         table = samples._take_rows(pa.array(rows, pa.uint64()), columns=cols).to_pydict()
         if self.media_read == "rowid":
             images = self._by_rowid(media, self.selection.media_of(positions))
         else:
             images = self._by_filter(media, table["media_ids"])
+        extra = [c for c in cols if c not in ("sample_id", "messages", "media_ids")]
         return [
             {
                 "sample_id": table["sample_id"][i],
                 "images": images[i],
-                "caption": table["caption"][i],
-                "label": table["label"][i],
                 "messages": table["messages"][i] or [],
-                "dataset": table["dataset"][i],
+                **{c: table[c][i] for c in extra},
             }
             for i in range(len(rows))
         ]
+
+    def estimate_lengths(self, image_tokens: int = 256, chunk: int = 65536) -> np.ndarray:
+        """A token-length proxy per position for length-grouped batching: characters of
+        the text columns / 4 + ``image_tokens`` per media (reads text columns only)."""
+        samples, _ = self._open()
+        rows = self.selection.sample_rows
+        out = np.zeros(len(rows), np.int64)
+        cols = [c for c in ("messages", "caption", "chosen") if c in samples.schema.names]
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            table = samples._take_rows(pa.array(part, pa.uint64()), columns=cols)
+            chars = np.zeros(len(part), np.int64)
+            for name in cols:
+                col = table.column(name)
+                if name == "messages":
+                    flat = pc.list_flatten(col)
+                    text = pc.utf8_length(pc.fill_null(pc.struct_field(flat, "content"), ""))
+                    owner = pc.list_parent_indices(col).to_numpy()
+                    np.add.at(chars, owner, np.asarray(text.to_numpy(zero_copy_only=False)))
+                else:
+                    chars += pc.fill_null(pc.utf8_length(col), 0).to_numpy(zero_copy_only=False)
+            out[start : start + len(part)] = chars // 4
+        n_media = np.diff(self.selection.media_offsets)
+        return out + image_tokens * n_media
 
     @staticmethod
     def _by_rowid(media: Any, per_sample: list[np.ndarray]) -> list[list[bytes]]:

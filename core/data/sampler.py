@@ -11,6 +11,11 @@ repeating its head (as ``torch.utils.data.DistributedSampler`` does, so every ra
 the same number of batches), and gives rank ``r`` the positions ``r, r + world, ...``.
 The sampler can start an epoch after its first ``skip`` batches: that is how a resumed
 run continues where it stopped.
+
+With ``lengths`` and ``group_by_length`` = m > 0 (length-grouped batching, the simple
+alternative to packing), each run of ``m * batch_size`` positions of the rank's order is
+sorted by length and cut into batches, and the batches are shuffled (deterministically per
+epoch): batches hold samples of similar length, so little of them is padding.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class ShardedBatchSampler:
         drop_last: bool = False,
         shuffle_block: int = 0,
         shuffle_window: int = 1,
+        lengths: np.ndarray | None = None,
+        group_by_length: int = 0,
     ) -> None:
         if shuffle_block < 0 or shuffle_window < 1:
             raise ValueError("shuffle_block must be >= 0 and shuffle_window >= 1")
@@ -52,6 +59,10 @@ class ShardedBatchSampler:
         self.drop_last = drop_last
         self.shuffle_block = shuffle_block
         self.shuffle_window = shuffle_window
+        if group_by_length and (lengths is None or len(lengths) != size):
+            raise ValueError("group_by_length needs one length per position")
+        self.lengths = lengths
+        self.group_by_length = int(group_by_length)
         self.epoch = 0
         self.skip = 0  # batches to skip at the start of the next iteration (resume)
 
@@ -97,9 +108,27 @@ class ShardedBatchSampler:
             parts.append(rng.permutation(np.concatenate(members)))
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
+    def batches(self) -> list[np.ndarray]:
+        """This rank's batches for the current epoch, in order."""
+        pos = self.positions()
+        bs = self.batch_size
+        out = [pos[b * bs : (b + 1) * bs] for b in range(len(self))]
+        if not (self.group_by_length and self.lengths is not None):
+            return out
+        span = self.group_by_length * bs
+        grouped = []
+        for start in range(0, len(pos), span):
+            chunk = pos[start : start + span]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            grouped += [chunk[i : i + bs] for i in range(0, len(chunk), bs)]
+        if self.drop_last:
+            grouped = [g for g in grouped if len(g) == bs][: len(self)]
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch, 1])
+            grouped = [grouped[i] for i in rng.permutation(len(grouped))]
+        return grouped
+
     def __iter__(self) -> Iterator[list[int]]:
         skip, self.skip = self.skip, 0
-        pos = self.positions()
-        for b in range(skip, len(self)):
-            batch = pos[b * self.batch_size : (b + 1) * self.batch_size]
+        for batch in self.batches()[skip:]:
             yield batch.tolist()
