@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 DEMO_RUN ?= demo-clip-tiny
+DEMO_VLM_RUN ?= demo-llava-tiny
 
-# The main job end to end: demo data -> lake -> tiny CLIP -> embeddings -> checks -> figures.
+# The main job end to end: demo data -> lake -> tiny CLIP -> embeddings -> checks -> figures
+# -> tiny LLaVA fine-tuned on the demo's conversations.
 # Each step is idempotent: a finished training run is reused, a killed one resumes.
 demo: $(STAMP)
 	$(BIN)/lakeloom demo
@@ -33,6 +35,11 @@ demo: $(STAMP)
 	$(BIN)/lakeloom enrich enrich=clip enrich.model.run=$(DEMO_RUN) enrich.reembed=true
 	$(BIN)/lakeloom check
 	$(BIN)/python bench/checks.py --caption-dataset shapes_llava
+	test -f runs/$(DEMO_VLM_RUN)/summary.json && grep -q '"status": "finished"' runs/$(DEMO_VLM_RUN)/summary.json \
+	  || $(BIN)/lakeloom train +experiment=llava_tiny run_id=$(DEMO_VLM_RUN) \
+	       $$(test -f runs/$(DEMO_VLM_RUN)/checkpoints/last.ckpt && echo resume=true)
+	$(BIN)/python -c "import json; s = json.load(open('runs/$(DEMO_VLM_RUN)/summary.json')); \
+	  print('llava_tiny: train loss %.3f -> %.3f; val' % tuple(s['train_loss']), s['last_val'])"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

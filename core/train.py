@@ -114,6 +114,7 @@ def _fit_and_test(cfg: Any, run: Any, ckpt: Path | None, events: Any, summary: d
     if trainer.interrupted:
         raise KeyboardInterrupt("training was interrupted")
     best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
+    summary["train_loss"] = events_cb.loss_span
     summary["best"] = events_cb.best
     summary["best_checkpoint"] = best or None
     summary["last_val"] = _strip(events_cb.last.get("val"))
@@ -198,6 +199,9 @@ def main(cfg: Any) -> int:
     print(
         f"run {summary['run_id']}: {summary['status']} -> {Path(cfg.runs_dir) / summary['run_id']}"
     )
+    if summary.get("train_loss"):
+        first, last = summary["train_loss"]
+        print(f"train loss {first:.3f} (first logged) -> {last:.3f} (last)")
     return EXIT_CODES.get(summary["status"], 1)
 
 

@@ -22,6 +22,7 @@ JOBS: dict[str, tuple[str, str]] = {
         "core.train",
         "train a model on the lake: +experiment=NAME [model=NAME] [+debug=NAME]",
     ),
+    "merge": ("core.merge", "merge a VLM run's adapters into a from_pretrained dir: run=ID"),
     "enrich": (
         "lake.enrich",
         "add columns with enricher plugins: enrich=clip [enrich.model.run=ID]",

@@ -34,6 +34,7 @@ class EventsCallback(L.Callback):
         self.mode = mode
         self.best: dict[str, Any] | None = None
         self.last: dict[str, dict[str, Any]] = {}
+        self.loss_span: list[float] | None = None  # first and latest logged train loss
         self._t = time.perf_counter()
         self._samples = 0
         self._last_step = -1
@@ -41,6 +42,14 @@ class EventsCallback(L.Callback):
     # -- training -------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t, self._samples = time.perf_counter(), 0
+        self._flush(pl_module)
+
+    def _flush(self, pl_module: L.LightningModule) -> None:
+        """Write the events the module queued (``pop_events() -> [(type, fields)]``)."""
+        pop = getattr(pl_module, "pop_events", None)
+        if pop is not None:
+            for kind, fields in pop():
+                self.events.write(kind, **fields)
 
     def on_train_batch_end(
         self,
@@ -51,6 +60,7 @@ class EventsCallback(L.Callback):
         batch_idx: int,
     ) -> None:
         self._samples += batch_size(batch)
+        self._flush(pl_module)
         step = trainer.global_step
         if step == self._last_step or step % self.every_n_steps:
             return
@@ -62,6 +72,9 @@ class EventsCallback(L.Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor) and "loss" not in metrics:
             metrics["loss"] = float(loss.detach())
+        if "loss" in metrics:
+            self.loss_span = [metrics["loss"] if self.loss_span is None else self.loss_span[0],
+                              metrics["loss"]]  # fmt: skip
         self.last["train"] = self.events.write(
             "train",
             step=step,
@@ -74,6 +87,7 @@ class EventsCallback(L.Callback):
 
     # -- evaluation -----------------------------------------------------------------------
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush(pl_module)
         if trainer.sanity_checking:
             return
         metrics = _metrics(trainer, include=("val",))
@@ -86,6 +100,7 @@ class EventsCallback(L.Callback):
             self.best = {"metric": self.monitor, "value": value, "step": trainer.global_step}
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush(pl_module)
         metrics = _metrics(trainer, include=("test",))
         self.last["test"] = self.events.write("test", step=trainer.global_step, **metrics)
 
@@ -105,8 +120,9 @@ class EventsCallback(L.Callback):
 def batch_size(batch: Any) -> int:
     """Samples in a collated batch: ``sample_id`` list, else the first tensor's length."""
     if isinstance(batch, dict):
-        if isinstance(batch.get("sample_id"), list):
-            return len(batch["sample_id"])
+        for key in ("sample_id", "sample_ids"):
+            if isinstance(batch.get(key), list):
+                return len(batch[key])
         for v in batch.values():
             if isinstance(v, torch.Tensor) and v.ndim:
                 return int(v.shape[0])

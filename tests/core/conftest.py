@@ -1,7 +1,8 @@
-"""Fixtures for core tests: a small real lake (ingested images) and config composition."""
+"""Fixtures for core tests: small real lakes (ingested images) and config composition."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -50,16 +51,93 @@ def lake_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base / "lake"
 
 
+#: colours of the VLM lake's images (names from the tiny tokenizers' corpus)
+VLM_COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220),
+               "yellow": (230, 220, 30)}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def vlm_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A lake for the VLM tests, ingested through the real LLaVA and ShareGPT plugins.
+
+    ``convs`` (LLaVA JSON, 24 samples): 22 with one small JPEG, whose answer names its
+    colour (some two-turn), and 2 text-only; ``split`` is set: 4 image samples ``val``,
+    2 ``test``, the rest ``train``. ``prefs`` (ShareGPT JSONL, 8 samples, all ``train``):
+    "<image> Which colour is the shape?" with ``chosen`` the true colour and ``rejected``
+    another one.
+    """
+    import pyarrow.compute as pc
+
+    from lake.ingest import IngestSettings, ingest
+    from lake.schema import SAMPLES
+    from lake.store import Lake
+    from plugins.llava import LlavaSource
+    from plugins.sharegpt import ShareGPTSource
+
+    base = tmp_path_factory.mktemp("vlm_lake")
+    names = list(VLM_COLOURS)
+    convs, prefs = base / "convs", base / "prefs"
+    (convs / "images").mkdir(parents=True)
+    prefs.mkdir()
+    records = []
+    for i in range(22):
+        colour = names[i % 4]
+        rgb = tuple((c + 7 * i) % 256 for c in VLM_COLOURS[colour])
+        (convs / "images" / f"{i:02d}.jpg").write_bytes(jpeg_bytes(rgb, (40 + 4 * i, 36)))
+        turns = [{"from": "human", "value": "<image>\nWhich colour is the shape?"},
+                 {"from": "gpt", "value": f"It is {colour}."}]  # fmt: skip
+        if i % 3 == 2:
+            answer = f"A {colour} square on a light background."
+            turns += [{"from": "human", "value": "Describe the image briefly."},
+                      {"from": "gpt", "value": answer}]  # fmt: skip
+        records.append({"id": f"c{i:02d}", "image": f"images/{i:02d}.jpg", "conversations": turns})
+    for i, shape in enumerate(("circle", "square")):
+        records.append({"id": f"t{i}", "conversations": [
+            {"from": "human", "value": f"What is a {shape}?"},
+            {"from": "gpt", "value": f"A {shape} is a shape."}]})  # fmt: skip
+    (convs / "data.json").write_text(json.dumps(records))
+    lines = []
+    for i in range(8):
+        colour, wrong = names[i % 4], names[(i + 1) % 4]
+        (prefs / f"p{i}.jpg").write_bytes(jpeg_bytes(VLM_COLOURS[colour], (48, 40 + 2 * i)))
+        lines.append(json.dumps({
+            "id": f"p{i}", "image": f"p{i}.jpg",
+            "conversations": [{"from": "human", "value": "<image> Which colour is the shape?"}],
+            "chosen": f"It is {colour}.", "rejected": f"It is {wrong}.",
+        }))  # fmt: skip
+    (prefs / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+
+    lake = Lake(base / "lake")
+    settings = IngestSettings(workers=0, progress=False)
+    for report in (
+        ingest(LlavaSource(convs / "data.json"), lake, "convs", settings),
+        ingest(ShareGPTSource(prefs / "pairs.jsonl"), lake, "prefs", settings),
+    ):
+        assert report.new_samples and not report.rejected, report.summary()
+    table = lake.dataset(SAMPLES).to_table()
+    rows = table.sort_by("source_uri").to_pylist()
+    with_image = [r for r in rows if r["dataset"] == "convs" and r["media_ids"]]
+    split = {r["sample_id"]: "val" for r in with_image[:4]}
+    split.update({r["sample_id"]: "test" for r in with_image[4:6]})
+    for r in rows:
+        r["split"] = split.get(r["sample_id"], "train")
+    lake.upsert(SAMPLES, pa.Table.from_pylist(rows, table.schema))
+    counts = pc.value_counts(lake.dataset(SAMPLES).to_table(columns=["dataset"])["dataset"])
+    assert {c["values"]: c["counts"] for c in counts.to_pylist()} == {"convs": 24, "prefs": 8}
+    return base / "lake"
+
+
 @pytest.fixture
 def compose(tmp_path: Path, lake_dir: Path):
-    """Compose ``conf/train.yaml`` (plus the test config dir) with overrides."""
+    """Compose ``conf/train.yaml`` (plus the test config dir) with overrides; ``lake``
+    picks another lake than ``lake_dir``."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
-    def _compose(*overrides: str, runs: Path | None = None):
+    def _compose(*overrides: str, runs: Path | None = None, lake: Path | None = None):
         base = [
             f"hydra.searchpath=[file://{TEST_CONF}]",
-            f"lake.uri={lake_dir}",
+            f"lake.uri={lake or lake_dir}",
             f"runs_dir={runs or tmp_path / 'runs'}",
         ]
         with initialize_config_module(version_base="1.3", config_module="conf"):

@@ -1,0 +1,340 @@
+"""Tiny LLaVA / Qwen2-VL / Qwen2.5-VL models built from a config, fully offline.
+
+The tokenizer is a byte-level BPE trained here on a small built-in corpus (no download),
+the processor is the family's own transformers class around it, and the model is the
+family's transformers class with random weights. ``save_tiny`` writes all three as a
+checkpoint directory, which then loads through the same ``from_pretrained`` path as a hub
+model. Sizes come from ``conf/model/*_tiny.yaml`` (``tiny:``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+#: Vicuna-v1 style, as LLaVA-1.5 was trained: "USER: <image>\nq ASSISTANT: a</s>".
+LLAVA_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{{ c['text'] }}{% endfor %}{% endif %} "
+    "{% else %}{{ m['role'].upper() }}: "
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{% if m['role'] == 'assistant' %}</s>{% else %} {% endif %}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+#: The standard Qwen2-VL chat template (without ``add_vision_id``).
+QWEN_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+QWEN_SPECIAL = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+_WORDS = [
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "hexagon",
+    "cross",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "purple",
+    "orange",
+    "white",
+    "black",
+    "small",
+    "medium",
+    "large",
+    "light",
+    "dark",
+    "gradient",
+    "noisy",
+    "striped",
+    "background",
+    "image",
+    "picture",
+    "shape",
+    "colour",
+    "color",
+    "photo",
+    "shows",
+    "drawn",
+    "sits",
+    "against",
+    "over",
+    "describe",
+    "briefly",
+    "what",
+    "which",
+    "is",
+    "it",
+    "the",
+    "a",
+    "an",
+    "and",
+    "on",
+    "of",
+    "in",
+    "this",
+    "with",
+    "there",
+    "are",
+    "how",
+    "many",
+    "what's",
+    "where",
+    "left",
+    "right",
+    "top",
+    "bottom",
+    "center",
+    "cat",
+    "dog",
+    "ball",
+    "person",
+    "car",
+    "tree",
+    "sky",
+    "water",
+    "yes",
+    "no",
+    "one",
+    "two",
+    "three",
+]
+
+CORPUS_LINES = (
+    "What is shown in this image?",
+    "Describe the image briefly.",
+    "What shape is drawn, and what colour is it?",
+    "Which colour is the shape?",
+    "The image shows a small red circle on a light background.",
+    "It is a blue square. It is large and sits on a dark background.",
+    "The triangle is green; it is medium, on a striped background.",
+    "A picture of an orange hexagon over a noisy background.",
+    "You are a helpful assistant.",
+    "USER: ASSISTANT: system user assistant",
+)
+
+
+def tiny_corpus() -> list[str]:
+    """The built-in corpus the tiny tokenizers are trained on (deterministic)."""
+    lines = list(CORPUS_LINES)
+    for i, w in enumerate(_WORDS):
+        lines.append(
+            f"{w} {_WORDS[(i * 7 + 3) % len(_WORDS)]} {_WORDS[(i * 13 + 5) % len(_WORDS)]}"
+        )
+        lines.append(w.capitalize() + ".")
+    return lines
+
+
+def build_tokenizer(
+    specials: tuple[str, ...],
+    *,
+    pad: str,
+    eos: str,
+    bos: str,
+    unk: str | None,
+    vocab_size: int = 512,
+) -> Any:
+    """A byte-level BPE tokenizer trained on :func:`tiny_corpus`, as a transformers fast
+    tokenizer (``AutoTokenizer`` reloads it)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    names = [pad, eos, bos, *([unk] if unk else []), *specials]
+    names = list(dict.fromkeys(names))
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=names,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(tiny_corpus(), trainer=trainer)
+    extra = [s for s in specials if s not in (pad, eos, bos, unk)]
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=pad,
+        eos_token=eos,
+        bos_token=bos,
+        unk_token=unk,
+        additional_special_tokens=extra,
+    )
+
+
+def build_tiny(family: str, tiny: dict[str, Any], seed: int = 0) -> tuple[Any, Any]:
+    """``(model, processor)`` of a tiny ``family`` model with random weights.
+
+    ``tiny`` holds the sizes: ``hidden_size``, ``intermediate_size``, ``layers``, ``heads``,
+    ``kv_heads``, ``vision_hidden``, ``vision_layers``, ``vision_heads``, ``image_size``
+    (LLaVA), ``min_pixels`` / ``max_pixels`` (Qwen), ``max_positions``.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    if family == "llava":
+        return _tiny_llava(tiny)
+    if family in ("qwen2_vl", "qwen2_5_vl"):
+        return _tiny_qwen(family, tiny)
+    raise ValueError(f"no tiny builder for family {family!r}")
+
+
+def _tiny_llava(t: dict[str, Any]) -> tuple[Any, Any]:
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tok = build_tokenizer(("<image>",), pad="<pad>", eos="</s>", bos="<s>", unk="<unk>")
+    size, patch = int(t.get("image_size", 56)), int(t.get("patch_size", 14))
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=t.get("vision_hidden", 64),
+            intermediate_size=2 * t.get("vision_hidden", 64),
+            num_hidden_layers=t.get("vision_layers", 2),
+            num_attention_heads=t.get("vision_heads", 4),
+            image_size=size,
+            patch_size=patch,
+            projection_dim=t.get("vision_hidden", 64),
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=t.get("hidden_size", 64),
+            intermediate_size=t.get("intermediate_size", 128),
+            num_hidden_layers=t.get("layers", 2),
+            num_attention_heads=t.get("heads", 4),
+            num_key_value_heads=t.get("kv_heads", 2),
+            max_position_embeddings=t.get("max_positions", 1024),
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            tie_word_embeddings=False,
+        ),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        image_seq_length=(size // patch) ** 2,
+    )
+    model = LlavaForConditionalGeneration(cfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_mean=[0.4815, 0.4578, 0.4082],
+        image_std=[0.2686, 0.2613, 0.2758],
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_TEMPLATE,
+    )
+    return model, processor
+
+
+def _tiny_qwen(family: str, t: dict[str, Any]) -> tuple[Any, Any]:
+    import transformers as tf
+
+    tok = build_tokenizer(QWEN_SPECIAL, pad="<|endoftext|>", eos="<|im_end|>",
+                          bos="<|endoftext|>", unk=None)  # fmt: skip
+    ids = {s: tok.convert_tokens_to_ids(s) for s in QWEN_SPECIAL}
+    hidden, heads = int(t.get("hidden_size", 64)), int(t.get("heads", 4))
+    half = hidden // heads // 2  # mrope sections (t, h, w) must sum to head_dim / 2
+    section = [half - 2 * (half // 3), half // 3, half // 3]
+    text = dict(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=t.get("intermediate_size", 128),
+        num_hidden_layers=t.get("layers", 2),
+        num_attention_heads=heads,
+        num_key_value_heads=t.get("kv_heads", 2),
+        max_position_embeddings=t.get("max_positions", 1024),
+        rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": section},
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    vh = int(t.get("vision_hidden", 32))
+    if family == "qwen2_vl":
+        vision = dict(depth=t.get("vision_layers", 2), embed_dim=vh, hidden_size=hidden,
+                      num_heads=t.get("vision_heads", 2), mlp_ratio=2, patch_size=14,
+                      spatial_merge_size=2, temporal_patch_size=2)  # fmt: skip
+        cfg_cls, model_cls, proc_cls = (
+            tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration, tf.Qwen2VLProcessor,
+        )  # fmt: skip
+    else:
+        vision = dict(depth=t.get("vision_layers", 2), hidden_size=vh, intermediate_size=2 * vh,
+                      num_heads=t.get("vision_heads", 2), out_hidden_size=hidden, patch_size=14,
+                      spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                      fullatt_block_indexes=[t.get("vision_layers", 2) - 1])  # fmt: skip
+        cfg_cls, model_cls, proc_cls = (
+            tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration, tf.Qwen2_5_VLProcessor,
+        )  # fmt: skip
+    cfg = cfg_cls(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    model = model_cls(cfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    kw = dict(
+        min_pixels=int(t.get("min_pixels", 56 * 56)),
+        max_pixels=int(t.get("max_pixels", 112 * 112)),
+        patch_size=14,
+        temporal_patch_size=2,
+        merge_size=2,
+    )
+    processor = proc_cls(
+        image_processor=tf.Qwen2VLImageProcessor(**kw),
+        tokenizer=tok,
+        video_processor=tf.Qwen2VLVideoProcessor(**kw),
+        chat_template=QWEN_TEMPLATE,
+    )
+    return model, processor
+
+
+def save_tiny(family: str, tiny: dict[str, Any], out: str | Path, seed: int = 0) -> Path:
+    """Build a tiny model and write it with its processor as a checkpoint directory."""
+    model, processor = build_tiny(family, tiny, seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

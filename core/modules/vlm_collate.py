@@ -1,0 +1,554 @@
+"""Lake samples -> VLM training batches, batch by batch in the data loader.
+
+Nothing is preprocessed ahead of training: each batch's samples are rendered through the
+model's own chat template and processor when the loader asks for it. Per sample:
+
+1. **Conversation**: canonical ``messages`` (content strings with ``<image>``
+   placeholders, one per ``media_ids`` entry) become content parts; a sample with only a
+   ``caption`` (or only a ``label``) becomes "user: <image> prompt / assistant: caption".
+2. **Pixel budget**: every image is resized (aspect kept) into
+   ``[min_pixels, max_pixels]`` by this loader (per dataset in ``pixels.datasets``, per
+   sample through optional ``min_pixels`` / ``max_pixels`` sample columns) before the
+   processor sees it; the effective sizes are returned with the batch.
+3. **Tokens**: ``processor(text=template(conversation), images=...)``, exactly what
+   ``processor.apply_chat_template(..., tokenize=True)`` produces.
+4. **Labels by construction**: assistant turns are located as character spans of the
+   rendered text (the template rendered up to each assistant turn with the generation
+   prompt must be a prefix of the full text), the text is tokenized once more with
+   offsets, and only tokens starting inside a span get labels. The two tokenizations
+   agree on every non-image token (checked), and image tokens are always -100.
+   A sample with no supervised token is an error.
+5. **Length**: a sample longer than ``max_length`` is skipped and reported, or with
+   ``overlong="truncate_text"`` cut in text after its last image (never inside an image).
+
+With ``pack=True`` the samples of a batch are packed first-fit into rows of at most
+``max_length`` tokens with per-sample position ids restarting at 0 and no attention mask,
+which transformers turns into block-diagonal attention; ``objective="dpo"`` builds a
+chosen row and a rejected row per sample with the same images.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+IMAGE_PLACEHOLDER = "<image>"
+
+
+class SampleError(ValueError):
+    """A sample cannot be turned into a training example (the message names it)."""
+
+
+# ---- conversation ------------------------------------------------------------------------
+
+
+def _parts(text: str) -> list[dict[str, str]]:
+    """``"<image>\\nWhat?"`` -> ``[{"type": "image"}, {"type": "text", "text": "What?"}]``."""
+    out: list[dict[str, str]] = []
+    pieces = text.split(IMAGE_PLACEHOLDER)
+    for i, piece in enumerate(pieces):
+        if i:
+            out.append({"type": "image"})
+        piece = piece.strip() if len(pieces) > 1 else piece
+        if piece:
+            out.append({"type": "text", "text": piece})
+    return out
+
+
+def to_conversation(
+    sample: Mapping[str, Any],
+    caption_prompt: str = "Describe the image.",
+    label_prompt: str = "What is in the image? Answer with one word.",
+) -> list[dict[str, Any]]:
+    """The sample as chat-template messages with content parts: its ``messages``, else
+    "<image> caption_prompt" answered by the caption, else "<image> label_prompt"
+    answered by the label."""
+    messages = sample.get("messages") or []
+    n_media = len(sample.get("images") or [])
+    if not messages:
+        answer, prompt = (sample.get("caption") or "").strip(), caption_prompt
+        if not answer and (sample.get("label") or "").strip():
+            answer, prompt = sample["label"].strip(), label_prompt
+        if not answer:
+            raise SampleError(f"{_where(sample)}: no messages, caption or label to train on")
+        user = [{"type": "image"}] * n_media + [{"type": "text", "text": prompt}]
+        return [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+        ]
+    conv = [{"role": m["role"], "content": _parts(m.get("content") or "")} for m in messages]
+    n_placeholders = sum(1 for m in conv for p in m["content"] if p["type"] == "image")
+    if n_placeholders != n_media:
+        raise SampleError(
+            f"{_where(sample)}: {n_placeholders} <image> placeholders but {n_media} media"
+        )
+    return conv
+
+
+def _where(sample: Mapping[str, Any]) -> str:
+    src = sample.get("source_uri")
+    return f"sample {sample.get('sample_id')}" + (f" ({src})" if src else "")
+
+
+def _text(message: Mapping[str, Any]) -> str:
+    return "".join(p.get("text", "") for p in message["content"] if p["type"] == "text")
+
+
+# ---- pixel budget ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PixelBudget:
+    """Bounds on ``width * height`` of every image (None: unbounded on that side)."""
+
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+
+    def fit(self, image: Image.Image) -> Image.Image:
+        """The image resized (aspect kept, bicubic) into the budget; itself if inside."""
+        w, h = image.size
+        area = w * h
+        scale = 1.0
+        if self.max_pixels and area > self.max_pixels:
+            scale = math.sqrt(self.max_pixels / area)
+        elif self.min_pixels and area < self.min_pixels:
+            scale = math.sqrt(self.min_pixels / area)
+        if scale == 1.0:
+            return image
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        if self.max_pixels and size[0] * size[1] > self.max_pixels:  # rounding overshoot
+            size = (max(1, math.floor(w * scale)), max(1, math.floor(h * scale)))
+        return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def budget_for(
+    sample: Mapping[str, Any], default: PixelBudget, per_dataset: Mapping[str, PixelBudget]
+) -> PixelBudget:
+    """The sample's own budget columns, else its dataset's, else the default."""
+    base = per_dataset.get(sample.get("dataset") or "", default)
+    lo, hi = sample.get("min_pixels"), sample.get("max_pixels")
+    if lo is None and hi is None:
+        return base
+    return PixelBudget(lo if lo is not None else base.min_pixels,
+                       hi if hi is not None else base.max_pixels)  # fmt: skip
+
+
+# ---- one sample --------------------------------------------------------------------------
+
+
+@dataclass
+class Encoded:
+    """One tokenized sample (1-D tensors) and its vision inputs."""
+
+    sample_id: str
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    vision: dict[str, torch.Tensor] = field(default_factory=dict)  # pixel_values, grid ...
+    mm_token_type_ids: torch.Tensor | None = None
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)
+    n_images: int = 0
+
+    def __len__(self) -> int:
+        return int(self.input_ids.numel())
+
+    @property
+    def supervised(self) -> int:
+        """Number of tokens that carry a label."""
+        return int((self.labels != IGNORE).sum())
+
+
+class Renderer:
+    """Chat template + processor + exact labels for one family's processor."""
+
+    def __init__(self, processor: Any, never_supervised: Sequence[str], image_token: str):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.image_token_id = int(self.tokenizer.convert_tokens_to_ids(image_token))
+        self.never = torch.tensor(
+            [int(self.tokenizer.convert_tokens_to_ids(t)) for t in never_supervised]
+        )
+
+    def render(self, conv: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
+        """The chat template's text for ``conv``."""
+        return self.processor.apply_chat_template(
+            conv, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def assistant_spans(self, conv: list[dict[str, Any]], text: str) -> list[tuple[int, int]]:
+        """Character spans of the assistant turns in ``text`` (trailing whitespace out)."""
+        spans = []
+        for i, message in enumerate(conv):
+            if message["role"] != "assistant":
+                continue
+            head = self.render(conv[:i], add_generation_prompt=True) if i else ""
+            upto = self.render(conv[: i + 1])
+            if not text.startswith(head) or not text.startswith(upto):
+                raise SampleError(
+                    "the chat template is not prefix-stable (rendering the conversation up "
+                    f"to assistant turn {i} is not a prefix of the whole), so the "
+                    "assistant tokens cannot be located"
+                )
+            end = len(upto.rstrip())
+            if end > len(head):
+                spans.append((len(head), end))
+        return spans
+
+    def _special(self, text: str) -> bool:
+        bos = self.tokenizer.bos_token
+        return not (bos is not None and text.startswith(bos))
+
+    def tokenize(self, text: str, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """The processor's encoding (as ``apply_chat_template(tokenize=True)`` does it)."""
+        return self.processor(
+            text=[text],
+            images=images or None,
+            return_tensors="pt",
+            add_special_tokens=self._special(text),
+        )
+
+    def labels(
+        self, text: str, spans: list[tuple[int, int]], input_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Labels aligned to the processor's ``input_ids`` (1-D)."""
+        plain = self.tokenizer(
+            text, add_special_tokens=self._special(text), return_offsets_mapping=True
+        )
+        ids, offsets = plain["input_ids"], plain["offset_mapping"]
+        keep = [
+            any(a <= start < b for a, b in spans) and end > start
+            for start, end in offsets
+        ]  # fmt: skip
+        img = self.image_token_id
+        text_ids = [t for t in ids if t != img]
+        text_keep = [k for t, k in zip(ids, keep, strict=True) if t != img]
+        full = input_ids.tolist()
+        positions = [j for j, t in enumerate(full) if t != img]
+        if [full[j] for j in positions] != text_ids:
+            raise SampleError(
+                "the processor's tokens differ from the tokenizer's outside image spans; "
+                "cannot align labels"
+            )
+        labels = torch.full_like(input_ids, IGNORE)
+        for j, k in zip(positions, text_keep, strict=True):
+            if k:
+                labels[j] = input_ids[j]
+        labels[torch.isin(input_ids, self.never)] = IGNORE
+        return labels
+
+
+# ---- the collator ------------------------------------------------------------------------
+
+VISION_KEYS = ("pixel_values", "image_grid_thw")  # processor outputs the model takes
+
+
+class VlmCollator:
+    """Collate lake samples into SFT or DPO batches (see the module docstring).
+
+    Output keys: ``input_ids``, ``labels``, ``attention_mask`` (None when packed),
+    ``position_ids`` (packed: 1-D positions restarting per sample), ``seq_lens`` (per row,
+    the packed samples' lengths), the processor's vision keys (``pixel_values``,
+    ``image_grid_thw``), ``mm_token_type_ids`` when the processor makes them,
+    ``sample_ids``, ``n_supervised`` (per sample), ``skipped`` (``[(sample_id, reason)]``),
+    ``image_sizes`` (effective, per image) and, for evaluation, ``prompts`` (left-padded
+    generation prompts) with ``references`` (the last assistant turn).
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        never_supervised: Sequence[str],
+        image_token: str,
+        max_length: int = 2048,
+        overlong: str = "skip",
+        pack: bool = False,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        dataset_pixels: Mapping[str, Mapping[str, int | None]] | None = None,
+        caption_prompt: str = "Describe the image.",
+        objective: str = "sft",
+        with_prompts: bool = False,
+        on_error: str = "error",
+    ) -> None:
+        if overlong not in ("skip", "truncate_text"):
+            raise ValueError(f"overlong must be 'skip' or 'truncate_text', not {overlong!r}")
+        if objective not in ("sft", "dpo"):
+            raise ValueError(f"objective must be 'sft' or 'dpo', not {objective!r}")
+        if on_error not in ("error", "skip"):
+            raise ValueError(f"on_error must be 'error' or 'skip', not {on_error!r}")
+        if pack and objective == "dpo":
+            raise ValueError("packing is for SFT; DPO rows are compared pairwise")
+        self.renderer = Renderer(processor, never_supervised, image_token)
+        self.max_length = int(max_length)
+        self.overlong = overlong
+        self.pack = pack
+        self.budget = PixelBudget(min_pixels, max_pixels)
+        self.per_dataset = {
+            k: PixelBudget(v.get("min_pixels"), v.get("max_pixels"))
+            for k, v in (dataset_pixels or {}).items()
+        }
+        self.caption_prompt = caption_prompt
+        self.objective = objective
+        self.with_prompts = with_prompts
+        self.on_error = on_error
+
+    @property
+    def processor(self) -> Any:
+        return self.renderer.processor
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.renderer.tokenizer
+        return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+
+    # -- per sample ---------------------------------------------------------------------
+    def images(self, sample: Mapping[str, Any]) -> list[Image.Image]:
+        """The sample's images decoded and fitted into its pixel budget."""
+        budget = budget_for(sample, self.budget, self.per_dataset)
+        out = []
+        for i, data in enumerate(sample.get("images") or []):
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    rgb = img.convert("RGB")
+            except Exception as err:  # PIL raises several types for bad bytes
+                raise SampleError(f"{_where(sample)}: image {i} does not decode ({err})") from err
+            out.append(budget.fit(rgb))
+        return out
+
+    def encode(
+        self,
+        sample: Mapping[str, Any],
+        conv: list[dict[str, Any]],
+        images: list[Image.Image],
+        last_turn_only: bool = False,
+    ) -> Encoded:
+        """Tokens and exact labels of one conversation (raises :class:`SampleError`);
+        ``last_turn_only`` labels the final assistant turn only (DPO scores the answer)."""
+        r = self.renderer
+        text = r.render(conv)
+        try:
+            spans = r.assistant_spans(conv, text)
+        except SampleError as err:
+            raise SampleError(f"{_where(sample)}: {err}") from err
+        if last_turn_only:
+            spans = spans[-1:]
+        enc = r.tokenize(text, images)
+        ids = enc["input_ids"][0]
+        try:
+            labels = r.labels(text, spans, ids)
+        except SampleError as err:
+            raise SampleError(f"{_where(sample)}: {err}") from err
+        vision = {k: enc[k] for k in VISION_KEYS if k in enc}
+        mm = enc["mm_token_type_ids"][0] if "mm_token_type_ids" in enc else None
+        return Encoded(
+            str(sample.get("sample_id")), ids, labels, vision, mm,
+            [im.size for im in images], len(images),
+        )  # fmt: skip
+
+    def fit_length(self, enc: Encoded) -> str | None:
+        """Apply the length policy in place; the reason when the sample must be skipped."""
+        if len(enc) <= self.max_length:
+            return None
+        if self.overlong == "truncate_text":
+            img = (enc.input_ids == self.renderer.image_token_id).nonzero()
+            last_image = int(img[-1]) if len(img) else -1
+            if last_image < self.max_length - 1:
+                cut = self.max_length
+                kept = enc.labels[:cut]
+                if int((kept != IGNORE).sum()) > 0:
+                    enc.input_ids, enc.labels = enc.input_ids[:cut], kept
+                    if enc.mm_token_type_ids is not None:
+                        enc.mm_token_type_ids = enc.mm_token_type_ids[:cut]
+                    return None
+                return f"{len(enc)} tokens > max_length {self.max_length}; no label left after cut"
+            return (
+                f"{len(enc)} tokens > max_length {self.max_length} and an image ends after "
+                "the limit (images are never cut)"
+            )
+        return f"{len(enc)} tokens > max_length {self.max_length}"
+
+    # -- batch --------------------------------------------------------------------------
+    def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        skipped: list[tuple[str, str]] = []
+        rows: list[Encoded] = []
+        rejected: list[Encoded] = []
+        prompts: list[tuple[list[dict[str, Any]], list[Image.Image]]] = []
+        references: list[str] = []
+        for sample in samples:
+            try:
+                got = self._sample(sample)
+            except SampleError as err:
+                if self.on_error == "error":
+                    raise
+                got = str(err)
+            if isinstance(got, str):
+                skipped.append((str(sample.get("sample_id")), got))
+                continue
+            chosen, other, conv, images = got
+            rows.append(chosen)
+            if other is not None:
+                rejected.append(other)
+            if self.with_prompts:
+                prompts.append((_prompt_of(conv), images))
+                references.append(_text(conv[-1]))
+        for sid, why in skipped:
+            log.warning("skipping sample %s: %s", sid, why)
+        batch = self._batch(rows + rejected)
+        batch["skipped"] = skipped
+        batch["n_pairs"] = len(rejected)
+        if self.with_prompts:
+            batch.update(self._prompts(prompts))
+            batch["references"] = references
+        return batch
+
+    def _sample(self, sample: Mapping[str, Any]) -> Any:
+        conv = to_conversation(sample, self.caption_prompt)
+        images = self.images(sample)
+        if self.objective == "dpo":
+            return self._pair(sample, conv, images)
+        if not any(_text(m).strip() for m in conv if m["role"] == "assistant"):
+            # an empty answer would still label the template's end-of-turn token
+            raise SampleError(f"{_where(sample)}: no assistant text to train on")
+        enc = self.encode(sample, conv, images)
+        why = self.fit_length(enc)
+        if why:
+            return why
+        if enc.supervised == 0:
+            raise SampleError(f"{_where(sample)}: no supervised (assistant) tokens")
+        return enc, None, conv, images
+
+    def _pair(
+        self, sample: Mapping[str, Any], conv: list[dict[str, Any]], images: list[Image.Image]
+    ) -> Any:
+        chosen, rejected = sample.get("chosen"), sample.get("rejected")
+        if not (isinstance(chosen, str) and chosen.strip()) or not (
+            isinstance(rejected, str) and rejected.strip()
+        ):
+            raise SampleError(f"{_where(sample)}: DPO needs both chosen and rejected")
+        prompt = conv[:-1] if conv and conv[-1]["role"] == "assistant" else conv
+        out = []
+        for answer in (chosen, rejected):
+            turn = {"role": "assistant", "content": [{"type": "text", "text": answer.strip()}]}
+            enc = self.encode(sample, [*prompt, turn], images, last_turn_only=True)
+            why = self.fit_length(enc)
+            if why:
+                return why
+            if enc.supervised == 0:
+                raise SampleError(f"{_where(sample)}: no supervised (assistant) tokens")
+            out.append(enc)
+        return out[0], out[1], [*prompt, {"role": "assistant", "content": [
+            {"type": "text", "text": chosen.strip()}]}], images  # fmt: skip
+
+    def _batch(self, rows: list[Encoded]) -> dict[str, Any]:
+        if self.pack and rows:
+            groups = pack_first_fit([len(r) for r in rows], self.max_length)
+        else:
+            groups = [[i] for i in range(len(rows))]
+        ordered = [rows[i] for g in groups for i in g]  # vision inputs follow token order
+        width = max((sum(len(rows[i]) for i in g) for g in groups), default=0)
+        n = len(groups)
+        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        labels = torch.full((n, width), IGNORE, dtype=torch.long)
+        attention = torch.zeros((n, width), dtype=torch.long)
+        positions = torch.zeros((n, width), dtype=torch.long)
+        mm = torch.zeros((n, width), dtype=torch.long)
+        seq_lens: list[list[int]] = []
+        for row, g in enumerate(groups):
+            at, lens = 0, []
+            for i in g:
+                e = rows[i]
+                k = len(e)
+                input_ids[row, at : at + k] = e.input_ids
+                labels[row, at : at + k] = e.labels
+                labels[row, at] = IGNORE  # never predict a sample's first token from the last
+                attention[row, at : at + k] = 1
+                positions[row, at : at + k] = torch.arange(k)
+                if e.mm_token_type_ids is not None:
+                    mm[row, at : at + k] = e.mm_token_type_ids
+                at += k
+                lens.append(k)
+            if at < width:  # padding forms its own segment when packed
+                positions[row, at:] = torch.arange(width - at)
+            seq_lens.append(lens)
+        batch: dict[str, Any] = {
+            "input_ids": input_ids,
+            "labels": labels,
+            "attention_mask": None if self.pack else attention,
+            "position_ids": positions if self.pack else None,
+            "token_mask": attention,
+            "seq_lens": seq_lens,
+            "packed": self.pack,
+            "sample_ids": [e.sample_id for e in ordered],
+            "n_supervised": [e.supervised for e in ordered],
+            "image_sizes": [s for e in ordered for s in e.image_sizes],
+            "n_images": [e.n_images for e in ordered],
+        }
+        if any(e.mm_token_type_ids is not None for e in rows):
+            batch["mm_token_type_ids"] = mm
+        batch.update(_cat_vision([e.vision for e in ordered]))
+        return batch
+
+    def _prompts(self, prompts: list[tuple[list[dict[str, Any]], list[Image.Image]]]) -> dict:
+        """Left-padded generation prompts (the conversation before its last answer)."""
+        if not prompts:
+            return {"prompts": None}
+        r = self.renderer
+        texts = [r.render(conv, add_generation_prompt=True) for conv, _ in prompts]
+        images = [imgs for _, imgs in prompts]
+        tok = r.tokenizer
+        side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            enc = self.processor(
+                text=texts,
+                images=images if any(images) else None,
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=r._special(texts[0]),
+            )
+        finally:
+            tok.padding_side = side
+        return {"prompts": dict(enc)}
+
+
+def _prompt_of(conv: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation up to (not including) its last assistant turn."""
+    last = max((i for i, m in enumerate(conv) if m["role"] == "assistant"), default=len(conv))
+    return conv[:last]
+
+
+def _cat_vision(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate the processor's vision tensors of several samples in order."""
+    out: dict[str, torch.Tensor] = {}
+    for key in VISION_KEYS:
+        tensors = [p[key] for p in parts if key in p]
+        if tensors:
+            out[key] = torch.cat(tensors, dim=0)
+    return out
+
+
+def pack_first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices grouped into bins of total length <= ``capacity``, first-fit decreasing
+    (each bin keeps its samples in their original order)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        for b, free in enumerate(room):
+            if lengths[i] <= free:
+                bins[b].append(i)
+                room[b] -= lengths[i]
+                break
+        else:
+            bins.append([i])
+            room.append(capacity - lengths[i])
+    return [sorted(b) for b in bins]
