@@ -30,6 +30,11 @@ JOBS: dict[str, tuple[str, str]] = {
     "export": ("lake.export", "export a split for training: export=NAME split=train out=DIR"),
     "compact": ("lake.compact", "compact fragments, drop old versions: [compact.retention_days=7]"),
     "query": ("lake.query", 'search the lake by CLIP similarity: text="..." | image=PATH [k=10]'),
+    "tui": (
+        "tui.__main__",
+        "browse the lake and training runs in the terminal: [lake.uri=] [runs_dir=] "
+        "| tui serve [port=8000]",
+    ),
     "plugins": ("lake.plugins_cmd", "list installed plugins"),
     "schema": ("lake.schema_cmd", "print the lake schema as Markdown"),
 }

@@ -5,7 +5,9 @@ Rules, in order:
 1. **Scope**: the samples selected by ``where`` / ``dataset`` (default: all). Samples
    outside the scope keep their split.
 2. **Exclusion**: a sample flagged by one of ``exclude_flags`` (check names, e.g.
-   ``caption_mismatch``) gets split ``excluded``.
+   ``caption_mismatch``) gets split ``excluded``; with ``exclude_confirmed`` so does a
+   sample with a confirmed review decision (a ``review:<check>:confirmed:...`` tag,
+   written by the TUI).
 3. **Units that never straddle**: samples that share a media (exact duplicates, the same
    image under two datasets) or a duplicate group of the duplicates check
    (``check_duplicates_group``) are joined (union-find) into one unit; a unit goes to one
@@ -104,6 +106,15 @@ def _units(ids: list[str], media: list[list[str] | None], groups: list[str | Non
             if j != i:
                 uf.union(i, j)
     return [uf.find(i) for i in range(len(ids))]
+
+
+def _confirmed(tags: list[str] | None) -> bool:
+    """Whether ``tags`` hold a confirmed review decision (``review:<check>:confirmed:...``)."""
+    for tag in tags or []:
+        parts = tag.split(":", 3)
+        if len(parts) > 2 and parts[0] == "review" and parts[2] == "confirmed":
+            return True
+    return False
 
 
 def assign_splits(
@@ -208,7 +219,14 @@ def markdown(rep: dict[str, Any]) -> str:
     ]
     for name, row in [*rep["per_class"].items(), ("**total**", rep["totals"])]:
         lines.append(f"| {name} | " + " | ".join(str(row[c]) for c in cols) + " |")
+    if rep.get("exclude_confirmed"):
+        lines += ["", _confirmed_line(rep)]
     return "\n".join(lines) + "\n"
+
+
+def _confirmed_line(rep: dict[str, Any]) -> str:
+    n = rep.get("excluded_confirmed", 0)
+    return f"{n} samples excluded by a confirmed review (their units with them)."
 
 
 def format_report(rep: dict[str, Any]) -> str:
@@ -218,6 +236,8 @@ def format_report(rep: dict[str, Any]) -> str:
     lines = [f"{'class':<{width}}" + "".join(f"{c:>16}" for c in cols)]
     for name, row in [*rep["per_class"].items(), ("total", rep["totals"])]:
         lines.append(f"{name:<{width}}" + "".join(f"{row[c]:>16}" for c in cols))
+    if rep.get("exclude_confirmed"):
+        lines.append(_confirmed_line(rep))
     return "\n".join(lines)
 
 
@@ -231,6 +251,7 @@ def split_lake(
     oversample: Mapping[str, float] | None = None,
     max_per_class: int | None = None,
     reports: str | Path | None = None,
+    exclude_confirmed: bool = False,
 ) -> dict[str, Any]:
     """Assign splits to the selected samples and write ``split`` and ``split_repeat``."""
     if not lake.exists(SAMPLES):
@@ -239,6 +260,8 @@ def split_lake(
     if stratify_by not in have:
         raise ConfigError(f"split.stratify_by: samples have no column {stratify_by!r}")
     cols = ["sample_id", "media_ids", "flags", stratify_by]
+    if exclude_confirmed:
+        cols.append("tags")
     if DUPLICATE_GROUP in have:
         cols.append(DUPLICATE_GROUP)
     try:
@@ -252,6 +275,12 @@ def split_lake(
     flags = rows.column("flags").to_pylist()
     drop = set(exclude_flags or ())
     excluded = [bool(drop & set(f or [])) for f in flags]
+    confirmed = (
+        [_confirmed(t) for t in rows.column("tags").to_pylist()]
+        if exclude_confirmed
+        else [False] * len(ids)
+    )
+    excluded = [e or c for e, c in zip(excluded, confirmed, strict=True)]
     groups = (
         rows.column(DUPLICATE_GROUP).to_pylist() if DUPLICATE_GROUP in cols else [None] * len(ids)
     )
@@ -284,6 +313,8 @@ def split_lake(
         where=where,
         stratify_by=stratify_by,
         exclude_flags=sorted(drop),
+        exclude_confirmed=bool(exclude_confirmed),
+        excluded_confirmed=sum(confirmed),
         oversample={str(k): int(v) for k, v in (oversample or {}).items()},
         max_per_class=max_per_class,
     )
@@ -314,6 +345,7 @@ def main(cfg: Any) -> int:
         where=where,
         stratify_by=str(s.stratify_by),
         exclude_flags=list(s.exclude_flags or []),
+        exclude_confirmed=bool(s.get("exclude_confirmed", False)),
         oversample=OmegaConf.to_container(s.oversample, resolve=True) if s.oversample else {},  # type: ignore[arg-type]
         max_per_class=None if s.max_per_class is None else int(s.max_per_class),
         reports=cfg.lake.reports,

@@ -1,0 +1,93 @@
+"""Review decisions on flagged samples, kept as tags in ``samples.tags``.
+
+A decision is the tag ``review:<check>:<decision>:<who>:<UTC ISO time>``; a sample holds
+at most one per check (a later decision replaces the earlier one). ``lakeloom split
+split.exclude_confirmed=true`` excludes samples with a confirmed decision.
+"""
+
+from __future__ import annotations
+
+import getpass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+
+from lake.schema import SAMPLES
+from lake.store import Lake
+
+PREFIX = "review"
+DECISIONS = ("confirmed", "dismissed")
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _who(who: str | None) -> str:
+    try:
+        name = who or getpass.getuser()
+    except (KeyError, OSError):  # no user name in a bare container
+        name = "unknown"
+    return name.replace(":", "_") or "unknown"
+
+
+def review_tag(check: str, decision: str, who: str, when: str) -> str:
+    """The tag recording one decision."""
+    return f"{PREFIX}:{check}:{decision}:{who}:{when}"
+
+
+def parse_tag(tag: str) -> tuple[str, str, str, str] | None:
+    """(check, decision, who, when) of a review tag; None for other tags."""
+    parts = tag.split(":", 4)  # the ISO time holds colons: it is the rest
+    if len(parts) != 5 or parts[0] != PREFIX or parts[2] not in DECISIONS:
+        return None
+    return parts[1], parts[2], parts[3], parts[4]
+
+
+def decisions(tags: list[str] | None) -> dict[str, tuple[str, str, str]]:
+    """Review decisions in ``tags``: check -> (decision, who, when); the last one wins."""
+    out: dict[str, tuple[str, str, str]] = {}
+    for tag in tags or []:
+        parsed = parse_tag(tag)
+        if parsed:
+            out[parsed[0]] = parsed[1:]
+    return out
+
+
+def decide(
+    lake_uri: str | Path,
+    sample_ids: list[str],
+    check: str,
+    decision: str,
+    who: str | None = None,
+) -> int:
+    """Record ``decision`` on ``check`` for the samples; return the rows written.
+
+    One merge-insert on ``sample_id`` that sets only ``tags`` (every other column is kept);
+    unknown ids are ignored.
+    """
+    if decision not in DECISIONS:
+        raise ValueError(f"decision must be one of {DECISIONS}, got {decision!r}")
+    if not check or ":" in check:
+        raise ValueError(f"bad check name {check!r}")
+    ids = list(dict.fromkeys(sample_ids))
+    if not ids:
+        return 0
+    lake = Lake(lake_uri)
+    where = f"sample_id IN ({', '.join(map(_quote, ids))})"
+    rows = lake.dataset(SAMPLES).to_table(columns=["sample_id", "tags"], filter=where)
+    if rows.num_rows == 0:
+        return 0
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    tag = review_tag(check, decision, _who(who), when)
+    tags = []
+    for old in rows.column("tags").to_pylist():
+        kept = [t for t in old or [] if (p := parse_tag(t)) is None or p[0] != check]
+        tags.append([*kept, tag])
+    # update_columns, not upsert: a full-row upsert would rewrite every column (media
+    # vectors, messages) and lancedb rejects the null vectors of text-less samples
+    update = pa.table(
+        {"sample_id": rows.column("sample_id"), "tags": pa.array(tags, pa.list_(pa.string()))}
+    )
+    return lake.update_columns(SAMPLES, update)

@@ -1,0 +1,78 @@
+"""What the lake screens share: declared bindings, the app's LakeView, lake (re)loads."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from textual.screen import Screen
+from textual.worker import Worker, WorkerState
+
+from tui.bindings import install
+from tui.config import TuiConfig
+
+if TYPE_CHECKING:
+    from tui.lake_data import LakeView
+
+
+class LakeScreenBase(Screen):
+    """A screen over the lake; ``SCOPE`` names its bindings in ``conf/tui`` (``bindings:``).
+
+    Subclasses implement :meth:`lake_ready` (the view opened or re-pinned; read in
+    workers) and :meth:`lake_missing`, and handle worker results in ``on_<name>_done`` /
+    ``on_<name>_failed`` methods named after their workers.
+    """
+
+    SCOPE: ClassVar[str] = ""
+    # Focus moves with ``self.set_focus(w)``, not ``w.focus()``: the latter waits a frame,
+    # and keys typed right after (pasted, or fast over SSH) would go to the old widget.
+
+    def __init__(self, config: TuiConfig, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.config = config
+        install(self, config.bindings.get(self.SCOPE, []))
+
+    @property
+    def view(self) -> LakeView | None:
+        """The app's lake view (None until opened, or when there is no lake)."""
+        return getattr(self.app, "view", None)
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "lake_generation", self._lake_generation, init=True)
+
+    def _lake_generation(self, generation: int) -> None:
+        if generation == 0:
+            return
+        error = getattr(self.app, "lake_error", None)
+        if self.view is None:
+            self.lake_missing(error or "no lake")
+        else:
+            self.lake_ready()
+
+    def lake_ready(self) -> None:
+        """The view is open (or was re-pinned at a newer version): (re)load."""
+
+    def lake_missing(self, error: str) -> None:
+        """The lake could not be opened; ``error`` is meant for people."""
+
+    def back(self) -> bool:
+        """Handle the back key here first (leave an input, clear a search); True if done."""
+        return False
+
+    def on_sample_table_page_failed(self, event: Any) -> None:
+        self.notify(f"{event.error} (reload to retry)", severity="error")
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if worker.node is not self or not worker.name:
+            return
+        if event.state == WorkerState.SUCCESS:
+            handler = getattr(self, f"on_{worker.name}_done", None)
+            if handler is not None:
+                handler(worker.result)
+        elif event.state == WorkerState.ERROR:
+            handler = getattr(self, f"on_{worker.name}_failed", None)
+            message = f"{type(worker.error).__name__}: {worker.error}"
+            if handler is not None:
+                handler(message)
+            else:
+                self.notify(message, title=f"{worker.name} failed", severity="error")

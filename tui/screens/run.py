@@ -1,0 +1,279 @@
+"""One training run, live: curves, throughput, memory, status and the event log."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal
+from textual.widgets import Log, Static
+
+from tui.runs_data import EventTail, fmt_value
+from tui.screens.runs import PollingScreen, conf_get, fmt_duration, status_text
+from tui.widgets.plot import PlotGrid, plot_specs, wanted
+
+
+def events_path(run_path: str | Path) -> Path:
+    """A run folder's ``events.jsonl`` (or the log itself when given)."""
+    path = Path(run_path)
+    return path if path.suffix == ".jsonl" else path / "events.jsonl"
+
+
+def run_status(status: str) -> str:
+    """The run list's word for an events-log status (``started`` is ``running``)."""
+    return "running" if status == "started" else status
+
+
+@dataclass
+class Snapshot:
+    """What one read of the events log hands the UI."""
+
+    names: list[str]
+    data: dict[str, tuple[list[float], list[float]]]
+    status: str
+    step: int | None
+    events: int
+    corrupt: int
+    last: dict[str, dict]
+    started: float | None
+    log: list[str] = field(default_factory=list)  # lines new since the previous snapshot
+    log_reset: bool = False  # the log restarted: replace what is shown
+
+
+class RunScreen(PollingScreen):
+    """Live view of one run, read from its ``events.jsonl`` every 0.5 s in a thread.
+
+    ``config`` keys read: ``plots`` (``[{title, series}]``), ``poll_s``, ``log_lines``
+    (log tail length) and ``max_points`` (points kept per series).
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "back", "Back", id="run.back"),
+        Binding("l", "toggle_log", "Log", id="run.log"),
+        Binding("p", "toggle_pause", "Pause", id="run.pause"),
+    ]
+    DEFAULT_CSS = """
+    RunScreen #run-head { height: auto; padding: 0 1; background: $panel; }
+    RunScreen #run-notice { height: auto; padding: 0 1; display: none; }
+    RunScreen #run-notice.-warning { background: $warning 25%; }
+    RunScreen #run-error { height: auto; max-height: 4; padding: 0 1; color: $error;
+        display: none; }
+    RunScreen #run-body { height: 1fr; }
+    RunScreen #run-plots { width: 1fr; }
+    RunScreen #run-stats { width: 34; height: 1fr; padding: 0 1; border-left: tall $panel; }
+    RunScreen #run-log { height: 10; border-top: tall $panel; }
+    """
+
+    def __init__(self, run_path: str | Path, config: Any = None) -> None:
+        super().__init__()
+        self.run_path = Path(run_path)
+        self.config = config
+        self.poll_s = float(conf_get(config, "poll_s", 0.5))
+        self.log_n = int(conf_get(config, "log_lines", 200))
+        self.tail = EventTail(events_path(run_path), int(conf_get(config, "max_points", 4096)))
+        self.specs = plot_specs(conf_get(config, "plots", None))
+        self.snapshot: Snapshot | None = None
+        self.paused = False
+        # read-side state, touched only by the (single) worker thread
+        self._seen = -1
+        self._corrupt = 0
+        self._started: float | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.run_path.stem if self.run_path.suffix == ".jsonl" else self.run_path.name
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text(self.run_id, style="bold"), id="run-head")
+        yield Static("", id="run-notice")
+        yield Static("", id="run-error")
+        with Horizontal(id="run-body"):
+            yield PlotGrid(self.specs, id="run-plots")
+            yield Static("", id="run-stats")
+        yield Log(max_lines=max(self.log_n, 1), highlight=False, id="run-log")
+
+    def on_mount(self) -> None:
+        # PollingScreen.on_mount starts the reads (Textual calls it too)
+        self.set_interval(1.0, self._show_head)
+
+    # -- reading (worker thread) ------------------------------------------------------
+    def read(self) -> Snapshot | None:
+        tail = self.tail
+        if self.paused:
+            return None
+        tail.poll()
+        if tail.events == self._seen and tail.corrupt == self._corrupt:
+            return None
+        reset = tail.events < self._seen
+        new = tail.events - max(self._seen, 0) if not reset else tail.events
+        status = tail.last.get("status") or {}
+        if status.get("status") == "started":
+            self._started = status.get("t")
+        self._seen, self._corrupt = tail.events, tail.corrupt
+        names = tail.metric_names()
+        return Snapshot(
+            names=names,
+            data={n: tail.series(n) for n in wanted(self.specs, names)},
+            status=tail.status,
+            step=tail.step,
+            events=tail.events,
+            corrupt=tail.corrupt,
+            last={k: dict(v) for k, v in tail.last.items() if k != "params"},
+            started=self._started,
+            log=tail.log_lines(min(new, self.log_n)),
+            log_reset=reset,
+        )
+
+    # -- showing (UI thread) ----------------------------------------------------------
+    def show(self, snap: Snapshot) -> None:
+        self.snapshot = snap
+        self.query_one("#run-plots", PlotGrid).update_data(snap.data, snap.names)
+        self._show_head()
+        self._show_notice()
+        self._show_error()
+        self.query_one("#run-stats", Static).update(self._stats(snap))
+        log = self.query_one("#run-log", Log)
+        if snap.log_reset:
+            log.clear()
+        if snap.log:
+            log.write_lines(snap.log)
+
+    def read_failed(self, error: BaseException) -> None:
+        notice = self.query_one("#run-notice", Static)
+        notice.update(f"⚠ cannot read {self.tail.path}: {type(error).__name__}: {error}")
+        notice.set_class(True, "-warning")
+        notice.display = True
+
+    def _show_head(self) -> None:
+        snap = self.snapshot
+        head = Text()
+        head.append(self.run_id, style="bold")
+        if snap is None:
+            head.append("  reading …", style="dim")
+        else:
+            head.append("  ")
+            head.append_text(status_text(run_status(snap.status)))
+            experiment = (snap.last.get("status") or {}).get("experiment")
+            if experiment:
+                head.append(f"  {experiment}")
+            train = snap.last.get("train") or {}
+            if snap.step is not None:
+                head.append(f"  step {snap.step}", style="bold")
+            if train.get("epoch") is not None:
+                head.append(f"  epoch {train['epoch']}")
+            elapsed = self._elapsed(snap)
+            if elapsed is not None:
+                head.append(f"  {fmt_duration(elapsed)}")
+            if self.paused:
+                head.append("  paused", style="reverse")
+        self.query_one("#run-head", Static).update(head)
+
+    def _elapsed(self, snap: Snapshot) -> float | None:
+        total = (snap.last.get("summary") or {}).get("total_s")
+        if isinstance(total, (int, float)):
+            return float(total)
+        if snap.started is not None and run_status(snap.status) == "running":
+            return max(0.0, time.time() - snap.started)
+        return None
+
+    def _show_notice(self) -> None:
+        snap = self.snapshot
+        notice = self.query_one("#run-notice", Static)
+        if snap is None:
+            return
+        if snap.corrupt:
+            lines = "line" if snap.corrupt == 1 else "lines"
+            text = (
+                f"⚠ {snap.corrupt} unreadable {lines} skipped in {self.tail.path} "
+                "(half-written or corrupt); the rest is shown"
+            )
+        elif not snap.events:
+            text = f"No events in {self.tail.path} yet; waiting for the run to write some."
+        else:
+            text = ""
+        notice.update(text)
+        notice.set_class(bool(snap.corrupt), "-warning")
+        notice.display = bool(text)
+
+    def _show_error(self) -> None:
+        snap = self.snapshot
+        if snap is None:
+            return
+        error = (snap.last.get("status") or {}).get("error") or (
+            snap.last.get("summary") or {}
+        ).get("error")
+        box = self.query_one("#run-error", Static)
+        box.update(Text(f"✘ {error}") if error else "")
+        box.display = bool(error)
+
+    def _stats(self, snap: Snapshot) -> Text:
+        train = snap.last.get("train") or {}
+        out = Text()
+        rows = [
+            ("samples/s", _first(train, "samples_per_s")),
+            ("tokens/s", _first(train, "tokens_per_s", suffix=True)),
+            ("MFU", _first(train, "mfu", suffix=True)),
+            ("lr", _first(train, "lr")),
+        ]
+        _section(out, "train", [(k, v) for k, v in rows if v is not None or k == rows[0][0]])
+        _section(
+            out,
+            "memory",
+            [("CPU", _mem(train.get("cpu_mem_mb"))), ("GPU", _mem(train.get("gpu_mem_mb")))],
+        )
+        for kind in ("val", "test"):
+            event = snap.last.get(kind) or {}
+            metrics = [(k, v) for k, v in event.items() if k not in ("t", "type", "step", "epoch")]
+            if metrics:
+                _section(out, f"{kind} @ step {event.get('step')}", metrics)
+        best = (snap.last.get("summary") or {}).get("best")
+        if isinstance(best, dict) and best.get("value") is not None:
+            _section(out, "best", [(str(best.get("metric")), best["value"])])
+        return out
+
+    # -- actions ----------------------------------------------------------------------
+    def action_back(self) -> None:
+        self.dismiss()
+
+    def action_toggle_log(self) -> None:
+        log = self.query_one("#run-log", Log)
+        log.display = not log.display
+
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+        self._show_head()
+        if not self.paused:
+            self.poll(force=True)
+
+
+def _first(event: dict, key: str, suffix: bool = False) -> Any:
+    """``event[key]``, or with ``suffix`` the first field named ``*key`` / ``*/key``."""
+    if event.get(key) is not None or not suffix:
+        return event.get(key)
+    for name, value in event.items():
+        if name.endswith(("/" + key, "_" + key)) and value is not None:
+            return value
+    return None
+
+
+def _mem(mb: Any) -> str | None:
+    if not isinstance(mb, (int, float)):
+        return None
+    return f"{mb / 1024:.2f} GiB" if mb >= 1024 else f"{mb:.0f} MiB"
+
+
+def _section(out: Text, title: str, rows: list[tuple[str, Any]]) -> None:
+    if out:
+        out.append("\n")
+    out.append(title + "\n", style="bold")
+    width = max((len(k) for k, _ in rows), default=0)
+    for key, value in rows:
+        shown = "–" if value is None else value if isinstance(value, str) else fmt_value(value)
+        out.append(f" {key.ljust(width)}  ", style="dim")
+        out.append(f"{shown}\n")
+    out.rstrip()

@@ -1,0 +1,209 @@
+"""One sample in full: images, conversation, text fields, scores, flags, provenance,
+its near-duplicate group and its nearest neighbours by embedding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, HorizontalScroll, VerticalScroll
+from textual.widgets import Footer, Header, Static
+
+from tui.config import TuiConfig
+from tui.format import conversation_text, scores, value_text
+from tui.lake_data import quote
+from tui.panels import build_panels
+from tui.screens.base import LakeScreenBase
+from tui.widgets.image import image_widget
+from tui.widgets.tile import Tile
+
+NEIGHBOURS = 8
+TEXT_FIELDS = ("caption", "chosen", "rejected")
+
+
+def header_text(sample: dict[str, Any]) -> Text:
+    """Identity, label, split, flags, tags (review decisions) and scores of a sample."""
+    text = Text()
+    text.append(sample["sample_id"], style="bold")
+    for key in ("dataset", "label", "split"):
+        text.append(f"\n{key:<8}", style="bold")
+        text.append(value_text(sample.get(key)) or "—")
+    text.append(f"\n{'flags':<8}", style="bold")
+    text.append(
+        value_text(sample.get("flags")) or "none", style="yellow" if sample.get("flags") else ""
+    )
+    for tag in sample.get("tags") or []:  # review decisions read as they are stored
+        text.append(f"\n{'tag':<8}", style="bold")
+        text.append(tag)
+    for name, value in scores(sample).items():
+        text.append("\nscore   ", style="bold")
+        text.append(f"{name} {value_text(value)}")
+    return text
+
+
+class SampleScreen(LakeScreenBase):
+    """Everything about one sample; ``n``/``p`` step through the rows it was opened from."""
+
+    SCOPE = "sample"
+
+    def __init__(
+        self,
+        sample_id: str,
+        config: TuiConfig,
+        source: Any = None,
+        index: int | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.sample_id = sample_id
+        self.source, self.index = source, index
+        self.title = "Sample"
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with VerticalScroll(id="sample-body"):
+            with Horizontal(id="sample-top"):
+                yield Static("Loading…", id="sample-header", markup=False)
+                yield HorizontalScroll(id="sample-images")
+            yield Static("", id="sample-conversation", markup=False)
+            yield Static("", id="sample-text", markup=False)
+            yield Static("", id="sample-related-status", markup=False)
+            yield HorizontalScroll(id="sample-duplicates")
+            yield HorizontalScroll(id="sample-neighbours")
+            yield from build_panels(self.config.panels_for(self.SCOPE))
+        yield Footer()
+
+    def lake_ready(self) -> None:
+        self.load_sample(self.sample_id)
+
+    def lake_missing(self, error: str) -> None:
+        self.query_one("#sample-header", Static).update(error)
+
+    # -- reads ----------------------------------------------------------------------------
+    @work(thread=True, name="sample", group="sample", exclusive=True, exit_on_error=False)
+    def load_sample(self, sample_id: str) -> dict[str, Any] | None:
+        """The sample with its media rows."""
+        try:
+            return self.view.sample(sample_id)
+        except KeyError:
+            return None
+
+    @work(thread=True, name="related", group="related", exclusive=True, exit_on_error=False)
+    def load_related(self, sample_id: str) -> tuple[list, list, dict[str, bytes]]:
+        """Duplicate group and nearest neighbours, with the thumbnails of both."""
+        view = self.view
+        group = view.duplicate_group(sample_id)
+        neighbours = view.neighbours(sample_id, k=NEIGHBOURS)
+        ids = [*group, *(s for s, _ in neighbours)]
+        if not ids:
+            return group, neighbours, {}
+        where = f"sample_id IN ({', '.join(map(quote, ids))})"
+        rows = view.rows(where, columns=["sample_id", "media_id", "label"])
+        info = {r["sample_id"]: r for r in rows.page(0, max(1, len(rows)))}
+        thumbs = view.thumbnails([r["media_id"] for r in info.values() if r.get("media_id")])
+        return group, neighbours, {s: (info[s], thumbs.get(info[s].get("media_id"))) for s in info}
+
+    # -- display --------------------------------------------------------------------------
+    def on_sample_done(self, sample: dict[str, Any] | None) -> None:
+        if sample is None:
+            self.query_one("#sample-header", Static).update(
+                f"No sample {self.sample_id} in this lake version."
+            )
+            return
+        self.sub_title = sample["sample_id"][:16]
+        self.query_one("#sample-header", Static).update(header_text(sample))
+        images = self.query_one("#sample-images", HorizontalScroll)
+        images.remove_children()
+        images.mount_all(
+            image_widget(m["thumb"], self.app.graphics, classes="sample-image")
+            for m in sample.get("media") or []
+            if m.get("thumb")
+        )
+        images.display = bool(sample.get("media"))
+        conversation = self.query_one("#sample-conversation", Static)
+        conversation.update(conversation_text(sample.get("messages")))
+        conversation.border_title = "Conversation"
+        conversation.display = bool(sample.get("messages"))
+        texts = Text()
+        for key in TEXT_FIELDS:
+            if sample.get(key):
+                texts.append(f"{key}\n", style="bold")
+                texts.append(f"{sample[key]}\n\n")
+        texts.rstrip()
+        self.query_one("#sample-text", Static).update(texts)
+        for panel in self.query(".panel"):
+            panel.show(sample)
+        self.query_one("#sample-related-status", Static).update(
+            "Looking for duplicates and neighbours…"
+        )
+        self.load_related(self.sample_id)
+
+    def on_related_done(self, result: tuple[list, list, dict]) -> None:
+        group, neighbours, info = result
+        status = []
+        dups = self.query_one("#sample-duplicates", HorizontalScroll)
+        dups.remove_children()
+        if group:
+            dups.border_title = f"Near-duplicate group ({len(group)})"
+            dups.mount_all(
+                self._tile(s, info, "this" if s == self.sample_id else "") for s in group
+            )
+        else:
+            status.append("no near-duplicate group")
+        dups.display = bool(group)
+        near = self.query_one("#sample-neighbours", HorizontalScroll)
+        near.remove_children()
+        if neighbours:
+            near.border_title = "Nearest neighbours (CLIP cosine)"
+            near.mount_all(self._tile(s, info, f"{score:.3f}") for s, score in neighbours)
+        else:
+            status.append("no neighbours (no CLIP embeddings)")
+        near.display = bool(neighbours)
+        self.query_one("#sample-related-status", Static).update(" · ".join(status))
+
+    def on_related_failed(self, message: str) -> None:
+        self.query_one("#sample-related-status", Static).update(f"related samples: {message}")
+
+    def _tile(self, sample_id: str, info: dict, note: str) -> Tile:
+        row, thumb = info.get(sample_id, ({}, None))
+        caption = f"{sample_id[:8]} {note}".strip() + f"\n{row.get('label') or ''}"
+        return Tile(sample_id, caption, thumb)
+
+    @on(Tile.Chosen)
+    def tile_chosen(self, event: Tile.Chosen) -> None:
+        if event.sample_id != self.sample_id:
+            self.app.push_screen(SampleScreen(event.sample_id, self.config))
+
+    # -- actions --------------------------------------------------------------------------
+    def action_step(self, delta: int) -> None:
+        """Show the next / previous row of the list this sample was opened from."""
+        if self.source is None or self.index is None:
+            self.notify("Opened on its own: no list to step through.")
+            return
+        index = self.index + delta
+        if 0 <= index < len(self.source):
+            self.step_to(index)
+
+    @work(thread=True, name="step", group="sample", exclusive=True, exit_on_error=False)
+    def step_to(self, index: int) -> tuple[int, str | None]:
+        """The sample id of row ``index`` of the source."""
+        size = self.config.page_size  # the table's page size: its cached pages serve
+        page = self.source.page(index // size, size)
+        row = page[index % size] if index % size < len(page) else None
+        return index, row and row.get("sample_id")
+
+    def on_step_done(self, result: tuple[int, str | None]) -> None:
+        index, sample_id = result
+        if sample_id:
+            self.index, self.sample_id = index, sample_id
+            self.query_one("#sample-body", VerticalScroll).scroll_home(animate=False)
+            self.load_sample(sample_id)
+
+    def action_open_related(self) -> None:
+        """Focus the first duplicate or neighbour tile (enter opens it)."""
+        tiles = self.query(Tile)
+        if tiles:
+            self.set_focus(tiles.first())
+        else:
+            self.notify("No duplicates or neighbours to open.")
