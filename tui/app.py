@@ -98,23 +98,26 @@ class LakeloomApp(App):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """The palette: every declared screen, every action bound here, Textual's own."""
-        for name, spec in self.config.screens.items():
-            yield SystemCommand(
-                f"Open {spec.title}", spec.description, partial(self.action_open, name)
-            )
-        seen = set()
+        commands = [
+            SystemCommand(f"Open {spec.title}", spec.description, partial(self.action_open, name))
+            for name, spec in self.config.screens.items()
+        ]
         for active in screen.active_bindings.values():
             b = active.binding
-            if b.system or not b.description or (b.id or b.action) in seen:
-                continue
-            seen.add(b.id or b.action)
-            if b.action.startswith("open("):
+            if b.system or not b.description or b.action.startswith("open("):
                 continue  # the screens are listed above
             help_text = f"key {self.get_key_display(b)}" + (f" · {b.id}" if b.id else "")
-            yield SystemCommand(
-                b.description, help_text, partial(self.run_action, b.action, active.node)
+            commands.append(
+                SystemCommand(
+                    b.description, help_text, partial(self.run_action, b.action, active.node)
+                )
             )
-        yield from super().get_system_commands(screen)
+        commands += super().get_system_commands(screen)
+        seen: set[str] = set()
+        for command in commands:  # one entry per title (quit has two keys, Textual a third)
+            if command.title not in seen:
+                seen.add(command.title)
+                yield command
 
     # -- the lake -------------------------------------------------------------------------
     def on_mount(self) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 import pyarrow as pa
 
 from lake.schema import SAMPLES
-from lake.store import Lake
 
 PREFIX = "review"
 DECISIONS = ("confirmed", "dismissed")
@@ -74,6 +73,8 @@ def decide(
     ids = list(dict.fromkeys(sample_ids))
     if not ids:
         return 0
+    from lake.store import Lake  # lancedb: a 3-7 s import, kept off the UI's start path
+
     lake = Lake(lake_uri)
     where = f"sample_id IN ({', '.join(map(_quote, ids))})"
     rows = lake.dataset(SAMPLES).to_table(columns=["sample_id", "tags"], filter=where)

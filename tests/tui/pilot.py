@@ -44,6 +44,19 @@ async def settle(pilot: Pilot, timeout: float = 30.0) -> None:
         quiet = quiet + 1 if not any(w.is_running for w in app.workers) else 0
 
 
+async def type_into(pilot: Pilot, key: str, *text: str) -> None:
+    """Press ``key`` (which focuses an input), wait for the focus, then type ``text``.
+
+    Textual forwards each key to the widget focused when it arrives, before the previous
+    key's action has run: typing at once after the key would reach the old widget.
+    """
+    from textual.widgets import Input
+
+    await pilot.press(key)
+    await until(pilot, lambda: isinstance(pilot.app.focused, Input))
+    await pilot.press(*text)
+
+
 def text(pilot: Pilot, selector: str) -> str:
     """The rendered text of a Static on the current screen."""
     return str(pilot.app.screen.query_one(selector, Static).render())

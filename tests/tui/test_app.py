@@ -11,10 +11,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from rich.console import Console
+from textual.command import CommandPalette
 from textual.widgets import Input
 
 from tests.conftest import REPO
-from tests.tui.pilot import SIZE, make_app, table_lines, text, until
+from tests.tui.pilot import SIZE, make_app, table_lines, text, type_into, until
 from tui.config import TuiConfig
 from tui.screens.help import HelpScreen
 from tui.screens.lake import LakeScreen
@@ -97,13 +98,11 @@ async def test_navigate_datasets_samples_detail_and_back(tui_lake: Path) -> None
 async def test_filter_valid_and_invalid_sql(tui_lake: Path) -> None:
     async with make_app(tui_lake).run_test(size=SIZE) as pilot:
         t = await loaded(pilot, 60)
-        await pilot.press("slash")
-        assert isinstance(pilot.app.focused, Input)
-        await pilot.press(*"label = 'cat'", "enter")
+        await type_into(pilot, "slash", *"label = 'cat'", "enter")
         await until(pilot, lambda: len(t) == 18 and t.current_row is not None)
         assert all(t.row(i)["label"] == "cat" for i in range(18))
         assert "where label = 'cat'" in text(pilot, "#lake-status")
-        await pilot.press("slash", "ctrl+a", "ctrl+k", *"label = = 'x", "enter")
+        await type_into(pilot, "slash", "ctrl+a", "ctrl+k", *"label = = 'x", "enter")
         status = pilot.app.screen.query_one("#lake-status")
         await until(pilot, lambda: status.has_class("error"))
         assert "invalid filter" in text(pilot, "#lake-status")
@@ -147,7 +146,7 @@ async def test_sample_detail_shows_provenance_duplicates_and_neighbours(tui_lake
     async with make_app(tui_lake).run_test(size=SIZE) as pilot:
         t = await loaded(pilot, 60)
         # the second sample of each dataset: in a group of 3, score 0.9
-        await pilot.press("slash", *"check_duplicates_score BETWEEN 0.89 AND 0.91", "enter")
+        await type_into(pilot, "slash", *"check_duplicates_score BETWEEN 0.89 AND 0.91", "enter")
         await until(pilot, lambda: len(t) == 2 and t.current_row is not None)
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(pilot.app.screen, SampleScreen))
@@ -191,7 +190,7 @@ async def test_text_search_through_clip(tui_lake: Path) -> None:
         t = await loaded(pilot, 60)
         search = pilot.app.screen.query_one("#search", Input)
         await until(pilot, lambda: not search.disabled)
-        await pilot.press("t", *"a red cat", "enter")
+        await type_into(pilot, "t", *"a red cat", "enter")
         await until(pilot, lambda: "nearest to 'a red cat'" in text(pilot, "#lake-status"), 90)
         await until(pilot, lambda: t.current_row is not None)
         assert 0 < len(t) <= 5 and "score" in table_lines(pilot)[0]
@@ -309,6 +308,7 @@ async def test_palette_reaches_every_screen_and_action(tui_lake: Path) -> None:
         for title in ("Open Lake", "Open Review", "Open Runs", "Sort", "Where", "Help", "Quit"):
             assert title in titles
         await pilot.press("ctrl+p")
+        await until(pilot, lambda: isinstance(pilot.app.screen, CommandPalette))
         await pilot.press(*"Open Runs")
         await pilot.pause(0.5)
         await pilot.press("enter")

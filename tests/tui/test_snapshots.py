@@ -80,13 +80,18 @@ def app():
 
 
 def keys(*groups: str | tuple[str, ...]):
-    """A run_before: settle, then press each group of keys and settle again."""
+    """A run_before: settle, then press each group of keys and settle again (after the
+    first key of a group too: it may move the focus the others go to)."""
 
     async def run_before(pilot) -> None:
         await settle(pilot)
         for group in groups:
-            await pilot.press(*((group,) if isinstance(group, str) else group))
+            first, *rest = (group,) if isinstance(group, str) else group
+            await pilot.press(first)
             await settle(pilot)
+            if rest:
+                await pilot.press(*rest)
+                await settle(pilot)
 
     return run_before
 
