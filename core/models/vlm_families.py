@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -35,7 +35,6 @@ class FamilySpec:
     image_token: str
     never_supervised: tuple[str, ...]  # vision special tokens, always label -100
     mrope: bool = False  # Qwen2-VL style 3-D rotary positions (packing passes 4 x B x L)
-    extra: dict[str, str] = field(default_factory=dict)
 
     def role_of(self, param_name: str) -> str | None:
         """The role of a parameter (PEFT prefixes stripped), or None (e.g. ``lm_head``)."""

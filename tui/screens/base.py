@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from textual import work
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
@@ -12,6 +13,8 @@ from tui.config import TuiConfig
 
 if TYPE_CHECKING:
     from tui.lake_data import LakeView
+
+PREVIEW_DELAY_S = 0.15  # holding an arrow key must not read every sample
 
 
 class LakeScreenBase(Screen):
@@ -29,7 +32,31 @@ class LakeScreenBase(Screen):
     def __init__(self, config: TuiConfig, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.config = config
+        self._preview_timer: Any = None
         install(self, config.bindings.get(self.SCOPE, []))
+
+    # -- preview of the sample under the cursor (debounced, read in a worker) ------------
+    def schedule_preview(self, sample_id: str | None) -> None:
+        """Show ``sample_id`` in the panels once the cursor rests on it."""
+        if self._preview_timer is not None:
+            self._preview_timer.stop()
+        self._preview_timer = self.set_timer(PREVIEW_DELAY_S, lambda: self.load_preview(sample_id))
+
+    @work(thread=True, name="preview", group="preview", exclusive=True, exit_on_error=False)
+    def load_preview(self, sample_id: str) -> dict[str, Any] | None:
+        """The full sample under the cursor."""
+        try:
+            return self.view.sample(sample_id)  # type: ignore[union-attr]
+        except KeyError:
+            return None
+
+    def on_preview_done(self, sample: dict[str, Any] | None) -> None:
+        self.show_sample(sample)
+
+    def show_sample(self, sample: dict[str, Any] | None) -> None:
+        """Fill the panels with ``sample``."""
+        for panel in self.query(".panel"):
+            panel.show(sample)  # type: ignore[attr-defined]
 
     @property
     def view(self) -> LakeView | None:

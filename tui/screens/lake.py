@@ -21,7 +21,6 @@ from tui.widgets.sample_table import SampleTable, StaticRows
 # columns that hold lists or structs: not sortable
 UNSORTABLE = {"flags", "tags", "media_ids", "messages", "provenance"}
 SCORE_COLUMN = ColumnSpec("score", "score", 7, "{:.3f}", "right")
-PREVIEW_DELAY_S = 0.15  # holding an arrow key must not read every sample
 
 
 @dataclass
@@ -80,7 +79,6 @@ class LakeScreen(LakeScreenBase):
         self.query_state = Query()
         self.has_search = False
         self.columns: list[str] = []
-        self._preview_timer: Any = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -182,30 +180,11 @@ class LakeScreen(LakeScreenBase):
     # -- preview --------------------------------------------------------------------------
     @on(SampleTable.Highlighted, "#samples")
     def highlighted(self, event: SampleTable.Highlighted) -> None:
-        if self._preview_timer is not None:
-            self._preview_timer.stop()
-        sample_id = event.row.get("sample_id")
-        self._preview_timer = self.set_timer(PREVIEW_DELAY_S, lambda: self.load_preview(sample_id))
+        self.schedule_preview(event.row.get("sample_id"))
 
     @on(SampleTable.Selected, "#samples")
     def selected(self, event: SampleTable.Selected) -> None:
         self.action_open_sample()
-
-    @work(thread=True, name="preview", group="preview", exclusive=True, exit_on_error=False)
-    def load_preview(self, sample_id: str) -> dict[str, Any] | None:
-        """The full sample under the cursor."""
-        try:
-            return self.view.sample(sample_id)
-        except KeyError:
-            return None
-
-    def on_preview_done(self, sample: dict[str, Any] | None) -> None:
-        self.show_sample(sample)
-
-    def show_sample(self, sample: dict[str, Any] | None) -> None:
-        """Fill the panels with ``sample``."""
-        for panel in self.query(".panel"):
-            panel.show(sample)
 
     # -- inputs ---------------------------------------------------------------------------
     @on(Input.Submitted, "#where")

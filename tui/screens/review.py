@@ -19,7 +19,7 @@ from tui.config import ColumnSpec, TuiConfig
 from tui.lake_data import quote
 from tui.panels import build_panels
 from tui.screens.base import LakeScreenBase
-from tui.screens.lake import PREVIEW_DELAY_S, row_columns
+from tui.screens.lake import row_columns
 from tui.widgets.sample_table import SampleTable
 
 REVIEW_COLUMN = ColumnSpec("review", "review", 16)
@@ -56,7 +56,6 @@ class ReviewScreen(LakeScreenBase):
         super().__init__(config, **kwargs)
         self.check: str | None = None
         self._cursor = 0
-        self._preview_timer: Any = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -148,22 +147,7 @@ class ReviewScreen(LakeScreenBase):
     @on(SampleTable.Highlighted, "#review-table")
     def highlighted(self, event: SampleTable.Highlighted) -> None:
         self._cursor = event.index
-        if self._preview_timer is not None:
-            self._preview_timer.stop()
-        sample_id = event.row.get("sample_id")
-        self._preview_timer = self.set_timer(PREVIEW_DELAY_S, lambda: self.load_preview(sample_id))
-
-    @work(thread=True, name="preview", group="preview", exclusive=True, exit_on_error=False)
-    def load_preview(self, sample_id: str) -> dict[str, Any] | None:
-        """The full sample under the cursor."""
-        try:
-            return self.view.sample(sample_id)
-        except KeyError:
-            return None
-
-    def on_preview_done(self, sample: dict[str, Any] | None) -> None:
-        for panel in self.query(".panel"):
-            panel.show(sample)
+        self.schedule_preview(event.row.get("sample_id"))
 
     # -- decisions ------------------------------------------------------------------------
     def action_decide(self, decision: str) -> None:

@@ -71,29 +71,23 @@ class SampleTable(ScrollView, can_focus=True):
 
     cursor: reactive[int] = reactive(0, always_update=True, init=False)
 
-    class Highlighted(Message):
+    class _RowMessage(Message):
+        """A message about one row of the table."""
+
+        def __init__(self, table: SampleTable, index: int, row: dict[str, Any]) -> None:
+            super().__init__()
+            self.table, self.index, self.row = table, index, row
+
+        @property
+        def control(self) -> SampleTable:
+            """The table (for ``@on(..., selector)``)."""
+            return self.table
+
+    class Highlighted(_RowMessage):
         """The cursor is on a row whose page has arrived."""
 
-        def __init__(self, table: SampleTable, index: int, row: dict[str, Any]) -> None:
-            super().__init__()
-            self.table, self.index, self.row = table, index, row
-
-        @property
-        def control(self) -> SampleTable:
-            """The table (for ``@on(..., selector)``)."""
-            return self.table
-
-    class Selected(Message):
-        """A row was chosen (clicked twice)."""
-
-        def __init__(self, table: SampleTable, index: int, row: dict[str, Any]) -> None:
-            super().__init__()
-            self.table, self.index, self.row = table, index, row
-
-        @property
-        def control(self) -> SampleTable:
-            """The table (for ``@on(..., selector)``)."""
-            return self.table
+    class Selected(_RowMessage):
+        """A row was chosen (enter, or clicked twice)."""
 
     class PageFailed(Message):
         """A page could not be read; ``error`` is meant for people."""
