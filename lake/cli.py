@@ -27,6 +27,10 @@ JOBS: dict[str, tuple[str, str]] = {
         "lake.enrich",
         "add columns with enricher plugins: enrich=clip [enrich.model.run=ID]",
     ),
+    "whisper-convert": (
+        "plugins.whisper_models",
+        "convert a fine-tuned Whisper for `enrich=transcribe`: src=DIR out=DIR [quantization=int8]",
+    ),
     "export": ("lake.export", "export a split for training: export=NAME split=train out=DIR"),
     "compact": ("lake.compact", "compact fragments, drop old versions: [compact.retention_days=7]"),
     "query": ("lake.query", 'search the lake by CLIP similarity: text="..." | image=PATH [k=10]'),

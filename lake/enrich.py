@@ -68,6 +68,7 @@ def enrich(
     """Run one enricher over its table; return the counts."""
     ctx = ctx or RunContext("enrich", provenance.new_run_id("enrich"), "", "")
     table, key = enricher.table, KEYS[enricher.table]
+    enricher.prepare(lake)
     lake.add_columns(table, enricher.output_fields())
     owner, oc = enricher.owner(), enricher.owner_column()
     scope = enricher.where()

@@ -41,11 +41,15 @@ class Source(Plugin):
 
     ``path`` is a folder or a file; the dataset root (against which image paths are
     resolved) is the folder itself, or the file's folder. Subclasses implement
-    :meth:`records` and never read media bytes themselves: the ingest runner does that
-    in worker processes.
+    :meth:`records`. Image sources never read media bytes themselves: the ingest runner
+    does that in worker processes. Sources of time-based media (video, audio) analyse
+    their files in their own process pool and attach the results (``MediaMeta``).
     """
 
     kind: ClassVar[str] = "source"
+    # False for sources that analyse their media themselves and hand over MediaMeta
+    # (video, audio): the runner then starts no image worker processes.
+    decodes_images: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -114,6 +118,9 @@ class Enricher(Plugin):
     def where(self) -> str | None:
         """SQL filter selecting the rows this enricher applies to (None: all)."""
         return None
+
+    def prepare(self, lake: Any) -> None:
+        """Called by the runner before planning, with the lake (e.g. to read another table)."""
 
     def setup(self) -> None:
         """Load heavy resources (models) once, before the first batch."""
