@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: venv demo test check format bench pipeline clean-demo
+.PHONY: venv sysdeps demo test check format bench pipeline clean-demo
 
 venv: $(STAMP)
 
@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml
 DEMO_RUN ?= demo-clip-tiny
 DEMO_VLM_RUN ?= demo-llava-tiny
 
-# The main job end to end: demo data -> lake -> tiny CLIP -> embeddings -> checks -> figures
-# -> tiny LLaVA fine-tuned on the demo's conversations.
+# The main job end to end: demo data (shapes images, synthetic videos) -> lake -> tiny CLIP
+# -> embeddings -> checks -> figures -> tiny LLaVA fine-tuned on the demo's conversations
+# -> speech transcripts of the videos' audio -> the tiny LLaVA captions the video frames.
 # Each step is idempotent: a finished training run is reused, a killed one resumes.
 demo: $(STAMP)
 	$(BIN)/lakeloom demo
@@ -40,8 +41,18 @@ demo: $(STAMP)
 	       $$(test -f runs/$(DEMO_VLM_RUN)/checkpoints/last.ckpt && echo resume=true)
 	$(BIN)/python -c "import json; s = json.load(open('runs/$(DEMO_VLM_RUN)/summary.json')); \
 	  print('llava_tiny: train loss %.3f -> %.3f; val' % tuple(s['train_loss']), s['last_val'])"
+	$(BIN)/lakeloom enrich enrich=transcribe
+	$(BIN)/lakeloom enrich enrich=caption enrich.model.run=$(DEMO_VLM_RUN) "enrich.where=\"dataset = 'clips'\""
+	$(BIN)/lakeloom stats
 
-test: $(STAMP)
+# System tools the tests use: espeak-ng synthesises the speech the transcription tests hear.
+sysdeps:
+	@command -v espeak-ng >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
+	  else echo "make test needs espeak-ng (apt-get install espeak-ng)" >&2; exit 1; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; }
+
+test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q
 
 check: $(STAMP)

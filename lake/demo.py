@@ -1,4 +1,4 @@
-"""``lakeloom demo``: generate the shapes demo if absent, ingest it, print the lake stats.
+"""``lakeloom demo``: generate the demo data if absent, ingest it, print the lake stats.
 
 Later stages (enrich, check, split, train) extend this job as they land.
 """
@@ -18,8 +18,14 @@ from lake.store import Lake
 @hydra_job("demo")
 def main(cfg: Any) -> int:
     """Run the demo pipeline."""
+    from lake.synth_video import demo_videos
+
     summary = generate_from_config(cfg.demo)
     print(f"demo data: {summary['images']} images in {summary['path']}")
+    videos = demo_videos(
+        cfg.videos.out, int(cfg.videos.n), int(cfg.videos.seed), narration=cfg.videos.narration
+    )
+    print(f"demo videos: {len(videos['videos'])} in {cfg.videos.out}")
     lake = Lake(cfg.lake.uri)
     settings = settings_from_config(cfg)
     for dataset, source_cfg in cfg.datasets.items():

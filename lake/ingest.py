@@ -30,7 +30,7 @@ from lake.errors import ConfigError
 from lake.images import ImageInfo, ImageRejected, ImageSettings, process_image
 from lake.job import RunContext, hydra_job
 from lake.plugin import Source
-from lake.records import Reject, SourceRecord
+from lake.records import MediaMeta, MediaRef, Reject, SourceRecord
 from lake.schema import MEDIA, MEDIA_SCHEMA, SAMPLES, SAMPLES_SCHEMA
 from lake.store import Lake
 
@@ -59,6 +59,7 @@ class IngestReport:
     present_samples: int = 0
     new_media: int = 0
     images_processed: int = 0
+    source_analysed: int = 0  # new media the source analysed itself (frames, audio, videos)
     rejected: int = 0
     seconds: float = 0.0
     rejects_path: str | None = None
@@ -82,6 +83,7 @@ class IngestReport:
             "present_samples": self.present_samples,
             "new_media": self.new_media,
             "images_processed": self.images_processed,
+            "source_analysed": self.source_analysed,
             "rejected": self.rejected,
             "seconds": round(self.seconds, 3),
             "images_per_s": round(self.images_per_s, 1),
@@ -89,11 +91,15 @@ class IngestReport:
 
     def summary(self) -> str:
         """Human-readable closing lines."""
+        work = (
+            f"{self.source_analysed} media analysed by the source"
+            if self.source_analysed and not self.images_processed
+            else f"{self.images_processed} images ({self.images_per_s:.0f} images/s)"
+        )
         lines = [
             f"ingest {self.dataset}: {self.records} records -> {self.new_samples} new samples, "
             f"{self.present_samples} already present, {self.rejected} rejected; "
-            f"{self.new_media} new media; {self.images_processed} images in {self.seconds:.1f} s "
-            f"({self.images_per_s:.0f} images/s)"
+            f"{self.new_media} new media; {work} in {self.seconds:.1f} s"
         ]
         if self.rejected:
             lines.append(f"rejects report: {self.rejects_path}")
@@ -128,12 +134,13 @@ class _Prepared:
     record: SourceRecord | None
     media_ids: list[str]
     reject: Reject | None = None
+    attached_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
 class _Staged:
     items: list[_Prepared]
-    new_media: dict[str, tuple[bytes, str, str]]  # media_id -> (bytes, source_uri, kind)
+    new_media: dict[str, tuple[bytes | None, MediaRef]]  # media_id -> (bytes, reference)
 
 
 class _Feeder:
@@ -159,29 +166,37 @@ class _Feeder:
 
     def _stage(self, idx: int, chunk: list[SourceRecord | Reject]) -> tuple[int, list]:
         items: list[_Prepared] = []
-        new_media: dict[str, tuple[bytes, str, str]] = {}
+        new_media: dict[str, tuple[bytes | None, MediaRef]] = {}
         for rec in chunk:
             if isinstance(rec, Reject):
                 items.append(_Prepared(None, [], rec))
                 continue
             mids: list[str] = []
             reject = None
-            for ref in rec.media:
+            for ref in (*rec.media, *rec.attached):
                 try:
-                    data = ref.data if ref.data is not None else _read(ref.path)
+                    data = (
+                        None
+                        if ref.media_id
+                        else ref.data
+                        if ref.data is not None
+                        else _read(ref.path)
+                    )
                 except OSError as exc:
                     reject = Reject(
                         rec.location, f"cannot read {ref.source_uri}: {exc.strerror or exc}"
                     )
                     break
-                mid = ids.media_id(data)
+                mid = ref.media_id or ids.media_id(data)  # type: ignore[arg-type]
                 mids.append(mid)
                 if mid not in self.present_media and mid not in self.seen:
                     self.seen.add(mid)
-                    new_media[mid] = (data, ref.source_uri, ref.kind)
-            items.append(_Prepared(rec, mids, reject))
+                    new_media[mid] = (data, ref)
+            items.append(_Prepared(rec, mids[: len(rec.media)], reject, mids[len(rec.media) :]))
         self.staged[idx] = _Staged(items, new_media)
-        return idx, [(mid, v[0]) for mid, v in new_media.items()]
+        # Media analysed by their source need no image worker.
+        work = [(m, d) for m, (d, ref) in new_media.items() if ref.meta is None and d is not None]
+        return idx, work
 
 
 def _read(path: Path | str | None) -> bytes:
@@ -198,6 +213,9 @@ class _Writer:
     into the distinct values and the column is built with one ``take``.
     """
 
+    # Whole videos make a few samples carry hundreds of MB: commit by size as well.
+    max_bytes = 512 * 2**20
+
     def __init__(self, lake: Lake, write_batch: int):
         self.lake = lake
         self.write_batch = write_batch
@@ -207,6 +225,7 @@ class _Writer:
         self.prov_index: dict[int, int] = {}
         self.new_media = 0
         self.new_samples = 0
+        self.buffered_bytes = 0
 
     def prov(self, value: dict[str, Any]) -> int:
         """Index of a provenance value (identical objects share one index)."""
@@ -221,9 +240,13 @@ class _Writer:
         for row in media_rows:
             for k, v in row.items():
                 self.media[k].append(v)
+            self.buffered_bytes += len(row["bytes"] or b"") + len(row["blob"] or b"")
         for k, v in sample_row.items():
             self.samples[k].append(v)
-        if len(self.samples["sample_id"]) >= self.write_batch:
+        if (
+            len(self.samples["sample_id"]) >= self.write_batch
+            or self.buffered_bytes >= self.max_bytes
+        ):
             self.flush()
 
     def _table(self, cols: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
@@ -249,6 +272,7 @@ class _Writer:
         self.media = {k: [] for k in self.media}
         self.samples = {k: [] for k in self.samples}
         self.provs, self.prov_index = [], {}
+        self.buffered_bytes = 0
 
 
 def ingest(
@@ -272,16 +296,17 @@ def ingest(
     lake.record_run(ctx.record("running", inputs={"source": source.name, **source.params()}))
 
     present_media = lake.keys(MEDIA)
+    blobs_ok = not lake.exists(MEDIA) or lake.has_blobs(MEDIA)
     present_samples = lake.keys(SAMPLES)
     total = source.count()
-    workers = _worker_count(settings, total)
+    workers = _worker_count(settings, total) if source.decodes_images else 0
     feeder = _Feeder(source, present_media, settings.chunk_size)
     writer = _Writer(lake, settings.write_batch)
     rejects = _RejectsFile(rejects_path)
     report.rejects_path = str(rejects_path) if rejects_path else None
     status: dict[str, ImageInfo | str] = {}
     written_media: set[str] = set()
-    orphans: dict[str, tuple[bytes, str, str]] = {}
+    orphans: dict[str, tuple[bytes | None, MediaRef]] = {}
     media_steps = provenance.steps(
         ("read", {}),
         (
@@ -304,6 +329,9 @@ def ingest(
         staged = feeder.staged.pop(idx)
         for mid, res in results:
             status[mid] = res
+        for mid, (_, ref) in staged.new_media.items():
+            if ref.meta is not None:
+                status[mid] = ref.meta
         report.images_processed += sum(1 for _, r in results if isinstance(r, ImageInfo))
         for item in staged.items:
             report.records += 1
@@ -322,19 +350,31 @@ def ingest(
                 continue
             seen_samples.add(sid)
             media_rows = []
-            for mid in item.media_ids:
+            for mid in (*item.media_ids, *item.attached_ids):
                 if mid in present_media or mid in written_media:
                     continue
                 written_media.add(mid)
-                data, uri, kind = staged.new_media.get(mid) or orphans.pop(mid)
+                data, ref = staged.new_media.get(mid) or orphans.pop(mid)
                 info = status[mid]
-                assert isinstance(info, ImageInfo)
-                media_rows.append(_media_row(mid, data, uri, kind, info, writer.prov(media_prov)))
+                if isinstance(info, MediaMeta):
+                    if info.store == "blob" and not blobs_ok:
+                        raise ConfigError(
+                            f"lake {lake.uri} was created before videos could be stored in it: "
+                            "ingest with source.store_video=false (reference the files) or "
+                            "into a new lake"
+                        )
+                    report.source_analysed += 1
+                    prov = writer.prov(_analysed_prov(info, source, ctx))
+                    media_rows.append(_analysed_row(mid, data, ref, info, prov))
+                else:
+                    assert isinstance(info, ImageInfo)
+                    prov = writer.prov(media_prov)
+                    media_rows.append(_media_row(mid, data, ref.source_uri, ref.kind, info, prov))
             prov = writer.prov(_sample_prov(rec, source, ctx))
             writer.add(media_rows, _sample_row(sid, dataset, item, rec, prov))
         # Valid media whose records were all rejected may still be used by a later record.
         for mid, staged_media in staged.new_media.items():
-            if mid not in written_media and isinstance(status.get(mid), ImageInfo):
+            if mid not in written_media and isinstance(status.get(mid), ImageInfo | MediaMeta):
                 orphans[mid] = staged_media
         if bar is not None:
             bar.update(len(staged.items))
@@ -418,6 +458,7 @@ def _media_row(
         "kind": kind,
         "mime": info.mime,
         "bytes": data,
+        "blob": None,
         "width": info.width,
         "height": info.height,
         "duration_s": None,
@@ -431,6 +472,37 @@ def _media_row(
         "source_uri": uri,
         "provenance": prov,
     }
+
+
+def _analysed_row(
+    mid: str, data: bytes | None, ref: MediaRef, meta: MediaMeta, prov: int
+) -> dict[str, Any]:
+    """The row of a media object its source analysed (a frame, an audio track, a video)."""
+    blob = _read(ref.path) if meta.store == "blob" else None
+    return {
+        "media_id": mid,
+        "kind": ref.kind,
+        "mime": meta.mime,
+        "bytes": data if meta.store == "bytes" else None,
+        "blob": blob,
+        "width": meta.width,
+        "height": meta.height,
+        "duration_s": meta.duration_s,
+        "thumb": meta.thumb,
+        "phash": meta.phash,
+        "parent_id": meta.parent_id,
+        "t_start": meta.t_start,
+        "t_end": meta.t_end,
+        "scene": meta.scene,
+        "transcript": None,
+        "source_uri": ref.source_uri,
+        "provenance": prov,
+    }
+
+
+def _analysed_prov(meta: MediaMeta, source: Source, ctx: RunContext) -> dict[str, Any]:
+    steps = provenance.steps(*meta.steps)
+    return provenance.record(source.name, source.version, ctx.config_hash, ctx.run_id, steps)
 
 
 _PROV_CACHE: dict[int, tuple[object, dict[str, Any]]] = {}
@@ -465,6 +537,9 @@ def _sample_row(
         "tags": rec.tags,
         "flags": [],
         "clip_score": None,
+        "t_start": rec.t_start,
+        "t_end": rec.t_end,
+        "transcript": None,
         "source_uri": rec.location.uri(),
         "provenance": prov,
     }

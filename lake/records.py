@@ -13,18 +13,45 @@ class Location:
     file: str
     line: int | None = None
     row: int | None = None
+    fragment: str | None = None  # e.g. ``t=12.480`` (a time in a video), ``scene=3``
 
     def uri(self) -> str:
-        """``file#L12`` for a line, ``file#12`` for a row, ``file`` alone otherwise."""
+        """``file#L12`` for a line, ``file#12`` for a row, ``file#t=1.5`` for a fragment."""
         if self.line is not None:
             return f"{self.file}#L{self.line}"
         if self.row is not None:
             return f"{self.file}#{self.row}"
+        if self.fragment is not None:
+            return f"{self.file}#{self.fragment}"
         return self.file
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready form for the rejects report."""
         return {"source_file": self.file, "line": self.line, "row": self.row}
+
+
+@dataclass(frozen=True)
+class MediaMeta:
+    """Fields of a media object its source analysed itself (video frames, audio, videos).
+
+    The runner stores these as given instead of decoding the bytes in its image workers.
+    ``store`` says where the bytes go: ``bytes`` (the ``bytes`` column), ``blob`` (the
+    blob column, for whole videos, read from ``MediaRef.path`` when the row is written) or
+    ``reference`` (not stored: ``source_uri`` + the sha256 key point at the file).
+    """
+
+    mime: str
+    width: int | None = None
+    height: int | None = None
+    duration_s: float | None = None
+    phash: int | None = None
+    thumb: bytes | None = None
+    parent_id: str | None = None
+    t_start: float | None = None
+    t_end: float | None = None
+    scene: int | None = None
+    steps: tuple[tuple[str, dict[str, object]], ...] = ()
+    store: str = "bytes"
 
 
 @dataclass(frozen=True)
@@ -40,6 +67,10 @@ class MediaRef:
     path: Path | str | None = None
     data: bytes | None = None
     kind: str = "image"
+    meta: MediaMeta | None = None
+    # Key computed by the source (sha256 of the file, streamed) when the runner should
+    # not read the bytes up front: blob-stored or referenced videos.
+    media_id: str | None = None
 
 
 @dataclass
@@ -58,6 +89,11 @@ class SourceRecord:
     # file path, so byte-identical copies stay separate samples for the duplicate check).
     key: str | None = None
     steps: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+    # Media written with the record but not part of its media_ids (a frame's video and
+    # audio track); written once, when the first record that carries them lands.
+    attached: list[MediaRef] = field(default_factory=list)
+    t_start: float | None = None
+    t_end: float | None = None
 
 
 @dataclass(frozen=True)

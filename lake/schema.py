@@ -20,6 +20,9 @@ RUN_KEY = "run_id"
 
 MEDIA_KINDS = ("image", "frame", "audio", "video")
 
+# Sample tags naming what a sample is made of, for samples that are not plain images.
+KIND_TAGS = {"frame": "kind:frame", "clip": "kind:clip", "audio": "kind:audio"}
+
 STEP = pa.struct([("name", pa.string()), ("params", pa.string())])
 
 PROVENANCE = pa.struct(
@@ -42,6 +45,8 @@ MEDIA_SCHEMA = pa.schema(
         pa.field("kind", pa.string(), nullable=False),
         pa.field("mime", pa.string()),
         pa.field("bytes", pa.large_binary()),
+        # Whole videos: Lance blob encoding, read lazily (`Lake.open_blob`), never scanned.
+        pa.field("blob", pa.large_binary(), metadata={"lance-encoding:blob": "true"}),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
         pa.field("duration_s", pa.float64()),
@@ -71,6 +76,9 @@ SAMPLES_SCHEMA = pa.schema(
         pa.field("tags", pa.list_(pa.string())),
         pa.field("flags", pa.list_(pa.string())),
         pa.field("clip_score", pa.float32()),
+        pa.field("t_start", pa.float64()),
+        pa.field("t_end", pa.float64()),
+        pa.field("transcript", pa.string()),
         pa.field("source_uri", pa.string()),
         pa.field("provenance", PROVENANCE),
     ]
@@ -101,7 +109,8 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "media_id": "sha256 of the original bytes (key)",
         "kind": "image | frame | audio | video",
         "mime": "MIME type of the original bytes",
-        "bytes": "original encoded bytes, never re-encoded",
+        "bytes": "encoded bytes: images as found (never re-encoded), frames and audio as extracted",
+        "blob": "a stored video's original bytes (blob-encoded, read lazily)",
         "width": "pixels, after decoding (before EXIF orientation)",
         "height": "pixels, after decoding (before EXIF orientation)",
         "duration_s": "audio/video duration",
@@ -128,6 +137,9 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "tags": "free tags (review decisions, user marks)",
         "flags": "names of the checks that flagged the sample",
         "clip_score": "image-text cosine similarity",
+        "t_start": "clips: start of the scene in the parent video, seconds",
+        "t_end": "clips: end of the scene in the parent video, seconds",
+        "transcript": "clips: speech in the clip's time range (`transcribe` enricher)",
         "source_uri": "source file and record (`file#line` or `file#row`)",
         "provenance": "who wrote the row and what was done to it (see below)",
     },

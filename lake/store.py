@@ -49,10 +49,38 @@ class Lake:
         return tbl
 
     def ensure(self, name: str) -> Any:
-        """Open a table, creating it empty with its schema when missing."""
-        if self.exists(name):
-            return self.db.open_table(name)
-        return self.db.create_table(name, schema=SCHEMAS[name], exist_ok=True)
+        """Open a table, creating it empty with its schema when missing.
+
+        A table written by an older lakeloom gets the columns added since (all nullable),
+        except blob columns, which Lance can only create with the table.
+        """
+        if not self.exists(name):
+            return self.db.create_table(name, schema=SCHEMAS[name], exist_ok=True)
+        tbl = self.db.open_table(name)
+        have = set(tbl.schema.names)
+        missing = [f for f in SCHEMAS[name] if f.name not in have and not _is_blob(f)]
+        if missing:
+            tbl.add_columns(pa.schema(missing))
+        return tbl
+
+    def has_blobs(self, name: str) -> bool:
+        """Whether table ``name`` exists with a blob column (lakes made before videos lack it)."""
+        return self.exists(name) and any(_is_blob(f) for f in self.table(name).schema)
+
+    def open_blob(self, name: str, key: str, column: str = "blob") -> Any:
+        """A read-only file object over one row's blob (None when the row has none).
+
+        Only the bytes that are read are fetched, so a video can be probed or decoded
+        from the lake without loading it whole.
+        """
+        ds = self.dataset(name)
+        quoted = key.replace("'", "''")
+        rows = ds.to_table(
+            columns=[KEYS[name]], with_row_id=True, filter=f"{KEYS[name]} = '{quoted}'"
+        )
+        if rows.num_rows == 0:
+            raise KeyError(f"{name}: no row with {KEYS[name]} = {key!r}")
+        return ds.take_blobs(column, ids=[rows.column("_rowid")[0].as_py()])[0]
 
     def dataset(self, name: str, version: int | str | None = None) -> Any:
         """The pylance dataset behind a table (for scans with projection and filters)."""
@@ -198,12 +226,33 @@ class Lake:
         return sorted(rows, key=lambda r: r["started_at"])
 
 
+BLOB_FIELD_METADATA = {b"lance-encoding:blob": b"true"}
+
+
+def _is_blob(field: pa.Field) -> bool:
+    # Once lance registers its extension types the table reports an ExtensionType;
+    # before that, the same column comes back as a struct carrying the extension name.
+    if isinstance(field.type, pa.ExtensionType):
+        return field.type.extension_name.startswith("lance.blob")
+    meta = field.metadata or {}
+    return meta.get(b"lance-encoding:blob") == b"true" or meta.get(
+        b"ARROW:extension:name", b""
+    ).startswith(b"lance.blob")
+
+
 def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Reorder and cast ``rows`` to ``schema``; columns missing from rows become nulls."""
-    cols = []
+    """Reorder and cast ``rows`` to ``schema``; columns missing from rows become nulls.
+
+    Blob columns are written as plain large binaries with the blob encoding marker (the
+    table reports them as Lance's blob extension type, which is not a cast target).
+    """
+    cols, fields = [], []
     for field in schema:
+        if _is_blob(field):
+            field = pa.field(field.name, pa.large_binary(), metadata=BLOB_FIELD_METADATA)
         if field.name in rows.column_names:
             cols.append(rows.column(field.name).cast(field.type))
         else:
             cols.append(pa.nulls(rows.num_rows, field.type))
-    return pa.Table.from_arrays(cols, schema=schema)
+        fields.append(field)
+    return pa.Table.from_arrays(cols, schema=pa.schema(fields))

@@ -69,6 +69,15 @@ def test_plugins_lists_every_builtin_source() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     rows = [line.split() for line in out.stdout.splitlines()[1:]]
     names = {r[1] for r in rows if r and r[0] == "source"}
-    assert names == {"image_folder", "llava", "messages", "sharegpt", "clip_pairs"}
+    assert names == {
+        "image_folder",
+        "llava",
+        "messages",
+        "sharegpt",
+        "clip_pairs",
+        "video",
+        "audio",
+    }
     kinds = {r[1]: r[0] for r in rows if r}
     assert kinds["clip_image"] == "enricher" and kinds["duplicates"] == "check"
+    assert {kinds[n] for n in ("transcribe", "clip_transcript", "caption")} == {"enricher"}

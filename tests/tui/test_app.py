@@ -189,7 +189,7 @@ async def test_text_search_through_clip(tui_lake: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         t = await loaded(pilot, 60)
         search = pilot.app.screen.query_one("#search", Input)
-        await until(pilot, lambda: not search.disabled)
+        await until(pilot, lambda: not search.disabled, 60)  # the CLIP stack loads first
         await type_into(pilot, "t", *"a red cat", "enter")
         await until(pilot, lambda: "nearest to 'a red cat'" in text(pilot, "#lake-status"), 90)
         await until(pilot, lambda: t.current_row is not None)

@@ -1,0 +1,243 @@
+"""Source plugin: a folder of videos -> video, frame and audio media; frame and clip samples.
+
+Each video is analysed once (``lake.video.analyze_video``: PyAV probe, PySceneDetect scene
+cuts, motion-aware frame sampling, phash dedupe, JPEG frames, 16 kHz mono audio) in a
+pool of worker processes. The video itself becomes a ``video`` media row (blob-stored, or
+referenced by ``source_uri`` + sha256), its audio track an ``audio`` row and every kept
+frame a ``frame`` row, each with ``parent_id`` = the video's key, its time and scene, and
+the processing steps with their parameters in provenance. Samples: one per kept frame
+(tag ``kind:frame``) and one per scene (tag ``kind:clip``, its frames in order, the scene's
+time range in ``t_start`` / ``t_end``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from lake.parallel import ordered_map, worker_count
+from lake.plugin import Source
+from lake.records import Location, MediaMeta, MediaRef, Reject, SourceRecord
+from lake.schema import KIND_TAGS
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+
+
+def list_files(root: Path, extensions: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(path relative to root, full path) of every non-hidden file with one of the extensions.
+
+    A single file given as ``root`` lists itself.
+    """
+    if root.is_file():
+        return [(root.name, str(root))]
+    out: list[tuple[str, str]] = []
+    base = str(root.resolve())
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fn in sorted(filenames):
+            if not fn.startswith(".") and os.path.splitext(fn)[1].lower() in extensions:
+                full = os.path.join(dirpath, fn)
+                out.append((os.path.relpath(full, base).replace(os.sep, "/"), full))
+    return out
+
+
+def file_sha256(path: str, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, streamed (videos are not read into memory to be keyed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _analyse(task: tuple[str, str, dict[str, Any]]) -> tuple[str, str, Any, str | None]:
+    """Worker: (rel, full, settings) -> (rel, sha256, analysis, reject reason)."""
+    from lake.video import VideoRejected, VideoSettings, analyze_video
+
+    rel, full, options = task
+    try:
+        sha = file_sha256(full)
+        return rel, sha, analyze_video(full, VideoSettings(**options)), None
+    except VideoRejected as exc:
+        return rel, "", None, str(exc)
+    except OSError as exc:
+        return rel, "", None, f"cannot read: {exc.strerror or exc}"
+
+
+class VideoSource(Source):
+    """Videos under a folder (mp4, mov, mkv, webm, avi), analysed into frames, scenes, audio."""
+
+    name = "video"
+    version = "0.1.0"
+    decodes_images = False
+
+    def __init__(
+        self,
+        path: str | Path,
+        store_video: bool = True,
+        frame_samples: bool = True,
+        clip_samples: bool = True,
+        workers: int | str = "auto",
+        analysis: dict[str, Any] | None = None,
+        **kwargs: bool,
+    ) -> None:
+        super().__init__(path, **kwargs)
+        from lake.video import VideoSettings
+
+        self.store_video = bool(store_video)
+        self.frame_samples = bool(frame_samples)
+        self.clip_samples = bool(clip_samples)
+        if not (self.frame_samples or self.clip_samples):
+            raise ValueError("video source: frame_samples and clip_samples are both false")
+        self.workers = workers
+        known = {f.name for f in fields(VideoSettings)}
+        options = dict(analysis or {})
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown video analysis option(s) {unknown}; known: {sorted(known)}")
+        self.settings = VideoSettings(**options)
+        self.stats: dict[str, int] = {}
+
+    def params(self) -> dict[str, object]:
+        """Options recorded in provenance (the analysis settings included)."""
+        from dataclasses import asdict
+
+        return {
+            **super().params(),
+            "store_video": self.store_video,
+            "frame_samples": self.frame_samples,
+            "clip_samples": self.clip_samples,
+            "analysis": asdict(self.settings),
+        }
+
+    def records(self) -> Iterator[SourceRecord | Reject]:
+        """Frame and clip records of every video, video by video, in path order."""
+        from dataclasses import asdict
+
+        files = list_files(self.path, VIDEO_EXTENSIONS)
+        options = asdict(self.settings)
+        tasks = [(rel, full, options) for rel, full in files]
+        full_of = dict(files)
+        workers = worker_count(self.workers, len(tasks))
+        for rel, sha, analysis, reason in ordered_map(
+            _analyse, tasks, workers, inflight=workers + 1
+        ):
+            if reason is None and not analysis.frames:
+                reason = "no frame could be decoded"
+            if reason is not None:
+                yield Reject(Location(rel), f"video {rel}: {reason}")
+                continue
+            yield from self._video_records(rel, full_of[rel], sha, analysis)
+
+    def _video_records(
+        self, rel: str, full: str, video_id: str, analysis: Any
+    ) -> Iterator[SourceRecord]:
+        probe = analysis.probe
+        steps = tuple(analysis.steps)
+        first_thumb = analysis.frames[0].thumb if analysis.frames else None
+        video = MediaRef(
+            source_uri=rel,
+            path=full,
+            kind="video",
+            media_id=video_id,
+            meta=MediaMeta(
+                mime=probe.mime,
+                width=probe.width,
+                height=probe.height,
+                duration_s=probe.duration_s,
+                thumb=first_thumb,
+                t_start=0.0,
+                t_end=probe.duration_s,
+                steps=(("probe", probe.as_dict()),),
+                store="blob" if self.store_video else "reference",
+            ),
+        )
+        attached = [video]
+        if analysis.audio is not None:
+            audio = analysis.audio
+            audio_steps = [s for s in steps if s[0] in ("decode", "audio_extract")]
+            attached.append(
+                MediaRef(
+                    source_uri=f"{rel}#audio",
+                    data=audio.data,
+                    kind="audio",
+                    meta=MediaMeta(
+                        mime=audio.mime,
+                        duration_s=audio.duration_s,
+                        parent_id=video_id,
+                        t_start=0.0,
+                        t_end=audio.duration_s,
+                        steps=(("probe", probe.as_dict()), *audio_steps),
+                    ),
+                )
+            )
+        frame_dt = 1.0 / probe.fps if probe.fps else 0.0
+        frame_steps = tuple(s for s in steps if s[0] != "audio_extract")
+        refs = []
+        for f in analysis.frames:
+            refs.append(
+                MediaRef(
+                    source_uri=f"{rel}#t={f.t:.3f}",
+                    data=f.jpeg,
+                    kind="frame",
+                    meta=MediaMeta(
+                        mime="image/jpeg",
+                        width=f.width,
+                        height=f.height,
+                        phash=f.phash,
+                        thumb=f.thumb,
+                        parent_id=video_id,
+                        t_start=f.t,
+                        t_end=f.t + frame_dt,
+                        scene=f.scene,
+                        steps=(
+                            *frame_steps,
+                            (
+                                "frame",
+                                {
+                                    "video": rel,
+                                    "index": f.index,
+                                    "t": round(f.t, 6),
+                                    "scene": f.scene,
+                                    "reason": f.reason,
+                                    "motion": round(float(f.motion), 6),
+                                },
+                            ),
+                        ),
+                    ),
+                )
+            )
+        sample_steps: list[tuple[str, dict[str, object]]] = [
+            ("video", {"file": rel, "media_id": video_id, "probe": probe.as_dict()})
+        ]
+        self.stats["videos"] = self.stats.get("videos", 0) + 1
+        if self.frame_samples:
+            for f, ref in zip(analysis.frames, refs, strict=True):
+                yield SourceRecord(
+                    location=Location(rel, fragment=f"t={f.t:.3f}"),
+                    media=[ref],
+                    attached=attached,
+                    tags=[KIND_TAGS["frame"]],
+                    key=f"{video_id}:frame:{f.index}",
+                    steps=sample_steps,
+                )
+        if self.clip_samples:
+            for scene in analysis.scenes:
+                # a scene that repeats an earlier one points at that scene's (kept) frames
+                members = [refs[i] for i in scene.frames]
+                if not members:
+                    continue
+                yield SourceRecord(
+                    location=Location(rel, fragment=f"scene={scene.index}"),
+                    media=members,
+                    attached=attached,
+                    tags=[KIND_TAGS["clip"]],
+                    key=f"{video_id}:scene:{scene.index}",
+                    steps=sample_steps,
+                    t_start=round(scene.t_start, 6),
+                    t_end=round(scene.t_end, 6),
+                )
