@@ -175,13 +175,9 @@ class _Feeder:
             reject = None
             for ref in (*rec.media, *rec.attached):
                 try:
-                    data = (
-                        None
-                        if ref.media_id
-                        else ref.data
-                        if ref.data is not None
-                        else _read(ref.path)
-                    )
+                    # a given key spares re-hashing media shared by many records (a
+                    # video's audio) and reading blob/referenced videos up front
+                    data = ref.data if ref.data is not None or ref.media_id else _read(ref.path)
                 except OSError as exc:
                     reject = Reject(
                         rec.location, f"cannot read {ref.source_uri}: {exc.strerror or exc}"

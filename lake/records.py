@@ -68,8 +68,8 @@ class MediaRef:
     data: bytes | None = None
     kind: str = "image"
     meta: MediaMeta | None = None
-    # Key computed by the source (sha256 of the file, streamed) when the runner should
-    # not read the bytes up front: blob-stored or referenced videos.
+    # Key computed by the source (sha256 of the bytes; of the file, streamed, for
+    # blob-stored or referenced videos, which the runner then does not read up front).
     media_id: str | None = None
 
 

@@ -164,6 +164,7 @@ class VideoSource(Source):
                 MediaRef(
                     source_uri=f"{rel}#audio",
                     data=audio.data,
+                    media_id=hashlib.sha256(audio.data).hexdigest(),  # hashed once, not per record
                     kind="audio",
                     meta=MediaMeta(
                         mime=audio.mime,
@@ -183,6 +184,7 @@ class VideoSource(Source):
                 MediaRef(
                     source_uri=f"{rel}#t={f.t:.3f}",
                     data=f.jpeg,
+                    media_id=hashlib.sha256(f.jpeg).hexdigest(),
                     kind="frame",
                     meta=MediaMeta(
                         mime="image/jpeg",
