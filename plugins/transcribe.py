@@ -123,7 +123,24 @@ def _vad_options(params: Any) -> dict[str, Any] | None:
     return options
 
 
-class TranscribeEnricher(Enricher):
+class _WhisperOwned:
+    """Owner of transcripts, on media and on clip samples alike: the Whisper model."""
+
+    model: str
+    _owner: str | None = None
+
+    def owner_column(self) -> str:
+        """``transcript_model``: the model of each transcript."""
+        return OWNER_COLUMN
+
+    def owner(self) -> str:
+        """``faster-whisper:<name>:<sha12 of model.bin>``."""
+        if self._owner is None:
+            self._owner = model_owner(self.model)
+        return self._owner
+
+
+class TranscribeEnricher(_WhisperOwned, Enricher):
     """Transcribes audio media with faster-whisper (see the module docstring)."""
 
     name: ClassVar[str] = "transcribe"
@@ -180,16 +197,6 @@ class TranscribeEnricher(Enricher):
     def where(self) -> str:
         """Audio media only."""
         return "kind = 'audio'"
-
-    def owner_column(self) -> str:
-        """Column naming the model of each transcript."""
-        return OWNER_COLUMN
-
-    def owner(self) -> str:
-        """``faster-whisper:<name>:<sha12 of model.bin>``."""
-        if self._owner is None:
-            self._owner = model_owner(self.model)
-        return self._owner
 
     def output_fields(self) -> list[pa.Field]:
         """Transcript, language, timed segments and the owner column."""
@@ -276,7 +283,7 @@ class _Audio:
     segments: list[dict[str, Any]]
 
 
-class ClipTranscript(Enricher):
+class ClipTranscript(_WhisperOwned, Enricher):
     """Gives clip samples the transcript of their time range (see the module docstring)."""
 
     name: ClassVar[str] = "clip_transcript"
@@ -290,16 +297,6 @@ class ClipTranscript(Enricher):
         self._parents: dict[str, str] = {}
         self._audio: dict[str, list[_Audio]] = {}
         self.pending = 0
-
-    def owner_column(self) -> str:
-        """Same column name as on media: the model that transcribed the clip's audio."""
-        return OWNER_COLUMN
-
-    def owner(self) -> str:
-        """The transcribing model's id (as written by :class:`TranscribeEnricher`)."""
-        if self._owner is None:
-            self._owner = model_owner(self.model)
-        return self._owner
 
     def where(self) -> str:
         """Clip samples, except those already known to have no audio."""
