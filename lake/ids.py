@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 SAMPLE_CONTENT_FIELDS = ("media_ids", "messages", "caption", "label", "chosen", "rejected")
@@ -13,6 +14,12 @@ SAMPLE_CONTENT_FIELDS = ("media_ids", "messages", "caption", "label", "chosen", 
 def media_id(data: bytes) -> str:
     """sha256 of the original bytes, hex."""
     return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, streamed (the ``media_id`` it would get), hex."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def sample_id(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,3 +183,21 @@ def iter_json_records(path: Path, root: Path) -> Iterator[tuple[Location, object
                 yield Location(rel, line=lineno), json.loads(line)
             except json.JSONDecodeError as exc:
                 yield Reject(Location(rel, line=lineno), f"malformed JSON line: {exc.msg}")
+
+
+def list_files(root: Path, extensions: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(path relative to root, full path) of every non-hidden file with one of the extensions.
+
+    A single file given as ``root`` lists itself.
+    """
+    if root.is_file():
+        return [(root.name, str(root))]
+    out: list[tuple[str, str]] = []
+    base = str(root.resolve())
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fn in sorted(filenames):
+            if not fn.startswith(".") and os.path.splitext(fn)[1].lower() in extensions:
+                full = os.path.join(dirpath, fn)
+                out.append((os.path.relpath(full, base).replace(os.sep, "/"), full))
+    return out

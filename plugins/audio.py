@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lake.ids import file_sha256
 from lake.parallel import ordered_map, worker_count
 from lake.plugin import Source
 from lake.records import Location, MediaMeta, MediaRef, Reject, SourceRecord
 from lake.schema import KIND_TAGS
-from plugins.video import file_sha256, list_files
+from lake.sources import list_files
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus")
 

@@ -47,9 +47,11 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
+from lake import ids
 from lake.errors import ConfigError
 from lake.plugin import Enricher
 from lake.schema import KIND_TAGS
+from plugins.clip_embed import resolve_device
 
 log = logging.getLogger("lakeloom.caption")
 
@@ -142,8 +144,7 @@ def _file_sha256(path: Path) -> str:
     real = path.resolve()
     if _HUB_BLOB.fullmatch(real.name) and real.parent.name == "blobs":
         return real.name  # LFS blobs are named by the sha256 of their bytes
-    with real.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    return ids.file_sha256(real)
 
 
 def _hub_folder(hub_id: str) -> Path | None:
@@ -154,15 +155,6 @@ def _hub_folder(hub_id: str) -> Path | None:
         return Path(snapshot_download(hub_id, local_files_only=True))
     except Exception:  # not cached (the exception type varies across hub versions)
         return None
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else unchanged."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def resolve_dtype(dtype: str, device: str) -> Any:

@@ -12,46 +12,19 @@ time range in ``t_start`` / ``t_end``).
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Iterator
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from lake.ids import file_sha256, media_id
 from lake.parallel import ordered_map, worker_count
 from lake.plugin import Source
 from lake.records import Location, MediaMeta, MediaRef, Reject, SourceRecord
 from lake.schema import KIND_TAGS
+from lake.sources import list_files
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
-
-
-def list_files(root: Path, extensions: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(path relative to root, full path) of every non-hidden file with one of the extensions.
-
-    A single file given as ``root`` lists itself.
-    """
-    if root.is_file():
-        return [(root.name, str(root))]
-    out: list[tuple[str, str]] = []
-    base = str(root.resolve())
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for fn in sorted(filenames):
-            if not fn.startswith(".") and os.path.splitext(fn)[1].lower() in extensions:
-                full = os.path.join(dirpath, fn)
-                out.append((os.path.relpath(full, base).replace(os.sep, "/"), full))
-    return out
-
-
-def file_sha256(path: str, chunk: int = 1 << 20) -> str:
-    """sha256 of a file, streamed (videos are not read into memory to be keyed)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _analyse(task: tuple[str, str, dict[str, Any]]) -> tuple[str, str, Any, str | None]:
@@ -100,12 +73,9 @@ class VideoSource(Source):
         if unknown:
             raise ValueError(f"unknown video analysis option(s) {unknown}; known: {sorted(known)}")
         self.settings = VideoSettings(**options)
-        self.stats: dict[str, int] = {}
 
     def params(self) -> dict[str, object]:
         """Options recorded in provenance (the analysis settings included)."""
-        from dataclasses import asdict
-
         return {
             **super().params(),
             "store_video": self.store_video,
@@ -116,8 +86,6 @@ class VideoSource(Source):
 
     def records(self) -> Iterator[SourceRecord | Reject]:
         """Frame and clip records of every video, video by video, in path order."""
-        from dataclasses import asdict
-
         files = list_files(self.path, VIDEO_EXTENSIONS)
         options = asdict(self.settings)
         tasks = [(rel, full, options) for rel, full in files]
@@ -164,7 +132,7 @@ class VideoSource(Source):
                 MediaRef(
                     source_uri=f"{rel}#audio",
                     data=audio.data,
-                    media_id=hashlib.sha256(audio.data).hexdigest(),  # hashed once, not per record
+                    media_id=media_id(audio.data),  # hashed once, not once per record
                     kind="audio",
                     meta=MediaMeta(
                         mime=audio.mime,
@@ -184,7 +152,7 @@ class VideoSource(Source):
                 MediaRef(
                     source_uri=f"{rel}#t={f.t:.3f}",
                     data=f.jpeg,
-                    media_id=hashlib.sha256(f.jpeg).hexdigest(),
+                    media_id=media_id(f.jpeg),
                     kind="frame",
                     meta=MediaMeta(
                         mime="image/jpeg",
@@ -216,7 +184,6 @@ class VideoSource(Source):
         sample_steps: list[tuple[str, dict[str, object]]] = [
             ("video", {"file": rel, "media_id": video_id, "probe": probe.as_dict()})
         ]
-        self.stats["videos"] = self.stats.get("videos", 0) + 1
         if self.frame_samples:
             for f, ref in zip(analysis.frames, refs, strict=True):
                 yield SourceRecord(

@@ -24,7 +24,6 @@ from the model directory and otherwise fetches a tokenizer from the hub. Also a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from lake import ids
 from lake.errors import ConfigError, MissingDependencyError
 
 DEFAULT_NAMES = ("tiny.en", "default")
@@ -147,13 +147,10 @@ def file_sha256(path: str | Path) -> str:
     with _LOCK:
         if key in _HASHES:
             return _HASHES[key]
-    digest = hashlib.sha256()
-    with p.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
+    digest = ids.file_sha256(p)
     with _LOCK:
-        _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
+        _HASHES[key] = digest
+    return digest
 
 
 def model_owner(spec: str | Path) -> str:

@@ -28,17 +28,22 @@ def plain_env() -> dict[str, str]:
     return env
 
 
-def test_browse_filter_open_review_and_quit_in_a_pty(tui_lake: Path) -> None:
-    child = pexpect.spawn(
+def spawn_tui(lake: Path, rows: int) -> pexpect.spawn:
+    """``python -m tui`` on ``lake`` in a pseudo-terminal of ``rows`` x 120."""
+    return pexpect.spawn(
         sys.executable,
-        ["-m", "tui", f"lake.uri={tui_lake}", f"runs_dir={RUNS}"],
+        ["-m", "tui", f"lake.uri={lake}", f"runs_dir={RUNS}"],
         cwd=str(REPO),
         env=plain_env(),
-        dimensions=(36, 120),
+        dimensions=(rows, 120),
         timeout=TIMEOUT,
         encoding="utf-8",
         codec_errors="replace",
     )
+
+
+def test_browse_filter_open_review_and_quit_in_a_pty(tui_lake: Path) -> None:
+    child = spawn_tui(tui_lake, rows=36)
     try:
         child.expect("60 samples")  # the first page is on screen
         child.expect("pets")
@@ -62,16 +67,7 @@ def test_browse_filter_open_review_and_quit_in_a_pty(tui_lake: Path) -> None:
 
 
 def test_missing_lake_is_a_message_not_a_traceback(tmp_path: Path) -> None:
-    child = pexpect.spawn(
-        sys.executable,
-        ["-m", "tui", f"lake.uri={tmp_path / 'missing'}", f"runs_dir={RUNS}"],
-        cwd=str(REPO),
-        env=plain_env(),
-        dimensions=(30, 120),
-        timeout=TIMEOUT,
-        encoding="utf-8",
-        codec_errors="replace",
-    )
+    child = spawn_tui(tmp_path / "missing", rows=30)
     try:
         child.expect("no lake at")
         child.send("q")

@@ -22,7 +22,8 @@ class LakeScreenBase(Screen):
 
     Subclasses implement :meth:`lake_ready` (the view opened or re-pinned; read in
     workers) and :meth:`lake_missing`, and handle worker results in ``on_<name>_done`` /
-    ``on_<name>_failed`` methods named after their workers.
+    ``on_<name>_failed`` methods named after their workers. Screens listing samples keep
+    their table in ``table`` (read by :meth:`action_open_sample`).
     """
 
     SCOPE: ClassVar[str] = ""
@@ -84,6 +85,17 @@ class LakeScreenBase(Screen):
     def back(self) -> bool:
         """Handle the back key here first (leave an input, clear a search); True if done."""
         return False
+
+    def action_open_sample(self) -> None:
+        """Open the detail screen of the sample under the cursor of ``self.table``."""
+        row = self.table.current_row
+        if row is None:
+            return
+        from tui.screens.sample import SampleScreen
+
+        self.app.push_screen(
+            SampleScreen(row["sample_id"], self.config, self.table.source, self.table.cursor)
+        )
 
     def on_sample_table_page_failed(self, event: Any) -> None:
         self.notify(f"{event.error} (reload to retry)", severity="error")

@@ -254,14 +254,3 @@ class LakeScreen(LakeScreenBase):
         self.query_one("#search", Input).value = ""
         self.query_one("#datasets", DatasetList).highlighted = 0
         self.reload()
-
-    def action_open_sample(self) -> None:
-        """Open the detail screen of the sample under the cursor."""
-        row = self.table.current_row
-        if row is None:
-            return
-        from tui.screens.sample import SampleScreen
-
-        self.app.push_screen(
-            SampleScreen(row["sample_id"], self.config, self.table.source, self.table.cursor)
-        )

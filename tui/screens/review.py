@@ -180,17 +180,6 @@ class ReviewScreen(LakeScreenBase):
     def on_decision_failed(self, message: str) -> None:
         self.status(Text(f"could not write the decision: {message}", style="bold red"))
 
-    def action_open_sample(self) -> None:
-        """Open the detail screen of the sample under the cursor."""
-        row = self.table.current_row
-        if row is None:
-            return
-        from tui.screens.sample import SampleScreen
-
-        self.app.push_screen(
-            SampleScreen(row["sample_id"], self.config, self.table.source, self.table.cursor)
-        )
-
     def action_focus_checks(self) -> None:
         """Focus the checks list."""
         self.set_focus(self.query_one("#checks", OptionList))
