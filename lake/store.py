@@ -120,7 +120,10 @@ class Lake:
             return 0
         tbl = self.ensure(name)
         rows = _conform(rows, tbl.schema)
-        result = tbl.merge_insert(KEYS[name]).when_not_matched_insert_all().execute(rows)
+        # new rows have no embeddings yet: their vector columns are null, which lancedb
+        # rejects by default once an enricher has added such a column
+        merge = tbl.merge_insert(KEYS[name]).when_not_matched_insert_all()
+        result = merge.execute(rows, on_bad_vectors="null")
         return int(result.num_inserted_rows)
 
     def upsert(self, name: str, rows: pa.Table) -> None:
@@ -133,7 +136,7 @@ class Lake:
             tbl.merge_insert(KEYS[name])
             .when_matched_update_all()
             .when_not_matched_insert_all()
-            .execute(rows)
+            .execute(rows, on_bad_vectors="null")  # see insert_new
         )
 
     def update_columns(self, name: str, rows: pa.Table) -> int:

@@ -187,3 +187,28 @@ def test_worker_processes_give_the_same_lake_as_inline(class_folder: Path, tmp_p
         a = inline.dataset(name).to_table(columns=[key, "source_uri"]).sort_by(key)
         b = pooled.dataset(name).to_table(columns=[key, "source_uri"]).sort_by(key)
         assert a.equals(b)
+
+
+def test_ingest_after_embeddings_exist_leaves_new_vectors_null(
+    class_folder: Path, lake: Lake, tmp_path: Path
+) -> None:
+    """New media arrive without embeddings once an enricher has added a vector column:
+    lancedb rejects null vectors by default, the lake must not."""
+    import pyarrow as pa
+
+    ingest(ImageFolderSource(class_folder), lake, settings=QUIET)
+    vec = pa.list_(pa.float32(), 64)
+    lake.add_columns("media", [pa.field("clip_image", vec)])
+    ids = lake.dataset("media").to_table(columns=["media_id"]).column("media_id").to_pylist()
+    lake.update_columns(
+        "media",
+        pa.table({"media_id": ids, "clip_image": pa.array([[1.0] * 64] * len(ids), vec)}),
+    )
+    more = tmp_path / "more" / "bird"
+    more.mkdir(parents=True)
+    (more / "b0.jpg").write_bytes(jpeg_bytes((9, 200, 30)))
+    report = ingest(ImageFolderSource(more.parent), lake, settings=QUIET)
+    assert report.new_samples == 1
+    rows = {r["media_id"]: r["clip_image"] for r in _table(lake, "media")}
+    assert sum(v is None for v in rows.values()) == 1
+    assert all(v == [1.0] * 64 for k, v in rows.items() if k in ids)
