@@ -18,6 +18,7 @@ from lake.store import Lake
 @hydra_job("demo")
 def main(cfg: Any) -> int:
     """Run the demo pipeline."""
+    from lake.synth_speech import demo_speech
     from lake.synth_video import demo_videos
 
     summary = generate_from_config(cfg.demo)
@@ -26,9 +27,14 @@ def main(cfg: Any) -> int:
         cfg.videos.out, int(cfg.videos.n), int(cfg.videos.seed), narration=cfg.videos.narration
     )
     print(f"demo videos: {len(videos['videos'])} in {cfg.videos.out}")
+    speech = demo_speech(cfg.speech.out, int(cfg.speech.n), int(cfg.speech.seed))
+    print(f"demo speech: {len(speech['files'])} files in {cfg.speech.out}")
+    datasets = dict(cfg.datasets.items())
+    if not speech["files"] and datasets.pop("speech", None) is not None:
+        print(f"demo speech: not ingesting dataset `speech` ({speech.get('skipped')})")
     lake = Lake(cfg.lake.uri)
     settings = settings_from_config(cfg)
-    for dataset, source_cfg in cfg.datasets.items():
+    for dataset, source_cfg in datasets.items():
         ctx = RunContext.from_config("ingest", cfg)
         source = build_source(source_cfg)
         rejects = Path(cfg.lake.reports) / "rejects" / f"{dataset}.jsonl"

@@ -315,8 +315,11 @@ def _demo_segments(rng: np.random.Generator) -> list[Segment]:
     return segments
 
 
-def speak(text: str, rate: int = 16000) -> np.ndarray | None:
-    """``text`` spoken by espeak-ng as float32 mono samples at ``rate`` (None without it)."""
+def speak(text: str, rate: int = 16000, speed: int | None = None) -> np.ndarray | None:
+    """``text`` spoken by espeak-ng as float32 mono samples at ``rate`` (None without it).
+
+    ``speed`` is espeak-ng's ``-s`` (words per minute; None keeps its default of 175).
+    """
     import subprocess
     import tempfile
 
@@ -326,7 +329,8 @@ def speak(text: str, rate: int = 16000) -> np.ndarray | None:
 
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "speech.wav"
-        subprocess.run(["espeak-ng", "-w", str(wav), text], check=True, capture_output=True)
+        cmd = ["espeak-ng", "-w", str(wav)] + (["-s", str(int(speed))] if speed else [])
+        subprocess.run([*cmd, text], check=True, capture_output=True)
         samples, _ = decode_pcm(load_audio(wav, rate, "wav").data)
     return samples
 
