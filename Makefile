@@ -23,12 +23,14 @@ $(STAMP): pyproject.toml
 
 DEMO_RUN ?= demo-clip-tiny
 DEMO_VLM_RUN ?= demo-llava-tiny
+DEMO_APOTHEON_RUN ?= demo-apotheon-tiny
 
-# The main job end to end: demo data (shapes images, synthetic videos) -> lake -> tiny CLIP
-# -> embeddings -> checks -> figures -> tiny LLaVA fine-tuned on the demo's conversations
-# -> speech transcripts of the videos' audio -> the tiny LLaVA captions the video frames.
+# The main job end to end: demo data (shapes images, synthetic videos, spoken shape sentences)
+# -> lake -> tiny CLIP -> embeddings -> checks -> figures -> tiny LLaVA fine-tuned on the demo's
+# conversations -> speech transcripts of all audio -> the tiny LLaVA captions the video frames
+# -> tiny Apotheon (vision + audio + language) trained through its curriculum on all of it.
 # Each step is idempotent: a finished training run is reused, a killed one resumes.
-demo: $(STAMP)
+demo: $(STAMP) sysdeps
 	$(BIN)/lakeloom demo
 	test -f runs/$(DEMO_RUN)/summary.json && grep -q '"status": "finished"' runs/$(DEMO_RUN)/summary.json \
 	  || $(BIN)/lakeloom train +experiment=clip_tiny run_id=$(DEMO_RUN) \
@@ -43,9 +45,13 @@ demo: $(STAMP)
 	  print('llava_tiny: train loss %.3f -> %.3f; val' % tuple(s['train_loss']), s['last_val'])"
 	$(BIN)/lakeloom enrich enrich=transcribe
 	$(BIN)/lakeloom enrich enrich=caption enrich.model.run=$(DEMO_VLM_RUN) "enrich.where=\"dataset = 'clips'\""
+	test -f runs/$(DEMO_APOTHEON_RUN)/summary.json && grep -q '"status": "finished"' runs/$(DEMO_APOTHEON_RUN)/summary.json \
+	  || $(BIN)/lakeloom train +experiment=apotheon_tiny run_id=$(DEMO_APOTHEON_RUN) \
+	       $$(test -f runs/$(DEMO_APOTHEON_RUN)/checkpoints/last.ckpt && echo resume=true)
+	$(BIN)/python -m core.run_report runs/$(DEMO_APOTHEON_RUN)
 	$(BIN)/lakeloom stats
 
-# System tools the tests use: espeak-ng synthesises the speech the transcription tests hear.
+# System tools the tests and the demo use: espeak-ng synthesises the speech they transcribe.
 sysdeps:
 	@command -v espeak-ng >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \

@@ -45,11 +45,15 @@ class EventsCallback(L.Callback):
         self._flush(pl_module)
 
     def _flush(self, pl_module: L.LightningModule) -> None:
-        """Write the events the module queued (``pop_events() -> [(type, fields)]``)."""
-        pop = getattr(pl_module, "pop_events", None)
-        if pop is not None:
-            for kind, fields in pop():
-                self.events.write(kind, **fields)
+        """Write the events the module and the data module queued
+        (``pop_events() -> [(type, fields)]``)."""
+        trainer = getattr(pl_module, "_trainer", None)
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        for source in (datamodule, pl_module):
+            pop = getattr(source, "pop_events", None)
+            if pop is not None:
+                for kind, fields in pop():
+                    self.events.write(kind, **fields)
 
     def on_train_batch_end(
         self,

@@ -29,8 +29,9 @@ SPLITS = ("train", "val", "test")
 SAMPLE_COLUMNS = [
     "sample_id", "caption", "label", "messages", "dataset", "chosen", "rejected", "source_uri",
 ]  # fmt: skip
-#: read too when the samples table has them (per-sample pixel budget, see vlm_collate)
-OPTIONAL_COLUMNS = ["min_pixels", "max_pixels"]
+#: read too when the samples table has them (per-sample pixel budget, see vlm_collate;
+#: kind tags, time range and transcript of video / audio samples, see apotheon_data)
+OPTIONAL_COLUMNS = ["min_pixels", "max_pixels", "tags", "t_start", "t_end", "transcript"]
 
 
 @dataclass

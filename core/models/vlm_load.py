@@ -139,10 +139,16 @@ def no_grad_when_frozen(model: nn.Module, spec: FamilySpec, role: str = "vision"
     frozen (checked at each call, so unfreezing later takes effect). Returns hook count."""
     count = 0
     for module in modules_of_role(model, spec, role):
-        module.register_forward_pre_hook(_enter_no_grad)
-        module.register_forward_hook(_exit_no_grad, always_call=True)
+        no_grad_while_frozen(module)
         count += 1
     return count
+
+
+def no_grad_while_frozen(module: nn.Module) -> None:
+    """Run ``module`` under ``torch.no_grad`` whenever none of its parameters trains
+    (checked at each call)."""
+    module.register_forward_pre_hook(_enter_no_grad)
+    module.register_forward_hook(_exit_no_grad, always_call=True)
 
 
 def _enter_no_grad(module: nn.Module, args: Any) -> None:
@@ -193,9 +199,12 @@ def apply_peft(
 # ---- reporting and optimiser groups ------------------------------------------------------
 
 
-def parameter_table(model: nn.Module, spec: FamilySpec) -> list[dict[str, Any]]:
-    """Rows ``{module, params, trainable, share}`` per role, LoRA, other and total."""
-    rows: dict[str, list[int]] = {r: [0, 0] for r in (*ROLES, "lora", "other")}
+def parameter_table(
+    model: nn.Module, spec: Any, roles: tuple[str, ...] = ROLES
+) -> list[dict[str, Any]]:
+    """Rows ``{module, params, trainable, share}`` per role, LoRA, other and total
+    (``spec``: anything with ``role_of(param_name)``, e.g. a :class:`FamilySpec`)."""
+    rows: dict[str, list[int]] = {r: [0, 0] for r in (*roles, "lora", "other")}
     for name, param in model.named_parameters():
         key = "lora" if "lora_" in name else (spec.role_of(name) or "other")
         n = param.numel()
@@ -225,13 +234,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def role_param_groups(
     model: nn.Module,
-    spec: FamilySpec,
+    spec: Any,
     lrs: Mapping[str, float | None],
     base_lr: float,
     weight_decay: float,
 ) -> list[dict[str, Any]]:
     """AdamW groups per role (own learning rate) x decay / no decay; frozen params left
-    out. LoRA weights take the language model's rate."""
+    out. LoRA weights take the language model's rate. ``spec``: anything with
+    ``role_of(param_name)``."""
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:

@@ -34,7 +34,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.optim.lr_scheduler import LambdaLR
 
 from core.models.vlm_load import (
     apply_peft,
@@ -47,7 +46,8 @@ from core.models.vlm_load import (
     role_param_groups,
     save_processor,
 )
-from core.modules.optim import WarmupCosine
+from core.modules.optim import adamw_warmup_cosine
+from core.modules.slim_checkpoint import TrainableOnlyCheckpoints
 from core.modules.vlm_collate import IGNORE, VlmCollator
 from core.modules.vlm_metrics import exact_match, token_f1
 from lake.errors import ConfigError
@@ -58,7 +58,7 @@ MODEL_INPUTS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")
 DEFAULT_FREEZE = {"vision": True, "projector": False, "language_model": False}
 
 
-class VlmModule(L.LightningModule):
+class VlmModule(TrainableOnlyCheckpoints, L.LightningModule):
     """Fine-tune a vision-language model (see the module docstring)."""
 
     def __init__(
@@ -445,32 +445,9 @@ class VlmModule(L.LightningModule):
         groups = role_param_groups(self.model, self.spec, dict(h.lrs or {}), h.lr, h.weight_decay)
         if not groups:
             raise ConfigError("nothing to train: every role is frozen and no adapter is set")
-        opt = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas))
-        total = h.max_steps or int(self.trainer.estimated_stepping_batches)
-        sched = LambdaLR(opt, WarmupCosine(h.warmup_steps, max(1, total), h.min_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_warmup_cosine(groups, h, self.trainer)
 
-    # ---- checkpoints and export -------------------------------------------------------------
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only trainable tensors (frozen ones are rebuilt from ``source``)."""
-        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
-        if len(trainable) < sum(1 for _ in self.model.parameters()):
-            sd = checkpoint["state_dict"]
-            checkpoint["state_dict"] = {k: v for k, v in sd.items() if k in trainable}
-            checkpoint["lakeloom_trainable_only"] = True
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check that a slim checkpoint covers every trainable tensor of this model."""
-        if not checkpoint.get("lakeloom_trainable_only"):
-            return
-        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
-        missing = trainable - set(checkpoint["state_dict"])
-        if missing:
-            raise ConfigError(
-                f"checkpoint lacks {len(missing)} trainable tensors (e.g. {sorted(missing)[0]}):"
-                " was it made with another freeze / peft configuration?"
-            )
+    # ---- export ---------------------------------------------------------------------------
 
     def save_adapter(self, out: str | Path) -> Path:
         """Write the PEFT adapter (PEFT's own format) and the processor to ``out``."""

@@ -144,3 +144,90 @@ def compose(tmp_path: Path, lake_dir: Path):
             return hydra_compose(config_name="train", overrides=[*base, *overrides])
 
     return _compose
+
+
+#: the media lake's tones and the "transcripts" they are labelled with (learnable)
+TONES = {330.0: "a low tone", 660.0: "a middle tone", 1320.0: "a high tone"}
+
+
+@pytest.fixture(scope="session")
+def media_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A lake of every sample kind Apotheon reads, through the real sources.
+
+    ``pics`` (LLaVA JSON): 12 captioned JPEGs ("A red square on a light background.").
+    ``clips`` (video source): one video of 3 scenes (red circle / 330 Hz, blue square /
+    660 Hz, green triangle / 1320 Hz) -> frame samples and clip samples; frames and clips
+    get their scene's caption, clips the tone's words as transcript. ``tones`` (audio
+    source): 6 WAV tones whose media transcript names the pitch (as ``enrich=transcribe``
+    would write it).
+    """
+    import numpy as np
+
+    from lake.audio import encode_pcm
+    from lake.ingest import IngestSettings, ingest
+    from lake.schema import KIND_TAGS, MEDIA, SAMPLES
+    from lake.store import Lake
+    from lake.synth_video import Segment, write_video
+    from plugins.audio import AudioSource
+    from plugins.llava import LlavaSource
+    from plugins.video import VideoSource
+
+    base = tmp_path_factory.mktemp("media_lake")
+    lake = Lake(base / "lake")
+    settings = IngestSettings(workers=0, progress=False)
+    pics = base / "pics"
+    (pics / "images").mkdir(parents=True)
+    records = []
+    for i in range(12):
+        colour = list(VLM_COLOURS)[i % 4]
+        rgb = tuple((c + 5 * i) % 256 for c in VLM_COLOURS[colour])
+        (pics / "images" / f"{i:02d}.jpg").write_bytes(jpeg_bytes(rgb, (40 + 2 * i, 36)))
+        turns = [{"from": "human", "value": "<image>\nDescribe the image briefly."},
+                 {"from": "gpt", "value": f"A {colour} square on a light background."}]  # fmt: skip
+        records.append({"id": f"p{i:02d}", "image": f"images/{i:02d}.jpg", "conversations": turns})
+    (pics / "data.json").write_text(json.dumps(records))
+    ingest(LlavaSource(pics / "data.json"), lake, "pics", settings)
+
+    scenes = [
+        ((90, 90, 90), "circle", (200, 30, 30), 330.0, "A red circle on a grey background."),
+        ((30, 30, 200), "square", (30, 160, 60), 660.0, "A green square on a blue background."),
+        ((30, 160, 60), "triangle", (30, 30, 200), 1320.0, "A blue triangle on a green bg."),
+    ]
+    videos = base / "videos"
+    write_video(videos / "v.mp4", [Segment(1.6, bg, shape, fg, "moving", hz)
+                                    for bg, shape, fg, hz, _ in scenes])  # fmt: skip
+    ingest(VideoSource(videos, workers=0), lake, "clips", settings)
+
+    tones = base / "tones"
+    tones.mkdir()
+    t = np.arange(int(1.5 * 16000)) / 16000
+    for k, hz in enumerate([*TONES, *TONES]):
+        pcm = (0.3 * np.sin(2 * np.pi * hz * t + k) * 32767).astype(np.int16)
+        (tones / f"tone_{k}.wav").write_bytes(encode_pcm(pcm, 16000, "wav"))
+    ingest(AudioSource(tones, workers=0), lake, "tones", settings)
+
+    media = lake.dataset(MEDIA).to_table(columns=["media_id", "kind", "scene", "source_uri"])
+    media = media.to_pylist()
+    audio_media = [m for m in media if m["kind"] == "audio" and m["source_uri"].startswith("tone_")]
+    hz_of = {f"tone_{k}.wav": hz for k, hz in enumerate([*TONES, *TONES])}
+    lake.update_columns(MEDIA, pa.table({
+        "media_id": [m["media_id"] for m in audio_media],
+        "transcript": [TONES[hz_of[m["source_uri"]]] for m in audio_media],
+    }))  # fmt: skip
+    scene_of = {m["media_id"]: m["scene"] for m in media if m["kind"] == "frame"}
+    samples = (
+        lake.dataset(SAMPLES)
+        .to_table(columns=["sample_id", "tags", "media_ids"], filter="dataset = 'clips'")
+        .to_pylist()
+    )
+    ids, captions, transcripts = [], [], []
+    for s in samples:
+        scene = scene_of[s["media_ids"][0]]
+        ids.append(s["sample_id"])
+        captions.append(scenes[scene][4])
+        clip = KIND_TAGS["clip"] in s["tags"]
+        transcripts.append(TONES[scenes[scene][3]] if clip else None)
+    lake.update_columns(SAMPLES, pa.table({
+        "sample_id": ids, "caption": captions, "transcript": pa.array(transcripts, pa.string()),
+    }))  # fmt: skip
+    return base / "lake"

@@ -1,0 +1,240 @@
+"""The lake for Apotheon: samples with images, frames and audio, and a curriculum over them.
+
+Sample kinds come from the ``kind:*`` tags the sources write (:data:`lake.schema.KIND_TAGS`):
+``image`` (no kind tag: image files, conversations), ``frame`` (a video frame), ``clip`` (a
+scene: its frames in order) and ``audio`` (an audio file). A clip's audio is not one of its
+media: it is the audio track of the frames' video, found by ``parent_id`` and cut to the
+clip's time range here. Audio samples carry their transcript on the media row
+(``enrich=transcribe``); clips on the sample (``clip_transcript``).
+
+:class:`ApotheonDataModule` selects the train samples of every curriculum stage once (a
+lake query per stage: the kinds it admits) and hands Lightning the stage of the current
+epoch; the trainer must reload train loaders every epoch. Each switch goes to the run's
+events log (``curriculum``). Validation and test use every kind of every stage, so
+their figures compare across stages.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from core.data.lance_data import LanceDataModule
+from core.data.lance_dataset import LanceSamples, Selection, select
+from lake.errors import ConfigError
+from lake.schema import KIND_TAGS
+
+log = logging.getLogger(__name__)
+
+KINDS = ("image", "frame", "clip", "audio")
+VISUAL = ("image", "frame")
+
+
+def kind_filter(kinds: Sequence[str]) -> str:
+    """A Lance SQL filter on ``samples`` admitting the given sample kinds."""
+    unknown = set(kinds) - set(KINDS)
+    if unknown or not kinds:
+        raise ConfigError(f"curriculum kinds must be among {KINDS}, got {list(kinds)}")
+    tagged = ", ".join(f"'{t}'" for t in KIND_TAGS.values())
+    parts = [
+        f"(tags IS NULL OR NOT array_has_any(tags, [{tagged}]))"
+        if k == "image"
+        else f"array_has(tags, '{KIND_TAGS[k]}')"
+        for k in kinds
+    ]
+    return "(" + " OR ".join(parts) + ")"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One curriculum stage: from ``start_epoch`` on, train on samples of ``kinds``."""
+
+    name: str
+    start_epoch: int
+    kinds: tuple[str, ...]
+
+
+def parse_curriculum(stages: Sequence[Mapping[str, Any]] | None) -> list[Stage]:
+    """Stages sorted by start epoch; the first must start at epoch 0. None: one stage of
+    every kind."""
+    if not stages:
+        return [Stage("all", 0, KINDS)]
+    out = []
+    for i, s in enumerate(stages):
+        kinds = tuple(s.get("kinds") or ())
+        kind_filter(kinds)  # validates
+        out.append(Stage(str(s.get("name", f"stage{i + 1}")), int(s.get("start_epoch", 0)), kinds))
+    out.sort(key=lambda s: s.start_epoch)
+    if out[0].start_epoch != 0:
+        raise ConfigError(
+            f"the first curriculum stage must start at epoch 0, not {out[0].start_epoch}"
+        )
+    if len({s.start_epoch for s in out}) != len(out):
+        raise ConfigError("two curriculum stages start at the same epoch")
+    return out
+
+
+def stage_at(stages: Sequence[Stage], epoch: int) -> Stage:
+    """The stage in force at ``epoch``."""
+    return [s for s in stages if s.start_epoch <= epoch][-1]
+
+
+class ApotheonSamples(LanceSamples):
+    """Lake samples as Apotheon items: visual media, the audio (own or the clip's video
+    track, with the range to cut), caption, messages, transcript and kind tags."""
+
+    def __init__(self, *args: Any, audio_of_parent: Mapping[str, tuple[int, float]], **kw: Any):
+        super().__init__(*args, **kw)
+        self.audio_of_parent = dict(audio_of_parent)  # video id -> (audio row id, its t_start)
+
+    def _read(self, positions: Sequence[int]) -> list[dict[str, Any]]:
+        items = super()._read(positions)
+        _, media = self._open()
+        per_sample = self.selection.media_of(positions)
+        flat = np.concatenate(per_sample) if per_sample else np.zeros(0, np.int64)
+        meta = (
+            media._take_rows(
+                pa.array(flat, pa.uint64()), columns=["kind", "parent_id", "transcript"]
+            ).to_pydict()
+            if len(flat)
+            else {"kind": [], "parent_id": [], "transcript": []}
+        )
+        clip_audio: dict[int, tuple[int, float]] = {}
+        k = 0
+        for i, (item, rows) in enumerate(zip(items, per_sample, strict=True)):
+            kinds = meta["kind"][k : k + len(rows)]
+            parents = meta["parent_id"][k : k + len(rows)]
+            notes = meta["transcript"][k : k + len(rows)]
+            k += len(rows)
+            data = item.pop("images")
+            item["images"] = [d for d, kind in zip(data, kinds, strict=True) if kind in VISUAL]
+            item["audio"], item["audio_range"] = None, None
+            for d, kind, note in zip(data, kinds, notes, strict=True):
+                if kind == "audio":
+                    item["audio"] = d
+                    if not (item.get("transcript") or "").strip():
+                        item["transcript"] = note
+                    break
+            is_clip = KIND_TAGS["clip"] in (item.get("tags") or [])
+            if item["audio"] is None and is_clip and parents and parents[0] in self.audio_of_parent:
+                clip_audio[i] = self.audio_of_parent[parents[0]]
+        if clip_audio:
+            rows = sorted({r for r, _ in clip_audio.values()})
+            data = media._take_rows(pa.array(rows, pa.uint64()), columns=["bytes"])
+            by_row = dict(zip(rows, data.column("bytes").to_pylist(), strict=True))
+            for i, (row, t0) in clip_audio.items():
+                item = items[i]
+                item["audio"] = by_row[row]
+                start, end = item.get("t_start"), item.get("t_end")
+                if start is not None and end is not None:
+                    item["audio_range"] = (start - t0, end - t0)
+        return items
+
+
+class ApotheonDataModule(LanceDataModule):
+    """Train / val / test loaders of Apotheon items with a curriculum over sample kinds.
+
+    ``curriculum``: a list of ``{name, start_epoch, kinds}``; the train loader of epoch e
+    reads the samples of the last stage starting at or before e (the trainer needs
+    ``reload_dataloaders_every_n_epochs: 1``). Val and test hold every kind named in any
+    stage.
+    """
+
+    def __init__(self, curriculum: Sequence[Mapping[str, Any]] | None = None, **kw: Any) -> None:
+        self.stages = parse_curriculum(curriculum)
+        self.all_kinds = tuple(k for k in KINDS if any(k in s.kinds for s in self.stages))
+        base = kw.pop("where", None)
+        where = kind_filter(self.all_kinds) + (f" AND ({base})" if base else "")
+        super().__init__(where=where, **kw)
+        self.base_where = base
+        self._audio_of_parent: dict[str, tuple[int, float]] = {}
+        self._stage_sets: dict[str, ApotheonSamples] = {}
+        self.stage: Stage | None = None
+        self._events: list[tuple[str, dict[str, Any]]] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        """Select val/test (every kind) and each stage's train samples, once."""
+        if self.splits is not None:
+            return
+        from lake.schema import MEDIA, SAMPLES
+        from lake.store import Lake
+
+        lake = Lake(self.lake_uri)
+        samples, media = lake.dataset(SAMPLES), lake.dataset(MEDIA)
+        self._audio_of_parent = _audio_tracks(media)
+        super().setup(stage)
+        for st in self.stages:
+            where = kind_filter(st.kinds) + (f" AND ({self.base_where})" if self.base_where else "")
+            sel, _ = select(
+                samples, media, where=where, datasets=self.datasets,
+                val_fraction=self.val_fraction, test_fraction=self.test_fraction,
+            )  # fmt: skip
+            self._stage_sets[st.name] = self._dataset(samples, media, sel["train"])
+
+    def _dataset(self, samples: Any, media: Any, sel: Selection) -> ApotheonSamples:
+        return ApotheonSamples(
+            samples.uri, samples.version, media.uri, media.version, sel, self.media_read,
+            read_block=self.shuffle_block, cache_blocks=2 * self.shuffle_window,
+            audio_of_parent=self._audio_of_parent,
+        )  # fmt: skip
+
+    def dataset(self, split: str) -> LanceSamples:
+        """The train split of the current stage (the first before training), or val/test."""
+        self.setup()
+        if split == "train":
+            return self._stage_sets[(self.stage or self.stages[0]).name]
+        return super().dataset(split)
+
+    def stage_sizes(self) -> dict[str, int]:
+        """Train samples per stage."""
+        self.setup()
+        return {name: len(ds) for name, ds in self._stage_sets.items()}
+
+    def train_dataloader(self) -> Any:
+        """The loader of the stage in force at the trainer's current epoch."""
+        trainer = getattr(self, "trainer", None)
+        epoch = int(trainer.current_epoch) if trainer is not None else 0
+        reload = trainer.reload_dataloaders_every_n_epochs if trainer is not None else 1
+        if len(self.stages) > 1 and reload != 1:
+            raise ConfigError("a curriculum needs trainer.reload_dataloaders_every_n_epochs=1")
+        st = stage_at(self.stages, epoch)
+        if st != self.stage:
+            previous, self.stage = self.stage, st
+            n = len(self.dataset("train"))
+            log.info("curriculum: epoch %d -> stage %s (%s), %d samples", epoch, st.name,
+                     ", ".join(st.kinds), n)  # fmt: skip
+            self._events.append(("curriculum", {
+                "epoch": epoch, "stage": st.name, "kinds": list(st.kinds), "samples": n,
+                "previous": previous.name if previous else None,
+            }))  # fmt: skip
+            if n == 0:
+                raise ConfigError(f"curriculum stage {st.name!r} selects no train samples")
+        return self.loader("train")
+
+    def pop_events(self) -> list[tuple[str, dict[str, Any]]]:
+        """Curriculum switches queued for the run's events log."""
+        out, self._events = self._events, []
+        return out
+
+
+def _audio_tracks(media: Any) -> dict[str, tuple[int, float]]:
+    """Video id -> (row id, t_start) of its audio track (one scan of small columns)."""
+    out: dict[str, tuple[int, float]] = {}
+    scanner = media.scanner(
+        columns=["parent_id", "t_start"], filter="kind = 'audio' AND parent_id IS NOT NULL",
+        with_row_id=True,
+    )  # fmt: skip
+    for batch in scanner.to_batches():
+        for parent, t0, row in zip(
+            batch.column("parent_id").to_pylist(),
+            batch.column("t_start").to_pylist(),
+            batch.column("_rowid").to_pylist(),
+            strict=True,
+        ):
+            out.setdefault(parent, (int(row), float(t0 or 0.0)))
+    return out

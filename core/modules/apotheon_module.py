@@ -1,0 +1,330 @@
+"""``ApotheonModule``: train the Apotheon fusion model on lake samples with Lightning.
+
+- Model: :class:`core.models.apotheon.ApotheonModel` from ``config`` (sizes, sources,
+  loss weights). By role (:data:`core.models.apotheon.ROLES`): towers frozen or tuned
+  independently (a frozen tower runs under ``no_grad``), LoRA / DoRA on the language model
+  through peft, one learning rate per role, gradient checkpointing in every tower and
+  the fusion stack. bf16 is the trainer's ``precision`` (``bf16-mixed`` on GPU).
+- Steps log the weighted loss and each head's loss (``train/loss_caption``,
+  ``train/loss_transcription``, ``train/loss_contrastive``) on the steps where the head
+  had rows, with the rows each head trained on and the contrastive temperature.
+- Validation / test: per-head losses, caption perplexity; greedy captions of the first
+  ``eval_samples`` captioned rows and transcripts of the first ``eval_samples`` rows with
+  audio and a transcript (a fixed subset: eval loaders do not shuffle) give caption exact
+  match and transcription word error rate (jiwer); the
+  contrastive embeddings of the whole split give image<->text recall@k. The generated
+  texts go to the events log (``generations``).
+- Checkpoints hold the trainable tensors only when a tower is frozen; ``export`` writes
+  ``run_dir/hf`` (LoRA merged) that :meth:`ApotheonModel.from_pretrained` loads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from core.models.apotheon import (
+    ROLES,
+    ApotheonConfig,
+    ApotheonModel,
+    ApotheonRoles,
+    build_processors,
+)
+from core.models.vlm_load import (
+    format_table,
+    no_grad_while_frozen,
+    parameter_table,
+    role_param_groups,
+)
+from core.modules.apotheon_collate import ApotheonCollator, select_rows
+from core.modules.clip_metrics import retrieval_recall
+from core.modules.optim import adamw_warmup_cosine
+from core.modules.slim_checkpoint import TrainableOnlyCheckpoints
+from core.modules.vlm_metrics import exact_match, normalize
+from lake.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FREEZE = {"vision": False, "audio": False, "language_model": False}
+LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class ApotheonModule(TrainableOnlyCheckpoints, L.LightningModule):
+    """Train Apotheon (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Mapping[str, Any] | None = None,
+        freeze: Mapping[str, bool] | None = None,
+        peft: Mapping[str, Any] | None = None,
+        lr: float = 1e-3,
+        lrs: Mapping[str, float | None] | None = None,
+        weight_decay: float = 0.0,
+        betas: Sequence[float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.0,
+        max_steps: int | None = None,
+        grad_checkpointing: bool = False,
+        eval_samples: int = 16,
+        max_new_tokens: int = 24,
+        recall_k: Sequence[int] = (1, 5),
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = ApotheonConfig.from_dict(config)
+        self.frozen = {**DEFAULT_FREEZE, **dict(freeze or {})}
+        unknown = set(self.frozen) - set(ROLES)
+        if unknown:
+            raise ConfigError(
+                f"unknown roles in freeze: {sorted(unknown)}; roles are {tuple(ROLES)}"
+            )
+        model = ApotheonModel(self.cfg, seed=seed)
+        self.processors = build_processors(self.cfg)
+        self.roles = ApotheonRoles()
+        for name, p in model.named_parameters():
+            role = self.roles.role_of(name) or "fusion"
+            p.requires_grad_(p.requires_grad and not self.frozen.get(role, False))
+        peft_cfg = {"method": "none", "r": 16, "alpha": 32, "dropout": 0.05,
+                    "target_modules": list(LM_PROJECTIONS), **dict(peft or {})}  # fmt: skip
+        self.uses_peft = peft_cfg["method"] != "none"
+        if self.uses_peft:
+            model.lm = _lora(model.lm, peft_cfg)
+        if grad_checkpointing:
+            for tower in (model.vision, model.audio, model.lm):
+                tower.activation_checkpointing_enable({"use_reentrant": False})
+            model.fusion.gradient_checkpointing = True
+        for tower in (model.vision, model.audio):
+            no_grad_while_frozen(tower)
+        self.model = model
+        self.strict_loading = False  # checkpoints may hold the trainable tensors only
+        self._events: list[tuple[str, dict[str, Any]]] = []
+        self._reset_eval()
+
+    # ---- wiring ---------------------------------------------------------------------------
+
+    def set_label_names(self, names: list[str] | None) -> None:
+        """Unused (targets are text); part of the data-module contract."""
+
+    def make_collator(self) -> ApotheonCollator:
+        """The batch collator for this model's tokenizer and processors (picklable)."""
+        p = self.processors
+        return ApotheonCollator(
+            p["tokenizer"], p["image_processor"], p["feature_extractor"],
+            caption_prompt=self.cfg.caption_prompt,
+            transcription_prompt=self.cfg.transcription_prompt,
+            max_text_tokens=self.cfg.max_text_tokens, max_frames=self.cfg.fusion.max_frames,
+        )  # fmt: skip
+
+    def pop_events(self) -> list[tuple[str, dict[str, Any]]]:
+        """Events for the run's log, queued since the last call."""
+        out, self._events = self._events, []
+        return out
+
+    def on_fit_start(self) -> None:
+        rows = parameter_table(self.model, self.roles, self.roles.roles)
+        if self.trainer.is_global_zero:
+            log.info("trainable parameters (apotheon):\n%s", format_table(rows))
+        self._events.append(("params", {"family": "apotheon", "rows": rows}))
+
+    def forward(self, batch: Mapping[str, Any]) -> Any:
+        """The model's output on a collated batch (:class:`ApotheonOutput`)."""
+        return self.model(batch)
+
+    # ---- steps ----------------------------------------------------------------------------
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self(batch)
+        bs = len(batch["sample_ids"])
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=bs)
+        for head, value in out.losses.items():
+            self.log(f"train/rows_{head}", float(out.counts[head]), batch_size=bs)
+            if out.counts[head]:
+                self.log(f"train/loss_{head}", value.detach(), batch_size=bs)
+        self.log("train/temperature", 1.0 / self.model.logit_scale.exp().item(), batch_size=bs)
+        return out.loss
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_step(self, batch: Mapping[str, Any], prefix: str) -> None:
+        out = self(batch)
+        bs = len(batch["sample_ids"])
+        self.log(f"{prefix}/loss", out.loss, batch_size=bs, sync_dist=True)
+        ev = self._eval
+        for head in ("caption", "transcription"):
+            if out.counts[head]:
+                n = out.tokens[head]
+                ev[f"{head}_nll"] += float(out.losses[head]) * n
+                ev[f"{head}_tokens"] += n
+        if out.counts["contrastive"]:
+            ev["contrastive_loss"] += float(out.losses["contrastive"]) * out.counts["contrastive"]
+            ev["contrastive_rows"] += out.counts["contrastive"]
+        pairs = (batch["has_caption"].bool() & _rows_with_vision(batch)).cpu()
+        if pairs.any():
+            keep = pairs.to(self.device)
+            captions = [c for c, p in zip(batch["captions"], pairs, strict=True) if p]
+            self._embeds.append(
+                (
+                    out.image_embeds[keep].float().cpu(),
+                    out.text_embeds[keep].float().cpu(),
+                    captions,
+                )
+            )
+        self._generate(batch)
+
+    def _generate(self, batch: Mapping[str, Any]) -> None:
+        """Greedy captions and transcripts of the fixed subset: the first ``eval_samples``
+        rows of the split that have a caption (with media), and as many with a transcript
+        (with audio)."""
+        tok = self.processors["tokenizer"]
+        has_vision = _rows_with_vision(batch).cpu()
+        has_audio = torch.zeros_like(has_vision)
+        has_audio[batch["audio_index"].cpu()] = True
+        kw = {"max_new_tokens": self.hparams.max_new_tokens, "bos_id": tok.bos_token_id,
+              "eos_id": tok.eos_token_id}  # fmt: skip
+        wanted = {
+            "caption": [i for i, c in enumerate(batch["captions"])
+                        if c and (has_vision[i] or has_audio[i])],
+            "transcription": [i for i, t in enumerate(batch["transcripts"]) if t and has_audio[i]],
+        }  # fmt: skip
+        for head, rows in wanted.items():
+            rows = rows[: max(0, self.hparams.eval_samples - self._generated[head])]
+            if not rows:
+                continue
+            self._generated[head] += len(rows)
+            refs = batch["captions" if head == "caption" else "transcripts"]
+            texts = self.model.generate(select_rows(batch, rows), head, **kw)
+            for i, ids in zip(rows, texts, strict=True):
+                pred = tok.decode(ids, skip_special_tokens=True).strip()
+                row = {"sample_id": batch["sample_ids"][i], "head": head, "prediction": pred,
+                       "reference": refs[i]}  # fmt: skip
+                if head == "caption":
+                    row["exact_match"] = exact_match(pred, refs[i])
+                else:
+                    row["wer"] = word_error_rate(pred, refs[i])
+                self._gen.append(row)
+
+    def _reset_eval(self) -> None:
+        self._eval: dict[str, float] = {
+            k: 0.0 for k in ("caption_nll", "caption_tokens", "transcription_nll",
+                             "transcription_tokens", "contrastive_loss", "contrastive_rows")
+        }  # fmt: skip
+        self._embeds: list[tuple[torch.Tensor, torch.Tensor, list[str]]] = []
+        self._gen: list[dict[str, Any]] = []
+        self._generated = {"caption": 0, "transcription": 0}
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_eval()
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_eval()
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def _eval_epoch_end(self, prefix: str) -> None:
+        metrics = evaluation_metrics(self._eval, self._embeds, self._gen, self.hparams.recall_k)
+        for key, value in metrics.items():
+            self.log(f"{prefix}/{key}", value)
+        if self._gen:
+            self._events.append(("generations", {"split": prefix, "step": self.global_step,
+                                                 "samples": list(self._gen)}))  # fmt: skip
+
+    # ---- optimiser ------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        h = self.hparams
+        groups = role_param_groups(self.model, self.roles, dict(h.lrs or {}), h.lr, h.weight_decay)
+        if not groups:
+            raise ConfigError("nothing to train: every role is frozen")
+        return adamw_warmup_cosine(groups, h, self.trainer)
+
+    # ---- export ---------------------------------------------------------------------------
+
+    def export(self, run_dir: str | Path) -> Path:
+        """``run_dir/hf``: the whole model (LoRA merged into the LM) with its processors,
+        loadable with :meth:`ApotheonModel.from_pretrained`."""
+        model = self.model
+        if self.uses_peft:
+            import copy
+
+            model = copy.deepcopy(model)
+            model.lm = model.lm.merge_and_unload()
+        return model.save_pretrained(Path(run_dir) / "hf", self.processors)
+
+
+def _lora(lm: torch.nn.Module, cfg: Mapping[str, Any]) -> torch.nn.Module:
+    """LoRA / DoRA adapters on the language model's projections (peft)."""
+    from peft import LoraConfig, get_peft_model
+
+    if cfg["method"] not in ("lora", "dora"):
+        raise ConfigError(f"peft.method must be none, lora or dora, not {cfg['method']!r}")
+    config = LoraConfig(
+        r=int(cfg["r"]), lora_alpha=int(cfg["alpha"]), lora_dropout=float(cfg["dropout"]),
+        target_modules=list(cfg["target_modules"]), use_dora=cfg["method"] == "dora",
+        task_type="CAUSAL_LM",
+    )  # fmt: skip
+    return get_peft_model(lm, config)
+
+
+def _rows_with_vision(batch: Mapping[str, Any]) -> torch.Tensor:
+    rows = torch.zeros(
+        len(batch["sample_ids"]), dtype=torch.bool, device=batch["frame_index"].device
+    )
+    rows[batch["frame_index"][:, 0]] = True
+    return rows
+
+
+def word_error_rate(prediction: str, reference: str) -> float:
+    """WER (jiwer) after lowercasing and stripping punctuation; 1.0 for an empty output."""
+    import jiwer
+
+    ref, pred = normalize(reference), normalize(prediction)
+    if not ref:
+        return 0.0 if not pred else 1.0
+    return float(jiwer.wer(ref, pred)) if pred else 1.0
+
+
+def evaluation_metrics(
+    sums: Mapping[str, float],
+    embeds: list[tuple[torch.Tensor, torch.Tensor, list[str]]],
+    generations: list[Mapping[str, Any]],
+    ks: Sequence[int] = (1, 5),
+) -> dict[str, float]:
+    """Caption / transcription perplexity, contrastive loss, recall@k (pairs sharing a
+    caption count as one answer), caption exact match and transcription WER."""
+    out: dict[str, float] = {}
+    for head in ("caption", "transcription"):
+        if sums[f"{head}_tokens"]:
+            nll = sums[f"{head}_nll"] / sums[f"{head}_tokens"]
+            out[f"loss_{head}"] = nll
+            out[f"{head}_ppl"] = float(torch.exp(torch.tensor(nll)))
+    if sums["contrastive_rows"]:
+        out["loss_contrastive"] = sums["contrastive_loss"] / sums["contrastive_rows"]
+    if embeds:
+        images = torch.cat([e[0] for e in embeds])
+        texts = torch.cat([e[1] for e in embeds])
+        captions = [c for e in embeds for c in e[2]]
+        ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+        groups = torch.tensor([ids[c] for c in captions])
+        for key, value in retrieval_recall(images, texts, tuple(ks), groups).items():
+            out[f"recall_{key}"] = value
+    caps = [g["exact_match"] for g in generations if g["head"] == "caption"]
+    if caps:
+        out["caption_exact_match"] = sum(caps) / len(caps)
+    wers = [g["wer"] for g in generations if g["head"] == "transcription"]
+    if wers:
+        out["transcription_wer"] = sum(wers) / len(wers)
+    return out
