@@ -155,7 +155,8 @@ class ApotheonDataModule(LanceDataModule):
         self._audio_of_parent: dict[str, tuple[int, float]] = {}
         self._stage_sets: dict[str, ApotheonSamples] = {}
         self.stage: Stage | None = None
-        self._events: list[tuple[str, dict[str, Any]]] = []
+        self._pending: dict[str, Any] | None = None
+        self._logged: str | None = None  # the stage of the last logged switch
 
     def setup(self, stage: str | None = None) -> None:
         """Select val/test (every kind) and each stage's train samples, once."""
@@ -204,22 +205,27 @@ class ApotheonDataModule(LanceDataModule):
             raise ConfigError("a curriculum needs trainer.reload_dataloaders_every_n_epochs=1")
         st = stage_at(self.stages, epoch)
         if st != self.stage:
-            previous, self.stage = self.stage, st
+            self.stage = st
             n = len(self.dataset("train"))
-            log.info("curriculum: epoch %d -> stage %s (%s), %d samples", epoch, st.name,
-                     ", ".join(st.kinds), n)  # fmt: skip
-            self._events.append(("curriculum", {
-                "epoch": epoch, "stage": st.name, "kinds": list(st.kinds), "samples": n,
-                "previous": previous.name if previous else None,
-            }))  # fmt: skip
             if n == 0:
                 raise ConfigError(f"curriculum stage {st.name!r} selects no train samples")
+            log.info("curriculum: epoch %d -> stage %s (%s), %d samples", epoch, st.name,
+                     ", ".join(st.kinds), n)  # fmt: skip
+            # a loader replaced before any batch was drawn from it (Lightning builds one
+            # to estimate the step count before a resume restores the epoch) never took
+            # effect: only the latest switch is logged
+            self._pending = {"epoch": epoch, "stage": st.name, "kinds": list(st.kinds),
+                             "samples": n}  # fmt: skip
         return self.loader("train")
 
     def pop_events(self) -> list[tuple[str, dict[str, Any]]]:
-        """Curriculum switches queued for the run's events log."""
-        out, self._events = self._events, []
-        return out
+        """The curriculum switch that took effect since the last call, for the events log
+        (with the stage it follows)."""
+        if self._pending is None:
+            return []
+        event, self._pending = {**self._pending, "previous": self._logged}, None
+        self._logged = event["stage"]
+        return [("curriculum", event)]
 
 
 def _audio_tracks(media: Any) -> dict[str, tuple[int, float]]:

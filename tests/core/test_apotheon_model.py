@@ -541,3 +541,33 @@ def test_audio_helpers_round_trip() -> None:
         pcm, rate = decode_pcm(data)
         assert rate == SAMPLE_RATE and pcm.shape == (SAMPLE_RATE // 2,)
         assert 0.1 < float(np.abs(pcm).max()) <= 0.31
+
+
+def test_bf16_language_model_with_float32_towers(collate) -> None:
+    """apotheon_base loads the LM in bfloat16 (``language.dtype``) beside float32 towers
+    and fusion: the prefix is cast to the LM's dtype, its logits come back for a float32
+    loss, and every part still trains."""
+    torch.manual_seed(0)
+    model = ApotheonModel(ApotheonConfig())
+    model.lm.to(torch.bfloat16)
+    items = subset_items(frozenset({"image", "audio", "text"}))
+    out = model(collate(items))
+    assert out.caption_logits is not None and out.caption_logits.dtype == torch.bfloat16
+    assert torch.isfinite(out.loss) and out.loss.dtype == torch.float32
+    out.loss.backward()
+    lm_grads = [p.grad for p in model.lm.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.bfloat16 for g in lm_grads)
+    assert model.lm_proj.weight.grad is not None
+    assert all(p.grad is not None for p in model.fusion.parameters())
+
+
+def test_bf16_autocast_step(collate) -> None:
+    """``trainer.precision=bf16-mixed`` runs the step under autocast (here on CPU)."""
+    torch.manual_seed(0)
+    model = ApotheonModel(ApotheonConfig())
+    batch = collate(subset_items(frozenset({"image", "audio", "text"})))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.vision.parameters())

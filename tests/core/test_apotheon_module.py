@@ -230,16 +230,16 @@ def test_word_error_rate() -> None:
 
 
 class KindRecorder(L.Callback):
-    """Append each training batch's epoch and sample ids to a JSON-lines file."""
+    """Append each training batch's epoch, step, sample ids and loss to a JSON-lines file."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+               "ids": batch["sample_ids"], "loss": float(outputs["loss"])}  # fmt: skip
         with self.path.open("a") as fh:
-            fh.write(
-                json.dumps({"epoch": trainer.current_epoch, "ids": batch["sample_ids"]}) + "\n"
-            )
+            fh.write(json.dumps(row) + "\n")
 
 
 def test_apotheon_tiny_trains_through_the_curriculum(
@@ -301,6 +301,51 @@ def test_apotheon_tiny_trains_through_the_curriculum(
     text = report(run)
     assert "train/loss_transcription" in text and "curriculum: epoch 1 -> sound" in text
     assert "val/recall_i2t_r1" in text
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_curriculum_resumes_in_its_stage(
+    compose, media_lake: Path, tmp_path: Path
+) -> None:
+    """SIGTERM in the second stage, resume: the same stage, then the same batches and
+    losses as an uninterrupted run, and the next switch at its epoch."""
+    from core.run import read_events
+    from core.train import train
+
+    stages = json.dumps(STAGES).replace('"', "")
+    common = (
+        "+experiment=apotheon_tiny", "data.datasets=null", "data.batch_size=8",
+        "data.val_fraction=0.25", "data.test_fraction=0.0", f"data.curriculum={stages}",
+        "trainer.max_epochs=3", "trainer.limit_train_batches=null", "trainer.limit_val_batches=0",
+        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+        "checkpoint.every_n_steps=100", "checkpoint.monitor=null", "test_after_fit=false",
+        "+callbacks.kinds._target_=tests.core.test_apotheon_module.KindRecorder",
+    )  # fmt: skip
+
+    def run(run_id: str, record: str, *extra: str) -> dict[str, Any]:
+        cfg = compose(*common, f"run_id={run_id}", f"+callbacks.kinds.path={tmp_path / record}",
+                      *extra, lake=media_lake, runs=tmp_path / "runs")  # fmt: skip
+        return train(cfg)
+
+    def rows(name: str) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in (tmp_path / name).read_text().splitlines()]
+
+    assert run("ref", "ref.jsonl")["status"] == "finished"
+    reference = {r["step"]: r for r in rows("ref.jsonl")}
+    cut_at = next(s for s, r in sorted(reference.items()) if r["epoch"] == 1) + 1
+    stop = ("+callbacks.stop._target_=tests.core.probe.StopAt", f"+callbacks.stop.step={cut_at}",
+            "+callbacks.stop.how=sigterm")  # fmt: skip
+    assert run("cut", "cut.jsonl", *stop)["status"] == "interrupted"
+    resumed = run("cut", "resumed.jsonl", "resume=true")
+    assert resumed["status"] == "finished" and resumed["step"] == max(reference)
+    after = rows("resumed.jsonl")
+    assert after[0]["step"] == cut_at + 1 and after[0]["epoch"] == 1
+    for r in after:
+        assert r["ids"] == reference[r["step"]]["ids"]
+        assert r["loss"] == pytest.approx(reference[r["step"]]["loss"], rel=1e-4)
+    events = read_events(tmp_path / "runs" / "cut" / "events.jsonl")
+    switches = [(e["epoch"], e["stage"]) for e in events if e["type"] == "curriculum"]
+    assert switches == [(0, "pictures"), (1, "sound"), (1, "sound"), (2, "video")]
 
 
 def test_apotheon_base_states_the_seed_and_its_memory(compose) -> None:
