@@ -146,7 +146,8 @@ class ApotheonModule(TrainableOnlyCheckpoints, L.LightningModule):
             self.log(f"train/rows_{head}", float(out.counts[head]), batch_size=bs)
             if out.counts[head]:
                 self.log(f"train/loss_{head}", value.detach(), batch_size=bs)
-        self.log("train/temperature", 1.0 / self.model.logit_scale.exp().item(), batch_size=bs)
+        temperature = 1.0 / self.model.logit_scale.detach().exp().squeeze(0)
+        self.log("train/temperature", temperature, batch_size=bs)
         return out.loss
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
@@ -255,14 +256,12 @@ class ApotheonModule(TrainableOnlyCheckpoints, L.LightningModule):
 
     def export(self, run_dir: str | Path) -> Path:
         """``run_dir/hf``: the whole model (LoRA merged into the LM) with its processors,
-        loadable with :meth:`ApotheonModel.from_pretrained`."""
-        model = self.model
+        loadable with :meth:`ApotheonModel.from_pretrained`. LoRA is merged in place (a
+        copy of an 8B model would double its memory): call it when training is done."""
         if self.uses_peft:
-            import copy
-
-            model = copy.deepcopy(model)
-            model.lm = model.lm.merge_and_unload()
-        return model.save_pretrained(Path(run_dir) / "hf", self.processors)
+            self.model.lm = self.model.lm.merge_and_unload()
+            self.uses_peft = False
+        return self.model.save_pretrained(Path(run_dir) / "hf", self.processors)
 
 
 def _lora(lm: torch.nn.Module, cfg: Mapping[str, Any]) -> torch.nn.Module:

@@ -172,6 +172,30 @@ def test_frozen_towers_lora_and_per_role_learning_rates(media_lake: Path) -> Non
     assert all(p.grad is not None for n, p in module.model.named_parameters() if "lora_B" in n)
 
 
+def test_lora_export_merges_and_reloads_to_the_same_outputs(
+    media_lake: Path, tmp_path: Path
+) -> None:
+    dm = data_module(media_lake)
+    dm.setup()
+    module = ApotheonModule(config=TINY, peft={"method": "lora", "r": 4, "alpha": 8}, seed=2)
+    batch = batch_of(module, dm, "train", 8)
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):  # LoRA's B starts at zero: train it off zero
+        opt.zero_grad()
+        module(batch).loss.backward()
+        opt.step()
+    module.eval()
+    with torch.no_grad():
+        before = module(batch)
+    out = module.export(tmp_path)
+    loaded = ApotheonModel.from_pretrained(out).eval()
+    assert not any("lora_" in n for n, _ in loaded.named_parameters())
+    with torch.no_grad():
+        after = loaded(batch)
+    assert torch.allclose(before.caption_logits, after.caption_logits, atol=1e-5)
+    assert torch.allclose(before.loss, after.loss, atol=1e-5)
+
+
 def _table(module: ApotheonModule) -> list[dict[str, Any]]:
     from core.models.vlm_load import parameter_table
 
