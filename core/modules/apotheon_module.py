@@ -250,7 +250,7 @@ class ApotheonModule(TrainableOnlyCheckpoints, L.LightningModule):
         groups = role_param_groups(self.model, self.roles, dict(h.lrs or {}), h.lr, h.weight_decay)
         if not groups:
             raise ConfigError("nothing to train: every role is frozen")
-        return adamw_warmup_cosine(groups, h, self.trainer)
+        return adamw_warmup_cosine(groups, h, lambda: self.trainer.estimated_stepping_batches)
 
     # ---- export ---------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -39,16 +40,19 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def adamw_warmup_cosine(groups: list[dict[str, Any]], hparams: Any, trainer: Any) -> dict[str, Any]:
+def adamw_warmup_cosine(
+    groups: list[dict[str, Any]], hparams: Any, estimated_steps: Callable[[], float]
+) -> dict[str, Any]:
     """Lightning's ``configure_optimizers`` answer: AdamW over ``groups`` with a per-step
     warmup-cosine schedule; ``hparams`` holds ``lr``, ``betas``, ``warmup_steps``,
-    ``min_lr_ratio`` and ``max_steps`` (None or <= 0: the trainer's estimate)."""
+    ``min_lr_ratio`` and ``max_steps`` (None or <= 0: ``estimated_steps()``, e.g. the
+    trainer's ``estimated_stepping_batches``, asked only then)."""
     import torch
     from torch.optim.lr_scheduler import LambdaLR
 
     h = hparams
     opt = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas))
-    total = h.max_steps if (h.max_steps or 0) > 0 else trainer.estimated_stepping_batches
+    total = h.max_steps if (h.max_steps or 0) > 0 else estimated_steps()
     sched = LambdaLR(opt, WarmupCosine(h.warmup_steps, max(1, int(total)), h.min_lr_ratio))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -445,7 +445,7 @@ class VlmModule(TrainableOnlyCheckpoints, L.LightningModule):
         groups = role_param_groups(self.model, self.spec, dict(h.lrs or {}), h.lr, h.weight_decay)
         if not groups:
             raise ConfigError("nothing to train: every role is frozen and no adapter is set")
-        return adamw_warmup_cosine(groups, h, self.trainer)
+        return adamw_warmup_cosine(groups, h, lambda: self.trainer.estimated_stepping_batches)
 
     # ---- export ---------------------------------------------------------------------------
 
