@@ -589,6 +589,11 @@ def format_event(event: dict[str, Any]) -> str:
         if "trainable" in total:
             parts.append(f"trainable {_count(total['trainable'])}")
         return " ".join(parts)
+    if kind == "curriculum":
+        kinds = event.get("kinds") if isinstance(event.get("kinds"), list) else []
+        parts += [f"epoch {event.get('epoch')} -> {event.get('stage')}",
+                  f"({', '.join(map(str, kinds))})", f"{event.get('samples')} samples"]  # fmt: skip
+        return " ".join(parts)
     if kind in ("generations", "skipped"):
         samples = event.get("samples")
         if event.get("split"):

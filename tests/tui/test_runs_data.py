@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tui.runs_data import EventTail, downsample, list_runs, replay, replay_run
+from tui.runs_data import EventTail, downsample, format_event, list_runs, replay, replay_run
 
 RUNS = Path(__file__).resolve().parents[1] / "data" / "runs"
 RECORDED = RUNS / "recorded-llava"
@@ -276,3 +276,9 @@ def test_replay_run_looks_like_training(tmp_path: Path) -> None:
     info = by_id(tmp_path / "runs")["demo"]
     assert info.status == "finished" and info.best["metric"] == "val/loss"
     assert (dst / "config.yaml").read_bytes() == (RECORDED / "config.yaml").read_bytes()
+
+
+def test_format_event_curriculum_switch() -> None:
+    line = format_event({"t": 0, "type": "curriculum", "epoch": 2, "stage": "audio",
+                         "kinds": ["image", "frame", "audio"], "samples": 367})  # fmt: skip
+    assert line.endswith("curriculum epoch 2 -> audio (image, frame, audio) 367 samples")
