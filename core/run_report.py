@@ -46,6 +46,7 @@ def report(run_dir: str | Path, generations: int = 4) -> str:
 
 
 def _fmt(value: Any) -> str:
+    """Floats to 4 decimals, anything else as is."""
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 

@@ -17,6 +17,7 @@ their figures compare across stages.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ import pyarrow as pa
 
 from core.data.lance_data import LanceDataModule
 from core.data.lance_dataset import LanceSamples, Selection, select
+from core.data.sampler import ShardedBatchSampler
 from lake.errors import ConfigError
 from lake.schema import KIND_TAGS
 
@@ -88,7 +90,9 @@ class ApotheonSamples(LanceSamples):
     """Lake samples as Apotheon items: visual media, the audio (own or the clip's video
     track, with the range to cut), caption, messages, transcript and kind tags."""
 
-    def __init__(self, *args: Any, audio_of_parent: Mapping[str, tuple[int, float]], **kw: Any):
+    def __init__(
+        self, *args: Any, audio_of_parent: Mapping[str, tuple[int, float]], **kw: Any
+    ) -> None:
         super().__init__(*args, **kw)
         self.audio_of_parent = dict(audio_of_parent)  # video id -> (audio row id, its t_start)
 
@@ -195,6 +199,29 @@ class ApotheonDataModule(LanceDataModule):
         """Train samples per stage."""
         self.setup()
         return {name: len(ds) for name, ds in self._stage_sets.items()}
+
+    def estimated_stepping_batches(self, trainer: Any) -> float:
+        """Optimizer steps of a whole fit through the curriculum (Lightning's own estimate
+        sizes every epoch like the first stage): per epoch its stage's batches for one
+        rank, capped by ``limit_train_batches``, over gradient accumulation."""
+        if trainer.max_epochs in (None, -1):
+            return trainer.estimated_stepping_batches
+        self.setup()
+        limit = trainer.limit_train_batches
+        total = 0
+        for epoch in range(max(1, trainer.max_epochs)):
+            ds = self._stage_sets[stage_at(self.stages, epoch).name]
+            sampler = ShardedBatchSampler(
+                len(ds), self.batch_size, shuffle=False, rank=0,
+                world_size=int(trainer.world_size), drop_last=self.drop_last,
+            )  # fmt: skip
+            batches = len(sampler)
+            if isinstance(limit, int):
+                batches = min(batches, limit)
+            elif limit is not None:
+                batches = int(batches * float(limit))
+            total += math.ceil(batches / trainer.accumulate_grad_batches)
+        return min(total, trainer.max_steps) if trainer.max_steps != -1 else total
 
     def train_dataloader(self) -> Any:
         """The loader of the stage in force at the trainer's current epoch."""

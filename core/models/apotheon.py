@@ -30,7 +30,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-
-from core.modules.clip_metrics import clip_loss
 
 IGNORE = -100
 HEADS = ("caption", "transcription", "contrastive")
@@ -113,7 +111,7 @@ class ApotheonConfig:
     language: LanguageConfig = field(default_factory=LanguageConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     contrastive_dim: int = 64
-    temperature: float = 0.07  # initial; learned as a logit scale, clamped at 100
+    temperature: float = 0.07  # initial; learned as a logit scale (used clamped at 100)
     loss_weights: dict[str, float] = field(
         default_factory=lambda: {"caption": 1.0, "transcription": 1.0, "contrastive": 0.5}
     )
@@ -132,10 +130,12 @@ class ApotheonConfig:
             if key in parts:
                 kwargs[key] = _dataclass_from(parts[key], value)
             elif key in {f.name for f in fields(cls)}:
-                kwargs[key] = dict(value) if key == "loss_weights" else value
+                kwargs[key] = {**cls().loss_weights, **value} if key == "loss_weights" else value
             else:
                 raise ValueError(f"unknown Apotheon config key {key!r}")
         cfg = cls(**kwargs)
+        if cfg.audio.source == "tiny" and float(cfg.audio.chunk_s) != int(cfg.audio.chunk_s):
+            raise ValueError(f"audio.chunk_s must be whole seconds, not {cfg.audio.chunk_s}")
         unknown = set(cfg.loss_weights) - set(HEADS)
         if unknown:
             raise ValueError(f"loss_weights: unknown heads {sorted(unknown)}; heads are {HEADS}")
@@ -179,8 +179,9 @@ FSDP_WRAP = (
 
 
 def role_of(param_name: str) -> str | None:
-    """The role of a parameter name of :class:`ApotheonModel` (PEFT's names included)."""
-    name = param_name.replace("base_model.model.", "")
+    """The role of a parameter name of :class:`ApotheonModel` (LoRA wraps ``lm`` only, so
+    PEFT's names keep the ``lm.`` prefix)."""
+    name = param_name
     best, best_len = None, -1
     for role, paths in ROLES.items():
         for path in paths:
@@ -242,7 +243,9 @@ class FusionLayer(nn.Module):
     """Pre-norm block: self-attention over the queries, cross-attention from the queries
     to the media tokens, MLP."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+    def __init__(
+        self, width: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.norm_self = nn.LayerNorm(width)
         self.self_attn = Attention(width, heads, dropout)
@@ -260,6 +263,8 @@ class FusionLayer(nn.Module):
         memory: torch.Tensor,
         memory_mask: torch.Tensor,
     ) -> torch.Tensor:
+        """``x`` (B, Q, W) queries with ``x_mask`` (B, Q); ``memory`` (B, M, W) media
+        tokens with ``memory_mask`` (B, M); True marks a real token."""
         h = self.norm_self(x)
         x = x + self.self_attn(h, h, x_mask)
         x = x + self.cross_attn(self.norm_cross(x), self.norm_memory(memory), memory_mask)
@@ -284,6 +289,7 @@ class FusionTransformer(nn.Module):
         memory: torch.Tensor,
         memory_mask: torch.Tensor,
     ) -> torch.Tensor:
+        """Every layer in turn (checkpointed when ``gradient_checkpointing``), then a norm."""
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, x_mask, memory, memory_mask, use_reentrant=False)
@@ -336,7 +342,13 @@ class ApotheonModel(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        torch.manual_seed(seed)
+        with torch.random.fork_rng():  # seeded init without resetting the caller's RNG
+            torch.manual_seed(seed)
+            self._build(cfg, towers)
+
+    def _build(
+        self, cfg: ApotheonConfig, towers: tuple[nn.Module, nn.Module, nn.Module] | None
+    ) -> None:
         vision, audio, lm = towers if towers is not None else build_towers(cfg)
         self.vision, self.audio, self.lm = vision, audio, lm
         w = cfg.fusion.width
@@ -365,6 +377,7 @@ class ApotheonModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """Where the model's own parameters live."""
         return self.latents.device
 
     def _dtype(self, module: nn.Module) -> torch.dtype:
@@ -418,9 +431,16 @@ class ApotheonModel(nn.Module):
         media = Media(grid.view(batch, -1, w), mask.view(batch, -1), present, tokens.new_zeros(()))
         return media, pooled
 
-    def encode_audio(self, features: torch.Tensor, audio_index: torch.Tensor, batch: int) -> Media:
+    def encode_audio(
+        self,
+        features: torch.Tensor,
+        audio_index: torch.Tensor,
+        batch: int,
+        lengths: torch.Tensor | None = None,
+    ) -> Media:
         """Media tokens of each row's audio: ``features`` (Na, n_mels, frames) log-mel
-        (Whisper's feature extractor), ``audio_index`` (Na,) the row of each."""
+        (Whisper's feature extractor), ``audio_index`` (Na,) the row of each, ``lengths``
+        (Na,) mel frames of real audio in each (the rest is padding, masked out)."""
         w = self.cfg.fusion.width
         dummy = features.shape[0] == 0
         if dummy:
@@ -440,7 +460,15 @@ class ApotheonModel(nn.Module):
         grid[audio_index] = tokens
         present = torch.zeros(batch, dtype=torch.bool, device=self.device)
         present[audio_index] = True
-        mask = present[:, None].expand(batch, n)
+        mask = present[:, None].expand(batch, n).clone()
+        if lengths is not None:
+            # a token pools `pool` encoder frames of 2 mel frames each; keep those that
+            # hold any real audio (Whisper pads short clips to its whole window)
+            valid = torch.div(
+                lengths.to(self.device) + 2 * pool - 1, 2 * pool, rounding_mode="floor"
+            )
+            keep = torch.arange(n, device=self.device)[None] < valid.clamp(min=1, max=n)[:, None]
+            mask[audio_index] = keep
         return Media(grid, mask, present, tokens.new_zeros(()))
 
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
@@ -553,7 +581,9 @@ class ApotheonModel(nn.Module):
         ApotheonCollator` for its keys); each head on the rows it applies to."""
         b = batch["caption_ids"].shape[0]
         vision, pooled = self.encode_vision(batch["pixel_values"], batch["frame_index"], b)
-        audio = self.encode_audio(batch["audio_features"], batch["audio_index"], b)
+        audio = self.encode_audio(
+            batch["audio_features"], batch["audio_index"], b, batch.get("audio_lengths")
+        )
         has_caption = batch["has_caption"].bool()
         has_transcript = batch["has_transcript"].bool()
         losses: dict[str, torch.Tensor] = {}
@@ -579,7 +609,7 @@ class ApotheonModel(nn.Module):
         n_pairs = int(pair_rows.sum())
         if n_pairs >= 2:
             li = scale * image_emb[pair_rows] @ text_emb[pair_rows].T
-            losses["contrastive"] = clip_loss(image_emb[pair_rows], text_emb[pair_rows], scale)
+            losses["contrastive"] = contrastive_loss(li, batch["caption_ids"][pair_rows])
         else:  # keep the heads in the graph
             li = scale * image_emb[:1] @ text_emb[:1].T
             losses["contrastive"] = 0.0 * li.sum() + 0.0 * image_emb.sum()
@@ -607,13 +637,18 @@ class ApotheonModel(nn.Module):
         max_new_tokens: int = 32,
         bos_id: int | None = None,
         eos_id: int | None = None,
+        stop_early: bool = True,
     ) -> list[list[int]]:
         """Greedy decoding of a head's text for every row of ``batch`` (token ids, no
-        BOS / EOS). ``head``: ``caption`` (vision + audio) or ``transcription`` (audio)."""
+        BOS / EOS). ``head``: ``caption`` (vision + audio) or ``transcription`` (audio).
+        ``stop_early=False`` always runs ``max_new_tokens`` steps (sharded models: every
+        rank must run the same number of forwards)."""
         if head not in ("caption", "transcription"):
             raise ValueError(f"head must be caption or transcription, not {head!r}")
         b = batch["caption_ids"].shape[0]
-        audio = self.encode_audio(batch["audio_features"], batch["audio_index"], b)
+        audio = self.encode_audio(
+            batch["audio_features"], batch["audio_index"], b, batch.get("audio_lengths")
+        )
         media = [audio]
         if head == "caption":
             media = [self.encode_vision(batch["pixel_values"], batch["frame_index"], b)[0], audio]
@@ -622,7 +657,7 @@ class ApotheonModel(nn.Module):
         )
         bos = bos_id if bos_id is not None else batch["caption_ids"][0, 0].item()
         ids = torch.full((b, 1), int(bos), dtype=torch.long, device=self.device)
-        done = torch.zeros(b, dtype=torch.bool, device=self.device)
+        done = [False] * b
         out: list[list[int]] = [[] for _ in range(b)]
         embeds = torch.cat([prefix, self.embed_text(ids)], dim=1)
         attn = torch.cat([p_mask.long(), torch.ones_like(ids)], dim=1)
@@ -634,13 +669,13 @@ class ApotheonModel(nn.Module):
                           position_ids=positions, past_key_values=past, use_cache=True)  # fmt: skip
             past = res.past_key_values
             nxt = res.logits[:, -1].argmax(-1)
-            for i in range(b):
+            for i, token in enumerate(nxt.tolist()):  # one host sync a step
                 if not done[i]:
-                    if eos_id is not None and int(nxt[i]) == eos_id:
+                    if eos_id is not None and token == eos_id:
                         done[i] = True
                     else:
-                        out[i].append(int(nxt[i]))
-            if bool(done.all()):
+                        out[i].append(token)
+            if stop_early and all(done):
                 break
             embeds = self.embed_text(nxt[:, None])
             attn = torch.cat([attn, torch.ones_like(nxt[:, None])], dim=1)
@@ -689,10 +724,14 @@ class ApotheonModel(nn.Module):
             )
         return model
 
-    def named_role_parameters(self) -> Iterator[tuple[str, str, nn.Parameter]]:
-        """``(role, name, parameter)`` for every parameter."""
-        for name, p in self.named_parameters():
-            yield role_of(name) or "other", name, p
+
+def contrastive_loss(logits: torch.Tensor, caption_ids: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over image x text ``logits`` where every pair with the same
+    caption is a positive (a scene's frames share their caption; counting the copies as
+    negatives would push apart what should match): soft targets spread over them."""
+    same = (caption_ids[:, None, :] == caption_ids[None, :, :]).all(-1).float()
+    target = same / same.sum(1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target.T))
 
 
 def _projection(d_in: int, d_out: int) -> nn.Module:

@@ -10,7 +10,9 @@ Batch keys (tensors unless noted):
 
 - ``pixel_values`` (N, 3, S, S) every image and frame; ``frame_index`` (N, 2): its row
   and its position in the clip (frames beyond ``max_frames`` are subsampled evenly).
-- ``audio_features`` (Na, n_mels, frames) Whisper log-mel; ``audio_index`` (Na,) rows.
+- ``audio_features`` (Na, n_mels, frames) Whisper log-mel; ``audio_index`` (Na,) rows;
+  ``audio_lengths`` (Na,) mel frames of real audio (Whisper pads to its window; audio
+  longer than the window is cut, and ``audio_truncated`` counts such clips).
 - ``caption_ids`` / ``caption_mask`` (B, L): BOS caption EOS, right-padded;
   ``has_caption`` (B,). ``transcript_ids`` / ``transcript_mask``; ``has_transcript``.
 - ``caption_prompt_ids`` / ``_mask`` and ``transcription_prompt_ids`` / ``_mask``: the
@@ -53,6 +55,7 @@ class ApotheonCollator:
         self.max_frames = max_frames
 
     def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """One batch (the keys in the module docstring) from lake items."""
         images, frame_index, clips, audio_index = [], [], [], []
         captions: list[str | None] = []
         prompts: list[str] = []
@@ -110,9 +113,22 @@ class ApotheonCollator:
             feats = fe(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")["input_features"]
         else:
             feats = torch.zeros(0, fe.feature_size, fe.nb_max_frames)
-        return {"audio_features": feats, "audio_index": torch.tensor(index, dtype=torch.long)}
+        frames = [-(-len(c) // fe.hop_length) for c in clips]
+        return {
+            "audio_features": feats,
+            "audio_index": torch.tensor(index, dtype=torch.long),
+            "audio_lengths": torch.tensor([min(f, fe.nb_max_frames) for f in frames]).long(),
+            "audio_truncated": sum(f > fe.nb_max_frames for f in frames),
+        }
 
     # -- text ---------------------------------------------------------------------------------
+
+    @property
+    def start_id(self) -> int:
+        """The token that starts every target: BOS, or EOS for tokenizers without one
+        (Qwen2)."""
+        tok = self.tokenizer
+        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -121,9 +137,9 @@ class ApotheonCollator:
         """BOS text EOS per row (``max_text_tokens`` at most), right-padded."""
         tok = self.tokenizer
         rows = [
-            [tok.bos_token_id, *self._ids(t)[: self.max_text_tokens - 2], tok.eos_token_id]
+            [self.start_id, *self._ids(t)[: self.max_text_tokens - 2], tok.eos_token_id]
             if t
-            else [tok.bos_token_id, tok.eos_token_id]
+            else [self.start_id, tok.eos_token_id]
             for t in texts
         ]
         ids, mask = _pad(rows, tok.pad_token_id, left=False)
@@ -131,9 +147,7 @@ class ApotheonCollator:
         return {f"{name}_ids": ids, f"{name}_mask": mask, f"has_{name}": present}
 
     def _prompts(self, name: str, texts: list[str]) -> dict[str, torch.Tensor]:
-        rows = [
-            self._ids(t)[-self.max_text_tokens :] or [self.tokenizer.bos_token_id] for t in texts
-        ]
+        rows = [self._ids(t)[-self.max_text_tokens :] or [self.start_id] for t in texts]
         ids, mask = _pad(rows, self.tokenizer.pad_token_id, left=True)
         return {f"{name}_ids": ids, f"{name}_mask": mask}
 
@@ -144,19 +158,33 @@ def select_rows(batch: Mapping[str, Any], rows: Sequence[int]) -> dict[str, Any]
     pick = torch.tensor(list(rows), dtype=torch.long)
     out: dict[str, Any] = {}
     for key, value in batch.items():
-        if key in ("pixel_values", "frame_index", "audio_features", "audio_index"):
+        if key in (
+            "pixel_values",
+            "frame_index",
+            "audio_features",
+            "audio_index",
+            "audio_lengths",
+            "audio_truncated",
+        ):
             continue
-        out[key] = [value[r] for r in rows] if isinstance(value, list) else value[pick]
+        if isinstance(value, list):
+            out[key] = [value[r] for r in rows]
+        elif isinstance(value, torch.Tensor):
+            out[key] = value[pick.to(value.device)]
     frames = [i for i, (r, _) in enumerate(batch["frame_index"].tolist()) if r in index]
     out["pixel_values"] = batch["pixel_values"][frames]
     out["frame_index"] = torch.tensor(
-        [(index[r], t) for r, t in batch["frame_index"][frames].tolist()], dtype=torch.long
-    ).view(-1, 2)
+        [(index[r], t) for r, t in batch["frame_index"][frames].tolist()],
+        dtype=torch.long, device=batch["frame_index"].device,
+    ).view(-1, 2)  # fmt: skip
     clips = [i for i, r in enumerate(batch["audio_index"].tolist()) if r in index]
     out["audio_features"] = batch["audio_features"][clips]
     out["audio_index"] = torch.tensor(
-        [index[r] for r in batch["audio_index"][clips].tolist()], dtype=torch.long
-    )
+        [index[r] for r in batch["audio_index"][clips].tolist()],
+        dtype=torch.long, device=batch["audio_index"].device,
+    )  # fmt: skip
+    if "audio_lengths" in batch:
+        out["audio_lengths"] = batch["audio_lengths"][clips]
     return out
 
 

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,14 @@ class ApotheonModule(TrainableOnlyCheckpoints, L.LightningModule):
         out, self._events = self._events, []
         return out
 
+    def setup(self, stage: str) -> None:
+        """Under FSDP, :func:`ready_for_fsdp` (one dtype per FSDP unit, one kind of
+        activation checkpointing)."""
+        strategy = getattr(self._trainer, "strategy", None)
+        if _is_fsdp(strategy):
+            strategy_checkpoints = bool(getattr(strategy, "_activation_checkpointing_kwargs", None))
+            ready_for_fsdp(self.model, strategy_checkpoints)
+
     def on_fit_start(self) -> None:
         rows = parameter_table(self.model, self.roles, self.roles.roles)
         if self.trainer.is_global_zero:
@@ -146,7 +155,8 @@ class ApotheonModule(TrainableOnlyCheckpoints, L.LightningModule):
             self.log(f"train/rows_{head}", float(out.counts[head]), batch_size=bs)
             if out.counts[head]:
                 self.log(f"train/loss_{head}", value.detach(), batch_size=bs)
-        temperature = 1.0 / self.model.logit_scale.detach().exp().squeeze(0)
+        scale = self.model.logit_scale.detach().clamp(max=math.log(100.0)).exp().squeeze(0)
+        temperature = 1.0 / scale  # as the forward uses it (scale clamped at 100)
         self.log("train/temperature", temperature, batch_size=bs)
         return out.loss
 
@@ -190,8 +200,12 @@ class ApotheonModule(TrainableOnlyCheckpoints, L.LightningModule):
         has_vision = _rows_with_vision(batch).cpu()
         has_audio = torch.zeros_like(has_vision)
         has_audio[batch["audio_index"].cpu()] = True
-        kw = {"max_new_tokens": self.hparams.max_new_tokens, "bos_id": tok.bos_token_id,
-              "eos_id": tok.eos_token_id}  # fmt: skip
+        # several ranks (sharded or not) must run the same forwards: every batch, both
+        # heads, a fixed number of steps (a placeholder row where none is wanted)
+        lockstep = self._world_size() > 1
+        start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        kw = {"max_new_tokens": self.hparams.max_new_tokens, "bos_id": start,
+              "eos_id": tok.eos_token_id, "stop_early": not lockstep}  # fmt: skip
         wanted = {
             "caption": [i for i, c in enumerate(batch["captions"])
                         if c and (has_vision[i] or has_audio[i])],
@@ -199,11 +213,12 @@ class ApotheonModule(TrainableOnlyCheckpoints, L.LightningModule):
         }  # fmt: skip
         for head, rows in wanted.items():
             rows = rows[: max(0, self.hparams.eval_samples - self._generated[head])]
-            if not rows:
+            if not rows and not lockstep:
                 continue
             self._generated[head] += len(rows)
             refs = batch["captions" if head == "caption" else "transcripts"]
-            texts = self.model.generate(select_rows(batch, rows), head, **kw)
+            texts = self.model.generate(select_rows(batch, rows or [0]), head, **kw)
+            texts = texts[: len(rows)]
             for i, ids in zip(rows, texts, strict=True):
                 pred = tok.decode(ids, skip_special_tokens=True).strip()
                 row = {"sample_id": batch["sample_ids"][i], "head": head, "prediction": pred,
@@ -235,10 +250,27 @@ class ApotheonModule(TrainableOnlyCheckpoints, L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
+    def _world_size(self) -> int:
+        trainer = self._trainer
+        return int(trainer.world_size) if trainer is not None else 1
+
+    def _gathered(self) -> tuple[dict[str, float], list[Any], list[dict[str, Any]]]:
+        """This epoch's sums, embeddings and generations from every rank."""
+        if self._world_size() == 1:
+            return self._eval, self._embeds, self._gen
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * self._world_size()
+        dist.all_gather_object(parts, (self._eval, self._embeds, self._gen))
+        sums = {k: sum(p[0][k] for p in parts) for k in self._eval}
+        return sums, [e for p in parts for e in p[1]], [g for p in parts for g in p[2]]
+
     def _eval_epoch_end(self, prefix: str) -> None:
-        metrics = evaluation_metrics(self._eval, self._embeds, self._gen, self.hparams.recall_k)
+        sums, embeds, gens = self._gathered()
+        self._gen = gens
+        metrics = evaluation_metrics(sums, embeds, gens, self.hparams.recall_k)
         for key, value in metrics.items():
-            self.log(f"{prefix}/{key}", value)
+            self.log(f"{prefix}/{key}", value)  # the same on every rank (gathered)
         if self._gen:
             self._events.append(("generations", {"split": prefix, "step": self.global_step,
                                                  "samples": list(self._gen)}))  # fmt: skip
@@ -250,18 +282,55 @@ class ApotheonModule(TrainableOnlyCheckpoints, L.LightningModule):
         groups = role_param_groups(self.model, self.roles, dict(h.lrs or {}), h.lr, h.weight_decay)
         if not groups:
             raise ConfigError("nothing to train: every role is frozen")
-        return adamw_warmup_cosine(groups, h, lambda: self.trainer.estimated_stepping_batches)
+        return adamw_warmup_cosine(groups, h, self._estimated_steps)
+
+    def _estimated_steps(self) -> float:
+        """Optimizer steps of the whole fit: from the data module's curriculum when it
+        has one (stages differ in size), else Lightning's estimate."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if hasattr(dm, "estimated_stepping_batches"):
+            return dm.estimated_stepping_batches(self.trainer)
+        return self.trainer.estimated_stepping_batches
 
     # ---- export ---------------------------------------------------------------------------
 
-    def export(self, run_dir: str | Path) -> Path:
+    def export(self, run_dir: str | Path) -> Path | None:
         """``run_dir/hf``: the whole model (LoRA merged into the LM) with its processors,
         loadable with :meth:`ApotheonModel.from_pretrained`. LoRA is merged in place (a
         copy of an 8B model would double its memory): call it when training is done."""
+        if _is_fsdp(getattr(self._trainer, "strategy", None)):
+            log.warning(
+                "export skipped: the model is sharded by FSDP (rank zero alone cannot "
+                "gather it); the run's checkpoints hold it"
+            )
+            return None
         if self.uses_peft:
             self.model.lm = self.model.lm.merge_and_unload()
             self.uses_peft = False
         return self.model.save_pretrained(Path(run_dir) / "hf", self.processors)
+
+
+def ready_for_fsdp(model: ApotheonModel, strategy_checkpoints: bool) -> None:
+    """Prepare a model for FSDP: FSDP flattens each unit's parameters into one tensor of
+    one dtype, so a bfloat16 language model (``language.dtype``, with float32 LoRA
+    factors) beside float32 towers is cast to float32, the strategy's mixed precision
+    computing in bf16; when the strategy checkpoints the blocks, the model's own
+    activation checkpointing is turned off (never both)."""
+    lm_dtype = model._dtype(model.lm)
+    if any(p.dtype != torch.float32 for p in model.lm.parameters() if p.is_floating_point()):
+        log.info("FSDP: language model %s -> float32 (bf16 compute by the strategy)", lm_dtype)
+        model.lm.float()
+    if strategy_checkpoints:
+        for tower in (model.vision, model.audio, model.lm):
+            if getattr(tower, "is_activation_checkpointing", False):
+                tower.activation_checkpointing_disable()
+        model.fusion.gradient_checkpointing = False
+
+
+def _is_fsdp(strategy: Any) -> bool:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(strategy, FSDPStrategy)
 
 
 def _lora(lm: torch.nn.Module, cfg: Mapping[str, Any]) -> torch.nn.Module:

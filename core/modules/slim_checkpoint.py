@@ -15,12 +15,24 @@ class TrainableOnlyCheckpoints:
     model: Any
 
     def _trainable_keys(self) -> set[str]:
-        return {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        """Trainable tensor names as checkpoints spell them (FSDP's wrapper prefixes
+        removed). Under FSDP with sharded checkpoints every tensor counts: Lightning's
+        sharded loader expects them all."""
+        from torch.distributed.fsdp._common_utils import clean_tensor_name
+
+        trainer = getattr(self, "_trainer", None)
+        strategy = getattr(trainer, "strategy", None)
+        sharded = getattr(strategy, "_state_dict_type", None) == "sharded"
+        return {
+            f"model.{clean_tensor_name(n)}"
+            for n, p in self.model.named_parameters()
+            if p.requires_grad or sharded
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only trainable tensors (frozen ones are rebuilt from ``source``)."""
         trainable = self._trainable_keys()
-        if len(trainable) < sum(1 for _ in self.model.parameters()):
+        if len(trainable) < sum(1 for _ in self.model.parameters()):  # some frozen
             sd = checkpoint["state_dict"]
             checkpoint["state_dict"] = {k: v for k, v in sd.items() if k in trainable}
             checkpoint["lakeloom_trainable_only"] = True

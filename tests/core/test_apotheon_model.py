@@ -526,7 +526,7 @@ def test_config_checks_keys_and_heads(model) -> None:
 
     cfg = ApotheonConfig.from_dict({"fusion": {"layers": 3}, "loss_weights": {"caption": 2.0}})
     assert cfg.fusion.layers == 3 and cfg.fusion.width == 64
-    assert cfg.loss_weights == {"caption": 2.0}
+    assert cfg.loss_weights == {"caption": 2.0, "transcription": 1.0, "contrastive": 0.5}  # merged
     assert ApotheonConfig.from_dict(cfg.to_dict()) == cfg
     assert ApotheonConfig.from_dict(None) == ApotheonConfig()
 
@@ -571,3 +571,18 @@ def test_bf16_autocast_step(collate) -> None:
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert all(p.grad is not None for p in model.vision.parameters())
+
+
+def test_audio_tokens_past_a_clip_are_masked(model, collate) -> None:
+    """Whisper pads every clip to its window; the pooled tokens that hold only that
+    padding are masked out of the fusion's memory, per row."""
+    items = [item("short", audio=tone(330.0, 1.0)), item("long", audio=tone(660.0, 4.0))]
+    batch = collate(items)
+    assert batch["audio_lengths"].tolist() == [100, 400]  # mel frames of 10 ms
+    media = model.encode_audio(
+        batch["audio_features"], batch["audio_index"], 2, batch["audio_lengths"]
+    )
+    pool = model.cfg.audio.pool
+    assert media.mask.sum(1).tolist() == [-(-100 // (2 * pool)), -(-400 // (2 * pool))]
+    with pytest.raises(ValueError, match="whole seconds"):
+        ApotheonConfig.from_dict({"audio": {"chunk_s": 2.5}})
