@@ -557,9 +557,7 @@ def main() -> None:
             breakdown[k] += v / len(batches)
     if args.grad_ckpt:  # after counting: model FLOPs, not the recomputation
         for tower in (model.vision, model.audio, model.lm):
-            tower.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            tower.activation_checkpointing_enable({"use_reentrant": False})
         model.fusion.gradient_checkpointing = True
 
     timed, losses = train(model, batches, args.steps, args.warmup, device, autocast)

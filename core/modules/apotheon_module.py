@@ -158,6 +158,9 @@ class ApotheonModule(TrainableOnlyCheckpoints, L.LightningModule):
         scale = self.model.logit_scale.detach().clamp(max=math.log(100.0)).exp().squeeze(0)
         temperature = 1.0 / scale  # as the forward uses it (scale clamped at 100)
         self.log("train/temperature", temperature, batch_size=bs)
+        if batch.get("audio_truncated"):  # audio past the encoder's window is not heard
+            self.log("train/audio_truncated", float(batch["audio_truncated"]), batch_size=bs,
+                     reduce_fx="sum")  # fmt: skip
         return out.loss
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:

@@ -584,5 +584,8 @@ def test_audio_tokens_past_a_clip_are_masked(model, collate) -> None:
     )
     pool = model.cfg.audio.pool
     assert media.mask.sum(1).tolist() == [-(-100 // (2 * pool)), -(-400 // (2 * pool))]
+    assert batch["audio_truncated"] == 0
+    over = collate([item("too long", audio=tone(440.0, 6.0))])  # the tiny window is 5 s
+    assert over["audio_truncated"] == 1 and over["audio_lengths"].tolist() == [500]
     with pytest.raises(ValueError, match="whole seconds"):
         ApotheonConfig.from_dict({"audio": {"chunk_s": 2.5}})
