@@ -202,14 +202,28 @@ class ApotheonRoles:
         return role_of(param_name)
 
 
-def fsdp_wrap_classes() -> set[type[nn.Module]]:
+def fsdp_wrap_classes(language_source: str | None = None) -> set[type[nn.Module]]:
     """The block classes of :data:`FSDP_WRAP` (``auto_wrap_policy`` and
-    ``activation_checkpointing_policy`` of ``conf/trainer/fsdp_apotheon.yaml``)."""
+    ``activation_checkpointing_policy`` of ``conf/trainer/fsdp_apotheon.yaml``), plus the
+    blocks of the configured language model (any causal LM: the classes its transformers
+    model declares in ``_no_split_modules``, read from its config, no weights)."""
     out: set[type[nn.Module]] = set()
     for ref in FSDP_WRAP:
         module, cls = ref.split(":")
         out.add(getattr(importlib.import_module(module), cls))
+    if language_source and language_source != "tiny":
+        out |= _causal_lm_blocks(language_source)
     return out
+
+
+def _causal_lm_blocks(source: str) -> set[type[nn.Module]]:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(source)
+    model_class = AutoModelForCausalLM._model_mapping[type(config)]
+    module = importlib.import_module(model_class.__module__)
+    names = model_class._no_split_modules or []
+    return {getattr(module, n) for n in names if hasattr(module, n)}
 
 
 # ---- the fusion transformer ---------------------------------------------------------------

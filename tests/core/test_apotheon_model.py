@@ -589,3 +589,15 @@ def test_audio_tokens_past_a_clip_are_masked(model, collate) -> None:
     assert over["audio_truncated"] == 1 and over["audio_lengths"].tolist() == [500]
     with pytest.raises(ValueError, match="whole seconds"):
         ApotheonConfig.from_dict({"audio": {"chunk_s": 2.5}})
+
+
+def test_fsdp_policy_finds_the_blocks_of_any_causal_lm(tmp_path) -> None:
+    """A language model outside the built-in list (Phi-3 here, its config saved locally)
+    gets its own decoder blocks wrapped, read from its transformers class."""
+    from transformers import Phi3Config
+    from transformers.models.phi3.modeling_phi3 import Phi3DecoderLayer
+
+    assert Phi3DecoderLayer not in fsdp_wrap_classes()
+    Phi3Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path)
+    classes = fsdp_wrap_classes(str(tmp_path))
+    assert Phi3DecoderLayer in classes and FusionLayer in classes
