@@ -13,13 +13,16 @@ import base64
 import binascii
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote, urlparse
 
 from lake.errors import RejectedInput
 from lake.records import Location, MediaRef, Reject
+
+T = TypeVar("T")
 
 IMAGE_TOKEN = "<image>"
 
@@ -201,3 +204,20 @@ def list_files(root: Path, extensions: tuple[str, ...]) -> list[tuple[str, str]]
                 full = os.path.join(dirpath, fn)
                 out.append((os.path.relpath(full, base).replace(os.sep, "/"), full))
     return out
+
+
+def read_media_file(
+    rel: str, full: str, work: Callable[[str], T], rejected: type[Exception]
+) -> tuple[str, str, T | None, str | None]:
+    """A source worker's step for one file: ``(rel, sha256 of the file, work(full), None)``,
+    or ``(rel, "", None, reason)`` when ``work`` raises ``rejected`` or the file cannot
+    be read."""
+    from lake.ids import file_sha256
+
+    try:
+        sha = file_sha256(full)
+        return rel, sha, work(full), None
+    except rejected as exc:
+        return rel, "", None, str(exc)
+    except OSError as exc:
+        return rel, "", None, f"cannot read: {exc.strerror or exc}"

@@ -12,12 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lake.ids import file_sha256
 from lake.parallel import ordered_map, worker_count
 from lake.plugin import Source
 from lake.records import Location, MediaMeta, MediaRef, Reject, SourceRecord
 from lake.schema import KIND_TAGS
-from lake.sources import list_files
+from lake.sources import list_files, read_media_file
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus")
 
@@ -27,13 +26,9 @@ def _load(task: tuple[str, str, int, str, float | None]) -> tuple[str, str, Any,
     from lake.audio import AudioRejected, load_audio
 
     rel, full, rate, fmt, max_duration_s = task
-    try:
-        sha = file_sha256(full)
-        return rel, sha, load_audio(full, rate, fmt, max_duration_s), None
-    except AudioRejected as exc:
-        return rel, "", None, str(exc)
-    except OSError as exc:
-        return rel, "", None, f"cannot read: {exc.strerror or exc}"
+    return read_media_file(
+        rel, full, lambda f: load_audio(f, rate, fmt, max_duration_s), AudioRejected
+    )
 
 
 class AudioSource(Source):

@@ -43,7 +43,6 @@ import io
 import logging
 import math
 import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -51,6 +50,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
+from lake.cache import ModelCache
 from lake.plugin import Enricher
 
 log = logging.getLogger("lakeloom.clip_embed")
@@ -103,8 +103,7 @@ class LoadedClip:
     owner: str
 
 
-_CACHE: dict[ModelSpec, LoadedClip] = {}
-_LOCK = threading.Lock()
+_CACHE: ModelCache[LoadedClip] = ModelCache()
 
 
 def resolve_device(device: str) -> str:
@@ -147,27 +146,26 @@ def _is_folder(pretrained: str) -> bool:
 
 def load_clip(spec: ModelSpec) -> LoadedClip:
     """Load (once per process) the model ``spec`` names, in eval mode on its device."""
-    with _LOCK:
-        if spec in _CACHE:
-            return _CACHE[spec]
-        from core.models.clip import create_clip, load_from_run
+    return _CACHE.get(spec, lambda: _load_clip(spec))
 
-        if spec.run:
-            bundle = load_from_run(Path(spec.runs_dir) / spec.run)
-        else:
-            bundle = create_clip(spec.arch, spec.pretrained)
-        model, _, preprocess, tokenizer = bundle
-        digest = state_dict_sha256(model)  # on CPU, before moving
-        device = resolve_device(spec.device)
-        model = model.to(device).eval()
-        dim = int(model.text_projection.shape[1]) if hasattr(model, "text_projection") else 0
-        if not dim:
-            dim = int(_probe_dim(model, tokenizer, device))
-        owner = f"open_clip:{_arch_name(spec, model)}:{spec.source()}:{digest[:12]}"
-        loaded = LoadedClip(model, preprocess, tokenizer, device, dim, owner)
-        _CACHE[spec] = loaded
-        log.info("loaded CLIP %s on %s (dim %d)", owner, device, dim)
-        return loaded
+
+def _load_clip(spec: ModelSpec) -> LoadedClip:
+    from core.models.clip import create_clip, load_from_run
+
+    if spec.run:
+        bundle = load_from_run(Path(spec.runs_dir) / spec.run)
+    else:
+        bundle = create_clip(spec.arch, spec.pretrained)
+    model, _, preprocess, tokenizer = bundle
+    digest = state_dict_sha256(model)  # on CPU, before moving
+    device = resolve_device(spec.device)
+    model = model.to(device).eval()
+    dim = int(model.text_projection.shape[1]) if hasattr(model, "text_projection") else 0
+    if not dim:
+        dim = int(_probe_dim(model, tokenizer, device))
+    owner = f"open_clip:{_arch_name(spec, model)}:{spec.source()}:{digest[:12]}"
+    log.info("loaded CLIP %s on %s (dim %d)", owner, device, dim)
+    return LoadedClip(model, preprocess, tokenizer, device, dim, owner)
 
 
 def _probe_dim(model: Any, tokenizer: Any, device: str) -> int:
@@ -179,8 +177,7 @@ def _probe_dim(model: Any, tokenizer: Any, device: str) -> int:
 
 def clear_cache() -> None:
     """Forget the loaded models (tests; freeing GPU memory)."""
-    with _LOCK:
-        _CACHE.clear()
+    _CACHE.clear()
 
 
 def _normalise(x: Any) -> np.ndarray:

@@ -25,13 +25,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 
+from lake.cache import ModelCache
 from lake.errors import ConfigError, RejectedInput
 from lake.plugin import Enricher
 from plugins.whisper_models import model_owner, resolve_model
@@ -62,8 +62,7 @@ class WhisperSpec:
     cpu_threads: int
 
 
-_CACHE: dict[WhisperSpec, Any] = {}
-_LOCK = threading.Lock()
+_CACHE: ModelCache[Any] = ModelCache()
 
 
 def resolve_device(device: str) -> str:
@@ -84,27 +83,28 @@ def resolve_compute_type(compute_type: str, device: str) -> str:
 
 def load_whisper(spec: WhisperSpec) -> Any:
     """A ``faster_whisper.WhisperModel`` for ``spec``, loaded once per process."""
-    with _LOCK:
-        if spec not in _CACHE:
-            from faster_whisper import WhisperModel
+    return _CACHE.get(spec, lambda: _load_whisper(spec))
 
-            # two INFO lines per file (duration, VAD) would drown the job's own log
-            logging.getLogger("faster_whisper").setLevel(logging.WARNING)
-            _CACHE[spec] = WhisperModel(
-                spec.path,
-                device=spec.device,
-                compute_type=spec.compute_type,
-                cpu_threads=spec.cpu_threads,
-                local_files_only=True,
-            )
-            log.info("loaded Whisper %s on %s (%s)", spec.path, spec.device, spec.compute_type)
-        return _CACHE[spec]
+
+def _load_whisper(spec: WhisperSpec) -> Any:
+    from faster_whisper import WhisperModel
+
+    # two INFO lines per file (duration, VAD) would drown the job's own log
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+    model = WhisperModel(
+        spec.path,
+        device=spec.device,
+        compute_type=spec.compute_type,
+        cpu_threads=spec.cpu_threads,
+        local_files_only=True,
+    )
+    log.info("loaded Whisper %s on %s (%s)", spec.path, spec.device, spec.compute_type)
+    return model
 
 
 def clear_cache() -> None:
     """Forget the loaded models (tests; freeing GPU memory)."""
-    with _LOCK:
-        _CACHE.clear()
+    _CACHE.clear()
 
 
 def _vad_options(params: Any) -> dict[str, Any] | None:

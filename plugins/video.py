@@ -17,12 +17,12 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from lake.ids import file_sha256, media_id
+from lake.ids import media_id
 from lake.parallel import ordered_map, worker_count
 from lake.plugin import Source
 from lake.records import Location, MediaMeta, MediaRef, Reject, SourceRecord
 from lake.schema import KIND_TAGS
-from lake.sources import list_files
+from lake.sources import list_files, read_media_file
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 
@@ -32,13 +32,9 @@ def _analyse(task: tuple[str, str, dict[str, Any]]) -> tuple[str, str, Any, str 
     from lake.video import VideoRejected, VideoSettings, analyze_video
 
     rel, full, options = task
-    try:
-        sha = file_sha256(full)
-        return rel, sha, analyze_video(full, VideoSettings(**options)), None
-    except VideoRejected as exc:
-        return rel, "", None, str(exc)
-    except OSError as exc:
-        return rel, "", None, f"cannot read: {exc.strerror or exc}"
+    return read_media_file(
+        rel, full, lambda f: analyze_video(f, VideoSettings(**options)), VideoRejected
+    )
 
 
 class VideoSource(Source):

@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,14 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     return event
 
 
+def metric_values(event: dict[str, Any]) -> Iterator[tuple[str, float]]:
+    """``(key, value)`` of an event's numeric metrics (bookkeeping fields left out)."""
+    for key, raw in event.items():
+        value = _number(raw)
+        if value is not None and key not in _NOT_METRICS:
+            yield key, value
+
+
 def _number(value: Any) -> float | None:
     kind = type(value)  # exact types: bool is no number here
     if kind is float:
@@ -173,10 +181,7 @@ class _RunScan:
         elif kind == "train" and isinstance(step, int):
             self.step = step
         elif kind == "val":
-            for key, raw in event.items():
-                value = _number(raw)
-                if value is None or key in _NOT_METRICS:
-                    continue
+            for key, value in metric_values(event):
                 ext = self.extremes.get(key)
                 if ext is None:
                     self.extremes[key] = [value, step, value, step]
@@ -514,10 +519,7 @@ class EventTail:
             self.step = step
         if kind in ("train", "val", "test") and self.step is not None:
             x = float(self.step)
-            for key, raw in event.items():
-                value = _number(raw)
-                if value is None or key in _NOT_METRICS:
-                    continue
+            for key, value in metric_values(event):
                 series = self._series.get(key)
                 if series is None:
                     series = self._series[key] = _Series(self.max_points)

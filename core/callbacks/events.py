@@ -42,14 +42,12 @@ class EventsCallback(L.Callback):
     # -- training -------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t, self._samples = time.perf_counter(), 0
-        self._flush(pl_module)
+        self._flush(trainer, pl_module)
 
-    def _flush(self, pl_module: L.LightningModule) -> None:
-        """Write the events the module and the data module queued
+    def _flush(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write the events the data module and the module queued
         (``pop_events() -> [(type, fields)]``)."""
-        trainer = getattr(pl_module, "_trainer", None)
-        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
-        for source in (datamodule, pl_module):
+        for source in (trainer.datamodule, pl_module):
             pop = getattr(source, "pop_events", None)
             if pop is not None:
                 for kind, fields in pop():
@@ -64,7 +62,7 @@ class EventsCallback(L.Callback):
         batch_idx: int,
     ) -> None:
         self._samples += batch_size(batch)
-        self._flush(pl_module)
+        self._flush(trainer, pl_module)
         step = trainer.global_step
         if step == self._last_step or step % self.every_n_steps:
             return
@@ -91,7 +89,7 @@ class EventsCallback(L.Callback):
 
     # -- evaluation -----------------------------------------------------------------------
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._flush(pl_module)
+        self._flush(trainer, pl_module)
         if trainer.sanity_checking:
             return
         metrics = _metrics(trainer, include=("val",))
@@ -104,7 +102,7 @@ class EventsCallback(L.Callback):
             self.best = {"metric": self.monitor, "value": value, "step": trainer.global_step}
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._flush(pl_module)
+        self._flush(trainer, pl_module)
         metrics = _metrics(trainer, include=("test",))
         self.last["test"] = self.events.write("test", step=trainer.global_step, **metrics)
 

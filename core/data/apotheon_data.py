@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from core.data.lance_data import LanceDataModule
@@ -96,26 +95,16 @@ class ApotheonSamples(LanceSamples):
         super().__init__(*args, **kw)
         self.audio_of_parent = dict(audio_of_parent)  # video id -> (audio row id, its t_start)
 
+    media_columns = ("kind", "parent_id", "transcript")  # read with the bytes
+
     def _read(self, positions: Sequence[int]) -> list[dict[str, Any]]:
         items = super()._read(positions)
-        _, media = self._open()
-        per_sample = self.selection.media_of(positions)
-        flat = np.concatenate(per_sample) if per_sample else np.zeros(0, np.int64)
-        meta = (
-            media._take_rows(
-                pa.array(flat, pa.uint64()), columns=["kind", "parent_id", "transcript"]
-            ).to_pydict()
-            if len(flat)
-            else {"kind": [], "parent_id": [], "transcript": []}
-        )
         clip_audio: dict[int, tuple[int, float]] = {}
-        k = 0
-        for i, (item, rows) in enumerate(zip(items, per_sample, strict=True)):
-            kinds = meta["kind"][k : k + len(rows)]
-            parents = meta["parent_id"][k : k + len(rows)]
-            notes = meta["transcript"][k : k + len(rows)]
-            k += len(rows)
+        for i, item in enumerate(items):
             data = item.pop("images")
+            kinds = item.pop("media_kind")
+            parents = item.pop("media_parent_id")
+            notes = item.pop("media_transcript")
             item["images"] = [d for d, kind in zip(data, kinds, strict=True) if kind in VISUAL]
             item["audio"], item["audio_range"] = None, None
             for d, kind, note in zip(data, kinds, notes, strict=True):
@@ -127,7 +116,8 @@ class ApotheonSamples(LanceSamples):
             is_clip = KIND_TAGS["clip"] in (item.get("tags") or [])
             if item["audio"] is None and is_clip and parents and parents[0] in self.audio_of_parent:
                 clip_audio[i] = self.audio_of_parent[parents[0]]
-        if clip_audio:
+        if clip_audio:  # the clips' video tracks: one more take, each track once
+            _, media = self._open()
             rows = sorted({r for r, _ in clip_audio.values()})
             data = media._take_rows(pa.array(rows, pa.uint64()), columns=["bytes"])
             by_row = dict(zip(rows, data.column("bytes").to_pylist(), strict=True))

@@ -174,7 +174,12 @@ def _media_rows(media: Any, needed: list[pa.Array], scan_batch: int = 65536):
 
 
 class LanceSamples(Dataset):
-    """The samples of one split; items are the dicts the model collators expect."""
+    """The samples of one split; items are the dicts the model collators expect.
+
+    Subclasses name further ``media`` columns to read with the bytes in
+    ``media_columns``; items carry them as ``media_<column>`` lists."""
+
+    media_columns: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -250,17 +255,19 @@ class LanceSamples(Dataset):
         cols = [c for c in SAMPLE_COLUMNS + OPTIONAL_COLUMNS if c in names]
         cols += ["media_ids"] if self.media_read == "filter" else []
         table = samples._take_rows(pa.array(rows, pa.uint64()), columns=cols).to_pydict()
+        mcols = ["bytes", *self.media_columns]
         if self.media_read == "rowid":
-            images = self._by_rowid(media, self.selection.media_of(positions))
+            per_media = self._by_rowid(media, self.selection.media_of(positions), mcols)
         else:
-            images = self._by_filter(media, table["media_ids"])
+            per_media = self._by_filter(media, table["media_ids"], mcols)
         extra = [c for c in cols if c not in ("sample_id", "messages", "media_ids")]
         return [
             {
                 "sample_id": table["sample_id"][i],
-                "images": images[i],
+                "images": per_media["bytes"][i],
                 "messages": table["messages"][i] or [],
                 **{c: table[c][i] for c in extra},
+                **{f"media_{c}": per_media[c][i] for c in self.media_columns},
             }
             for i in range(len(rows))
         ]
@@ -290,29 +297,37 @@ class LanceSamples(Dataset):
         return out + image_tokens * n_media
 
     @staticmethod
-    def _by_rowid(media: Any, per_sample: list[np.ndarray]) -> list[list[bytes]]:
+    def _by_rowid(
+        media: Any, per_sample: list[np.ndarray], columns: list[str]
+    ) -> dict[str, list[list[Any]]]:
+        """``columns`` of each sample's media rows (one take): column -> per sample."""
         flat = np.concatenate(per_sample) if per_sample else np.zeros(0, np.int64)
         if len(flat) == 0:
-            return [[] for _ in per_sample]
+            return {c: [[] for _ in per_sample] for c in columns}
         uniq, inverse = np.unique(flat, return_inverse=True)
-        data = media._take_rows(pa.array(uniq, pa.uint64()), columns=["bytes"]).column("bytes")
-        values = data.to_pylist()
-        out, k = [], 0
-        for ids in per_sample:
-            out.append([values[j] for j in inverse[k : k + len(ids)]])
-            k += len(ids)
+        table = media._take_rows(pa.array(uniq, pa.uint64()), columns=columns)
+        out: dict[str, list[list[Any]]] = {}
+        for c in columns:
+            values, k, col = table.column(c).to_pylist(), 0, []
+            for ids in per_sample:
+                col.append([values[j] for j in inverse[k : k + len(ids)]])
+                k += len(ids)
+            out[c] = col
         return out
 
     @staticmethod
-    def _by_filter(media: Any, media_ids: list[list[str] | None]) -> list[list[bytes]]:
+    def _by_filter(
+        media: Any, media_ids: list[list[str] | None], columns: list[str]
+    ) -> dict[str, list[list[Any]]]:
+        """``columns`` of each sample's media (one filtered scan): column -> per sample."""
         wanted = sorted({m for ids in media_ids for m in ids or []})
         if not wanted:
-            return [[] for _ in media_ids]
+            return {c: [[] for _ in media_ids] for c in columns}
         quoted = ", ".join(f"'{m}'" for m in wanted)
-        table = media.to_table(columns=["media_id", "bytes"], filter=f"media_id IN ({quoted})")
-        by_id = dict(
-            zip(
-                table.column("media_id").to_pylist(), table.column("bytes").to_pylist(), strict=True
-            )
-        )
-        return [[by_id[m] for m in ids or []] for ids in media_ids]
+        table = media.to_table(columns=["media_id", *columns], filter=f"media_id IN ({quoted})")
+        index = {m: i for i, m in enumerate(table.column("media_id").to_pylist())}
+        out = {}
+        for c in columns:
+            values = table.column(c).to_pylist()
+            out[c] = [[values[index[m]] for m in ids or []] for ids in media_ids]
+        return out

@@ -60,6 +60,7 @@ class ApotheonCollator:
         captions: list[str | None] = []
         prompts: list[str] = []
         transcripts: list[str | None] = []
+        decoded: dict[bytes, Any] = {}
         for row, item in enumerate(items):
             sid = item["sample_id"]
             data = list(item.get("images") or [])
@@ -72,7 +73,7 @@ class ApotheonCollator:
                     ) from exc
                 frame_index.append((row, t))
             if item.get("audio") is not None:
-                clips.append(_audio_clip(sid, item["audio"], item.get("audio_range")))
+                clips.append(_audio_clip(sid, item["audio"], item.get("audio_range"), decoded))
                 audio_index.append(row)
             caption, prompt = caption_and_prompt(item)
             captions.append(caption)
@@ -130,24 +131,23 @@ class ApotheonCollator:
         tok = self.tokenizer
         return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
 
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of every text, in one tokenizer call."""
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
     def _targets(self, name: str, texts: list[str | None]) -> dict[str, torch.Tensor]:
         """BOS text EOS per row (``max_text_tokens`` at most), right-padded."""
         tok = self.tokenizer
         rows = [
-            [self.start_id, *self._ids(t)[: self.max_text_tokens - 2], tok.eos_token_id]
-            if t
-            else [self.start_id, tok.eos_token_id]
-            for t in texts
+            [self.start_id, *ids[: self.max_text_tokens - 2], tok.eos_token_id]
+            for ids in self._ids([t or "" for t in texts])
         ]
         ids, mask = _pad(rows, tok.pad_token_id, left=False)
         present = torch.tensor([t is not None for t in texts], dtype=torch.bool)
         return {f"{name}_ids": ids, f"{name}_mask": mask, f"has_{name}": present}
 
     def _prompts(self, name: str, texts: list[str]) -> dict[str, torch.Tensor]:
-        rows = [self._ids(t)[-self.max_text_tokens :] or [self.start_id] for t in texts]
+        rows = [ids[-self.max_text_tokens :] or [self.start_id] for ids in self._ids(texts)]
         ids, mask = _pad(rows, self.tokenizer.pad_token_id, left=True)
         return {f"{name}_ids": ids, f"{name}_mask": mask}
 
@@ -211,13 +211,19 @@ def _evenly(n: int, k: int) -> list[int]:
     return np.linspace(0, n - 1, k).round().astype(int).tolist()
 
 
-def _audio_clip(sid: str, data: bytes, span: Sequence[float] | None) -> np.ndarray:
+def _audio_clip(
+    sid: str, data: bytes, span: Sequence[float] | None, decoded: dict[bytes, Any]
+) -> np.ndarray:
+    """The sample's audio as 16 kHz PCM, cut to ``span``; ``decoded`` keeps each track
+    decoded once per batch (the clips of one video share its track)."""
     from lake.audio import decode_pcm
 
-    try:
-        pcm, rate = decode_pcm(data)
-    except Exception as exc:
-        raise ValueError(f"sample {sid}: its audio cannot be decoded: {exc}") from exc
+    if data not in decoded:
+        try:
+            decoded[data] = decode_pcm(data)
+        except Exception as exc:
+            raise ValueError(f"sample {sid}: its audio cannot be decoded: {exc}") from exc
+    pcm, rate = decoded[data]
     if rate != SAMPLE_RATE:
         raise ValueError(f"sample {sid}: audio at {rate} Hz, expected {SAMPLE_RATE} (lake audio)")
     if span is not None:

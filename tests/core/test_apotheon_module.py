@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -318,6 +319,12 @@ def test_apotheon_tiny_trains_through_the_curriculum(
     gens = [e for e in events if e["type"] == "generations"][-1]["samples"]
     assert {g["head"] for g in gens} == {"caption", "transcription"}
     assert val["val/transcription_wer"] >= 0.0
+    # the figures are the generations' own scores and the heads' losses
+    wers = [g["wer"] for g in gens if g["head"] == "transcription"]
+    ems = [g["exact_match"] for g in gens if g["head"] == "caption"]
+    assert val["val/transcription_wer"] == pytest.approx(sum(wers) / len(wers))
+    assert val["val/caption_exact_match"] == pytest.approx(sum(ems) / len(ems))
+    assert val["val/caption_ppl"] == pytest.approx(math.exp(val["val/loss_caption"]), rel=1e-4)
     # the LR schedule spans the run's real length (stages grow: Lightning's own estimate
     # sizes every epoch like the first)
     dm = data_module(media_lake, batch_size=8)
