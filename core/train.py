@@ -21,12 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lake.errors import ConfigError
+from lake import runs
+from lake.errors import ConfigError, FileProblem
 from lake.job import hydra_job
 
 log = logging.getLogger("lakeloom.train")
 
-EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130}
+EXIT_CODES = {runs.FINISHED: 0, runs.FAILED: 1, runs.INTERRUPTED: 130}
+CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
 
 
 def train(cfg: Any) -> dict[str, Any]:
@@ -58,6 +60,7 @@ def train(cfg: Any) -> dict[str, Any]:
         experiment=cfg.experiment_name,
         resumed_from=str(ckpt) if ckpt else None,
         config_changes=changes or None,
+        **runs.owner(),  # pid, host, start time: a reader tells a killed run (lake.runs)
     )
     if changes:
         log.warning("resumed with config changes: %s", changes)
@@ -91,7 +94,10 @@ def _fit_and_test(cfg: Any, run: Any, ckpt: Path | None, events: Any, summary: d
     from lightning.pytorch.utilities.model_helpers import is_overridden
 
     from core.builders import build_callbacks, build_loggers
+    from core.checkpoint import allow_checkpoint_types, check_checkpoint
 
+    if ckpt:  # Lightning unpickles it: refuse one that could run code, in one line
+        check_checkpoint(ckpt)
     L.seed_everything(cfg.seed, workers=True)
     dm = instantiate(cfg.data)
     module = instantiate(cfg.model)
@@ -108,7 +114,8 @@ def _fit_and_test(cfg: Any, run: Any, ckpt: Path | None, events: Any, summary: d
         use_distributed_sampler=False,  # the data module shards by rank itself
     )
     t_fit = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=False)
+    with allow_checkpoint_types():
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     summary["fit_s"] = round(time.perf_counter() - t_fit, 3)
     summary.update(step=trainer.global_step, epoch=trainer.current_epoch)
     if trainer.interrupted:
@@ -120,7 +127,8 @@ def _fit_and_test(cfg: Any, run: Any, ckpt: Path | None, events: Any, summary: d
     summary["last_val"] = _strip(events_cb.last.get("val"))
     if cfg.test_after_fit and is_overridden("test_step", module) and dm.sizes()["test"]:
         t_test = time.perf_counter()
-        trainer.test(module, datamodule=dm, ckpt_path=best or None, weights_only=False)
+        with allow_checkpoint_types():
+            trainer.test(module, datamodule=dm, ckpt_path=best or None, weights_only=True)
         summary["test_s"] = round(time.perf_counter() - t_test, 3)
         summary["test"] = _strip(events_cb.last.get("test"))
     # After test() the module holds the best checkpoint's weights (or the last ones).
@@ -190,12 +198,67 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
+def checkpoint_problem(exc: BaseException, cfg: Any) -> FileProblem | None:
+    """A one-line :class:`FileProblem` for a checkpoint that cannot be loaded, else None.
+
+    Recognises torch's load errors (a state dict that does not fit the model, a file
+    that is no checkpoint, a refused pickle); the file is the checkpoint path found in
+    the traceback's frames (innermost first), else ``model.init_from`` /
+    ``model.pretrained``. Other errors keep their traceback (see :func:`lake.job.hydra_job`).
+    """
+    import pickle
+
+    text = str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    load_error = isinstance(exc, pickle.UnpicklingError) or any(
+        s in text
+        for s in (
+            "Error(s) in loading state_dict",
+            "size mismatch for",
+            "PytorchStreamReader",
+            "Weights only load failed",
+            "invalid load key",
+            "Error while deserializing header",
+        )
+    )
+    if not load_error:
+        return None
+    if "size mismatch for" in text:  # torch lists every tensor; the first says enough
+        lines = [ln.strip() for ln in text.splitlines() if "size mismatch for" in ln]
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        first = f"does not fit the model: {lines[0].rstrip('.')}{more}"
+    path = _checkpoint_in(exc.__traceback__)
+    if path is None:
+        model = cfg.get("model") or {}
+        path = model.get("init_from") or model.get("pretrained") or "checkpoint"
+    return FileProblem(path, first)
+
+
+def _checkpoint_in(tb: Any) -> str | None:
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            is_ckpt = isinstance(value, str | Path) and str(value).endswith(CHECKPOINT_SUFFIXES)
+            if is_ckpt and Path(value).is_file():
+                return str(value)
+    return None
+
+
 @hydra_job("train")
 def main(cfg: Any) -> int:
     """Hydra entry point: train and print where the run is."""
     if cfg.get("model") is None or cfg.get("data") is None:
         raise ConfigError("train needs model= and data= config groups")
-    summary = train(cfg)
+    try:
+        summary = train(cfg)
+    except Exception as exc:
+        problem = checkpoint_problem(exc, cfg)
+        if problem is None:
+            raise
+        raise problem from exc
     print(
         f"run {summary['run_id']}: {summary['status']} -> {Path(cfg.runs_dir) / summary['run_id']}"
     )

@@ -34,20 +34,15 @@ from lake.errors import ConfigError
 from lake.job import RunContext, hydra_job
 from lake.plugin import Check
 from lake.schema import SAMPLES
+from lake.sql import and_filters, quote
 from lake.store import Lake
 
 log = logging.getLogger("lakeloom.check")
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def scope(where: str | None = None, dataset: str | None = None) -> str | None:
-    """SQL filter selecting the samples to check."""
-    parts = [f"dataset = {_quote(dataset)}" if dataset else None, where or None]
-    kept = [f"({p})" for p in parts if p]
-    return " AND ".join(kept) or None
+    """SQL filter selecting the samples to check (``where`` can only narrow ``dataset``)."""
+    return and_filters(f"dataset = {quote(dataset)}" if dataset else None, where)
 
 
 def score_column(name: str) -> str:
@@ -226,7 +221,7 @@ def markdown(lake: Lake, report: dict[str, Any], results: dict[str, pa.Table], w
 def _sample_info(lake: Lake, ids: list[str]) -> dict[str, dict[str, Any]]:
     if not ids:
         return {}
-    where = f"sample_id IN ({', '.join(_quote(i) for i in ids)})"
+    where = f"sample_id IN ({', '.join(quote(i) for i in ids)})"
     rows = lake.dataset(SAMPLES).to_table(
         columns=["sample_id", "source_uri", "label", "caption"], filter=where
     )

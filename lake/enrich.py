@@ -21,6 +21,7 @@ from lake.errors import ConfigError
 from lake.job import RunContext, hydra_job
 from lake.plugin import Enricher
 from lake.schema import KEYS
+from lake.sql import and_filters, quote
 from lake.store import Lake
 
 log = logging.getLogger("lakeloom.enrich")
@@ -47,15 +48,6 @@ class EnrichReport:
         )
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _and(*parts: str | None) -> str | None:
-    kept = [f"({p})" for p in parts if p]
-    return " AND ".join(kept) or None
-
-
 def enrich(
     enricher: Enricher,
     lake: Lake,
@@ -72,14 +64,14 @@ def enrich(
     lake.add_columns(table, enricher.output_fields())
     owner, oc = enricher.owner(), enricher.owner_column()
     scope = enricher.where()
-    others = lake.count(table, _and(scope, f"{oc} IS NOT NULL AND {oc} != {_quote(owner)}"))
+    others = lake.count(table, and_filters(scope, f"{oc} IS NOT NULL AND {oc} != {quote(owner)}"))
     if others and not reembed:
         raise ConfigError(
             f"{others} rows of {table} were produced by another owner than {owner!r} "
             f"(column {oc}); set enrich.reembed=true to replace them"
         )
-    pending = f"{oc} IS NULL" if not reembed else f"{oc} IS NULL OR {oc} != {_quote(owner)}"
-    todo_filter = _and(scope, pending)
+    pending = f"{oc} IS NULL" if not reembed else f"{oc} IS NULL OR {oc} != {quote(owner)}"
+    todo_filter = and_filters(scope, pending)
     report = EnrichReport(enricher.name, table, owner, todo=lake.count(table, todo_filter))
     report.skipped = lake.count(table, scope) - report.todo
     started = time.perf_counter()

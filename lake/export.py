@@ -19,11 +19,13 @@ plus the relative path of each media already written (to write each image once).
 Without a scalar index on ``media.media_id`` each batch's media read scans that column,
 so larger batches mean fewer scans.
 
-Atomic: everything is written to a hidden temporary sibling ``.<out>.tmp-<hex>`` and
-renamed to ``out`` at the end; an earlier export at ``out`` is moved aside first and
-deleted after. A crash leaves the old export or none (plus, after a hard kill, a hidden
-temporary sibling that can be deleted). ``out`` may be missing, an empty folder or an
-earlier export (it has the manifest); anything else is refused unless ``force=true``.
+Atomic: everything is written to a hidden temporary sibling
+``.<out>.tmp-<host>-<pid>-<start>-<hex>`` and renamed to ``out`` at the end; an earlier
+export at ``out`` is moved aside first and deleted after. A failed export deletes its
+temporary folder; a killed one leaves it, and the next export to ``out`` deletes it
+(its process is gone, see :mod:`lake.runs`). A crash leaves the old export or none.
+``out`` may be missing, an empty folder or an earlier export (it has the manifest);
+anything else is refused unless ``force=true``.
 
 Round trip: the media bytes are written unchanged (verified against their sha256), so
 ``media_ids`` are kept; :meth:`Exporter.readback` states the canonical content the
@@ -34,23 +36,28 @@ caption in a conversation format, or a source ``key`` such as ``image_folder``'s
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import logging
 import mimetypes
 import os
+import re
 import secrets
 import shutil
+import socket
 from abc import abstractmethod
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from lake import ids, provenance
-from lake.errors import ConfigError, LakeloomError
+from lake import ids, provenance, runs
+from lake.errors import ConfigError, FileProblem, LakeloomError
 from lake.job import RunContext, hydra_job
 from lake.plugin import Plugin
 from lake.schema import MEDIA, SAMPLES
+from lake.sql import and_filters, quote
 from lake.store import Lake
 
 log = logging.getLogger("lakeloom.export")
@@ -130,21 +137,15 @@ class Exporter(Plugin):
         return {}
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def selection(
     split: str | None = None, where: str | None = None, dataset: str | None = None
 ) -> str | None:
     """SQL filter on ``samples`` for a split, a dataset and a free filter (AND-ed)."""
-    parts = [
-        f"split = {_quote(split)}" if split is not None else None,
-        f"dataset = {_quote(dataset)}" if dataset else None,
-        where or None,
-    ]
-    kept = [f"({p})" for p in parts if p]
-    return " AND ".join(kept) or None
+    return and_filters(
+        f"split = {quote(split)}" if split is not None else None,
+        f"dataset = {quote(dataset)}" if dataset else None,
+        where,
+    )
 
 
 def extension(mime: str | None) -> str:
@@ -237,6 +238,46 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
 
 
+_TEMP = re.compile(r"\.tmp-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+|x)-[0-9a-f]+$")
+
+
+def _host_token() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temp_folder(out: Path) -> Path:
+    """A fresh hidden sibling ``.<out>.tmp-<host>-<pid>-<start>-<hex>`` to write into.
+
+    Host, pid and process start time let a later export tell a folder left by a killed
+    export (:func:`remove_stale_temps`) from one another export is still writing.
+    """
+    me = runs.owner()
+    start = me["pid_start"] if me["pid_start"] is not None else "x"
+    return (
+        out.parent / f".{out.name}.tmp-{_host_token()}-{me['pid']}-{start}-{secrets.token_hex(4)}"
+    )
+
+
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Delete the temporary folders of earlier exports to ``out`` whose process is gone
+    (killed: a failed export removes its own); return them."""
+    removed = []
+    for path in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
+        m = _TEMP.search(path.name[len(out.name) + 1 :])
+        if m is None or m["host"] != _host_token():
+            continue
+        record = {
+            "pid": int(m["pid"]),
+            "host": socket.gethostname(),
+            "pid_start": None if m["start"] == "x" else int(m["start"]),
+        }
+        if runs.is_dead(record):
+            _remove(path)
+            removed.append(path)
+            log.info("removed %s, left by a killed export", path)
+    return removed
+
+
 def _replace(tmp: Path, out: Path) -> None:
     """Move ``tmp`` to ``out``; an existing ``out`` is moved aside first, then deleted."""
     if out.exists() or out.is_symlink():
@@ -265,7 +306,7 @@ class _MediaWriter:
         todo = sorted(m for m in wanted if self.inline or m not in self.written)
         todo = [m for m in todo if m not in self.bad]
         if todo:
-            quoted = ", ".join(_quote(m) for m in todo)
+            quoted = ", ".join(quote(m) for m in todo)
             table = self.media.to_table(
                 columns=["media_id", "kind", "mime", "bytes"], filter=f"media_id IN ({quoted})"
             )
@@ -321,7 +362,8 @@ def export(
     run_id = ctx.run_id if ctx else provenance.new_run_id("export")
     filt = selection(split, where, dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+    remove_stale_temps(out)
+    tmp = temp_folder(out)
     tmp.mkdir()
     report: dict[str, Any] = {
         "out": str(out),
@@ -343,9 +385,14 @@ def export(
             if batch.num_rows:
                 _export_batch(batch.to_pylist(), exporter, writer, report)
         files = exporter.close()
-    except BaseException:
-        exporter.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        try:
+            exporter.abort()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and not exc.filename:
+            # a write that hit a full disk names no file: name the export being written
+            raise FileProblem(out, exc.strerror or str(exc)) from exc
         raise
     report["media"] = len(writer.written)
     report["skipped"] = dict(report["skipped"].most_common())

@@ -6,14 +6,15 @@ import functools
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from lake import provenance
-from lake.errors import ConfigError, LakeloomError
+from lake import provenance, runs
+from lake.errors import ConfigError, FileProblem, LakeloomError, is_lance_error, lance_cause
 from lake.plugin import config_search_path
 
 log = logging.getLogger("lakeloom")
@@ -50,19 +51,72 @@ class RunContext:
             "job": self.job,
             "status": status,
             "started_at": self.started_at,
-            "finished_at": None if status == "running" else provenance.now(),
+            "finished_at": None if status == runs.RUNNING else provenance.now(),
             "config_yaml": self.config_yaml,
             "config_hash": self.config_hash,
             "lakeloom_version": provenance.lakeloom_version(),
+            **runs.owner(),
             **extra,
         }
+
+
+DEBUG_ENV = "LAKELOOM_DEBUG"
+
+
+def file_problem(exc: BaseException, fallback: str | None = None) -> FileProblem | None:
+    """A :class:`FileProblem` naming the file and cause of an OSError or a Lance error.
+
+    The file is the OSError's ``filename``, else the innermost open file object in the
+    traceback (a write that hit a full disk names no file), else ``fallback`` (the lake).
+    None for other errors, which keep their traceback.
+    """
+    if isinstance(exc, OSError):
+        cause = exc.strerror or str(exc) or type(exc).__name__
+        if is_lance_error(exc):
+            cause = lance_cause(exc)
+        path = exc.filename or _open_file_in(exc.__traceback__) or fallback or "?"
+        if exc.filename2:
+            path = f"{path} -> {exc.filename2}"
+        return FileProblem(path, cause)
+    if isinstance(exc, RuntimeError | ValueError) and is_lance_error(exc):
+        return FileProblem(fallback or "the lake", lance_cause(exc))
+    return None
+
+
+def _open_file_in(tb: Any) -> str | None:
+    """Name of the innermost file object held by a frame of the traceback."""
+    import io
+
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
+                return value.name
+    return None
+
+
+def _lake_uri(cfg: Any) -> str | None:
+    try:
+        return str(cfg.lake.uri)
+    except Exception:  # a job without a lake (or an unresolvable one)
+        return None
+
+
+def _debug_traceback() -> None:
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        traceback.print_exc()
 
 
 def hydra_job(config_name: str) -> Callable[[Callable[[Any], int | None]], Callable[[], None]]:
     """Make ``fn(cfg) -> exit code`` a Hydra app reading ``conf/<config_name>.yaml``.
 
-    Adds the config search path of third-party plugins, and turns lakeloom errors into
-    a one-line message and an exit status (2 for config errors, 1 otherwise).
+    Adds the config search path of third-party plugins, and turns lakeloom errors (and
+    the file errors :func:`file_problem` recognises: OSError, a corrupt lake) into a
+    one-line message and an exit status (2 for config errors, 1 otherwise). With
+    ``LAKELOOM_DEBUG=1`` the traceback is printed above that line.
     """
 
     def wrap(fn: Callable[[Any], int | None]) -> Callable[[], None]:
@@ -73,10 +127,19 @@ def hydra_job(config_name: str) -> Callable[[Callable[[Any], int | None]], Calla
             try:
                 code = fn(cfg) or 0
             except ConfigError as exc:
+                _debug_traceback()
                 print(f"lakeloom: invalid configuration: {exc}", file=sys.stderr)
                 code = 2
             except LakeloomError as exc:
+                _debug_traceback()
                 print(f"lakeloom: {exc}", file=sys.stderr)
+                code = 1
+            except Exception as exc:
+                problem = file_problem(exc, _lake_uri(cfg))
+                if problem is None:
+                    raise
+                _debug_traceback()
+                print(f"lakeloom: {problem}", file=sys.stderr)
                 code = 1
             if code:
                 sys.exit(code)

@@ -25,6 +25,7 @@ from lake.errors import ConfigError
 from lake.job import hydra_job
 from lake.plugin import PLUGIN_GROUP, load_class
 from lake.schema import MEDIA, SAMPLES
+from lake.sql import and_filters, quote
 from lake.store import Lake
 
 IMAGE_COLUMN = "clip_image"
@@ -44,10 +45,6 @@ class Hit:
     caption: str | None
     label: str | None
     source_uri: str | None
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def lake_model(lake: Lake, column: str = IMAGE_OWNER) -> str:
@@ -92,9 +89,7 @@ def load_embedder(lake: Lake, plugin: str = "clip_image", **model: Any) -> Any:
 
 
 def _sample_filter(where: str | None, dataset: str | None) -> str | None:
-    parts = [f"({where})" if where else None, f"dataset = {_quote(dataset)}" if dataset else None]
-    kept = [p for p in parts if p]
-    return " AND ".join(kept) or None
+    return and_filters(where, f"dataset = {quote(dataset)}" if dataset else None)
 
 
 def search(
@@ -118,7 +113,7 @@ def search(
         ids = sorted({m for ms in allowed.column("media_ids").to_pylist() for m in ms or []})
         if not ids:
             return []
-        media_filter += f" AND media_id IN ({', '.join(map(_quote, ids))})"
+        media_filter += f" AND media_id IN ({', '.join(map(quote, ids))})"
     query = (
         lake.table(MEDIA)
         .search(np.asarray(vector, np.float32), vector_column_name=IMAGE_COLUMN)
@@ -136,8 +131,8 @@ def search(
     scores = [1.0 - float(d) for d in found.column("_distance").to_pylist()]
     if not media:
         return []
-    using = f"array_has_any(media_ids, [{', '.join(map(_quote, media))}])"
-    filt = f"({using}) AND {sample_filter}" if sample_filter else using
+    using = f"array_has_any(media_ids, [{', '.join(map(quote, media))}])"
+    filt = and_filters(using, sample_filter)
     samples = lake.dataset(SAMPLES).to_table(columns=SAMPLE_COLUMNS, filter=filt).to_pylist()
     by_media: dict[str, list[dict[str, Any]]] = {}
     for s in sorted(samples, key=lambda s: s["sample_id"]):

@@ -97,6 +97,11 @@ RUNS_SCHEMA = pa.schema(
         pa.field("counts", pa.string()),
         pa.field("versions", pa.string()),
         pa.field("lakeloom_version", pa.string()),
+        # who runs it (lake.runs.owner): a reader shows a `running` row whose process is
+        # gone as `killed`
+        pa.field("pid", pa.int64()),
+        pa.field("host", pa.string()),
+        pa.field("pid_start", pa.int64()),
     ]
 )
 

@@ -3,6 +3,12 @@
 All writes go through :meth:`Lake.insert_new` (merge-insert on the table's key, inserting
 only keys not yet present) or :meth:`Lake.upsert`; each is one atomic Lance commit, so a
 crash between two writes leaves a consistent lake and a re-run converges.
+
+Concurrent writers: every write here holds the lake's writer lock (:mod:`lake.lock`) from
+opening the table at its latest version to the commit, so the key check of one
+merge-insert cannot race another writer's insert of the same key. Each table key is also
+declared a Lance unenforced primary key, so Lance itself detects (and retries) such a race
+where no lock exists (object storage).
 """
 
 from __future__ import annotations
@@ -15,10 +21,22 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lake.errors import ConfigError, LakeNotFoundError
+from lake import runs as runs_mod
+from lake.errors import (
+    ConfigError,
+    FileProblem,
+    LakeNotFoundError,
+    is_lance_error,
+    lance_cause,
+)
+from lake.lock import writer_lock
 from lake.schema import KEYS, MEDIA, RUNS, SAMPLES, SCHEMAS
 
 DEFAULT_URI = "data/lake"
+
+# Lance checks concurrent merge-inserts for inserts of the same new key only on columns
+# carrying this field metadata (an unenforced primary key; the column must be non-null).
+PRIMARY_KEY_METADATA = {b"lance-schema:unenforced-primary-key": b"true"}
 
 
 class Lake:
@@ -39,14 +57,33 @@ class Lake:
         """Whether table ``name`` exists."""
         return name in self.table_names()
 
+    def lock(self) -> Any:
+        """The lake's writer lock (a context manager, re-entrant; see :mod:`lake.lock`)."""
+        return writer_lock(self.uri)
+
     def table(self, name: str, version: int | str | None = None) -> Any:
         """Open a table, optionally at an earlier version number or tag."""
         if not self.exists(name):
             raise LakeNotFoundError(f"table {name!r} does not exist in lake {self.uri}")
-        tbl = self.db.open_table(name)
+        try:
+            tbl = self.db.open_table(name)
+        except (RuntimeError, OSError, ValueError) as exc:
+            if not is_lance_error(exc):
+                raise
+            raise FileProblem(
+                self._newest_manifest(name), f"table {name} cannot be read: {lance_cause(exc)}"
+            ) from exc
         if version is not None:
             tbl.checkout(version)
         return tbl
+
+    def _newest_manifest(self, name: str) -> str:
+        """The table's newest manifest file (what opening it reads), else its folder."""
+        folder = Path(self.uri) / f"{name}.lance"
+        manifests = list((folder / "_versions").glob("*.manifest"))
+        if not manifests:
+            return str(folder)
+        return str(max(manifests, key=lambda p: p.stat().st_mtime_ns))
 
     def ensure(self, name: str) -> Any:
         """Open a table, creating it empty with its schema when missing.
@@ -54,18 +91,24 @@ class Lake:
         A table written by an older lakeloom gets the columns added since (all nullable),
         except blob columns, which Lance can only create with the table.
         """
-        if not self.exists(name):
-            return self.db.create_table(name, schema=SCHEMAS[name], exist_ok=True)
-        tbl = self.db.open_table(name)
-        have = set(tbl.schema.names)
-        missing = [f for f in SCHEMAS[name] if f.name not in have and not _is_blob(f)]
-        if missing:
-            tbl.add_columns(pa.schema(missing))
-        return tbl
+        with self.lock():
+            if not self.exists(name):
+                return self.db.create_table(name, schema=_with_primary_key(name), exist_ok=True)
+            tbl = self.db.open_table(name)
+            key = tbl.schema.field(KEYS[name])
+            if not (key.metadata or {}).get(next(iter(PRIMARY_KEY_METADATA))):
+                # a table made before keys were declared: declare it (metadata only)
+                tbl.to_lance().update_field_metadata({KEYS[name]: _str_dict(PRIMARY_KEY_METADATA)})
+                tbl = self.db.open_table(name)
+            have = set(tbl.schema.names)
+            missing = [f for f in SCHEMAS[name] if f.name not in have and not is_blob(f)]
+            if missing:
+                tbl.add_columns(pa.schema(missing))
+            return tbl
 
     def has_blobs(self, name: str) -> bool:
         """Whether table ``name`` exists with a blob column (lakes made before videos lack it)."""
-        return self.exists(name) and any(_is_blob(f) for f in self.table(name).schema)
+        return self.exists(name) and any(is_blob(f) for f in self.table(name).schema)
 
     def open_blob(self, name: str, key: str, column: str = "blob") -> Any:
         """A read-only file object over one row's blob (None when the row has none).
@@ -118,43 +161,54 @@ class Lake:
         """
         if rows.num_rows == 0:
             return 0
-        tbl = self.ensure(name)
-        rows = _conform(rows, tbl.schema)
-        # new rows have no embeddings yet: their vector columns are null, which lancedb
-        # rejects by default once an enricher has added such a column
-        merge = tbl.merge_insert(KEYS[name]).when_not_matched_insert_all()
-        result = merge.execute(rows, on_bad_vectors="null")
+        with self.lock():
+            tbl = self.ensure(name)
+            rows = _conform(rows, tbl.schema)
+            # new rows have no embeddings yet: their vector columns are null, which lancedb
+            # rejects by default once an enricher has added such a column
+            merge = tbl.merge_insert(KEYS[name]).when_not_matched_insert_all()
+            result = merge.execute(rows, on_bad_vectors="null")
         return int(result.num_inserted_rows)
 
     def upsert(self, name: str, rows: pa.Table) -> None:
         """Insert rows, replacing rows with the same key."""
         if rows.num_rows == 0:
             return
-        tbl = self.ensure(name)
-        rows = _conform(rows, tbl.schema)
-        (
-            tbl.merge_insert(KEYS[name])
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute(rows, on_bad_vectors="null")  # see insert_new
-        )
+        with self.lock():
+            tbl = self.ensure(name)
+            rows = _conform(rows, tbl.schema)
+            (
+                tbl.merge_insert(KEYS[name])
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute(rows, on_bad_vectors="null")  # see insert_new
+            )
 
     def update_columns(self, name: str, rows: pa.Table) -> int:
         """Set some columns of existing rows (``rows`` = key + those columns); no inserts."""
         if rows.num_rows == 0:
             return 0
-        tbl = self.table(name)
-        schema = tbl.schema
-        rows = pa.Table.from_arrays(
-            [rows.column(c).cast(schema.field(c).type) for c in rows.column_names],
-            schema=pa.schema([schema.field(c) for c in rows.column_names]),
-        )
-        # on_bad_vectors="null": lancedb rejects null vectors by default, but an enricher
-        # may have no output for a row (e.g. a sample without text); the enricher must
-        # not produce NaN vectors itself (lancedb would null those too)
-        merge = tbl.merge_insert(KEYS[name]).when_matched_update_all()
-        result = merge.execute(rows, on_bad_vectors="null")
+        with self.lock():
+            tbl = self.table(name)
+            schema = tbl.schema
+            rows = pa.Table.from_arrays(
+                [rows.column(c).cast(schema.field(c).type) for c in rows.column_names],
+                schema=pa.schema([schema.field(c) for c in rows.column_names]),
+            )
+            # on_bad_vectors="null": lancedb rejects null vectors by default, but an enricher
+            # may have no output for a row (e.g. a sample without text); the enricher must
+            # not produce NaN vectors itself (lancedb would null those too)
+            merge = tbl.merge_insert(KEYS[name]).when_matched_update_all()
+            result = merge.execute(rows, on_bad_vectors="null")
         return int(result.num_updated_rows)
+
+    def delete(self, name: str, where: str) -> int:
+        """Delete the rows of ``name`` matching SQL ``where`` in one commit; return how many."""
+        with self.lock():
+            tbl = self.table(name)
+            before = tbl.count_rows()
+            tbl.delete(where)
+            return before - int(self.table(name).count_rows())
 
     def add_columns(self, name: str, fields: list[pa.Field]) -> list[str]:
         """Add missing nullable columns (schema evolution); return the names added.
@@ -162,19 +216,20 @@ class Lake:
         A column that exists with another type is an error: a model with another output
         width needs a new column or an explicit drop, never a silent overwrite.
         """
-        tbl = self.table(name)
-        have = {f.name: f for f in tbl.schema}
-        missing = []
-        for field in fields:
-            if field.name not in have:
-                missing.append(field)
-            elif have[field.name].type != field.type:
-                raise ConfigError(
-                    f"{name}.{field.name} holds {have[field.name].type}, the new output is "
-                    f"{field.type}: write to another column or drop this one first"
-                )
-        if missing:
-            tbl.add_columns(pa.schema(missing))
+        with self.lock():
+            tbl = self.table(name)
+            have = {f.name: f for f in tbl.schema}
+            missing = []
+            for field in fields:
+                if field.name not in have:
+                    missing.append(field)
+                elif have[field.name].type != field.type:
+                    raise ConfigError(
+                        f"{name}.{field.name} holds {have[field.name].type}, the new output "
+                        f"is {field.type}: write to another column or drop this one first"
+                    )
+            if missing:
+                tbl.add_columns(pa.schema(missing))
         return [f.name for f in missing]
 
     # -- versions -------------------------------------------------------------------------
@@ -200,12 +255,13 @@ class Lake:
     def tag(self, tag: str, tables: Iterable[str] = (MEDIA, SAMPLES)) -> dict[str, int]:
         """Tag the current version of each existing table with ``tag``; return the versions."""
         tagged = {}
-        for name in tables:
-            if not self.exists(name):
-                continue
-            tbl = self.table(name)
-            tbl.tags.create(tag, tbl.version)
-            tagged[name] = int(tbl.version)
+        with self.lock():
+            for name in tables:
+                if not self.exists(name):
+                    continue
+                tbl = self.table(name)
+                tbl.tags.create(tag, tbl.version)
+                tagged[name] = int(tbl.version)
         return tagged
 
     def current_versions(self) -> dict[str, int]:
@@ -214,25 +270,45 @@ class Lake:
 
     # -- runs -----------------------------------------------------------------------------
     def record_run(self, run: dict[str, Any]) -> None:
-        """Write (or update) the run's record in the ``runs`` table."""
-        row = {f.name: run.get(f.name) for f in SCHEMAS[RUNS]}
-        for key in ("inputs", "counts", "versions"):
-            if row[key] is not None and not isinstance(row[key], str):
-                row[key] = json.dumps(row[key], sort_keys=True, default=str)
-        self.upsert(RUNS, pa.Table.from_pylist([row], schema=SCHEMAS[RUNS]))
+        """Write (or update) the run's record in the ``runs`` table.
+
+        A run that starts (status ``running``) also records as ``killed`` the runs still
+        ``running`` whose process is gone (see :mod:`lake.runs`).
+        """
+        rows = [run]
+        if run.get("status") == runs_mod.RUNNING:
+            rows += [
+                {**r, "status": runs_mod.KILLED}
+                for r in self._stored_runs()
+                if r["run_id"] != run.get("run_id")
+                and runs_mod.effective_status(r) == runs_mod.KILLED
+            ]
+        table = []
+        for r in rows:
+            row = {f.name: r.get(f.name) for f in SCHEMAS[RUNS]}
+            for key in ("inputs", "counts", "versions"):
+                if row[key] is not None and not isinstance(row[key], str):
+                    row[key] = json.dumps(row[key], sort_keys=True, default=str)
+            table.append(row)
+        self.upsert(RUNS, pa.Table.from_pylist(table, schema=SCHEMAS[RUNS]))
 
     def runs(self) -> list[dict[str, Any]]:
-        """Every run record, oldest first."""
+        """Every run record, oldest first (``killed`` for a ``running`` one whose process
+        is gone)."""
+        rows = [{**r, "status": runs_mod.effective_status(r)} for r in self._stored_runs()]
+        return sorted(rows, key=lambda r: r["started_at"])
+
+    def _stored_runs(self) -> list[dict[str, Any]]:
         if not self.exists(RUNS):
             return []
-        rows = self.dataset(RUNS).to_table().to_pylist()
-        return sorted(rows, key=lambda r: r["started_at"])
+        return self.dataset(RUNS).to_table().to_pylist()
 
 
 BLOB_FIELD_METADATA = {b"lance-encoding:blob": b"true"}
 
 
-def _is_blob(field: pa.Field) -> bool:
+def is_blob(field: pa.Field) -> bool:
+    """Whether ``field`` is a Lance blob column (bytes read lazily through ``open_blob``)."""
     # Once lance registers its extension types the table reports an ExtensionType;
     # before that, the same column comes back as a struct carrying the extension name.
     if isinstance(field.type, pa.ExtensionType):
@@ -243,6 +319,18 @@ def _is_blob(field: pa.Field) -> bool:
     ).startswith(b"lance.blob")
 
 
+def _str_dict(meta: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in meta.items()}
+
+
+def _with_primary_key(name: str) -> pa.Schema:
+    """Table ``name``'s schema with its key declared a Lance (unenforced) primary key."""
+    schema = SCHEMAS[name]
+    i = schema.get_field_index(KEYS[name])
+    field = schema.field(i)
+    return schema.set(i, field.with_metadata({**(field.metadata or {}), **PRIMARY_KEY_METADATA}))
+
+
 def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
     """Reorder and cast ``rows`` to ``schema``; columns missing from rows become nulls.
 
@@ -251,7 +339,7 @@ def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
     """
     cols, fields = [], []
     for field in schema:
-        if _is_blob(field):
+        if is_blob(field):
             field = pa.field(field.name, pa.large_binary(), metadata=BLOB_FIELD_METADATA)
         if field.name in rows.column_names:
             cols.append(rows.column(field.name).cast(field.type))

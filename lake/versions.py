@@ -1,4 +1,5 @@
-"""``lakeloom versions``: the versions of each table, with the runs that made them.
+"""``lakeloom versions``: the versions of each table, with the runs that made them, and
+the list of runs with their status (a run whose process died reads ``killed``).
 
 Reading an earlier version from Python: ``Lake(uri).table("samples", version=3)`` or
 ``version="<run_id>"`` (every run tags the versions it produced with its run id).
@@ -30,11 +31,24 @@ def format_versions(lake: Lake, tables: list[str]) -> str:
     return "\n".join(lines)
 
 
+def format_runs(lake: Lake) -> str:
+    """One line per recorded run: id, job, status, start time (UTC); ``killed`` for a run
+    left ``running`` by a process that is gone (see :mod:`lake.runs`)."""
+    lines = ["runs", f"  {'run_id':<40}{'job':<10}{'status':<10}started"]
+    for r in lake.runs():
+        ts = r["started_at"].isoformat(sep=" ", timespec="seconds") if r["started_at"] else ""
+        lines.append(f"  {r['run_id']:<40}{r['job'] or '':<10}{r['status'] or '':<10}{ts}")
+    return "\n".join(lines) + "\n"
+
+
 @hydra_job("versions")
 def main(cfg: Any) -> int:
-    """Print the version history."""
+    """Print the version history, then the runs."""
     tables = [cfg.table] if cfg.table else [MEDIA, SAMPLES, RUNS]
-    print(format_versions(Lake(cfg.lake.uri), tables))
+    lake = Lake(cfg.lake.uri)
+    print(format_versions(lake, tables))
+    if RUNS in tables and lake.exists(RUNS):
+        print(format_runs(lake))
     return 0
 
 

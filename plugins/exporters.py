@@ -26,6 +26,7 @@ one image or without a caption).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from abc import abstractmethod
@@ -76,10 +77,12 @@ class _TextFile:
         return [self.file]
 
     def abort(self) -> None:
-        """Close the file without finishing it."""
+        """Close the file without finishing it (a failing flush, e.g. a full disk, is
+        ignored: the runner is already reporting the error and deletes the file)."""
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            with contextlib.suppress(OSError):
+                fh.close()
 
 
 class JsonExporter(_TextFile, Exporter):
@@ -521,5 +524,6 @@ class ClipPairsParquetExporter(ClipPairsExporter):
     def abort(self) -> None:
         """Close the writer (the runner deletes the half-written file)."""
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            with contextlib.suppress(OSError):
+                writer.close()

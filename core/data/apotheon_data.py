@@ -29,6 +29,7 @@ from core.data.lance_dataset import LanceSamples, Selection, select
 from core.data.sampler import ShardedBatchSampler
 from lake.errors import ConfigError
 from lake.schema import KIND_TAGS
+from lake.sql import and_filters
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +144,7 @@ class ApotheonDataModule(LanceDataModule):
         self.stages = parse_curriculum(curriculum)
         self.all_kinds = tuple(k for k in KINDS if any(k in s.kinds for s in self.stages))
         base = kw.pop("where", None)
-        where = kind_filter(self.all_kinds) + (f" AND ({base})" if base else "")
-        super().__init__(where=where, **kw)
+        super().__init__(where=and_filters(kind_filter(self.all_kinds), base), **kw)
         self.base_where = base
         self._audio_of_parent: dict[str, tuple[int, float]] = {}
         self._stage_sets: dict[str, ApotheonSamples] = {}
@@ -164,7 +164,7 @@ class ApotheonDataModule(LanceDataModule):
         self._audio_of_parent = _audio_tracks(media)
         super().setup(stage)
         for st in self.stages:
-            where = kind_filter(st.kinds) + (f" AND ({self.base_where})" if self.base_where else "")
+            where = and_filters(kind_filter(st.kinds), self.base_where)
             sel, _ = select(
                 samples, media, where=where, datasets=self.datasets,
                 val_fraction=self.val_fraction, test_fraction=self.test_fraction,

@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from torch.utils.data import Dataset
 
+from lake.sql import and_filters, in_list
+
 SPLITS = ("train", "val", "test")
 SAMPLE_COLUMNS = [
     "sample_id", "caption", "label", "messages", "dataset", "chosen", "rejected", "source_uri",
@@ -64,14 +66,8 @@ def hash_split(sample_id: str, val_fraction: float, test_fraction: float) -> str
 
 
 def sql_filter(where: str | None, datasets: Iterable[str] | None) -> str | None:
-    """Combine a SQL ``where`` and a dataset list into one Lance filter."""
-    parts = []
-    if where:
-        parts.append(f"({where})")
-    if datasets:
-        names = ", ".join("'" + d.replace("'", "''") + "'" for d in datasets)
-        parts.append(f"dataset IN ({names})")
-    return " AND ".join(parts) or None
+    """Combine a SQL ``where`` and a dataset list into one Lance filter (``where`` only narrows)."""
+    return and_filters(where, f"dataset IN {in_list(datasets)}" if datasets else None)
 
 
 def select(
