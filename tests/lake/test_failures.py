@@ -189,7 +189,6 @@ def _kill_when(cmd: list[str], ready: callable, timeout: float = 90) -> None:  #
     pytest.fail(f"the process ended before it could be killed: {err.decode()[-2000:]}")
 
 
-@pytest.mark.slow
 def test_killed_ingest_reads_killed(tmp_path: Path) -> None:
     src = tmp_path / "many" / "c"
     src.mkdir(parents=True)
