@@ -27,6 +27,7 @@ def merge(runs_dir: str | Path, run: str, checkpoint: str = "last", out: str | P
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from core.checkpoint import load_lightning_checkpoint
     from core.run import RunDir
 
     rd = RunDir(Path(runs_dir) / run)
@@ -36,8 +37,8 @@ def merge(runs_dir: str | Path, run: str, checkpoint: str = "last", out: str | P
     if "VlmModule" not in str(cfg.model.get("_target_", "")):
         raise ConfigError(f"run {run} trained {cfg.model._target_}, not a VLM: nothing to merge")
     ckpt = _checkpoint(rd, checkpoint)
+    state = load_lightning_checkpoint(ckpt)
     module = instantiate(cfg.model)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
     module.on_load_checkpoint(state)
     _, unexpected = module.load_state_dict(state["state_dict"], strict=False)
     if unexpected:

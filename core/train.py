@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lake import runs
-from lake.errors import ConfigError, FileProblem
+from lake.errors import ConfigError, FileProblem, LakeloomError
 from lake.job import hydra_job
 
 log = logging.getLogger("lakeloom.train")
@@ -100,7 +100,7 @@ def _fit_and_test(cfg: Any, run: Any, ckpt: Path | None, events: Any, summary: d
         check_checkpoint(ckpt)
     L.seed_everything(cfg.seed, workers=True)
     dm = instantiate(cfg.data)
-    module = instantiate(cfg.model)
+    module = _instantiate_model(cfg.model)
     dm.setup("fit")
     module.set_label_names(dm.label_names)
     _set_collators(dm, module)
@@ -135,6 +135,21 @@ def _fit_and_test(cfg: Any, run: Any, ckpt: Path | None, events: Any, summary: d
     if hasattr(module, "export") and trainer.is_global_zero:
         module.export(run.path)
         summary["exported"] = True
+
+
+def _instantiate_model(node: Any) -> Any:
+    """``instantiate(cfg.model)``, but a lakeloom error from the module's constructor (a
+    refused ``pretrained`` / ``init_from`` checkpoint) comes out as itself, one line,
+    not inside Hydra's multi-line ``InstantiationException``."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, LakeloomError):
+            raise exc.__cause__ from None
+        raise
 
 
 def _set_collators(dm: Any, module: Any) -> None:
@@ -208,6 +223,8 @@ def checkpoint_problem(exc: BaseException, cfg: Any) -> FileProblem | None:
     """
     import pickle
 
+    if isinstance(exc, LakeloomError):  # one line already (core.checkpoint.CheckpointError)
+        return None
     text = str(exc)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     load_error = isinstance(exc, pickle.UnpicklingError) or any(

@@ -31,6 +31,7 @@ import open_clip
 import torch
 from torch import nn
 
+from core.checkpoint import check_checkpoint, load_checkpoint
 from lake.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,9 @@ def _tag_weights_error(arch: str, tag: str, tag_cfg: dict[str, Any], err: Except
 
 def _lightning_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """The CLIP weights (and embedded open_clip config) of a ClipModule ``.ckpt``."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict):
+        raise ClipLoadError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     state = ckpt.get("state_dict", ckpt)
     prefix = "model."
     weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
@@ -139,6 +142,9 @@ def create_clip(
 
     if folder is not None:
         data = _read_local_dir(folder)
+        for weights in sorted(folder.glob("*")):
+            if weights.suffix in (".safetensors", ".bin", ".pth"):
+                check_checkpoint(weights)  # open_clip picks one; a refused file stops here
         model_cfg = copy.deepcopy(data["model_cfg"])
         name = LOCAL_DIR + str(folder)
     else:
@@ -157,6 +163,8 @@ def create_clip(
                 if embedded is not None:
                     model_cfg = copy.deepcopy(embedded["model_cfg"])
             elif path.is_file():
+                if path.suffix not in (".npz", ".npy"):  # numpy: open_clip refuses pickles
+                    check_checkpoint(path)  # a refused file stops here, in one line
                 weights_arg = str(path)
             elif tag_cfg:
                 force_quick_gelu = bool(tag_cfg.get("quick_gelu", False))

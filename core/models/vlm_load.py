@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.checkpoint import load_lightning_checkpoint
 from core.models.vlm_families import (
     ROLES,
     FamilySpec,
@@ -282,7 +283,7 @@ def load_trained_tensors(model: nn.Module, path: str | Path) -> int:
         p = best if best.is_file() else last
     if not p.is_file():
         raise ConfigError(f"init_from: no checkpoint at {p}")
-    state = torch.load(p, map_location="cpu", weights_only=False)["state_dict"]
+    state = load_lightning_checkpoint(p)["state_dict"]
     tensors: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         name = strip_peft_prefix(key.removeprefix("model."))
