@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -26,12 +27,13 @@ from typing import Any
 import pyarrow as pa
 
 from lake import ids, provenance
-from lake.errors import ConfigError
+from lake.errors import ConfigError, RejectedInput
 from lake.images import ImageInfo, ImageRejected, ImageSettings, process_image
 from lake.job import RunContext, hydra_job
 from lake.plugin import Source
 from lake.records import MediaMeta, MediaRef, Reject, SourceRecord
 from lake.schema import MEDIA, MEDIA_SCHEMA, SAMPLES, SAMPLES_SCHEMA
+from lake.sources import too_big
 from lake.store import Lake
 
 log = logging.getLogger("lakeloom.ingest")
@@ -152,6 +154,8 @@ class _Feeder:
         self.chunk_size = chunk_size
         self.staged: dict[int, _Staged] = {}
         self.seen: set[str] = set()
+        policy = getattr(source, "policy", None)  # a plugin that skipped Source.__init__
+        self.limit: int | None = getattr(policy, "max_media_bytes", None)
 
     def tasks(self) -> Iterator[tuple[int, list[tuple[str, bytes]]]]:
         chunk: list[SourceRecord | Reject] = []
@@ -177,13 +181,25 @@ class _Feeder:
                 try:
                     # a given key spares re-hashing media shared by many records (a
                     # video's audio) and reading blob/referenced videos up front
-                    data = ref.data if ref.data is not None or ref.media_id else _read(ref.path)
+                    data = (
+                        ref.data
+                        if ref.data is not None or ref.media_id
+                        else _read(ref.path, self.limit)
+                    )
+                    if data is not None and self.limit is not None and len(data) > self.limit:
+                        raise RejectedInput(too_big(len(data), self.limit, "max_media_bytes"))
+                    mid = ref.media_id or ids.media_id(data)  # type: ignore[arg-type]
+                except RejectedInput as exc:
+                    reject = Reject(rec.location, f"media {ref.source_uri}: {exc.reason}")
+                    break
                 except OSError as exc:
                     reject = Reject(
                         rec.location, f"cannot read {ref.source_uri}: {exc.strerror or exc}"
                     )
                     break
-                mid = ref.media_id or ids.media_id(data)  # type: ignore[arg-type]
+                except ValueError as exc:  # e.g. a path with a NUL byte
+                    reject = Reject(rec.location, f"cannot read {ref.source_uri}: {exc}")
+                    break
                 mids.append(mid)
                 if mid not in self.present_media and mid not in self.seen:
                     self.seen.add(mid)
@@ -195,11 +211,25 @@ class _Feeder:
         return idx, work
 
 
-def _read(path: Path | str | None) -> bytes:
+def _read(path: Path | str | None, limit: int | None = None) -> bytes:
+    """The bytes of a media file: a regular file of at most ``limit`` bytes, else
+    RejectedInput. The file is checked before it is opened (opening a FIFO blocks) and
+    opened non-blocking, so one swapped for a FIFO afterwards cannot hang the run."""
     if path is None:
         raise OSError("no path and no inline data")
-    with open(path, "rb") as fh:
-        return fh.read()
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise RejectedInput("not a regular file")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise RejectedInput("not a regular file")
+        if limit is not None and st.st_size > limit:
+            raise RejectedInput(f"file is {too_big(st.st_size, limit, 'max_media_bytes')}")
+        data = fh.read() if limit is None else fh.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise RejectedInput(f"file is {too_big(len(data), limit, 'max_media_bytes')}")
+    return data
 
 
 class _Writer:

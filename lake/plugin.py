@@ -40,7 +40,9 @@ class Source(Plugin):
     """Reads a raw dataset and yields records or rejects.
 
     ``path`` is a folder or a file; the dataset root (against which image paths are
-    resolved) is the folder itself, or the file's folder. Subclasses implement
+    resolved) is the folder itself, or the file's folder. ``policy`` says which image
+    references are accepted and bounds the bytes of a media object (``max_media_bytes``)
+    and of a record line (``max_line_bytes``); None means no limit. Subclasses implement
     :meth:`records`. Image sources never read media bytes themselves: the ingest runner
     does that in worker processes. Sources of time-based media (video, audio) analyse
     their files in their own process pool and attach the results (``MediaMeta``).
@@ -57,9 +59,13 @@ class Source(Plugin):
         allow_absolute: bool = False,
         allow_outside_root: bool = False,
         allow_urls: bool = False,
+        max_media_bytes: int | None = None,
+        max_line_bytes: int | None = None,
     ) -> None:
         self.path = Path(path)
-        self.policy = PathPolicy(allow_absolute, allow_outside_root, allow_urls)
+        self.policy = PathPolicy(
+            allow_absolute, allow_outside_root, allow_urls, max_media_bytes, max_line_bytes
+        )
 
     @property
     def root(self) -> Path:

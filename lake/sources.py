@@ -5,6 +5,12 @@ untrusted: :func:`resolve_media` turns one into a :class:`~lake.records.MediaRef
 raises :class:`~lake.errors.RejectedInput` with the reason, and :func:`canonical_messages`
 normalises the many chat formats to ``[{"role", "content"}]`` with ``<image>``
 placeholders in order.
+
+Every file a source reads (media, sidecars) goes through :func:`checked_file` first:
+symlinks are resolved and must stay inside the dataset root, only regular files are
+accepted (a FIFO is never opened: opening one blocks) and sizes are bounded. Text files
+are read line by line with a bound (:func:`bounded_lines`), so one over-long, undecodable
+or too deeply nested line is one reject at its own line number.
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ import base64
 import binascii
 import json
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 from urllib.parse import unquote, urlparse
 
 from lake.errors import RejectedInput
@@ -25,6 +32,8 @@ from lake.records import Location, MediaRef, Reject
 T = TypeVar("T")
 
 IMAGE_TOKEN = "<image>"
+BOM = b"\xef\xbb\xbf"
+_SKIP_CHUNK = 1 << 20  # bytes read at a time while skipping the rest of an over-long line
 
 ROLE_ALIASES = {
     "human": "user",
@@ -44,67 +53,152 @@ class PathPolicy:
     allow_absolute: bool = False
     allow_outside_root: bool = False
     allow_urls: bool = False
+    max_media_bytes: int | None = None  # None: no limit
+    max_line_bytes: int | None = None  # None: no limit
+
+
+def too_big(size: int, limit: int, key: str) -> str:
+    """The reject reason for ``size`` bytes over ``limit`` (``key`` names the setting)."""
+    return f"{size} bytes, over the {limit}-byte limit ({key})"
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def checked_file(path: str | Path, root: str | Path | None, limit: int | None = None) -> str:
+    """The resolved path of a file a source is about to read, or RejectedInput.
+
+    Symlinks are resolved; the result must lie inside ``root`` (None: anywhere), be a
+    regular file (a FIFO, device or socket is refused without being opened) and hold at
+    most ``limit`` bytes (``max_media_bytes``; None: no limit). A symlink loop, a NUL
+    byte, an over-long name or any other error resolving the path is a RejectedInput too.
+    """
+    try:
+        real = os.path.realpath(path, strict=True)
+        st = os.stat(real)
+    except FileNotFoundError:
+        raise RejectedInput("file not found") from None
+    except OSError as exc:
+        raise RejectedInput(f"cannot resolve path: {exc.strerror or exc}") from None
+    except ValueError as exc:  # e.g. an embedded NUL byte
+        raise RejectedInput(f"invalid path: {exc}") from None
+    if root is not None:
+        root_real = os.path.realpath(root)
+        if not _within(real, root_real):
+            root_abs = os.path.abspath(root)
+            textual = os.path.normpath(os.path.join(root_abs, path))
+            inside = _within(textual, root_abs) or _within(textual, root_real)
+            what = "symlink" if inside else "path"
+            raise RejectedInput(f"{what} escapes the dataset root (allow_outside_root=false)")
+    if not stat.S_ISREG(st.st_mode):
+        raise RejectedInput(f"not a regular file ({_file_type(st.st_mode)})")
+    if limit is not None and st.st_size > limit:
+        raise RejectedInput(f"file is {too_big(st.st_size, limit, 'max_media_bytes')}")
+    return real
+
+
+def confined_root(root: Path, policy: PathPolicy) -> str | None:
+    """The root that :func:`checked_file` confines a source's files to (None: anywhere)."""
+    return None if policy.allow_outside_root else os.path.realpath(root)
+
+
+def _file_type(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def read_text_file(path: str | Path, root: str | Path | None, limit: int | None) -> str:
+    """A small text file (a caption sidecar) after :func:`checked_file`, BOM stripped.
+
+    ``limit`` is ``max_line_bytes``; invalid UTF-8 or a larger file is a RejectedInput.
+    """
+    real = checked_file(path, root)
+    with open(real, "rb") as fh:
+        data = fh.read(limit + 1) if limit is not None else fh.read()
+    if limit is not None and len(data) > limit:
+        size = max(len(data), os.stat(real).st_size)
+        raise RejectedInput(f"text file is {too_big(size, limit, 'max_line_bytes')}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise RejectedInput(f"invalid UTF-8: {exc}") from None
 
 
 def resolve_media(root: Path, ref: object, policy: PathPolicy) -> MediaRef:
     """Turn an image reference from a record into a MediaRef, or raise RejectedInput.
 
-    Accepts paths relative to ``root``, ``file://`` URLs, ``data:`` URLs (inline base64)
-    and, only when allowed, absolute paths, paths escaping the root and http(s) URLs.
+    Accepts paths relative to ``root``, ``file://`` URLs (no host, or ``localhost``),
+    ``data:`` URLs (inline base64) and, only when allowed, absolute paths, paths escaping
+    the root and http(s) URLs. Paths go through :func:`checked_file` (symlinks resolved
+    and confined, regular files only, ``max_media_bytes``).
     """
     if not isinstance(ref, str) or not ref.strip():
         raise RejectedInput(f"image reference must be a non-empty string, got {ref!r}")
     ref = ref.strip()
+    limit = policy.max_media_bytes
     if ref.startswith("data:"):
-        return MediaRef(source_uri=f"data:{len(ref)}", data=_decode_data_url(ref))
-    parsed = urlparse(ref)
+        return MediaRef(source_uri=f"data:{len(ref)}", data=_decode_data_url(ref, limit))
+    try:
+        parsed = urlparse(ref)
+    except ValueError as exc:
+        raise RejectedInput(f"invalid image reference ({exc}): {ref[:200]}") from None
     if parsed.scheme in ("http", "https"):
         if not policy.allow_urls:
             raise RejectedInput(f"URL image references are not allowed (allow_urls=false): {ref}")
-        return MediaRef(source_uri=ref, data=_fetch(ref))
+        return MediaRef(source_uri=ref, data=_fetch(ref, limit))
     if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise RejectedInput(f"file:// URL names a remote host {parsed.netloc!r}: {ref}")
         ref = unquote(parsed.path)
     elif parsed.scheme and len(parsed.scheme) > 1:
         raise RejectedInput(f"unsupported image reference scheme {parsed.scheme!r}: {ref}")
-    path = Path(ref)
-    root = root.resolve()
-    if path.is_absolute():
-        if not policy.allow_absolute:
-            raise RejectedInput(f"absolute image path not allowed (allow_absolute=false): {ref}")
-        full = path.resolve()
-    else:
-        full = (root / path).resolve()
+    absolute = os.path.isabs(ref)
+    if absolute and not policy.allow_absolute:
+        raise RejectedInput(f"absolute image path not allowed (allow_absolute=false): {ref}")
+    root_real = os.path.realpath(root)
+    outside_ok = policy.allow_outside_root or (absolute and policy.allow_absolute)
     try:
-        rel = full.relative_to(root).as_posix()
-    except ValueError:
-        if not (policy.allow_outside_root or (path.is_absolute() and policy.allow_absolute)):
-            raise RejectedInput(
-                f"image path escapes the dataset root (allow_outside_root=false): {ref}"
-            ) from None
-        rel = full.as_posix()
-    if not full.is_file():
-        raise RejectedInput(f"image file not found: {ref}")
-    return MediaRef(source_uri=rel, path=full)
+        full = checked_file(os.path.join(root_real, ref), None if outside_ok else root_real, limit)
+    except RejectedInput as exc:
+        raise RejectedInput(f"image {exc.reason}: {ref[:200]}") from None
+    rel = Path(os.path.relpath(full, root_real)).as_posix() if _within(full, root_real) else full
+    return MediaRef(source_uri=rel, path=Path(full))
 
 
-def _decode_data_url(ref: str) -> bytes:
+def _decode_data_url(ref: str, limit: int | None) -> bytes:
     header, _, payload = ref.partition(",")
     if not header.endswith(";base64"):
         raise RejectedInput("data: URL images must be base64-encoded")
+    if limit is not None and len(payload) // 4 * 3 > limit:
+        size = len(payload) // 4 * 3
+        raise RejectedInput(f"data: URL image is about {too_big(size, limit, 'max_media_bytes')}")
     try:
-        return base64.b64decode(payload, validate=True)
+        data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise RejectedInput(f"invalid base64 in data: URL ({exc})") from None
+    if limit is not None and len(data) > limit:
+        raise RejectedInput(f"data: URL image is {too_big(len(data), limit, 'max_media_bytes')}")
+    return data
 
 
-def _fetch(url: str) -> bytes:
+def _fetch(url: str, limit: int | None) -> bytes:
     import urllib.request
 
     try:
         with urllib.request.urlopen(url, timeout=30) as resp:
-            return resp.read()
-    except OSError as exc:
+            data = resp.read(limit + 1) if limit is not None else resp.read()
+    except (OSError, ValueError) as exc:
         raise RejectedInput(f"could not fetch {url}: {exc}") from None
+    if limit is not None and len(data) > limit:
+        raise RejectedInput(f"{url}: more than {too_big(len(data), limit, 'max_media_bytes')}")
+    return data
 
 
 def canonical_role(role: object) -> str:
@@ -150,42 +244,149 @@ def image_list(record: dict[str, object]) -> list[object]:
     return [image]
 
 
-def iter_json_records(path: Path, root: Path) -> Iterator[tuple[Location, object] | Reject]:
+def bounded_lines(fh: BinaryIO, limit: int | None) -> Iterator[tuple[int, bytes | None, int]]:
+    """``(line number, bytes, size)`` of every line of a binary file, numbered from 1.
+
+    A line longer than ``limit`` bytes (its line ending not counted; None: no limit) is
+    never held in memory: it comes as ``(number, None, size)`` and the rest of it is
+    skipped in chunks, so the lines after it keep their numbers.
+    """
+    lineno = 0
+    while True:
+        raw = fh.readline() if limit is None else fh.readline(limit + 1)
+        if not raw:
+            return
+        lineno += 1
+        if limit is None or len(raw) <= limit or raw.endswith(b"\n"):
+            yield lineno, raw, len(raw)
+            continue
+        size = len(raw)
+        while not raw.endswith(b"\n"):
+            raw = fh.readline(_SKIP_CHUNK)
+            if not raw:
+                break
+            size += len(raw)
+        yield lineno, None, size - raw.endswith(b"\n")
+
+
+def iter_json_records(
+    path: Path, root: Path, max_line_bytes: int | None = None
+) -> Iterator[tuple[Location, object] | Reject]:
     """Yield (location, parsed object) for every record of a JSON array or JSONL file.
 
-    A malformed JSONL line is yielded as a Reject and reading goes on; a malformed JSON
-    array file is one Reject naming the line and column of the error.
+    A UTF-8 BOM is accepted. Each JSONL line is read with the ``max_line_bytes`` bound and
+    decoded on its own: an over-long, undecodable, malformed or too deeply nested line is
+    a Reject at its line number and reading goes on. A JSON array is parsed whole (a
+    malformed one is one Reject naming the line of the error); a too deeply nested element
+    is a Reject at its row and the other elements still come.
     """
     rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
     with path.open("rb") as fh:
-        head = fh.read(4096).lstrip()
+        head = fh.read(4096).removeprefix(BOM).lstrip()
     if head.startswith(b"["):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            line = getattr(exc, "lineno", None)
-            yield Reject(Location(rel, line=line), f"malformed JSON: {exc}")
-            return
-        for i, obj in enumerate(data):
-            yield Location(rel, row=i), obj
+        yield from _json_array(path, rel)
         return
-    with path.open("r", encoding="utf-8", errors="strict") as fh:
-        lineno = 0
-        while True:
-            lineno += 1
-            try:
-                line = fh.readline()
-            except UnicodeDecodeError as exc:
-                yield Reject(Location(rel, line=lineno), f"invalid UTF-8: {exc}")
-                return
-            if not line:
-                return
-            if not line.strip():
+    with path.open("rb") as fh:
+        for lineno, raw, size in bounded_lines(fh, max_line_bytes):
+            location = Location(rel, line=lineno)
+            if raw is None:
+                assert max_line_bytes is not None
+                yield Reject(location, f"line is {too_big(size, max_line_bytes, 'max_line_bytes')}")
                 continue
             try:
-                yield Location(rel, line=lineno), json.loads(line)
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                yield Reject(location, f"invalid UTF-8: {exc}")
+                continue
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
             except json.JSONDecodeError as exc:
-                yield Reject(Location(rel, line=lineno), f"malformed JSON line: {exc.msg}")
+                yield Reject(location, f"malformed JSON line: {exc.msg}")
+            except RecursionError:
+                yield Reject(location, "malformed JSON line: nested too deeply")
+            else:
+                yield location, obj
+
+
+def _json_array(path: Path, rel: str) -> Iterator[tuple[Location, object] | Reject]:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        yield Reject(Location(rel, line=line), f"malformed JSON: invalid UTF-8: {exc}")
+        return
+    del data
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        yield Reject(Location(rel, line=exc.lineno), f"malformed JSON: {exc}")
+        return
+    except RecursionError:
+        # Some element nests too deeply for the parser: parse element by element.
+        yield from _array_elements(text, rel)
+        return
+    if not isinstance(items, list):
+        yield Reject(Location(rel), "malformed JSON: expected an array of records")
+        return
+    for i, obj in enumerate(items):
+        yield Location(rel, row=i), obj
+
+
+def _array_elements(text: str, rel: str) -> Iterator[tuple[Location, object] | Reject]:
+    """The elements of a JSON array one by one; a too deeply nested one is a Reject."""
+    decoder = json.JSONDecoder()
+    ws = " \t\r\n"
+    i = len(text) - len(text.lstrip(ws)) + 1  # after the opening bracket
+    row = 0
+    while True:
+        while i < len(text) and text[i] in ws:
+            i += 1
+        if text.startswith("]", i) and row == 0:
+            return
+        try:
+            obj, i = decoder.raw_decode(text, i)
+            yield Location(rel, row=row), obj
+        except RecursionError:
+            yield Reject(Location(rel, row=row), "malformed JSON: nested too deeply")
+            i = _skip_value(text, i)
+        except json.JSONDecodeError as exc:
+            yield Reject(Location(rel, line=exc.lineno), f"malformed JSON: {exc}")
+            return
+        while i < len(text) and text[i] in ws:
+            i += 1
+        if text.startswith(",", i):
+            i, row = i + 1, row + 1
+            continue
+        if not text.startswith("]", i):
+            line = text.count("\n", 0, i) + 1
+            yield Reject(Location(rel, line=line), "malformed JSON: expected ',' or ']'")
+        return
+
+
+def _skip_value(text: str, i: int) -> int:
+    """Index just past the JSON array or object starting at ``i`` (strings skipped)."""
+    depth, in_string, escaped = 0, False, False
+    for j in range(i, len(text)):
+        c = text[j]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+            if depth == 0:
+                return j + 1
+    return len(text)
 
 
 def list_files(root: Path, extensions: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -207,17 +408,28 @@ def list_files(root: Path, extensions: tuple[str, ...]) -> list[tuple[str, str]]
 
 
 def read_media_file(
-    rel: str, full: str, work: Callable[[str], T], rejected: type[Exception]
+    rel: str,
+    full: str,
+    work: Callable[[str], T],
+    rejected: type[Exception],
+    root: str | None = None,
+    limit: int | None = None,
 ) -> tuple[str, str, T | None, str | None]:
     """A source worker's step for one file: ``(rel, sha256 of the file, work(full), None)``,
-    or ``(rel, "", None, reason)`` when ``work`` raises ``rejected`` or the file cannot
-    be read."""
+    or ``(rel, "", None, reason)`` when the file fails :func:`checked_file` (against
+    ``root``, None: anywhere; at most ``limit`` bytes), ``work`` raises ``rejected`` or
+    the file cannot be read."""
     from lake.ids import file_sha256
 
     try:
-        sha = file_sha256(full)
-        return rel, sha, work(full), None
+        real = checked_file(full, root, limit)
+        sha = file_sha256(real)
+        return rel, sha, work(real), None
+    except RejectedInput as exc:
+        return rel, "", None, exc.reason
     except rejected as exc:
         return rel, "", None, str(exc)
     except OSError as exc:
         return rel, "", None, f"cannot read: {exc.strerror or exc}"
+    except ValueError as exc:
+        return rel, "", None, f"cannot read: {exc}"

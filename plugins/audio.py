@@ -16,18 +16,23 @@ from lake.parallel import ordered_map, worker_count
 from lake.plugin import Source
 from lake.records import Location, MediaMeta, MediaRef, Reject, SourceRecord
 from lake.schema import KIND_TAGS
-from lake.sources import list_files, read_media_file
+from lake.sources import confined_root, list_files, read_media_file
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus")
 
 
-def _load(task: tuple[str, str, int, str, float | None]) -> tuple[str, str, Any, str | None]:
-    """Worker: decode and resample one file; (rel, sha256 of the original, track, reason)."""
+def _load(
+    task: tuple[str, str, int, str, float | None, str | None, int | None],
+) -> tuple[str, str, Any, str | None]:
+    """Worker: decode and resample one file; (rel, sha256 of the original, track, reason).
+
+    The file must resolve inside ``root`` (None: anywhere), be a regular file and hold at
+    most ``limit`` bytes (:func:`lake.sources.checked_file`)."""
     from lake.audio import AudioRejected, load_audio
 
-    rel, full, rate, fmt, max_duration_s = task
+    rel, full, rate, fmt, max_duration_s, root, limit = task
     return read_media_file(
-        rel, full, lambda f: load_audio(f, rate, fmt, max_duration_s), AudioRejected
+        rel, full, lambda f: load_audio(f, rate, fmt, max_duration_s), AudioRejected, root, limit
     )
 
 
@@ -67,7 +72,13 @@ class AudioSource(Source):
     def records(self) -> Iterator[SourceRecord | Reject]:
         """One record per audio file, in path order."""
         files = list_files(self.path, AUDIO_EXTENSIONS)
-        tasks = [(rel, full, self.rate, self.format, self.max_duration_s) for rel, full in files]
+        # a file named as source.path was chosen by the user: only a folder's are confined
+        root = None if self.path.is_file() else confined_root(self.root, self.policy)
+        limit = self.policy.max_media_bytes
+        tasks = [
+            (rel, full, self.rate, self.format, self.max_duration_s, root, limit)
+            for rel, full in files
+        ]
         workers = worker_count(self.workers, len(tasks))
         steps: list[tuple[str, dict[str, object]]] = [("scan_audio_folder", {})]
         for rel, sha, track, reason in ordered_map(_load, tasks, workers, inflight=workers + 1):

@@ -5,12 +5,20 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from lake.errors import RejectedInput
 from lake.plugin import Source
 from lake.records import Location, MediaRef, Reject, SourceRecord
-from lake.sources import iter_json_records, resolve_media
-from plugins.sharegpt import dataset_files, json_type, relative_name
+from lake.sources import (
+    bounded_lines,
+    checked_file,
+    confined_root,
+    iter_json_records,
+    resolve_media,
+    too_big,
+)
+from plugins.sharegpt import RECORD_ERRORS, dataset_files, json_type, record_error, relative_name
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 BATCH_ROWS = 256
@@ -85,9 +93,21 @@ class ClipPairsSource(Source):
         }
 
     def records(self) -> Iterator[SourceRecord | Reject]:
-        """One record per row of every file; a bad row or file becomes a Reject."""
+        """One record per row of every file; a bad row or file becomes a Reject.
+
+        Any error while reading one row or resolving its image (an OSError, a ValueError,
+        a RecursionError) rejects that row only. A table file must itself be a regular
+        file inside the root (symlinks resolved).
+        """
+        # a file named as source.path was chosen by the user: only the folder's are confined
+        confine = None if self.path.is_file() else confined_root(self.root, self.policy)
         for file in self.files():
             rel = relative_name(file, self.root)
+            try:
+                checked_file(file, confine)
+            except RejectedInput as exc:
+                yield Reject(Location(rel), f"dataset file: {exc.reason}")
+                continue
             fmt = FORMATS.get(file.suffix.lower())
             if fmt is None:
                 yield Reject(
@@ -103,8 +123,8 @@ class ClipPairsSource(Source):
                     location, image, caption, label = item
                     try:
                         yield self._record(location, image, caption, label, fmt)
-                    except RejectedInput as exc:
-                        yield Reject(location, exc.reason)
+                    except RECORD_ERRORS as exc:
+                        yield Reject(location, record_error(exc))
             except OSError as exc:
                 yield Reject(Location(rel), f"cannot read file: {exc.strerror or exc}")
 
@@ -117,43 +137,76 @@ class ClipPairsSource(Source):
     def _csv(
         self, file: Path, rel: str
     ) -> Iterator[tuple[Location, object, object, object] | Reject]:
-        with file.open("r", encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh)
+        limit = self.policy.max_line_bytes
+        bad: dict[int, str] = {}  # line number -> why the line could not be read
+
+        def lines(fh: BinaryIO) -> Iterator[str]:
+            # Each line read with the bound and decoded on its own; a bad one reads as
+            # blank and is reported for the row that spans it.
+            for lineno, raw, size in bounded_lines(fh, limit):
+                if raw is None:
+                    assert limit is not None
+                    bad[lineno] = f"line is {too_big(size, limit, 'max_line_bytes')}"
+                    yield "\n"
+                    continue
+                try:
+                    yield raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    bad[lineno] = f"invalid UTF-8: {exc}"
+                    yield "\n"
+
+        with file.open("rb") as fh:
+            reader = csv.reader(lines(fh))
             try:
                 header = next(reader, None)
-                if header is None:
-                    yield Reject(Location(rel), "empty CSV file (no header)")
-                    return
-                problem = self._missing(header)
-                if problem:
-                    yield Reject(Location(rel, line=1), problem)
-                    return
-                index = {name: i for i, name in enumerate(header)}
-                while True:
-                    start = reader.line_num + 1
+            except csv.Error as exc:
+                yield Reject(Location(rel, line=1), f"malformed CSV header: {exc}")
+                return
+            if 1 in bad:
+                yield Reject(Location(rel, line=1), f"CSV header: {bad[1]}")
+                return
+            if header is None:
+                yield Reject(Location(rel), "empty CSV file (no header)")
+                return
+            problem = self._missing(header)
+            if problem:
+                yield Reject(Location(rel, line=1), problem)
+                return
+            index = {name: i for i, name in enumerate(header)}
+            while True:
+                start = reader.line_num + 1
+                try:
                     row = next(reader, None)
-                    if row is None:
+                except csv.Error as exc:
+                    yield Reject(Location(rel, line=start), f"malformed CSV: {exc}")
+                    if reader.line_num < start:
                         return
-                    if not row:
-                        continue
-                    location = Location(rel, line=start)
-                    if len(row) != len(header):
-                        yield Reject(location, f"expected {len(header)} fields, got {len(row)}")
-                        continue
-                    label = row[index[self.label_column]] if self.label_column else None
-                    yield (
-                        location,
-                        row[index[self.image_column]],
-                        row[index[self.caption_column]],
-                        label,
-                    )
-            except (csv.Error, UnicodeDecodeError) as exc:
-                yield Reject(Location(rel, line=reader.line_num + 1), f"malformed CSV: {exc}")
+                    continue
+                if row is None:
+                    return
+                location = Location(rel, line=start)
+                spanned = range(start, reader.line_num + 1)
+                why = next((bad[n] for n in spanned if n in bad), None)
+                if why is not None:
+                    yield Reject(location, why)
+                    continue
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    yield Reject(location, f"expected {len(header)} fields, got {len(row)}")
+                    continue
+                label = row[index[self.label_column]] if self.label_column else None
+                yield (
+                    location,
+                    row[index[self.image_column]],
+                    row[index[self.caption_column]],
+                    label,
+                )
 
     def _jsonl(
         self, file: Path, rel: str
     ) -> Iterator[tuple[Location, object, object, object] | Reject]:
-        for item in iter_json_records(file, self.root):
+        for item in iter_json_records(file, self.root, self.policy.max_line_bytes):
             if isinstance(item, Reject):
                 yield item
                 continue

@@ -6,8 +6,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from lake.errors import RejectedInput
 from lake.plugin import Source
 from lake.records import Location, MediaRef, Reject, SourceRecord
+from lake.sources import checked_file, confined_root, read_text_file
 
 SIDECARS = frozenset({".txt", ".json", ".jsonl", ".csv", ".md", ".parquet", ".caption", ".xml"})
 
@@ -18,7 +20,8 @@ class ImageFolderSource(Source):
     Files directly in the root (metadata, READMEs) are ignored; every other non-hidden
     file under a class folder is an image candidate, so a corrupt or unsupported file is
     rejected rather than silently skipped. With ``caption_sidecar`` a ``<stem>.txt`` next
-    to an image becomes its caption.
+    to an image becomes its caption. Symlinks that resolve outside the root, and anything
+    that is not a regular file, are rejected (see :func:`lake.sources.checked_file`).
     """
 
     name = "image_folder"
@@ -44,6 +47,12 @@ class ImageFolderSource(Source):
                 top = os.path.join(root, class_dir)
                 if class_dir.startswith(".") or not os.path.isdir(top):
                     continue
+                if os.path.islink(top) and not self.policy.allow_outside_root:
+                    real = os.path.realpath(top)
+                    if not (real + os.sep).startswith(root.rstrip(os.sep) + os.sep):
+                        # listed as one candidate, rejected by records(), never walked
+                        files.append((class_dir, top))
+                        continue
                 for dirpath, dirnames, filenames in os.walk(top):
                     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                     rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
@@ -63,23 +72,35 @@ class ImageFolderSource(Source):
         return {**super().params(), "caption_sidecar": self.caption_sidecar}
 
     def records(self) -> Iterator[SourceRecord | Reject]:
-        """One record per image candidate."""
+        """One record per image candidate.
+
+        Each image (and its sidecar) must resolve, symlinks included, to a regular file
+        inside the dataset root (unless ``allow_outside_root``) within the size limits;
+        otherwise the image is a Reject with the reason and the folder goes on.
+        """
         steps = [("scan_class_folders", {"label_from": "top-level folder"})]  # shared: cheap
+        root = confined_root(self.path, self.policy)
         for rel, full in self._list():
             label = rel.split("/", 1)[0]
+            try:
+                real = checked_file(full, root, self.policy.max_media_bytes)
+            except RejectedInput as exc:
+                yield Reject(Location(rel), exc.reason)
+                continue
             caption = None
             if self.caption_sidecar:
-                side = Path(full).with_suffix(".txt")
-                if side.is_file():
+                side = os.path.splitext(full)[0] + ".txt"
+                if os.path.lexists(side):
                     try:
-                        caption = side.read_text(encoding="utf-8").strip() or None
-                    except UnicodeDecodeError as exc:
+                        text = read_text_file(side, root, self.policy.max_line_bytes)
+                    except RejectedInput as exc:
                         side_rel = rel.rsplit(".", 1)[0] + ".txt"
-                        yield Reject(Location(side_rel), f"caption: {exc}")
+                        yield Reject(Location(side_rel), f"caption: {exc.reason}")
                         continue
+                    caption = text.strip() or None
             yield SourceRecord(
                 location=Location(rel),
-                media=[MediaRef(source_uri=rel, path=full)],
+                media=[MediaRef(source_uri=rel, path=real)],
                 label=label,
                 caption=caption,
                 key=rel,

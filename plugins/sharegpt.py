@@ -21,6 +21,8 @@ from lake.records import Location, MediaRef, Reject, SourceRecord
 from lake.sources import (
     canonical_messages,
     canonical_role,
+    checked_file,
+    confined_root,
     image_list,
     iter_json_records,
     resolve_media,
@@ -52,6 +54,22 @@ def json_type(value: object) -> str:
     """JSON name of a parsed value's type, for reject reasons."""
     names = {dict: "object", list: "array", str: "string", type(None): "null"}
     return names.get(type(value), type(value).__name__)
+
+
+# What reading one record may raise besides RejectedInput (a path with a NUL byte, an
+# over-long name, a symlink loop, a deeply nested value): each rejects that record only.
+RECORD_ERRORS = (RejectedInput, OSError, ValueError, RecursionError)
+
+
+def record_error(exc: BaseException) -> str:
+    """The reject reason for one of :data:`RECORD_ERRORS` raised while reading a record."""
+    if isinstance(exc, RejectedInput):
+        return exc.reason
+    if isinstance(exc, OSError):
+        return f"cannot read: {exc.strerror or exc}"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return f"invalid value: {exc}"
 
 
 def require(obj: dict[str, object], key: str) -> object:
@@ -95,11 +113,23 @@ class JsonRecordsSource(Source):
         return {**super().params(), "image_folder": self.image_folder}
 
     def records(self) -> Iterator[SourceRecord | Reject]:
-        """Parse every record of every file; a bad record becomes a Reject at its location."""
+        """Parse every record of every file; a bad record becomes a Reject at its location.
+
+        Any error while parsing one record or resolving its media (an OSError, a
+        ValueError, a RecursionError) rejects that record only. A dataset file must itself
+        be a regular file inside the root (symlinks resolved).
+        """
         root = self.root
+        # a file named as source.path was chosen by the user: only the folder's are confined
+        confine = None if self.path.is_file() else confined_root(root, self.policy)
         for file in self.files():
             try:
-                for item in iter_json_records(file, root):
+                checked_file(file, confine)
+            except RejectedInput as exc:
+                yield Reject(Location(relative_name(file, root)), f"dataset file: {exc.reason}")
+                continue
+            try:
+                for item in iter_json_records(file, root, self.policy.max_line_bytes):
                     if isinstance(item, Reject):
                         yield item
                         continue
@@ -110,8 +140,8 @@ class JsonRecordsSource(Source):
                                 f"record must be a JSON object, got {json_type(obj)}"
                             )
                         yield self.parse(obj, location)
-                    except RejectedInput as exc:
-                        yield Reject(location, exc.reason)
+                    except RECORD_ERRORS as exc:
+                        yield Reject(location, record_error(exc))
             except OSError as exc:
                 yield Reject(
                     Location(relative_name(file, root)), f"cannot read file: {exc.strerror or exc}"

@@ -22,18 +22,28 @@ from lake.parallel import ordered_map, worker_count
 from lake.plugin import Source
 from lake.records import Location, MediaMeta, MediaRef, Reject, SourceRecord
 from lake.schema import KIND_TAGS
-from lake.sources import list_files, read_media_file
+from lake.sources import confined_root, list_files, read_media_file
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 
 
-def _analyse(task: tuple[str, str, dict[str, Any]]) -> tuple[str, str, Any, str | None]:
-    """Worker: (rel, full, settings) -> (rel, sha256, analysis, reject reason)."""
+def _analyse(
+    task: tuple[str, str, dict[str, Any], str | None, int | None],
+) -> tuple[str, str, Any, str | None]:
+    """Worker: (rel, full, settings, root, limit) -> (rel, sha256, analysis, reject reason).
+
+    The file must resolve inside ``root`` (None: anywhere), be a regular file and hold at
+    most ``limit`` bytes (:func:`lake.sources.checked_file`)."""
     from lake.video import VideoRejected, VideoSettings, analyze_video
 
-    rel, full, options = task
+    rel, full, options, root, limit = task
     return read_media_file(
-        rel, full, lambda f: analyze_video(f, VideoSettings(**options)), VideoRejected
+        rel,
+        full,
+        lambda f: analyze_video(f, VideoSettings(**options)),
+        VideoRejected,
+        root,
+        limit,
     )
 
 
@@ -84,7 +94,10 @@ class VideoSource(Source):
         """Frame and clip records of every video, video by video, in path order."""
         files = list_files(self.path, VIDEO_EXTENSIONS)
         options = asdict(self.settings)
-        tasks = [(rel, full, options) for rel, full in files]
+        # a file named as source.path was chosen by the user: only a folder's are confined
+        root = None if self.path.is_file() else confined_root(self.root, self.policy)
+        limit = self.policy.max_media_bytes
+        tasks = [(rel, full, options, root, limit) for rel, full in files]
         full_of = dict(files)
         workers = worker_count(self.workers, len(tasks))
         for rel, sha, analysis, reason in ordered_map(

@@ -234,6 +234,8 @@ def test_custom_columns_and_config(root: Path) -> None:
         "allow_absolute": False,
         "allow_outside_root": False,
         "allow_urls": False,
+        "max_media_bytes": 64 * 2**20,  # conf/source default
+        "max_line_bytes": 64 * 2**20,
         "image_column": "file",
         "caption_column": "text",
         "label_column": "cls",

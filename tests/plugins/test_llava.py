@@ -180,5 +180,7 @@ def test_config_instantiates_source(root: Path) -> None:
         "allow_absolute": False,
         "allow_outside_root": False,
         "allow_urls": False,
+        "max_media_bytes": 64 * 2**20,  # conf/source default
+        "max_line_bytes": 64 * 2**20,
         "image_folder": None,
     }
