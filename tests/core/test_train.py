@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.checkpoint import load_checkpoint
 from core.run import read_events
 from core.train import train
 
@@ -16,7 +17,7 @@ FAST = ("trainer.enable_progress_bar=false", "trainer.enable_model_summary=false
 
 
 def _ckpt_weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return load_checkpoint(path)["state_dict"]  # weights_only: our checkpoints load safely
 
 
 def test_short_fit_writes_the_run_directory(compose, tmp_path: Path) -> None:

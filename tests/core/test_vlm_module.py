@@ -18,6 +18,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from core.checkpoint import load_checkpoint
 from core.models.vlm_load import parameter_table
 from core.models.vlm_tiny import build_tiny, save_tiny
 from core.modules.vlm_module import VlmModule
@@ -437,7 +438,7 @@ def _trained_module(run: Path, ckpt: str = "last.ckpt") -> VlmModule:
     from hydra.utils import instantiate
 
     module = instantiate(OmegaConf.load(run / "config.yaml").model)
-    state = torch.load(run / "checkpoints" / ckpt, map_location="cpu", weights_only=False)
+    state = load_checkpoint(run / "checkpoints" / ckpt)  # weights_only: our checkpoints load safely
     module.on_load_checkpoint(state)
     missing, unexpected = module.load_state_dict(state["state_dict"], strict=False)
     assert not unexpected
@@ -538,7 +539,7 @@ def test_resume_restores_step_optimizer_and_data_position(compose, vlm_lake: Pat
     stop = ("+callbacks.stop._target_=tests.core.probe.StopAt", "+callbacks.stop.step=5")
     cut = run("run_id=cut", *rec("cut.jsonl"), *stop)
     assert cut["status"] == "interrupted"
-    ckpt = torch.load(tmp_path / "runs/cut/checkpoints/last.ckpt", weights_only=False)
+    ckpt = load_checkpoint(tmp_path / "runs/cut/checkpoints/last.ckpt")
     assert ckpt["global_step"] == 4  # Ctrl-C: the periodic checkpoint before the stop
     resumed = run("run_id=cut", "resume=true", *rec("resumed.jsonl"))
     assert resumed["status"] == "finished" and resumed["step"] == 8
@@ -555,8 +556,8 @@ def test_resume_restores_step_optimizer_and_data_position(compose, vlm_lake: Pat
     module = make("llava")
     trainable = {f"model.{n}" for n, p in module.model.named_parameters() if p.requires_grad}
     assert not any("vision_tower" in k for k in trainable)
-    a = torch.load(tmp_path / "runs/ref/checkpoints/last.ckpt", weights_only=False)
-    b = torch.load(tmp_path / "runs/cut/checkpoints/last.ckpt", weights_only=False)
+    a = load_checkpoint(tmp_path / "runs/ref/checkpoints/last.ckpt")
+    b = load_checkpoint(tmp_path / "runs/cut/checkpoints/last.ckpt")
     for c in (ckpt, a, b):
         assert c["lakeloom_trainable_only"] is True
         assert set(c["state_dict"]) == trainable
