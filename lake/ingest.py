@@ -370,7 +370,18 @@ def ingest(
             rec = item.record
             assert rec is not None
             content = (rec.messages, rec.caption, rec.label, rec.chosen, rec.rejected, rec.key)
-            sid = ids.sample_id(item.media_ids, *content)
+            try:
+                sid = ids.sample_id(item.media_ids, *content)
+                _check_unicode(rec.location.uri(), *(m.source_uri for m in rec.media))
+            except UnicodeEncodeError as exc:
+                # a lone surrogate (JSON "\ud800", a file name that is not UTF-8) would
+                # fail the whole commit later: reject just this record
+                bad = exc.object[exc.start : exc.end].encode("utf-8", "backslashreplace")
+                reject = Reject(rec.location, f"text is not valid Unicode: {bad.decode()}")
+                report.rejected += 1
+                report.reasons[_reason_kind(reject.reason)] += 1
+                rejects.write(reject)
+                continue
             if sid in present_samples or sid in seen_samples:
                 report.present_samples += 1
                 continue
@@ -545,6 +556,12 @@ def _sample_prov(rec: SourceRecord, source: Source, ctx: RunContext) -> dict[str
         _PROV_CACHE.clear()
     _PROV_CACHE[id(rec.steps)] = (rec.steps, value)  # holding the list keeps its id unique
     return value
+
+
+def _check_unicode(*texts: str) -> None:
+    """Raise UnicodeEncodeError when a text cannot be stored (holds a lone surrogate)."""
+    for text in texts:
+        text.encode("utf-8")
 
 
 def _sample_row(

@@ -346,6 +346,28 @@ def test_invalid_utf8_rejects_its_line_only(llava_root: Path, lake: Lake, tmp_pa
     assert landed_lines(samples) == ["data.jsonl#L1", "data.jsonl#L4"]
 
 
+def test_lone_surrogates_reject_their_record_only(
+    llava_root: Path, lake: Lake, tmp_path: Path
+) -> None:
+    # JSON may spell a lone surrogate ("\\ud800"), and a file name that is not UTF-8
+    # decodes to one: either used to fail the whole commit
+    bad = llava_line("images/a.jpg").replace("What is it?", "caf\\ud800")
+    data = write_lines(llava_root / "data.jsonl", [llava_line("images/a.jpg"), bad])
+    _, rejects, samples = run(LlavaSource(data), lake, tmp_path)
+    assert "not valid Unicode" in only(rejects, source_file="data.jsonl", line=2)["reason"]
+    assert landed_lines(samples) == ["data.jsonl#L1"]
+
+    folder = tmp_path / "latin1"
+    (folder / "cls").mkdir(parents=True)
+    (folder / "cls" / "ok.jpg").write_bytes(jpeg_bytes((0, 0, 200)))
+    with open(os.fsencode(folder / "cls") + b"/caf\xe9.jpg", "wb") as fh:
+        fh.write(jpeg_bytes((9, 9, 9)))
+    other = Lake(tmp_path / "lake2")
+    _, rejects, samples = run(ImageFolderSource(folder), other, tmp_path / "r2")
+    assert len(rejects) == 1 and "not valid Unicode" in rejects[0]["reason"]
+    assert landed_lines(samples) == ["cls/ok.jpg"]
+
+
 def test_csv_invalid_utf8_and_long_line_reject_their_rows_only(tmp_path: Path, lake: Lake) -> None:
     root = tmp_path / "pairs"
     (root / "img").mkdir(parents=True)
