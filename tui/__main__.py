@@ -1,14 +1,15 @@
 """``lakeloom tui`` / ``python -m tui``: browse the lake and the training runs.
 
     lakeloom tui [lake.uri=PATH] [runs_dir=PATH] [tui.graphics=auto|halfblock|kitty|sixel]
-    lakeloom tui serve [host=localhost] [port=8000] [same overrides]
+    lakeloom tui serve [port=8000] [token=SECRET] [same overrides]
 
 The app runs in any terminal (SSH, tmux; no mouse needed: ``?`` lists the keys, ctrl+p
 every command). ``serve`` is a sub-command, read before Hydra sees the arguments: it
 serves the same app to a browser with textual-serve (``tui.serve``), each tab running
-``python -m tui`` with the other overrides. The configuration is ``conf/tui.yaml`` and
-``conf/tui/<name>.yaml`` (``tui=NAME``). Only Textual, pyarrow and lance load at start;
-the ML stack is imported, in a worker, by the first text search.
+``python -m tui`` with the other overrides; it prints the URL to open, token included
+(127.0.0.1 only). The configuration is ``conf/tui.yaml`` and ``conf/tui/<name>.yaml``
+(``tui=NAME``). Only Textual, pyarrow and lance load at start; the ML stack is imported,
+in a worker, by the first text search.
 """
 
 from __future__ import annotations
@@ -40,13 +41,17 @@ def run_tui(cfg: Any) -> int:
 
 
 def run_serve(cfg: Any) -> int:
-    """Serve the app on ``host``:``port`` until interrupted."""
+    """Serve the app on ``host``:``port`` (loopback only, token required) until interrupted."""
     from hydra.core.hydra_config import HydraConfig
 
     from tui.serve import make_server
 
     overrides = list(HydraConfig.get().overrides.task)
-    make_server(overrides, host=str(cfg.host), port=int(cfg.port)).serve()
+    token = cfg.get("token")
+    server = make_server(
+        overrides, host=str(cfg.host), port=int(cfg.port), token=str(token) if token else None
+    )
+    server.serve()
     return 0
 
 

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tui.format import printable
+
 GRAPHICS = ("auto", "halfblock", "kitty", "sixel")
 
 
@@ -35,17 +37,19 @@ class ColumnSpec:
     align: str = "left"
 
     def text(self, value: Any) -> str:
-        """The cell text of ``value`` (lists joined, ``format`` applied to non-null values)."""
+        """The cell text of ``value`` (lists joined, ``format`` applied to non-null values),
+        on one line with control characters made visible (``tui.format.printable``)."""
         if value is None:
             return ""
         if isinstance(value, list | tuple):
             return ", ".join(self.text(v) for v in value)
         if self.format:
             try:
-                return self.format.format(value)
+                return printable(self.format.format(value))
             except (ValueError, TypeError):
                 pass
-        return " ".join(str(value).split())
+        # a cell shows `width` cells at most: never split a 5 MB caption on each redraw
+        return printable(" ".join(str(value)[: self.width * 4 + 64].split()))
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ class TuiConfig:
     refresh_s: float = 2.0
     log_lines: int = 200
     max_points: int = 4096
+    max_text_chars: int = 20000  # longer texts are cut for display (tui.format.clip)
     screens: dict[str, ScreenSpec] = field(default_factory=dict)
     columns: list[ColumnSpec] = field(default_factory=list)
     panels: list[PanelSpec] = field(default_factory=list)
@@ -144,6 +149,7 @@ class TuiConfig:
             refresh_s=float(tui.get("refresh_s", 2.0)),
             log_lines=int(tui.get("log_lines", 200)),
             max_points=int(tui.get("max_points", 4096)),
+            max_text_chars=int(tui.get("max_text_chars", 20000)),
             screens=screens,
             columns=[ColumnSpec(**c) for c in tui.get("columns") or []],
             panels=panels,

@@ -426,7 +426,7 @@ def test_serve_builds_the_server_with_the_app_command() -> None:
 
     overrides = ["lake.uri=/data/my lake", "runs_dir=runs", "port=9123", "host=0.0.0.0"]
     server = make_server(overrides, host="localhost", port=9123)
-    assert server.port == 9123 and server.host == "localhost"
+    assert server.port == 9123 and server.host == "127.0.0.1"  # loopback only
     assert shlex.split(server.command) == [
         sys.executable, "-m", "tui", "lake.uri=/data/my lake", "runs_dir=runs"
     ]  # fmt: skip

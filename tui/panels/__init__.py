@@ -34,6 +34,7 @@ from textual.containers import Vertical
 from textual.widgets import Static
 
 from tui.config import PanelSpec, import_object
+from tui.format import printable
 
 
 class Panel(Vertical):
@@ -64,7 +65,7 @@ class BrokenPanel(Panel):
 
     def __init__(self, spec: PanelSpec, error: str) -> None:
         super().__init__(spec)
-        self.body.update(f"panel {spec.name!r} ({spec.target}): {error}")
+        self.body.update(printable(f"panel {spec.name!r} ({spec.target}): {error}"))
 
     def show(self, sample: dict[str, Any] | None) -> None:
         """Nothing to show."""

@@ -6,6 +6,7 @@ from typing import Any
 
 from textual.app import ComposeResult
 
+from tui.format import printable
 from tui.panels import Panel
 from tui.widgets.image import HalfBlockImage
 
@@ -31,4 +32,5 @@ class ImagePanel(Panel):
             return
         size = f"{first.get('width')}×{first.get('height')}" if first.get("width") else ""
         more = f"  (+{len(media) - 1} more)" if len(media) > 1 else ""
-        self.body.update(f"{first.get('mime') or first.get('kind') or ''} {size}{more}".strip())
+        kind = printable(first.get("mime") or first.get("kind") or "")
+        self.body.update(f"{kind} {printable(size)}{more}".strip())

@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.text import Text
 
+from tui.format import printable
 from tui.panels import Panel
 
 
@@ -34,25 +35,25 @@ class MediaPanel(Panel):
             text.append(f"{span}\n")
         if sample.get("transcript"):
             text.append("speech ", style="bold")
-            text.append(f"{sample['transcript']}\n")
+            text.append(f"{printable(sample['transcript'], multiline=True)}\n")
         for media in sample.get("media") or []:
-            kind = media.get("kind") or "?"
+            kind = printable(media.get("kind") or "?")
             text.append(f"{kind:<6}", style="bold")
             parts = []
             if media.get("width"):
-                parts.append(f"{media['width']}x{media.get('height')}")
+                parts.append(printable(f"{media['width']}x{media.get('height')}"))
             if media.get("scene") is not None:
-                parts.append(f"scene {media['scene']}")
+                parts.append(f"scene {printable(media['scene'])}")
             if kind == "frame":
                 parts.append(f"t {_span(media.get('t_start'), None)}")
             elif media.get("t_end") is not None:
                 parts.append(_span(media.get("t_start"), media.get("t_end")))
             if media.get("parent_id"):
-                parts.append(f"of {media['parent_id'][:12]}")
-            parts.append(media.get("source_uri") or "")
+                parts.append(f"of {printable(media['parent_id'][:12])}")
+            parts.append(printable(media.get("source_uri") or ""))
             text.append(" " + "  ".join(p for p in parts if p) + "\n")
             if media.get("transcript"):
                 text.append("  speech ", style="bold")
-                text.append(f"{media['transcript']}\n")
+                text.append(f"{printable(media['transcript'], multiline=True)}\n")
         text.rstrip()
         self.body.update(text or "no media")

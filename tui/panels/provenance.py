@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.text import Text
 
-from tui.format import provenance_text
+from tui.format import printable, provenance_text
 from tui.panels import Panel
 
 
@@ -21,12 +21,13 @@ class ProvenancePanel(Panel):
         text = Text()
         if "source_uri" in self.spec.fields:
             text.append("source ", style="bold")
-            text.append(f"{sample.get('source_uri') or '—'}\n")
+            text.append(f"{printable(sample.get('source_uri') or '—')}\n")
         if "provenance" in self.spec.fields:
             text.append_text(provenance_text(sample.get("provenance")))
             for i, media in enumerate(sample.get("media") or []):
                 text.append(f"\nmedia {i + 1} ", style="bold")
-                text.append(f"{media.get('media_id', '')[:16]}  {media.get('source_uri') or ''}\n")
+                media_id = printable(media.get("media_id", "")[:16])
+                text.append(f"{media_id}  {printable(media.get('source_uri') or '')}\n")
                 text.append_text(provenance_text(media.get("provenance"), indent="  "))
         text.rstrip()
         self.body.update(text)

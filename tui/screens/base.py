@@ -10,6 +10,7 @@ from textual.worker import Worker, WorkerState
 
 from tui.bindings import install
 from tui.config import TuiConfig
+from tui.format import clip_sample, printable
 
 if TYPE_CHECKING:
     from tui.lake_data import LakeView
@@ -45,9 +46,10 @@ class LakeScreenBase(Screen):
 
     @work(thread=True, name="preview", group="preview", exclusive=True, exit_on_error=False)
     def load_preview(self, sample_id: str) -> dict[str, Any] | None:
-        """The full sample under the cursor."""
+        """The full sample under the cursor (long texts cut here, off the UI thread)."""
         try:
-            return self.view.sample(sample_id)  # type: ignore[union-attr]
+            sample = self.view.sample(sample_id)  # type: ignore[union-attr]
+            return clip_sample(sample, self.config.max_text_chars)
         except KeyError:
             return None
 
@@ -98,7 +100,7 @@ class LakeScreenBase(Screen):
         )
 
     def on_sample_table_page_failed(self, event: Any) -> None:
-        self.notify(f"{event.error} (reload to retry)", severity="error")
+        self.notify(f"{printable(event.error)} (reload to retry)", severity="error", markup=False)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         worker = event.worker
@@ -114,4 +116,9 @@ class LakeScreenBase(Screen):
             if handler is not None:
                 handler(message)
             else:
-                self.notify(message, title=f"{worker.name} failed", severity="error")
+                self.notify(
+                    printable(message),
+                    title=f"{worker.name} failed",
+                    severity="error",
+                    markup=False,
+                )

@@ -12,6 +12,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.widgets import Label, Select, Static
 
+from tui.format import literal, printable
 from tui.runs_data import EventTail, fmt_value
 from tui.screens.run import events_path, run_status
 from tui.screens.runs import PollingScreen, conf_get, status_text
@@ -71,7 +72,7 @@ class CompareScreen(PollingScreen):
             yield Label("metric")
             yield Select([], prompt="metric", allow_blank=True, id="compare-metric")
         yield LinePlot("", self.labels, colors=self.run_colors, id="compare-plot")
-        yield Static("", id="compare-legend")
+        yield Static("", id="compare-legend", markup=False)
 
     # -- reading (worker thread) ------------------------------------------------------
     def read(self) -> Overlay:
@@ -99,7 +100,7 @@ class CompareScreen(PollingScreen):
         if self._options != overlay.common:
             self._options = list(overlay.common)
             with select.prevent(Select.Changed):
-                select.set_options([(n, n) for n in overlay.common])
+                select.set_options([(literal(n), n) for n in overlay.common])
         self.metric = overlay.metric
         if overlay.metric is not None and select.value != overlay.metric:
             with select.prevent(Select.Changed):
@@ -114,7 +115,7 @@ class CompareScreen(PollingScreen):
         for label in self.labels:
             xs, ys = overlay.data.get(label, ([], []))
             out.append("━━ ", style=self.run_colors[label])
-            out.append(label, style="bold")
+            out.append(printable(label), style="bold")
             out.append("  ")
             out.append_text(status_text(overlay.status.get(label, "unknown")))
             if ys:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Footer, Header, Input, Static
 
 from tui.config import ColumnSpec, TuiConfig
+from tui.format import literal
 from tui.lake_data import DERIVED, quote
 from tui.panels import build_panels
 from tui.screens.base import LakeScreenBase
@@ -107,7 +107,7 @@ class LakeScreen(LakeScreenBase):
     def status(self, text: str, error: bool = False) -> None:
         """Show a line above the table (errors in red)."""
         widget = self.query_one("#lake-status", Static)
-        widget.update(Text(text, style="bold red" if error else ""))
+        widget.update(literal(text, style="bold red" if error else ""))
         widget.set_class(error, "error")
 
     # -- lake -----------------------------------------------------------------------------

@@ -6,6 +6,8 @@ from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
+from tui.format import printable
+
 
 class MessageScreen(Screen):
     """A full screen message under the usual header and footer."""
@@ -13,7 +15,7 @@ class MessageScreen(Screen):
     def __init__(self, title: str, message: str) -> None:
         super().__init__()
         self.title = title
-        self.message = message
+        self.message = printable(message, multiline=True)
 
     def compose(self) -> ComposeResult:
         yield Header()

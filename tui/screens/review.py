@@ -16,6 +16,7 @@ from textual.widgets import Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tui.config import ColumnSpec, TuiConfig
+from tui.format import literal, printable
 from tui.lake_data import quote
 from tui.panels import build_panels
 from tui.screens.base import LakeScreenBase
@@ -77,13 +78,15 @@ class ReviewScreen(LakeScreenBase):
 
     def status(self, text: str | Text) -> None:
         """The line above the table."""
-        self.query_one("#review-status", Static).update(text)
+        self.query_one("#review-status", Static).update(
+            literal(text) if isinstance(text, str) else text
+        )
 
     def lake_ready(self) -> None:
         self.load_checks()
 
     def lake_missing(self, error: str) -> None:
-        self.status(Text(error, style="bold red"))
+        self.status(literal(error, style="bold red"))
         self.table.set_source(None, message=error)
 
     # -- checks ---------------------------------------------------------------------------
@@ -99,7 +102,8 @@ class ReviewScreen(LakeScreenBase):
     def on_checks_done(self, checks: list[tuple[str, int]]) -> None:
         options = self.query_one("#checks", OptionList)
         options.set_options(
-            Option(Text.assemble((name, "bold"), (f" ({n})", "dim")), id=name) for name, n in checks
+            Option(Text.assemble((printable(name), "bold"), (f" ({n})", "dim")), id=name)
+            for name, n in checks
         )
         if not checks:
             self.status("No checks have run on this lake: run lakeloom check.")
@@ -171,14 +175,20 @@ class ReviewScreen(LakeScreenBase):
     def on_decision_done(self, result: tuple[str, str, int, int]) -> None:
         sample_id, decision, written, cursor = result
         if not written:
-            self.notify(f"{sample_id[:12]} is no longer in the lake.", severity="warning")
+            self.notify(
+                f"{printable(sample_id[:12])} is no longer in the lake.",
+                severity="warning",
+                markup=False,
+            )
             return
-        self.notify(f"{decision}: {self.check} on {sample_id[:12]}", title="Review")
+        self.notify(
+            printable(f"{decision}: {self.check} on {sample_id[:12]}"), title="Review", markup=False
+        )
         self._cursor = cursor + 1  # on to the next flagged sample
         self.app.lake_written()
 
     def on_decision_failed(self, message: str) -> None:
-        self.status(Text(f"could not write the decision: {message}", style="bold red"))
+        self.status(literal(f"could not write the decision: {message}", style="bold red"))
 
     def action_focus_checks(self) -> None:
         """Focus the checks list."""

@@ -13,6 +13,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.widgets import Log, Static
 
+from tui.format import clip, printable
 from tui.runs_data import EventTail, fmt_value
 from tui.screens.runs import PollingScreen, conf_get, fmt_duration, status_text
 from tui.widgets.plot import PlotGrid, plot_specs, wanted
@@ -75,6 +76,7 @@ class RunScreen(PollingScreen):
         self.config = config
         self.poll_s = float(conf_get(config, "poll_s", 0.5))
         self.log_n = int(conf_get(config, "log_lines", 200))
+        self.max_chars = int(conf_get(config, "max_text_chars", 20000))
         self.tail = EventTail(events_path(run_path), int(conf_get(config, "max_points", 4096)))
         self.specs = plot_specs(conf_get(config, "plots", None))
         self.snapshot: Snapshot | None = None
@@ -89,12 +91,12 @@ class RunScreen(PollingScreen):
         return self.run_path.stem if self.run_path.suffix == ".jsonl" else self.run_path.name
 
     def compose(self) -> ComposeResult:
-        yield Static(Text(self.run_id, style="bold"), id="run-head")
-        yield Static("", id="run-notice")
-        yield Static("", id="run-error")
+        yield Static(Text(printable(self.run_id), style="bold"), id="run-head", markup=False)
+        yield Static("", id="run-notice", markup=False)
+        yield Static("", id="run-error", markup=False)
         with Horizontal(id="run-body"):
             yield PlotGrid(self.specs, id="run-plots")
-            yield Static("", id="run-stats")
+            yield Static("", id="run-stats", markup=False)
         yield Log(max_lines=max(self.log_n, 1), highlight=False, id="run-log")
 
     def on_mount(self) -> None:
@@ -125,7 +127,11 @@ class RunScreen(PollingScreen):
             corrupt=tail.corrupt,
             last={k: dict(v) for k, v in tail.last.items() if k != "params"},
             started=self._started,
-            log=tail.log_lines(min(new, self.log_n)),
+            # events are data: controls made visible, huge values cut (in this thread)
+            log=[
+                printable(clip(line, self.max_chars))
+                for line in tail.log_lines(min(new, self.log_n))
+            ],
             log_reset=reset,
         )
 
@@ -145,14 +151,14 @@ class RunScreen(PollingScreen):
 
     def read_failed(self, error: BaseException) -> None:
         notice = self.query_one("#run-notice", Static)
-        notice.update(f"⚠ cannot read {self.tail.path}: {type(error).__name__}: {error}")
+        notice.update(printable(f"⚠ cannot read {self.tail.path}: {type(error).__name__}: {error}"))
         notice.set_class(True, "-warning")
         notice.display = True
 
     def _show_head(self) -> None:
         snap = self.snapshot
         head = Text()
-        head.append(self.run_id, style="bold")
+        head.append(printable(self.run_id), style="bold")
         if snap is None:
             head.append("  reading …", style="dim")
         else:
@@ -160,12 +166,12 @@ class RunScreen(PollingScreen):
             head.append_text(status_text(run_status(snap.status)))
             experiment = (snap.last.get("status") or {}).get("experiment")
             if experiment:
-                head.append(f"  {experiment}")
+                head.append(f"  {printable(experiment)}")
             train = snap.last.get("train") or {}
             if snap.step is not None:
                 head.append(f"  step {snap.step}", style="bold")
             if train.get("epoch") is not None:
-                head.append(f"  epoch {train['epoch']}")
+                head.append(f"  epoch {printable(train['epoch'])}")
             elapsed = self._elapsed(snap)
             if elapsed is not None:
                 head.append(f"  {fmt_duration(elapsed)}")
@@ -196,7 +202,7 @@ class RunScreen(PollingScreen):
             text = f"No events in {self.tail.path} yet; waiting for the run to write some."
         else:
             text = ""
-        notice.update(text)
+        notice.update(printable(text))
         notice.set_class(bool(snap.corrupt), "-warning")
         notice.display = bool(text)
 
@@ -208,7 +214,11 @@ class RunScreen(PollingScreen):
             snap.last.get("summary") or {}
         ).get("error")
         box = self.query_one("#run-error", Static)
-        box.update(Text(f"✘ {error}") if error else "")
+        box.update(
+            Text(f"✘ {printable(clip(str(error), self.max_chars), multiline=True)}")
+            if error
+            else ""
+        )
         box.display = bool(error)
 
     def _stats(self, snap: Snapshot) -> Text:
@@ -230,10 +240,10 @@ class RunScreen(PollingScreen):
             event = snap.last.get(kind) or {}
             metrics = [(k, v) for k, v in event.items() if k not in ("t", "type", "step", "epoch")]
             if metrics:
-                _section(out, f"{kind} @ step {event.get('step')}", metrics)
+                _section(out, f"{kind} @ step {event.get('step')}", metrics, self.max_chars)
         best = (snap.last.get("summary") or {}).get("best")
         if isinstance(best, dict) and best.get("value") is not None:
-            _section(out, "best", [(str(best.get("metric")), best["value"])])
+            _section(out, "best", [(str(best.get("metric")), best["value"])], self.max_chars)
         return out
 
     # -- actions ----------------------------------------------------------------------
@@ -267,13 +277,14 @@ def _mem(mb: Any) -> str | None:
     return f"{mb / 1024:.2f} GiB" if mb >= 1024 else f"{mb:.0f} MiB"
 
 
-def _section(out: Text, title: str, rows: list[tuple[str, Any]]) -> None:
+def _section(out: Text, title: str, rows: list[tuple[str, Any]], limit: int = 0) -> None:
     if out:
         out.append("\n")
-    out.append(title + "\n", style="bold")
+    out.append(printable(title) + "\n", style="bold")
+    rows = [(printable(k), v) for k, v in rows]
     width = max((len(k) for k, _ in rows), default=0)
     for key, value in rows:
         shown = "–" if value is None else value if isinstance(value, str) else fmt_value(value)
         out.append(f" {key.ljust(width)}  ", style="dim")
-        out.append(f"{shown}\n")
+        out.append(f"{printable(clip(shown, limit))}\n")
     out.rstrip()

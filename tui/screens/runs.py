@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Static
 from textual.worker import Worker, WorkerState
 
+from tui.format import literal, printable
 from tui.runs_data import RunInfo, list_runs
 
 STATUS_STYLE = {
@@ -104,7 +105,7 @@ class PollingScreen(Screen):
 
     def read_failed(self, error: BaseException) -> None:
         """Runs on the UI thread when ``read`` raised."""
-        self.notify(f"{type(error).__name__}: {error}", severity="error")
+        self.notify(printable(f"{type(error).__name__}: {error}"), severity="error", markup=False)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "poll" or event.state not in (
@@ -152,12 +153,12 @@ class RunsScreen(PollingScreen):
         self._rows: dict[str, tuple] = {}
 
     def compose(self) -> ComposeResult:
-        yield Static(f"Reading {self.runs_dir} …", id="runs-empty")
+        yield Static(f"Reading {printable(self.runs_dir)} …", id="runs-empty", markup=False)
         table: DataTable = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         for label in COLUMNS:
             table.add_column(label, key=label or "mark")
         yield table
-        yield Static("", id="runs-detail")
+        yield Static("", id="runs-detail", markup=False)
 
     def on_mount(self) -> None:
         # Textual also runs PollingScreen.on_mount (handlers are called along the MRO)
@@ -200,29 +201,29 @@ class RunsScreen(PollingScreen):
         return (
             Text("◆", style="bold magenta") if run.run_id in self.marked else Text(" "),
             status_text(run.status),
-            run.run_id,
-            run.experiment or "",
+            literal(run.run_id),  # Text: DataTable reads a str cell as markup
+            literal(run.experiment or ""),
             fmt_time(run.started),
             fmt_duration(run.duration_s),
-            fmt_best(run.best),
+            literal(fmt_best(run.best)),
         )
 
     def _empty_message(self) -> str:
         hint = "Start one with `lakeloom train +experiment=NAME`; it shows up here."
         if not self.runs_dir.exists():
-            return f"No runs folder at {self.runs_dir}.\n{hint}"
-        return f"No runs in {self.runs_dir} yet.\n{hint}"
+            return f"No runs folder at {printable(self.runs_dir)}.\n{hint}"
+        return f"No runs in {printable(self.runs_dir)} yet.\n{hint}"
 
     def _detail(self) -> None:
         run = self.runs.get(self.current_run_id() or "")
         text = Text()
         if run is not None:
-            text.append(str(run.path))
+            text.append(printable(run.path))
             if self.marked:
                 text.append(f"   marked for comparison: {len(self.marked)}", style="magenta")
             if run.error:
                 text.append("\n")
-                text.append(run.error, style="red")
+                text.append(printable(run.error, multiline=True), style="red")
         self.query_one("#runs-detail", Static).update(text)
 
     def current_run_id(self) -> str | None:

@@ -12,7 +12,7 @@ from textual.containers import Horizontal, HorizontalScroll, VerticalScroll
 from textual.widgets import Footer, Header, Static
 
 from tui.config import TuiConfig
-from tui.format import conversation_text, scores, value_text
+from tui.format import clip_sample, conversation_text, printable, scores, value_text
 from tui.lake_data import quote
 from tui.panels import build_panels
 from tui.screens.base import LakeScreenBase
@@ -26,7 +26,7 @@ TEXT_FIELDS = ("caption", "chosen", "rejected")
 def header_text(sample: dict[str, Any]) -> Text:
     """Identity, label, split, flags, tags (review decisions) and scores of a sample."""
     text = Text()
-    text.append(sample["sample_id"], style="bold")
+    text.append(printable(sample["sample_id"]), style="bold")
     for key in ("dataset", "label", "split"):
         text.append(f"\n{key:<8}", style="bold")
         text.append(value_text(sample.get(key)) or "—")
@@ -36,10 +36,10 @@ def header_text(sample: dict[str, Any]) -> Text:
     )
     for tag in sample.get("tags") or []:  # review decisions read as they are stored
         text.append(f"\n{'tag':<8}", style="bold")
-        text.append(tag)
+        text.append(printable(tag))
     for name, value in scores(sample).items():
         text.append("\nscore   ", style="bold")
-        text.append(f"{name} {value_text(value)}")
+        text.append(f"{printable(name)} {value_text(value)}")
     return text
 
 
@@ -78,14 +78,14 @@ class SampleScreen(LakeScreenBase):
         self.load_sample(self.sample_id)
 
     def lake_missing(self, error: str) -> None:
-        self.query_one("#sample-header", Static).update(error)
+        self.query_one("#sample-header", Static).update(printable(error, multiline=True))
 
     # -- reads ----------------------------------------------------------------------------
     @work(thread=True, name="sample", group="sample", exclusive=True, exit_on_error=False)
     def load_sample(self, sample_id: str) -> dict[str, Any] | None:
-        """The sample with its media rows."""
+        """The sample with its media rows (long texts cut here, off the UI thread)."""
         try:
-            return self.view.sample(sample_id)
+            return clip_sample(self.view.sample(sample_id), self.config.max_text_chars)
         except KeyError:
             return None
 
@@ -108,10 +108,10 @@ class SampleScreen(LakeScreenBase):
     def on_sample_done(self, sample: dict[str, Any] | None) -> None:
         if sample is None:
             self.query_one("#sample-header", Static).update(
-                f"No sample {self.sample_id} in this lake version."
+                f"No sample {printable(self.sample_id)} in this lake version."
             )
             return
-        self.sub_title = sample["sample_id"][:16]
+        self.sub_title = printable(sample["sample_id"][:16])
         self.query_one("#sample-header", Static).update(header_text(sample))
         images = self.query_one("#sample-images", HorizontalScroll)
         images.remove_children()
@@ -129,7 +129,7 @@ class SampleScreen(LakeScreenBase):
         for key in TEXT_FIELDS:
             if sample.get(key):
                 texts.append(f"{key}\n", style="bold")
-                texts.append(f"{sample[key]}\n\n")
+                texts.append(f"{printable(sample[key], multiline=True)}\n\n")
         texts.rstrip()
         self.query_one("#sample-text", Static).update(texts)
         for panel in self.query(".panel"):
@@ -163,11 +163,14 @@ class SampleScreen(LakeScreenBase):
         self.query_one("#sample-related-status", Static).update(" · ".join(status))
 
     def on_related_failed(self, message: str) -> None:
-        self.query_one("#sample-related-status", Static).update(f"related samples: {message}")
+        self.query_one("#sample-related-status", Static).update(
+            f"related samples: {printable(message)}"
+        )
 
     def _tile(self, sample_id: str, info: dict, note: str) -> Tile:
         row, thumb = info.get(sample_id, ({}, None))
-        caption = f"{sample_id[:8]} {note}".strip() + f"\n{row.get('label') or ''}"
+        label = printable(row.get("label") or "")
+        caption = f"{printable(sample_id[:8])} {note}".strip() + f"\n{label}"
         return Tile(sample_id, caption, thumb)
 
     @on(Tile.Chosen)

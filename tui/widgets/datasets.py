@@ -12,6 +12,8 @@ from textual.message import Message
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
+from tui.format import printable
+
 ALL = "\x00all"  # option id of "every dataset" (no dataset is named with a NUL)
 MAX_VALUES = 4
 
@@ -22,7 +24,7 @@ def counts_text(counts: dict[str, int]) -> Text:
     items = list(counts.items())
     for i, (value, n) in enumerate(items[:MAX_VALUES]):
         text.append(" · " if i else "")
-        text.append(value)
+        text.append(printable(value))
         text.append(f" {n}", style="dim")
     if len(items) > MAX_VALUES:
         text.append(f" · +{len(items) - MAX_VALUES} more", style="dim")
@@ -41,7 +43,9 @@ def summary_text(summary: Any) -> Group:
     ):
         if counts:
             grid.add_row(key, counts_text(counts))
-    title = Text.assemble((summary.name, "bold"), (f"  {summary.samples} samples", "dim"))
+    title = Text.assemble(
+        (printable(summary.name), "bold"), (f"  {summary.samples} samples", "dim")
+    )
     return Group(title, Padding(grid, (0, 0, 0, 1)))
 
 

@@ -17,6 +17,7 @@ from textual.geometry import Region
 from textual.strip import Strip
 from textual.widget import Widget
 
+from tui.format import printable
 from tui.runs_data import downsample
 
 #: Plots shown for a run when the config declares none.
@@ -257,7 +258,7 @@ class LinePlot(Widget):
         if rows < 1:
             return lines[:height]
         if not visible:
-            wait = f"waiting for {', '.join(self._names) or 'data'}…"
+            wait = printable(f"waiting for {', '.join(self._names) or 'data'}…")
             lines += [Strip.blank(width, base) for _ in range(rows + 1)]
             lines[1 + rows // 2] = _text_line(wait.center(width), width, axis)
             self.drawn_points = 0
@@ -297,13 +298,13 @@ class LinePlot(Widget):
         return fmt_number(10**value) if self.log_y else fmt_number(value)
 
     def _title_line(self, width: int, base: Style, title: Style) -> Strip:
-        name = self.title + (f" ({self.y_label})" if self.y_label else "")
+        name = printable(self.title + (f" ({self.y_label})" if self.y_label else ""))
         segments = [Segment(name, title)]
         for n in self._names:
             ys = self._data.get(n, ([], []))[1]
             last = self._y_label(ys[-1]) if ys else "–"
             segments.append(Segment("  ━ ", base + Style(color=self.color(n))))
-            segments.append(Segment(f"{n} {last}", base))
+            segments.append(Segment(f"{printable(n)} {last}", base))
         return Strip(segments).crop_extend(0, width, base)
 
     def _x_axis(
@@ -318,10 +319,11 @@ class LinePlot(Widget):
         if x1 != x0:
             _put(row, cols - len(right), right)
         text = " " * (label_w + 1) + "".join(row)
-        if self.x_label and cols > len(left) + len(right) + len(self.x_label) + 4:
+        x_label = printable(self.x_label)
+        if x_label and cols > len(left) + len(right) + len(x_label) + 4:
             # the axis name sits just left of the last tick
-            at = label_w + 1 + cols - len(right) - len(self.x_label) - 1
-            text = text[:at] + self.x_label + text[at + len(self.x_label) :]
+            at = label_w + 1 + cols - len(right) - len(x_label) - 1
+            text = text[:at] + x_label + text[at + len(x_label) :]
         return _text_line(text, width, axis)
 
 

@@ -23,6 +23,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from tui.config import ColumnSpec
+from tui.format import printable
 
 PLACEHOLDER = "…"
 
@@ -138,7 +139,7 @@ class SampleTable(ScrollView, can_focus=True):
         self._generation += 1
         self.source, self.sort, self.descending = source, sort, descending
         self._length = 0 if source is None else (len(source) if length is None else length)
-        self.message = message
+        self.message = printable(message)
         self._extra = list(extra or [])
         self._pages.clear()
         self._pending.clear()
@@ -243,7 +244,7 @@ class SampleTable(ScrollView, can_focus=True):
             title = col.title or col.field
             if col.field == self.sort:
                 title += " ▼" if self.descending else " ▲"
-            titles.append(title)
+            titles.append(printable(title))
         return self._cells(titles, self.get_component_rich_style("sample-table--header"))
 
     def _row_line(self, index: int) -> Strip:

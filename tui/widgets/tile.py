@@ -10,6 +10,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Static
 
+from tui.format import printable
 from tui.widgets.image import HalfBlockImage
 
 
@@ -31,7 +32,7 @@ class Tile(Vertical, can_focus=True):
         super().__init__(**kwargs)
         self.add_class("tile")
         self.sample_id = sample_id
-        self.caption = caption
+        self.caption = printable(caption, multiline=True)
         self.thumb = thumb
 
     def compose(self) -> ComposeResult:
