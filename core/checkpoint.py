@@ -13,7 +13,9 @@ loader's resumable position, callbacks' state) hold beyond that, found by
 ``torch.serialization.get_unsafe_globals_in_checkpoint`` over runs of every module:
 numpy arrays, from the RNG callback's ``numpy.random`` state. A checkpoint that names
 anything else (``os.system``, ``pathlib.Path.touch``...) is refused before that object is
-created, with one line naming the file: :class:`CheckpointError`.
+created, with one line naming the file: :class:`CheckpointError`. A sharded (FSDP)
+checkpoint folder is vetted through its ``meta.pt`` and its ``.metadata`` shard index, which
+torch.distributed.checkpoint reads with a plain ``pickle.load``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,19 @@ from lake.errors import FileProblem
 
 #: the file in a sharded (FSDP) checkpoint folder that Lightning unpickles
 SHARDED_METADATA = "meta.pt"
+#: torch.distributed.checkpoint's index of the shards, a plain pickle torch reads unchecked
+DCP_METADATA = ".metadata"
+#: what a DCP index may name: its own dataclasses, plus these (module, name) pairs
+_DCP_MODULE = "torch.distributed.checkpoint.metadata"
+_DCP_NAMES = {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("pathlib", "Path"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("collections", "OrderedDict"),
+}
 
 
 class CheckpointError(FileProblem):
@@ -94,11 +109,14 @@ def load_lightning_checkpoint(path: str | Path, *, map_location: Any = "cpu") ->
 
 def check_checkpoint(path: str | Path) -> None:
     """Raise :class:`CheckpointError` unless ``path`` loads safely: a checkpoint file, or
-    a sharded checkpoint folder (its ``meta.pt``). Tensors are memory-mapped, not read."""
+    a sharded checkpoint folder (its ``meta.pt`` and its DCP ``.metadata`` index).
+    Tensors are memory-mapped, not read."""
     p = Path(path)
     if p.is_dir():
         if not (p / SHARDED_METADATA).is_file():
             raise CheckpointError(p, f"a folder without {SHARDED_METADATA}: not a checkpoint")
+        if (p / DCP_METADATA).is_file():
+            _check_dcp_index(p / DCP_METADATA)
         p = p / SHARDED_METADATA
     if p.suffix == ".safetensors" and p.is_file():
         from safetensors import safe_open
@@ -110,6 +128,39 @@ def check_checkpoint(path: str | Path) -> None:
             raise CheckpointError(p, _reason(err)) from err
         return
     load_checkpoint(p, mmap=True)
+
+
+def _check_dcp_index(path: Path) -> None:
+    """Unpickle a DCP ``.metadata`` index with only its own types allowed (torch reads it
+    with a plain ``pickle.load``)."""
+    import pickle
+
+    import torch
+
+    class _Index(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            obj = super().find_class(module, name) if _dcp_allowed(module, name) else None
+            if obj is None:
+                raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {module}.{name}")
+            return obj
+
+    def _dcp_allowed(module: str, name: str) -> bool:
+        if (module, name) in _DCP_NAMES:
+            return True
+        if module == "torch":
+            return isinstance(getattr(torch, name, None), torch.dtype)
+        if module == _DCP_MODULE:
+            from torch.distributed.checkpoint import metadata
+
+            obj = getattr(metadata, name, None)
+            return isinstance(obj, type) and obj.__module__ == _DCP_MODULE
+        return False
+
+    try:
+        with path.open("rb") as f:
+            _Index(f).load()
+    except Exception as err:
+        raise CheckpointError(path, _reason(err)) from err
 
 
 _GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)")

@@ -188,3 +188,28 @@ def test_train_main_reports_a_corrupt_last_ckpt_in_one_line(compose, tmp_path: P
     text = str(err.value)
     assert text.startswith(f"{evil}: cannot load checkpoint: ") and text.count(str(evil)) == 1
     assert "\n" not in text
+
+
+def test_sharded_checkpoint_folder_is_checked_with_its_shard_index(tmp_path: Path) -> None:
+    """An FSDP sharded checkpoint (``resume=true`` with ``trainer=fsdp``) is a folder:
+    ``meta.pt`` (read by torch.load) and torch.distributed.checkpoint's ``.metadata``
+    index (read by a plain ``pickle.load`` in torch): both are vetted."""
+    import pickle
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    folder = tmp_path / "last.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "assuming the intent is to save in a single process"
+        dcp.save({"model": torch.nn.Linear(3, 2).state_dict()}, checkpoint_id=folder)
+    torch.save({"global_step": 3, "loops": {"fit_loop": {}}}, folder / "meta.pt")
+    check_checkpoint(folder)  # a real one passes
+    marker = tmp_path / "MARKER"
+    index = folder / ".metadata"
+    index.write_bytes(pickle.dumps({"storage_meta": _Plant(marker)}))
+    with pytest.raises(CheckpointError) as err:
+        check_checkpoint(folder)
+    _assert_refused(err.value, index, marker)
+    with pytest.raises(CheckpointError, match=r"without meta\.pt"):
+        check_checkpoint(tmp_path)
