@@ -32,6 +32,7 @@ JOBS: dict[str, tuple[str, str]] = {
         "convert a fine-tuned Whisper for `enrich=transcribe`: src=DIR out=DIR [quantization=int8]",
     ),
     "export": ("lake.export", "export a split for training: export=NAME split=train out=DIR"),
+    "doctor": ("lake.doctor", "find and repair duplicate keys: [doctor.dry_run=true]"),
     "compact": ("lake.compact", "compact fragments, drop old versions: [compact.retention_days=7]"),
     "query": ("lake.query", 'search the lake by CLIP similarity: text="..." | image=PATH [k=10]'),
     "tui": (
