@@ -450,85 +450,93 @@ def compact_table(
     always protected (tags of old versions are dropped first with ``drop_old_tags``).
     ``skip_cleanup`` (a reason) compacts but removes no version.
     """
-    before = _table_state(lake, name)
-    opts = _compaction_options(target_rows_per_fragment, max_bytes_per_file)
-    compaction = _compact(lake.dataset(name), opts, dry_run, optimize_indices)
-    ds = lake.dataset(name)  # latest, after compaction
-    rows = int(ds.count_rows())
-    if rows != before["rows"]:
-        raise LakeloomError(f"{name}: compaction changed the row count {before['rows']} -> {rows}")
-    versions = ds.versions()
-    stamps = {int(v["version"]): v["timestamp"] for v in versions}
-    latest = int(ds.version)
-    retention = timedelta(days=float(retention_days))
-    # Lance's version timestamps are naive local times: compare with the local clock
-    cutoff = datetime.now() - retention
+    # the writer lock: a write during compaction would break the row-count check and
+    # conflict with the rewrite (see lake/lock.py); a dry run writes nothing, not even
+    # the lock file's holder record
+    with contextlib.nullcontext() if dry_run else lake.lock():
+        before = _table_state(lake, name)
+        opts = _compaction_options(target_rows_per_fragment, max_bytes_per_file)
+        compaction = _compact(lake.dataset(name), opts, dry_run, optimize_indices)
+        ds = lake.dataset(name)  # latest, after compaction
+        rows = int(ds.count_rows())
+        if rows != before["rows"]:
+            raise LakeloomError(
+                f"{name}: compaction changed the row count {before['rows']} -> {rows}"
+            )
+        versions = ds.versions()
+        stamps = {int(v["version"]): v["timestamp"] for v in versions}
+        latest = int(ds.version)
+        retention = timedelta(days=float(retention_days))
+        # Lance's version timestamps are naive local times: compare with the local clock
+        cutoff = datetime.now() - retention
 
-    tags = _main_tags(ds)
-    dropped: list[str] = []
-    if drop_old_tags:
-        for tag, version in sorted(tags.items()):
-            stamp = stamps.get(version)
-            if version != latest and stamp is not None and stamp < cutoff:
-                dropped.append(tag)
-                if not dry_run:
-                    ds.tags.delete(tag)
-        tags = {t: v for t, v in tags.items() if t not in dropped}
-    tagged = set(tags.values())
-    dvc = {int(v) for v in keep_versions or ()} & set(stamps)
-    old = [v for v, ts in sorted(stamps.items()) if v != latest and ts < cutoff]
-    remove = [v for v in old if v not in tagged and v not in dvc]
-    cleanup: dict[str, Any] = {}
-    if skip_cleanup:
-        remove = []
-        cleanup = {"skipped": skip_cleanup}
-    elif remove:
-        kwargs: dict[str, Any] = {
-            "older_than": retention,
-            "versions": remove,
-            "delete_unverified": bool(delete_unverified),
-            "error_if_tagged_old_versions": False,
-        }
-        if dry_run:
-            stats = ds.explain_cleanup_old_versions(**kwargs).stats
+        tags = _main_tags(ds)
+        dropped: list[str] = []
+        if drop_old_tags:
+            for tag, version in sorted(tags.items()):
+                stamp = stamps.get(version)
+                if version != latest and stamp is not None and stamp < cutoff:
+                    dropped.append(tag)
+                    if not dry_run:
+                        ds.tags.delete(tag)
+            tags = {t: v for t, v in tags.items() if t not in dropped}
+        tagged = set(tags.values())
+        dvc = {int(v) for v in keep_versions or ()} & set(stamps)
+        old = [v for v, ts in sorted(stamps.items()) if v != latest and ts < cutoff]
+        remove = [v for v in old if v not in tagged and v not in dvc]
+        cleanup: dict[str, Any] = {}
+        if skip_cleanup:
+            remove = []
+            cleanup = {"skipped": skip_cleanup}
+        elif remove:
+            kwargs: dict[str, Any] = {
+                "older_than": retention,
+                "versions": remove,
+                "delete_unverified": bool(delete_unverified),
+                "error_if_tagged_old_versions": False,
+            }
+            if dry_run:
+                stats = ds.explain_cleanup_old_versions(**kwargs).stats
+            else:
+                stats = ds.cleanup_old_versions(**kwargs)
+            cleanup = {
+                k: int(getattr(stats, k))
+                for k in ("old_versions", "bytes_removed", "data_files_removed", "failed_deletes")
+            }
+        if dry_run:  # what would be left
+            after = {
+                "versions": len(stamps) - len(remove),
+                "fragments": before["fragments"]
+                - compaction["fragments_rewritten"]
+                + compaction["fragments_added"],
+                "bytes": before["bytes"] - cleanup.get("bytes_removed", 0),
+            }
         else:
-            stats = ds.cleanup_old_versions(**kwargs)
-        cleanup = {
-            k: int(getattr(stats, k))
-            for k in ("old_versions", "bytes_removed", "data_files_removed", "failed_deletes")
-        }
-    if dry_run:  # what would be left
-        after = {
-            "versions": len(stamps) - len(remove),
-            "fragments": before["fragments"]
-            - compaction["fragments_rewritten"]
-            + compaction["fragments_added"],
-            "bytes": before["bytes"] - cleanup.get("bytes_removed", 0),
-        }
-    else:
-        after = _table_state(lake, name)
-        remove = sorted(set(stamps) - {int(v["version"]) for v in lake.dataset(name).versions()})
-    report: dict[str, Any] = {
-        "rows": rows,
-        "versions_before": before["versions"],
-        "versions_after": after["versions"],
-        "fragments_before": before["fragments"],
-        "fragments_after": after["fragments"],
-        "bytes_before": before["bytes"],
-        "bytes_after": after["bytes"],
-        "latest": latest,
-        "removed_versions": remove,
-        "protected": {
+            after = _table_state(lake, name)
+            remove = sorted(
+                set(stamps) - {int(v["version"]) for v in lake.dataset(name).versions()}
+            )
+        report: dict[str, Any] = {
+            "rows": rows,
+            "versions_before": before["versions"],
+            "versions_after": after["versions"],
+            "fragments_before": before["fragments"],
+            "fragments_after": after["fragments"],
+            "bytes_before": before["bytes"],
+            "bytes_after": after["bytes"],
             "latest": latest,
-            "tagged": sorted(v for v in tagged if v in stamps and v != latest),
-            "dvc": sorted(dvc),
-        },
-        "kept_young": sum(1 for ts in stamps.values() if ts >= cutoff),
-        "dropped_tags": dropped,
-        "compaction": compaction,
-        "cleanup": cleanup,
-    }
-    return report
+            "removed_versions": remove,
+            "protected": {
+                "latest": latest,
+                "tagged": sorted(v for v in tagged if v in stamps and v != latest),
+                "dvc": sorted(dvc),
+            },
+            "kept_young": sum(1 for ts in stamps.values() if ts >= cutoff),
+            "dropped_tags": dropped,
+            "compaction": compaction,
+            "cleanup": cleanup,
+        }
+        return report
 
 
 def compact_lake(

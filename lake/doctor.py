@@ -20,6 +20,7 @@ found (so a CI step can fail on them).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -101,13 +102,14 @@ def doctor(
     """Find (and unless ``dry_run``, repair) duplicate keys; return a report per table.
 
     Each table's check and repair hold the writer lock, so the row addresses chosen are
-    still the rows deleted, and no other writer adds a duplicate in between.
+    still the rows deleted, and no other writer adds a duplicate in between. A dry run
+    only reads (it leaves even the lock file alone).
     """
     report: dict[str, dict[str, Any]] = {}
     for name in tables or [MEDIA, SAMPLES, RUNS]:
         if not lake.exists(name):
             continue
-        with lake.lock():
+        with contextlib.nullcontext() if dry_run else lake.lock():
             dup = duplicate_keys(lake, name)
             extra = sum(dup.values()) - len(dup)
             entry: dict[str, Any] = {

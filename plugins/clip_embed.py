@@ -435,7 +435,8 @@ def build_index(
     if rows < min_rows:
         return "skipped"
     if _has_index(tbl, column):
-        lake.dataset("media").optimize.optimize_indices()  # add rows embedded since
+        with lake.lock():  # an index commit is a lake write too (lake/lock.py)
+            lake.dataset("media").optimize.optimize_indices()  # add rows embedded since
         return "updated"
     dim = tbl.schema.field(column).type.list_size
     parts = num_partitions or max(1, int(math.sqrt(rows)))
@@ -445,8 +446,9 @@ def build_index(
     log.info("building IVF_PQ(cosine) on media.%s: %d rows, %d/%d", column, rows, parts, subs)
     from lancedb.index import IvfPq
 
-    tbl.create_index(
-        column,  # the unified API: column first, then an index config
-        config=IvfPq(distance_type="cosine", num_partitions=parts, num_sub_vectors=subs),
-    )
+    with lake.lock():
+        lake.table("media").create_index(
+            column,  # the unified API: column first, then an index config
+            config=IvfPq(distance_type="cosine", num_partitions=parts, num_sub_vectors=subs),
+        )
     return "created"
