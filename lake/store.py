@@ -96,8 +96,9 @@ class Lake:
                 return self.db.create_table(name, schema=_with_primary_key(name), exist_ok=True)
             tbl = self.db.open_table(name)
             key = tbl.schema.field(KEYS[name])
-            if not (key.metadata or {}).get(next(iter(PRIMARY_KEY_METADATA))):
-                # a table made before keys were declared: declare it (metadata only)
+            if not key.nullable and not (key.metadata or {}).get(next(iter(PRIMARY_KEY_METADATA))):
+                # a table made before keys were declared: declare it (metadata only; Lance
+                # refuses a nullable primary key, such a table relies on the lock alone)
                 tbl.to_lance().update_field_metadata({KEYS[name]: _str_dict(PRIMARY_KEY_METADATA)})
                 tbl = self.db.open_table(name)
             have = set(tbl.schema.names)
