@@ -8,6 +8,7 @@ flushed per line, so a monitor can tail it while training runs), ``checkpoints/`
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -17,6 +18,8 @@ from typing import Any
 
 from lake.errors import ConfigError
 from lake.provenance import new_run_id
+
+log = logging.getLogger("lakeloom.train")
 
 
 @dataclass(frozen=True)
@@ -51,34 +54,122 @@ class RunDir:
 
 
 def resolve_run(
-    runs_dir: str | Path, run_id: str | None, resume: bool, rank_zero: bool = True
+    runs_dir: str | Path,
+    run_id: str | None,
+    resume: bool,
+    rank_zero: bool = True,
+    *,
+    experiment: str | None = None,
+    ckpt: str | None = None,
 ) -> tuple[RunDir, Path | None]:
     """Pick the run directory and the checkpoint to resume from (None for a new run).
 
     A new run gets ``run_id`` or a fresh ``train-<time>-<hex>`` id. Processes other than
     rank zero (DDP workers re-running the script) join rank zero's run through the
     ``LAKELOOM_RUN_ID`` environment variable it sets. ``resume`` with no id takes the
-    newest run that has ``checkpoints/last.ckpt``.
+    newest run of ``experiment`` (its saved ``experiment_name``) that has a checkpoint.
+    The checkpoint is ``ckpt`` when given (a path, a file name in the run's
+    ``checkpoints/``, or ``step-N``), else ``last.ckpt``, or, when that is missing or
+    unreadable, the newest intact ``step-*.ckpt`` (a warning names the ones skipped).
     """
     root = Path(runs_dir)
     joined = None if rank_zero else os.environ.get("LAKELOOM_RUN_ID")
     run_id = joined or run_id
     if resume:
-        if run_id is None:
-            candidates = sorted(
-                root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime
-            )
-            if not candidates:
-                raise ConfigError(f"resume=true but no run under {root} has checkpoints/last.ckpt")
-            run_id = candidates[-1].parents[1].name
-        run = RunDir(root / run_id)
-        if not run.last_ckpt.is_file():
-            raise ConfigError(f"cannot resume {run_id}: {run.last_ckpt} does not exist")
-        return run, run.last_ckpt
+        run = RunDir(root / run_id) if run_id else _newest_run(root, experiment)
+        if not run.path.is_dir():
+            raise ConfigError(f"cannot resume {run.run_id}: no run directory {run.path}")
+        return run, _chosen_checkpoint(run, ckpt) if ckpt else _intact_checkpoint(run)
+    if ckpt:
+        raise ConfigError(f"ckpt={ckpt} picks a checkpoint to resume from: add resume=true")
     run = RunDir(root / (run_id or new_run_id("train")))
     if run.events.exists() and not joined:
         raise ConfigError(f"run {run.run_id} already exists; pass resume=true to continue it")
     return run, None
+
+
+def _checkpoints(run: RunDir) -> list[Path]:
+    """``last.ckpt``, then the periodic ``step-*.ckpt`` newest (highest step) first."""
+    steps = []
+    for path in run.checkpoints.glob("step-*.ckpt"):
+        number = path.stem.removeprefix("step-").split("-")[0]
+        if number.isdigit():
+            steps.append((int(number), path.stat().st_mtime, path))
+    periodic = [p for *_, p in sorted(steps, reverse=True)]
+    return ([run.last_ckpt] if run.last_ckpt.exists() else []) + periodic
+
+
+def _newest_run(root: Path, experiment: str | None) -> RunDir:
+    """The run of ``experiment`` whose newest checkpoint is the most recent."""
+    from omegaconf import OmegaConf
+
+    found: list[tuple[float, RunDir]] = []
+    others = 0
+    for config in root.glob("*/config.yaml"):
+        run = RunDir(config.parent)
+        ckpts = _checkpoints(run)
+        if not ckpts:
+            continue
+        try:
+            name = OmegaConf.load(config).get("experiment_name")
+        except Exception:  # an unreadable config: not a run this resume can match
+            name = None
+        if name != experiment:
+            others += 1
+            continue
+        found.append((max(p.stat().st_mtime for p in ckpts), run))
+    if not found:
+        more = f" ({others} run(s) of other experiments are not considered)" if others else ""
+        raise ConfigError(
+            f"resume=true but no run of experiment {experiment!r} under {root} has a "
+            f"checkpoint{more}; pass run_id=ID to pick one"
+        )
+    return max(found, key=lambda f: f[0])[1]
+
+
+def _chosen_checkpoint(run: RunDir, ckpt: str) -> Path:
+    """``ckpt=``: ``step-N``, a file name in the run's ``checkpoints/``, or a path."""
+    from core.checkpoint import CheckpointError, check_checkpoint
+
+    spec = str(ckpt)
+    number = spec.removeprefix("step-")
+    if spec.startswith("step-") and number.isdigit():
+        path = run.checkpoints / f"step-{int(number):07d}.ckpt"
+    elif Path(spec).exists() or Path(spec).is_absolute():
+        path = Path(spec)
+    else:
+        path = run.checkpoints / spec
+    if not path.exists():
+        have = ", ".join(p.name for p in _checkpoints(run)) or "none"
+        raise ConfigError(
+            f"ckpt={spec}: {path} does not exist (checkpoints of {run.run_id}: {have})"
+        )
+    try:
+        check_checkpoint(path)
+    except CheckpointError as exc:
+        raise ConfigError(f"ckpt={spec}: {exc}") from exc
+    return path
+
+
+def _intact_checkpoint(run: RunDir) -> Path:
+    """``last.ckpt`` or the newest periodic checkpoint that loads; warn about the rest."""
+    from core.checkpoint import CheckpointError, check_checkpoint
+
+    skipped = []
+    for path in _checkpoints(run):
+        try:
+            check_checkpoint(path)
+        except CheckpointError as exc:
+            skipped.append(str(exc))
+            continue
+        if skipped:
+            log.warning(
+                "resuming %s from %s: skipped unreadable checkpoint(s): %s",
+                run.run_id, path.name, "; ".join(skipped),
+            )  # fmt: skip
+        return path
+    why = ": " + "; ".join(skipped) if skipped else ""
+    raise ConfigError(f"cannot resume {run.run_id}: no intact checkpoint in {run.checkpoints}{why}")
 
 
 class EventLog:

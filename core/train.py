@@ -5,8 +5,11 @@ Composes ``conf/train.yaml``, instantiates the data module over the lake
 (``cfg.trainer``), fits, then tests the best checkpoint (or the last weights). Each run
 writes ``runs/<run_id>/`` (see :mod:`core.run`). ``resume=true [run_id=ID]`` continues a
 killed run from ``checkpoints/last.ckpt``: model, optimizer, scheduler, loop counters,
-RNG states and the training loader's position in the epoch. Pass the same overrides as
-the original run; keys that differ from its saved config are reported in the log.
+RNG states and the training loader's position in the epoch (``ckpt=step-N|PATH`` picks
+another checkpoint; an unreadable ``last.ckpt`` falls back to the newest intact one;
+without ``run_id`` only runs of the same ``experiment_name`` are candidates). Pass the
+same overrides as the original run; keys that differ from its saved config are reported
+in the log.
 
 Heavy imports (torch, lightning) happen inside :func:`train`, so importing this module,
 ``lakeloom --help`` and spawned DataLoader workers stay fast.
@@ -42,7 +45,13 @@ def train(cfg: Any) -> dict[str, Any]:
     from core.run import EventLog, resolve_run
 
     rank_zero = _rank_zero()
-    run, ckpt = resolve_run(cfg.runs_dir, cfg.run_id, bool(cfg.resume), rank_zero)
+    run, ckpt = resolve_run(
+        cfg.runs_dir, cfg.run_id, bool(cfg.resume), rank_zero,
+        experiment=cfg.experiment_name, ckpt=cfg.get("ckpt"),
+    )  # fmt: skip
+    # a resume of a finished run that does not finish leaves its summary alone (the
+    # attempt is in the events log)
+    keep_summary = bool(ckpt) and _summary_status(run.summary) == "finished"
     with open_dict(cfg):
         cfg.run_id = run.run_id
         cfg.run_dir = str(run.path)
@@ -78,7 +87,7 @@ def train(cfg: Any) -> dict[str, Any]:
         summary["status"] = "interrupted" if _is_interrupt(exc) else "failed"
         summary["error"] = f"{type(exc).__name__}: {exc}"
         events.write("status", status=summary["status"], error=summary["error"])
-        _finish(run, events, summary, t0, rank_zero)
+        _finish(run, events, summary, t0, rank_zero and not keep_summary)
         if summary["status"] == "failed":
             raise
         return summary
@@ -174,6 +183,14 @@ def _finish(run: Any, events: Any, summary: dict, t0: float, rank_zero: bool) ->
         tmp.replace(run.summary)
 
 
+def _summary_status(path: Path) -> str | None:
+    """The ``status`` of a run's ``summary.json`` (None: none or unreadable)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _strip(event: dict | None) -> dict | None:
     if event is None:
         return None
@@ -199,7 +216,7 @@ def _config_changes(saved: Path, cfg: Any) -> dict[str, Any]:
         return {}
     old = _flatten(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
     new = _flatten(OmegaConf.to_container(cfg, resolve=True))
-    ignore = {"resume", "run_id", "run_dir"}
+    ignore = {"resume", "run_id", "run_dir", "ckpt"}
     keys = (old.keys() | new.keys()) - ignore
     return {k: [old.get(k), new.get(k)] for k in sorted(keys) if old.get(k) != new.get(k)}
 

@@ -5,7 +5,8 @@ states; with this callback a resumed run draws the same random numbers (dropout,
 augmentation in the main process) as the run it continues. The saved states are applied
 in ``on_train_start``, after Lightning has created the training iterator (which draws a
 worker base seed from the torch RNG), so the first resumed step sees the same state as
-the uninterrupted run did.
+the uninterrupted run did. The numpy state is saved as a tensor so that checkpoints load
+with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class RngStateCallback(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         state = {
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "numpy": _numpy_state(),
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -42,7 +43,21 @@ class RngStateCallback(L.Callback):
         if state is None:
             return
         random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
+        np.random.set_state(_numpy_tuple(state["numpy"]))
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _numpy_state() -> tuple:
+    """numpy's legacy global state with its key array as a tensor (no pickled ndarray)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
+
+
+def _numpy_tuple(state: Any) -> Any:
+    """The ``np.random.set_state`` form of a saved state (older checkpoints hold an ndarray)."""
+    name, keys, *rest = state
+    if isinstance(keys, torch.Tensor):
+        keys = keys.numpy().astype(np.uint32)
+    return (name, keys, *rest)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from core.data.collate import collate_samples
@@ -153,6 +154,13 @@ class LanceDataModule(L.LightningDataModule):
             return 0, 1
         return int(trainer.global_rank), int(trainer.world_size)
 
+    def _fit_epoch(self) -> int:
+        """The epoch the trainer's fit loop is in (0 without a trainer)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_progress.current.processed)
+
     def loader(
         self, split: str, rank: int | None = None, world_size: int | None = None
     ) -> DataLoader:
@@ -177,6 +185,11 @@ class LanceDataModule(L.LightningDataModule):
             lengths=self._lengths.get(split) if grouped else None,
             group_by_length=self.group_by_length if grouped else 0,
         )
+        if train:
+            # Lightning creates a loader's iterator (with workers: draws its first batches)
+            # before it calls set_epoch, so a loader built mid-fit (reload, resume) starts
+            # at the fit's epoch, not at 0
+            sampler.set_epoch(self._fit_epoch())
         workers: dict[str, Any] = {}
         if self.num_workers > 0:
             workers = {
@@ -186,6 +199,8 @@ class LanceDataModule(L.LightningDataModule):
             }
         if train:
             workers["read_ahead"] = self.read_ahead
+        else:  # worker seeds from its own generator: evaluating leaves the torch RNG alone
+            workers["generator"] = torch.Generator().manual_seed(self.seed)
         cls = StatefulLoader if train else DataLoader
         return cls(
             ds,

@@ -4,7 +4,9 @@ Lightning saves ``state_dict()`` of every training dataloader that has one (its
 ``_Stateful`` protocol, ``fit_loop.on_save_checkpoint``) and calls ``load_state_dict`` on
 restart before it creates the iterator. The state is the sampler's epoch and the number
 of batches this loader has handed out in it; the loader counts batches as it yields them
-(in the main process, so worker prefetching does not inflate the count).
+(in the main process, so worker prefetching does not inflate the count). Its iterators
+draw their workers' base seed from a generator seeded by ``(seed, epoch)``, not from the
+global torch RNG, so a resumed run's random numbers match the run it continues.
 
 Without worker processes, ``read_ahead`` reads the next batch from Lance in a background
 thread while the current one is collated (decoded) in the main thread: Lance's takes and
@@ -17,6 +19,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from core.data.sampler import ShardedBatchSampler
@@ -26,6 +30,7 @@ class StatefulLoader(DataLoader):
     """DataLoader over a :class:`ShardedBatchSampler`, resumable mid-epoch."""
 
     def __init__(self, *args: Any, read_ahead: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("generator", torch.Generator())
         super().__init__(*args, **kwargs)
         if not isinstance(self.batch_sampler, ShardedBatchSampler):
             raise TypeError("StatefulLoader needs batch_sampler=ShardedBatchSampler(...)")
@@ -39,7 +44,12 @@ class StatefulLoader(DataLoader):
         return self.batch_sampler
 
     def __iter__(self) -> Iterator[Any]:
-        self._consumed = self.sampler_state.skip
+        s = self.sampler_state
+        self._consumed = s.skip
+        # the iterator draws its workers' base seed from this generator: seeded by the
+        # epoch, it never takes a number from the global torch RNG (a resumed run creates
+        # iterators at other points than the run it continues)
+        self.generator.manual_seed(epoch_seed(s.seed, s.epoch))
         if self.read_ahead and self.num_workers == 0 and hasattr(self.dataset, "__getitems__"):
             return _Counting(self, self._read_ahead(), len(self.sampler_state))
         return _Counting(self, super().__iter__())
@@ -82,6 +92,11 @@ class StatefulLoader(DataLoader):
         if batches >= len(s):  # saved at the end of an epoch: start the next one
             epoch, batches = epoch + 1, 0
         s.epoch, s.skip = epoch, batches
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 32-bit seed derived from ``(seed, epoch)``."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
 class _Counting:

@@ -10,7 +10,7 @@ one sequential take each. The order is then padded to a multiple of the world si
 repeating its head (as ``torch.utils.data.DistributedSampler`` does, so every rank gets
 the same number of batches), and gives rank ``r`` the positions ``r, r + world, ...``.
 The sampler can start an epoch after its first ``skip`` batches: that is how a resumed
-run continues where it stopped.
+run continues where it stopped. Lightning advances the epoch through :attr:`sampler`.
 
 With ``lengths`` and ``group_by_length`` = m > 0 (length-grouped batching, the simple
 alternative to packing), each run of ``m * batch_size`` positions of the rank's order is
@@ -74,6 +74,14 @@ class ShardedBatchSampler:
     def __len__(self) -> int:
         n = self.per_rank
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    @property
+    def sampler(self) -> ShardedBatchSampler:
+        """This sampler itself: Lightning calls ``set_epoch`` before each epoch on
+        ``loader.sampler`` and ``loader.batch_sampler.sampler`` (where a torch
+        ``BatchSampler`` keeps its sampler), never on the batch sampler; answering here
+        is how each epoch gets its own permutation under Lightning."""
+        return self
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's permutation (Lightning calls this before each epoch)."""

@@ -108,3 +108,17 @@ class StopAt(L.Callback):
                 os.kill(os.getpid(), signal.SIGTERM)
             else:
                 raise KeyboardInterrupt
+
+
+class KillAt(L.Callback):
+    """A real crash: the process SIGKILLs itself after step ``step`` (nothing is saved)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
