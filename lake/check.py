@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lake.errors import ConfigError
-from lake.job import RunContext, hydra_job
+from lake.job import RunContext, hydra_job, run_record
 from lake.plugin import Check
 from lake.schema import SAMPLES
 from lake.sql import and_filters, quote
@@ -263,16 +263,16 @@ def main(cfg: Any) -> int:
     lake = Lake(cfg.lake.uri)
     where = scope(cfg.get("where"), cfg.get("dataset"))
     checks = build_checks(cfg.check)
-    lake.record_run(ctx.record("running", inputs={"check": cfg.check.name, "where": where}))
-    report = run_checks(lake, checks, where, cfg.lake.reports, ctx, int(cfg.check.worst))
-    print(format_report(report))
-    print(f"reports: {Path(cfg.lake.reports) / 'checks.md'}, checks.json")
-    versions = lake.tag(ctx.run_id)
-    counts = {
-        n: {"scored": s.get("scored"), "flagged": s.get("flagged")}
-        for n, s in report["checks"].items()
-    }
-    lake.record_run(ctx.record("finished", counts=counts, versions=versions))
+    with run_record(lake, ctx, {"check": cfg.check.name, "where": where}):
+        report = run_checks(lake, checks, where, cfg.lake.reports, ctx, int(cfg.check.worst))
+        print(format_report(report))
+        print(f"reports: {Path(cfg.lake.reports) / 'checks.md'}, checks.json")
+        versions = lake.tag(ctx.run_id)
+        counts = {
+            n: {"scored": s.get("scored"), "flagged": s.get("flagged")}
+            for n, s in report["checks"].items()
+        }
+        lake.record_run(ctx.record("finished", counts=counts, versions=versions))
     return 0
 
 

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from lake.errors import ConfigError, LakeloomError
-from lake.job import RunContext, hydra_job
+from lake.job import RunContext, hydra_job, run_record
 from lake.schema import MEDIA, RUNS, SAMPLES
 from lake.store import Lake
 
@@ -658,8 +658,18 @@ def main(cfg: Any) -> int:
         if c.keep_dvc
         else DvcRefs(None)
     )
-    if not dry_run:
-        lake.record_run(ctx.record("running", inputs={"dvc_sources": refs.sources}))
+    # a dry run writes nothing, not even its run record
+    with (
+        run_record(lake, ctx, {"dvc_sources": refs.sources})
+        if not dry_run
+        else contextlib.nullcontext()
+    ):
+        return _compact_and_record(cfg, lake, ctx, refs, dry_run)
+
+
+def _compact_and_record(cfg: Any, lake: Lake, ctx: RunContext, refs: DvcRefs, dry_run: bool) -> int:
+    """Compact, print the report and (unless a dry run) record the finished run."""
+    c = cfg.compact
     report = compact_lake(
         lake,
         retention_days=float(c.retention_days),

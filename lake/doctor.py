@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lake.job import RunContext, hydra_job
+from lake.job import RunContext, hydra_job, run_record
 from lake.schema import KEYS, MEDIA, RUNS, SAMPLES
 from lake.sql import in_list
 from lake.store import Lake, is_blob
@@ -151,7 +151,17 @@ def main(cfg: Any) -> int:
     dry_run = bool(d.dry_run)
     lake = Lake(cfg.lake.uri)
     ctx = RunContext.from_config("doctor", cfg)
-    report = doctor(lake, list(d.tables), dry_run=dry_run)
+    if dry_run:
+        return _doctor_and_report(cfg, lake, ctx, dry_run)
+    # no `running` row: it would be written before the runs table is repaired; a failed
+    # repair is recorded as such
+    with run_record(lake, ctx, {"tables": list(d.tables)}, announce=False):
+        return _doctor_and_report(cfg, lake, ctx, dry_run)
+
+
+def _doctor_and_report(cfg: Any, lake: Lake, ctx: RunContext, dry_run: bool) -> int:
+    """Run the doctor, print and write the report, record a repair; the exit status."""
+    report = doctor(lake, list(cfg.doctor.tables), dry_run=dry_run)
     print(format_report(report, dry_run))
     out = Path(cfg.lake.reports)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from lake import provenance
 from lake.errors import ConfigError
-from lake.job import RunContext, hydra_job
+from lake.job import RunContext, hydra_job, run_record
 from lake.plugin import Enricher
 from lake.schema import KEYS
 from lake.sql import and_filters, quote
@@ -138,18 +138,18 @@ def main(cfg: Any) -> int:
 
     ctx = RunContext.from_config("enrich", cfg)
     lake = Lake(cfg.lake.uri)
-    lake.record_run(ctx.record("running", inputs={"enrich": cfg.enrich.name}))
-    reports = []
-    for name, node in cfg.enrich.steps.items():
-        enricher = instantiate(node)
-        if not isinstance(enricher, Enricher):
-            raise ConfigError(f"enrich step {name}: {node.get('_target_')} is not an Enricher")
-        e = cfg.enrich
-        report = enrich(enricher, lake, e.batch_size, e.write_batch, e.reembed, ctx, e.progress)
-        print(report.summary())
-        reports.append(report.__dict__)
-    versions = lake.tag(ctx.run_id)
-    lake.record_run(ctx.record("finished", counts=reports, versions=versions))
+    with run_record(lake, ctx, {"enrich": cfg.enrich.name}):
+        reports = []
+        for name, node in cfg.enrich.steps.items():
+            enricher = instantiate(node)
+            if not isinstance(enricher, Enricher):
+                raise ConfigError(f"enrich step {name}: {node.get('_target_')} is not an Enricher")
+            e = cfg.enrich
+            report = enrich(enricher, lake, e.batch_size, e.write_batch, e.reembed, ctx, e.progress)
+            print(report.summary())
+            reports.append(report.__dict__)
+        versions = lake.tag(ctx.run_id)
+        lake.record_run(ctx.record("finished", counts=reports, versions=versions))
     return 0
 
 

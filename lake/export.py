@@ -54,7 +54,7 @@ from typing import Any, ClassVar
 
 from lake import ids, provenance, runs
 from lake.errors import ConfigError, FileProblem, LakeloomError
-from lake.job import RunContext, hydra_job
+from lake.job import RunContext, hydra_job, run_record
 from lake.plugin import Plugin
 from lake.schema import MEDIA, SAMPLES
 from lake.sql import and_filters, quote
@@ -513,23 +513,27 @@ def main(cfg: Any) -> int:
     ctx = RunContext.from_config("export", cfg)
     exporter = build_exporter(cfg.export)
     lake = Lake(cfg.lake.uri)
-    report = export(
-        lake,
-        exporter,
-        cfg.out,
-        split=None if cfg.get("split") is None else str(cfg.split),
-        where=cfg.get("where"),
-        dataset=cfg.get("dataset"),
-        force=bool(cfg.get("force", False)),
-        batch_size=int(cfg.get("batch_size", 1024)),
-        ctx=ctx,
-    )
-    print(format_report(report))
-    inputs = {k: report[k] for k in ("exporter", "selection", "out")}
-    counts = {k: report[k] for k in ("samples", "media", "skipped", "changed_ids")}
-    lake.record_run(
-        ctx.record("finished", inputs=inputs, counts=counts, versions=report["versions"])
-    )
+    split = None if cfg.get("split") is None else str(cfg.split)
+    asked = {"exporter": cfg.export.get("name"), "out": str(cfg.out), "split": split}
+    asked |= {"where": cfg.get("where"), "dataset": cfg.get("dataset")}
+    with run_record(lake, ctx, asked):
+        report = export(
+            lake,
+            exporter,
+            cfg.out,
+            split=split,
+            where=cfg.get("where"),
+            dataset=cfg.get("dataset"),
+            force=bool(cfg.get("force", False)),
+            batch_size=int(cfg.get("batch_size", 1024)),
+            ctx=ctx,
+        )
+        print(format_report(report))
+        inputs = {k: report[k] for k in ("exporter", "selection", "out")}
+        counts = {k: report[k] for k in ("samples", "media", "skipped", "changed_ids")}
+        lake.record_run(
+            ctx.record("finished", inputs=inputs, counts=counts, versions=report["versions"])
+        )
     return 0
 
 

@@ -29,7 +29,7 @@ import pyarrow as pa
 from lake import ids, provenance
 from lake.errors import ConfigError, RejectedInput
 from lake.images import ImageInfo, ImageRejected, ImageSettings, process_image
-from lake.job import RunContext, hydra_job
+from lake.job import RunContext, hydra_job, run_record
 from lake.plugin import Source
 from lake.records import MediaMeta, MediaRef, Reject, SourceRecord
 from lake.schema import MEDIA, MEDIA_SCHEMA, SAMPLES, SAMPLES_SCHEMA
@@ -317,9 +317,21 @@ def ingest(
     settings = settings or IngestSettings()
     ctx = ctx or RunContext("ingest", provenance.new_run_id("ingest"), "", "")
     dataset = dataset or source.default_dataset()
+    with run_record(lake, ctx, {"source": source.name, "dataset": dataset, **source.params()}):
+        return _ingest(source, lake, dataset, settings, ctx, rejects_path)
+
+
+def _ingest(
+    source: Source,
+    lake: Lake,
+    dataset: str,
+    settings: IngestSettings,
+    ctx: RunContext,
+    rejects_path: str | Path | None,
+) -> IngestReport:
+    """:func:`ingest`'s work inside its run record; records ``finished`` last."""
     report = IngestReport(ctx.run_id, dataset)
     started = time.perf_counter()
-    lake.record_run(ctx.record("running", inputs={"source": source.name, **source.params()}))
 
     present_media = lake.keys(MEDIA)
     blobs_ok = not lake.exists(MEDIA) or lake.has_blobs(MEDIA)

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lake import provenance, runs
 from lake.errors import ConfigError, FileProblem, LakeloomError, is_lance_error, lance_cause
 from lake.plugin import config_search_path
+
+if TYPE_CHECKING:
+    from lake.store import Lake
 
 log = logging.getLogger("lakeloom")
 
@@ -58,6 +64,90 @@ class RunContext:
             **runs.owner(),
             **extra,
         }
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived during a job: it unwinds like Ctrl-C, so the run records
+    ``interrupted`` (see :func:`run_record`)."""
+
+
+# a runs row keeps one line of the reason; a filter or path can make that line huge
+MAX_ERROR_CHARS = 1000
+
+
+def error_line(exc: BaseException, lake_uri: str | None = None) -> str:
+    """The one-line reason a job ended with ``exc``, as :func:`hydra_job` prints it after
+    ``lakeloom:`` (a file problem names its file; another error its type)."""
+    if isinstance(exc, Terminated):
+        return "terminated (SIGTERM)"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    if isinstance(exc, ConfigError):
+        text = f"invalid configuration: {exc}"
+    elif isinstance(exc, LakeloomError):
+        text = str(exc)
+    else:
+        problem = file_problem(exc, lake_uri)
+        text = str(problem) if problem is not None else f"{type(exc).__name__}: {exc}"
+    lines = text.strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:MAX_ERROR_CHARS]
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated` in the main thread.
+
+    Only when SIGTERM has its default action (kill) in the main thread: a handler someone
+    else installed is left alone. A forked child that inherited the handler dies as usual.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+    pid = os.getpid()
+
+    def terminate(signum: int, frame: Any) -> None:
+        if os.getpid() != pid:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def run_record(
+    lake: Lake, ctx: RunContext, inputs: dict[str, Any] | None = None, announce: bool = True
+) -> Iterator[None]:
+    """Keep the run's row in the lake's ``runs`` table true around a job's work.
+
+    Records ``running`` with ``inputs`` on entry (``announce=False``: no row until the
+    job records one, for a job that must not write before it ran, e.g. the doctor). The
+    job records ``finished`` itself as the last step of the block. An exception records
+    ``failed`` (``interrupted`` for Ctrl-C and SIGTERM, see :class:`Terminated`) with the
+    one-line reason in ``error`` (:func:`error_line`) and propagates; when that record
+    cannot be written either, a warning says so and the job's own error still propagates.
+    """
+    with _sigterm_unwinds():
+        if announce:
+            lake.record_run(ctx.record(runs.RUNNING, inputs=inputs))
+        try:
+            yield
+        except BaseException as exc:
+            status = runs.INTERRUPTED if isinstance(exc, KeyboardInterrupt) else runs.FAILED
+            reason = error_line(exc, lake.uri)
+            try:
+                lake.record_run(ctx.record(status, inputs=inputs, error=reason))
+            except Exception as failed:
+                log.warning("could not record run %s as %s: %s", ctx.run_id, status, failed)
+            raise
 
 
 DEBUG_ENV = "LAKELOOM_DEBUG"
@@ -115,8 +205,9 @@ def hydra_job(config_name: str) -> Callable[[Callable[[Any], int | None]], Calla
 
     Adds the config search path of third-party plugins, and turns lakeloom errors (and
     the file errors :func:`file_problem` recognises: OSError, a corrupt lake) into a
-    one-line message and an exit status (2 for config errors, 1 otherwise). With
-    ``LAKELOOM_DEBUG=1`` the traceback is printed above that line.
+    one-line message and an exit status (2 for config errors, 1 otherwise; 130 for Ctrl-C,
+    143 for SIGTERM during a :func:`run_record` block). With ``LAKELOOM_DEBUG=1`` the
+    traceback is printed above that line.
     """
 
     def wrap(fn: Callable[[Any], int | None]) -> Callable[[], None]:
@@ -141,6 +232,10 @@ def hydra_job(config_name: str) -> Callable[[Callable[[Any], int | None]], Calla
                 _debug_traceback()
                 print(f"lakeloom: {problem}", file=sys.stderr)
                 code = 1
+            except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM in a run_record block
+                _debug_traceback()
+                print(f"lakeloom: {error_line(exc)}", file=sys.stderr)
+                code = 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
             if code:
                 sys.exit(code)
 

@@ -47,28 +47,36 @@ def owner(pid: int | None = None) -> dict[str, Any]:
     return {"pid": pid, "host": socket.gethostname(), "pid_start": process_start(pid)}
 
 
-def is_dead(record: Mapping[str, Any]) -> bool:
-    """Whether the process that ``record`` names is known to be gone.
+def is_alive(record: Mapping[str, Any]) -> bool | None:
+    """Whether the process that ``record`` names still runs: None when it cannot be told.
 
-    True only for a record of this host whose pid no longer exists or now belongs to a
-    process started at another time; False when alive or when it cannot be told.
+    Only a record of this host with a pid can be checked. False when that pid no longer
+    exists or now belongs to a process started at another time than ``pid_start``.
     """
     pid, host = record.get("pid"), record.get("host")
     if pid is None or host != socket.gethostname():
-        return False
+        return None
     if not Path("/proc/self/stat").exists():  # no procfs: fall back to a signal probe
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
-            return True
-        except PermissionError:
             return False
-        return False
+        except PermissionError:
+            return True
+        return True
     started = process_start(int(pid))
     if started is None:
-        return True
+        return False
     recorded = record.get("pid_start")
-    return recorded is not None and int(recorded) != started
+    return recorded is None or int(recorded) == started
+
+
+def is_dead(record: Mapping[str, Any]) -> bool:
+    """Whether the process that ``record`` names is known to be gone (see :func:`is_alive`).
+
+    False when alive or when it cannot be told.
+    """
+    return is_alive(record) is False
 
 
 def effective_status(record: Mapping[str, Any]) -> str:

@@ -102,6 +102,8 @@ RUNS_SCHEMA = pa.schema(
         pa.field("pid", pa.int64()),
         pa.field("host", pa.string()),
         pa.field("pid_start", pa.int64()),
+        # a `failed` / `interrupted` run's reason, one line (lake.job.run_record)
+        pa.field("error", pa.string()),
     ]
 )
 

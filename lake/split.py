@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 
 from lake.errors import ConfigError
-from lake.job import RunContext, hydra_job
+from lake.job import RunContext, hydra_job, run_record
 from lake.schema import SAMPLES
 from lake.store import Lake
 
@@ -337,23 +337,24 @@ def main(cfg: Any) -> int:
     lake = Lake(cfg.lake.uri)
     s = cfg.split
     where = scope(cfg.get("where"), cfg.get("dataset"))
-    lake.record_run(ctx.record("running", inputs={"where": where}))
-    rep = split_lake(
-        lake,
-        ratios=OmegaConf.to_container(s.ratios, resolve=True),  # type: ignore[arg-type]
-        seed=int(s.seed),
-        where=where,
-        stratify_by=str(s.stratify_by),
-        exclude_flags=list(s.exclude_flags or []),
-        exclude_confirmed=bool(s.get("exclude_confirmed", False)),
-        oversample=OmegaConf.to_container(s.oversample, resolve=True) if s.oversample else {},  # type: ignore[arg-type]
-        max_per_class=None if s.max_per_class is None else int(s.max_per_class),
-        reports=cfg.lake.reports,
-    )
-    print(format_report(rep))
-    print(f"reports: {Path(cfg.lake.reports) / 'split.md'}, split.json")
-    versions = lake.tag(ctx.run_id)
-    lake.record_run(ctx.record("finished", counts=rep["totals"], versions=versions))
+    oversample = OmegaConf.to_container(s.oversample, resolve=True) if s.oversample else {}
+    with run_record(lake, ctx, {"where": where}):
+        rep = split_lake(
+            lake,
+            ratios=OmegaConf.to_container(s.ratios, resolve=True),  # type: ignore[arg-type]
+            seed=int(s.seed),
+            where=where,
+            stratify_by=str(s.stratify_by),
+            exclude_flags=list(s.exclude_flags or []),
+            exclude_confirmed=bool(s.get("exclude_confirmed", False)),
+            oversample=oversample,  # type: ignore[arg-type]
+            max_per_class=None if s.max_per_class is None else int(s.max_per_class),
+            reports=cfg.lake.reports,
+        )
+        print(format_report(rep))
+        print(f"reports: {Path(cfg.lake.reports) / 'split.md'}, split.json")
+        versions = lake.tag(ctx.run_id)
+        lake.record_run(ctx.record("finished", counts=rep["totals"], versions=versions))
     return 0
 
 

@@ -31,6 +31,7 @@ from lake.errors import (
 )
 from lake.lock import writer_lock
 from lake.schema import KEYS, MEDIA, RUNS, SAMPLES, SCHEMAS
+from lake.sql import quote
 
 DEFAULT_URI = "data/lake"
 
@@ -118,9 +119,8 @@ class Lake:
         from the lake without loading it whole.
         """
         ds = self.dataset(name)
-        quoted = key.replace("'", "''")
         rows = ds.to_table(
-            columns=[KEYS[name]], with_row_id=True, filter=f"{KEYS[name]} = '{quoted}'"
+            columns=[KEYS[name]], with_row_id=True, filter=f"{KEYS[name]} = {quote(key)}"
         )
         if rows.num_rows == 0:
             raise KeyError(f"{name}: no row with {KEYS[name]} = {key!r}")
@@ -274,24 +274,27 @@ class Lake:
         """Write (or update) the run's record in the ``runs`` table.
 
         A run that starts (status ``running``) also records as ``killed`` the runs still
-        ``running`` whose process is gone (see :mod:`lake.runs`).
+        ``running`` whose process is gone (see :mod:`lake.runs`). That read and the write
+        hold the writer lock together, so a row another job finished in between is never
+        written back as ``killed``.
         """
-        rows = [run]
-        if run.get("status") == runs_mod.RUNNING:
-            rows += [
-                {**r, "status": runs_mod.KILLED}
-                for r in self._stored_runs()
-                if r["run_id"] != run.get("run_id")
-                and runs_mod.effective_status(r) == runs_mod.KILLED
-            ]
-        table = []
-        for r in rows:
-            row = {f.name: r.get(f.name) for f in SCHEMAS[RUNS]}
-            for key in ("inputs", "counts", "versions"):
-                if row[key] is not None and not isinstance(row[key], str):
-                    row[key] = json.dumps(row[key], sort_keys=True, default=str)
-            table.append(row)
-        self.upsert(RUNS, pa.Table.from_pylist(table, schema=SCHEMAS[RUNS]))
+        with self.lock():
+            rows = [run]
+            if run.get("status") == runs_mod.RUNNING:
+                rows += [
+                    {**r, "status": runs_mod.KILLED}
+                    for r in self._stored_runs()
+                    if r["run_id"] != run.get("run_id")
+                    and runs_mod.effective_status(r) == runs_mod.KILLED
+                ]
+            table = []
+            for r in rows:
+                row = {f.name: r.get(f.name) for f in SCHEMAS[RUNS]}
+                for key in ("inputs", "counts", "versions"):
+                    if row[key] is not None and not isinstance(row[key], str):
+                        row[key] = json.dumps(row[key], sort_keys=True, default=str)
+                table.append(row)
+            self.upsert(RUNS, pa.Table.from_pylist(table, schema=SCHEMAS[RUNS]))
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run record, oldest first (``killed`` for a ``running`` one whose process

@@ -200,7 +200,9 @@ def test_killed_ingest_reads_killed(tmp_path: Path) -> None:
         f"lake.reports={tmp_path / 'reports'}", "ingest.workers=0", "ingest.chunk_size=10",
         "ingest.write_batch=20", "ingest.progress=false",
     ]  # fmt: skip
-    _kill_when(cmd, lambda: (uri / "media.lance").exists())
+    # a committed version, not just the folder (killed before its first manifest, the
+    # table is listed but cannot be opened)
+    _kill_when(cmd, lambda: any((uri / "media.lance" / "_versions").glob("*.manifest")))
     lake = Lake(uri)
     (stored,) = lake.dataset(RUNS).to_table().to_pylist()
     assert stored["status"] == "running" and stored["pid"]  # what the killed job left
