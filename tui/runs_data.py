@@ -10,9 +10,12 @@ Run status rule (:func:`list_runs`), in order:
    summary (a resumed run still going: rule 2 applies). A summary that does not parse
    gives ``unknown`` with the reason in ``error``.
 2. Otherwise the last ``status`` event of ``events.jsonl``. A final one (``finished``,
-   ``failed``, ``interrupted``) is taken as is. ``started`` means ``running`` while the
-   log keeps changing; a run killed with SIGKILL, OOM-killed or lost with its machine
-   never writes a final status, so once the log has not been modified for
+   ``failed``, ``interrupted``) is taken as is. ``started`` carries the run's pid, host
+   and process start time, read by :func:`lake.runs.effective_status` (the one owner):
+   a run whose process on this host is gone (SIGKILL, OOM) never wrote a final status
+   and is shown as ``killed``; one whose process still runs is ``running``. When that
+   cannot be told (another host, an event without a pid) ``started`` means ``running``
+   while the log keeps changing, and once the log has not been modified for
    ``stale_after_s`` seconds (default 10 minutes, longer than any normal gap between
    events) the run is shown as ``interrupted`` with the silence in ``error``.
 3. No status event at all (empty or unreadable log): ``unknown`` with the reason.
@@ -33,7 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FINAL = ("finished", "failed", "interrupted")
+from lake import runs
+
+FINAL = runs.FINAL
 MAX_LOG_LINES = 1000
 MAX_LINE_BYTES = 16 * 2**20  # a longer "line" is garbage (no newline in sight): dropped
 _NOT_METRICS = {"t", "type", "step", "epoch"}
@@ -125,7 +130,7 @@ class RunInfo:
 
     run_id: str
     path: Path
-    status: str  # running | finished | failed | interrupted | unknown
+    status: str  # running | finished | failed | interrupted | killed | unknown
     experiment: str | None
     started: float | None  # epoch seconds of the latest (re)start
     duration_s: float | None  # summary total_s; now - started while running
@@ -299,10 +304,13 @@ class _Run:
         error = scan.status.get("error")
         started = scan.started_t
         duration = None
-        if status == "started":
+        if status == runs.STARTED:
             idle = now - scan.reader.mtime
-            if idle > stale_after_s:
-                status = "interrupted"
+            if runs.effective_status(scan.status) == runs.KILLED:
+                status, end = runs.KILLED, scan.last_t
+                error = _gone(scan.status)
+            elif runs.is_alive(scan.status) is None and idle > stale_after_s:
+                status = runs.INTERRUPTED
                 error = f"no final status and no events for {_ago(idle)} (process killed?)"
                 end = scan.last_t
             else:
@@ -347,6 +355,11 @@ class _Run:
 
 def _join(error: Any, notes: list[str]) -> str | None:
     return "; ".join(([str(error)] if error else []) + notes) or None
+
+
+def _gone(event: dict[str, Any]) -> str:
+    """Why a started run reads ``killed``."""
+    return f"process {event.get('pid')} on {event.get('host')} ended without a final status"
 
 
 def _ago(seconds: float) -> str:
@@ -462,6 +475,7 @@ class EventTail:
 
     def _clear(self) -> None:
         self._status = "unknown"  # last status event's status
+        self._status_event: dict[str, Any] = {}  # and that event (pid, host of a start)
         self.corrupt = 0
         self.events = 0
         self.last: dict[str, dict] = {}
@@ -473,13 +487,17 @@ class EventTail:
 
     @property
     def status(self) -> str:
-        """``running``, ``finished``, ``failed``, ``interrupted`` or ``unknown``, by the
-        rule of :func:`list_runs` (a ``started`` log silent for ``stale_after_s`` at the
-        last poll is ``interrupted``)."""
-        if self._status != "started":
+        """``running``, ``finished``, ``failed``, ``interrupted``, ``killed`` or ``unknown``,
+        by the rule of :func:`list_runs` (a ``started`` run whose process is gone is
+        ``killed``; one that cannot be checked, silent for ``stale_after_s`` at the last
+        poll, is ``interrupted``)."""
+        if self._status != runs.STARTED:
             return self._status if self._status in FINAL else "unknown"
+        if runs.effective_status(self._status_event) == runs.KILLED:
+            return runs.KILLED
+        unknown = runs.is_alive(self._status_event) is None
         stale = time.time() - self._reader.mtime > self.stale_after_s
-        return "interrupted" if stale else "running"
+        return runs.INTERRUPTED if unknown and stale else "running"
 
     @property
     def mtime(self) -> float:
@@ -514,6 +532,7 @@ class EventTail:
         self.last[kind] = event
         if kind == "status" and isinstance(event.get("status"), str):
             self._status = event["status"]
+            self._status_event = event
         step = event.get("step")
         if isinstance(step, int) and not isinstance(step, bool):
             self.step = step

@@ -6,12 +6,15 @@ import itertools
 import json
 import os
 import shutil
+import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from lake import runs as run_words
 from tui.runs_data import EventTail, downsample, format_event, list_runs, replay, replay_run
 
 RUNS = Path(__file__).resolve().parents[1] / "data" / "runs"
@@ -93,6 +96,36 @@ def test_stale_threshold_is_a_parameter(runs: Path) -> None:
     assert by_id(runs, stale_after_s=7200)["corrupt-run"].status == "running"
     age(runs / "corrupt-run", 0)  # freshly written: running
     assert by_id(runs)["corrupt-run"].status == "running"
+
+
+def dead_owner() -> dict:
+    """pid, host and start time of a process of this host that has exited."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    return {"pid": gone.pid, "host": socket.gethostname(), "pid_start": 1}
+
+
+def test_a_started_run_whose_process_is_gone_reads_killed(tmp_path: Path) -> None:
+    owners = {
+        "dead": dead_owner(),
+        "alive": run_words.owner(),  # this test's own process
+        "elsewhere": {**dead_owner(), "host": "elsewhere"},  # cannot be checked here
+    }
+    for name, owner in owners.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "events.jsonl").write_text(
+            line("status", status="started", experiment="e", **owner) + line("train", step=3)
+        )
+    age(tmp_path / "alive", 3600)
+    age(tmp_path / "elsewhere", 3600)
+    info = by_id(tmp_path)
+    assert info["dead"].status == "killed"  # at once, not after stale_after_s of silence
+    assert "ended without a final status" in info["dead"].error
+    assert info["alive"].status == "running"  # silent for an hour, but its process runs
+    assert info["elsewhere"].status == "interrupted"  # the silence rule
+    tail = EventTail(tmp_path / "dead" / "events.jsonl")
+    tail.poll()
+    assert tail.status == "killed"
 
 
 def test_bad_files_never_raise(runs: Path) -> None:

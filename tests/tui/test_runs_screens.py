@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -101,6 +104,21 @@ async def test_runs_list_shows_recorded_runs(runs: Path, utc: None) -> None:
         assert rec[6] == "val/loss 4.446 @30"
         await pilot.press("down")
         assert "RuntimeError: batch 19" in text(app, "#runs-detail")
+
+
+async def test_runs_list_shows_a_killed_run(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    run = tmp_path / "runs" / "sigkilled"
+    run.mkdir(parents=True)
+    started = {"t": time.time(), "type": "status", "status": "started", "experiment": "e"}
+    owner = {"pid": gone.pid, "host": socket.gethostname(), "pid_start": 1}
+    (run / "events.jsonl").write_text(json.dumps({**started, **owner}) + "\n")
+    app = Host(RunsScreen(run.parent, FAST))
+    async with app.run_test(size=(140, 30)) as pilot:
+        await until(pilot, lambda: app.screen.query_one("#runs-table", DataTable).row_count)
+        assert table_rows(app)["sigkilled"][1] == "✝ killed"
+        assert f"process {gone.pid} on" in text(app, "#runs-detail")
 
 
 @pytest.mark.parametrize("make", [False, True])

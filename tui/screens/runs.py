@@ -22,6 +22,7 @@ STATUS_STYLE = {
     "finished": ("✔", "green"),
     "failed": ("✘", "bold red"),
     "interrupted": ("◼", "yellow"),
+    "killed": ("✝", "bold magenta"),
     "unknown": ("?", "dim"),
 }
 COLUMNS = ("", "status", "run", "experiment", "started", "duration", "best")
