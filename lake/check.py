@@ -34,7 +34,7 @@ from lake.errors import ConfigError
 from lake.job import RunContext, hydra_job, run_record
 from lake.plugin import Check
 from lake.schema import SAMPLES
-from lake.sql import and_filters, quote
+from lake.sql import and_filters, in_list, quote
 from lake.store import Lake
 
 log = logging.getLogger("lakeloom.check")
@@ -221,7 +221,7 @@ def markdown(lake: Lake, report: dict[str, Any], results: dict[str, pa.Table], w
 def _sample_info(lake: Lake, ids: list[str]) -> dict[str, dict[str, Any]]:
     if not ids:
         return {}
-    where = f"sample_id IN ({', '.join(quote(i) for i in ids)})"
+    where = f"sample_id IN {in_list(ids)}"
     rows = lake.dataset(SAMPLES).to_table(
         columns=["sample_id", "source_uri", "label", "caption"], filter=where
     )

@@ -57,7 +57,7 @@ from lake.errors import ConfigError, FileProblem, LakeloomError
 from lake.job import RunContext, hydra_job, run_record
 from lake.plugin import Plugin
 from lake.schema import MEDIA, SAMPLES
-from lake.sql import and_filters, quote
+from lake.sql import and_filters, in_list, quote
 from lake.store import Lake
 
 log = logging.getLogger("lakeloom.export")
@@ -306,9 +306,8 @@ class _MediaWriter:
         todo = sorted(m for m in wanted if self.inline or m not in self.written)
         todo = [m for m in todo if m not in self.bad]
         if todo:
-            quoted = ", ".join(quote(m) for m in todo)
             table = self.media.to_table(
-                columns=["media_id", "kind", "mime", "bytes"], filter=f"media_id IN ({quoted})"
+                columns=["media_id", "kind", "mime", "bytes"], filter=f"media_id IN {in_list(todo)}"
             )
             for row in table.to_pylist():
                 mid, data = row["media_id"], row["bytes"]

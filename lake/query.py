@@ -25,7 +25,7 @@ from lake.errors import ConfigError
 from lake.job import hydra_job
 from lake.plugin import PLUGIN_GROUP, load_class
 from lake.schema import MEDIA, SAMPLES
-from lake.sql import and_filters, quote
+from lake.sql import and_filters, in_list, quote
 from lake.store import Lake
 
 IMAGE_COLUMN = "clip_image"
@@ -113,7 +113,7 @@ def search(
         ids = sorted({m for ms in allowed.column("media_ids").to_pylist() for m in ms or []})
         if not ids:
             return []
-        media_filter += f" AND media_id IN ({', '.join(map(quote, ids))})"
+        media_filter += f" AND media_id IN {in_list(ids)}"
     query = (
         lake.table(MEDIA)
         .search(np.asarray(vector, np.float32), vector_column_name=IMAGE_COLUMN)

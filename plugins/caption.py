@@ -51,6 +51,7 @@ from lake import ids
 from lake.errors import ConfigError
 from lake.plugin import Enricher
 from lake.schema import KIND_TAGS
+from lake.sql import and_filters, in_list, quote
 from plugins.clip_embed import resolve_device
 
 log = logging.getLogger("lakeloom.caption")
@@ -59,7 +60,7 @@ CAPTION = "caption"
 OWNER = "caption_model"
 IMAGE_KINDS = ("image", "frame")
 DEFAULT_PROMPT = "Describe the image in one sentence."
-_SKIPPED_TAGS = ", ".join(f"'{KIND_TAGS[k]}'" for k in ("audio", "clip"))
+_SKIPPED_TAGS = ", ".join(quote(KIND_TAGS[k]) for k in ("audio", "clip"))
 SCOPE = (
     f"({CAPTION} IS NULL OR {CAPTION} = '' OR {OWNER} IS NOT NULL)"
     " AND array_length(media_ids) = 1"
@@ -341,7 +342,7 @@ class CaptionEnricher(Enricher):
 
     def where(self) -> str:
         """Single-media, non-audio, non-clip samples without a human caption (+ ``where``)."""
-        return SCOPE if not self.user_where else f"({SCOPE}) AND ({self.user_where})"
+        return and_filters(SCOPE, self.user_where) or SCOPE
 
     # ---- running --------------------------------------------------------------------------
 
@@ -404,12 +405,11 @@ class CaptionEnricher(Enricher):
         """``media_id -> {kind, bytes, source_uri}`` in one filtered read."""
         if not ids:
             return {}
-        quoted = ", ".join("'" + m.replace("'", "''") + "'" for m in sorted(ids))
         rows = (
             self._lake.dataset("media")
             .to_table(
                 columns=["media_id", "kind", "bytes", "source_uri"],
-                filter=f"media_id IN ({quoted})",
+                filter=f"media_id IN {in_list(sorted(ids))}",
             )
             .to_pylist()
         )

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lake.schema import MEDIA, SAMPLES
+from lake.sql import in_list, quote
 
 CAPTION_CHARS = 200
 DERIVED = {"n_media": ["media_ids"], "media_id": ["media_ids"], "caption": ["caption", "messages"]}
@@ -55,11 +56,6 @@ class DatasetSummary:
     by_label: dict[str, int] = field(default_factory=dict)
     by_split: dict[str, int] = field(default_factory=dict)
     by_flag: dict[str, int] = field(default_factory=dict)
-
-
-def quote(value: str) -> str:
-    """A SQL string literal."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 def readable_error(exc: BaseException) -> str:
@@ -355,7 +351,7 @@ class LakeView:
             return []
         have = set(self._media.schema.names)
         cols = [c for c in MEDIA_FIELDS if c in have]
-        where = f"media_id IN ({', '.join(quote(m) for m in dict.fromkeys(media_ids))})"
+        where = f"media_id IN {in_list(dict.fromkeys(media_ids))}"
         found = {r["media_id"]: r for r in self._scan(self._media, cols, where).to_pylist()}
         out = []
         for m in media_ids:
@@ -371,7 +367,7 @@ class LakeView:
             out = {m: self._thumbs[m] for m in media_ids if m in self._thumbs}
         todo = [m for m in dict.fromkeys(media_ids) if m not in out]
         if todo and self._media is not None:
-            where = f"media_id IN ({', '.join(quote(m) for m in todo)})"
+            where = f"media_id IN {in_list(todo)}"
             found = self._scan(self._media, ["media_id", "thumb"], where).to_pylist()
             with self._lock:
                 for r in found:

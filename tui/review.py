@@ -14,13 +14,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from lake.schema import SAMPLES
+from lake.sql import in_list
 
 PREFIX = "review"
 DECISIONS = ("confirmed", "dismissed")
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _who(who: str | None) -> str:
@@ -76,7 +73,7 @@ def decide(
     from lake.store import Lake  # lancedb: a 3-7 s import, kept off the UI's start path
 
     lake = Lake(lake_uri)
-    where = f"sample_id IN ({', '.join(map(_quote, ids))})"
+    where = f"sample_id IN {in_list(ids)}"
     rows = lake.dataset(SAMPLES).to_table(columns=["sample_id", "tags"], filter=where)
     if rows.num_rows == 0:
         return 0

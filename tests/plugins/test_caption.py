@@ -297,6 +297,24 @@ def test_user_where_narrows_the_scope(models, lake: Lake) -> None:
     assert [s for s, r in rows.items() if r["caption_model"]] == ["img"]
 
 
+def test_a_user_where_cannot_escape_the_scope(models) -> None:
+    escape = CaptionEnricher(model=str(models["m1"]), where="1=0) OR (1=1")
+    with pytest.raises(ConfigError, match="unbalanced parentheses"):
+        escape.where()
+
+
+def test_media_read_survives_quotes_in_ids(models, lake: Lake) -> None:
+    odd = _media(jpeg_bytes((9, 9, 9)), "image", "image/jpeg", "o'brien.jpg")
+    odd["media_id"] = "it's'; --"
+    lake.insert_new("media", pa.Table.from_pylist([odd], schema=MEDIA_SCHEMA))
+    enricher = CaptionEnricher(model=str(models["m1"]))
+    enricher.prepare(lake)
+    plain = next(iter(lake.keys("media") - {odd["media_id"]}))
+    found = enricher._media({odd["media_id"], plain, "missing'"})
+    assert set(found) == {odd["media_id"], plain}
+    assert found[odd["media_id"]]["source_uri"] == "o'brien.jpg"
+
+
 def test_config_composes_and_instantiates(models) -> None:
     from hydra import compose, initialize_config_module
     from hydra.utils import instantiate

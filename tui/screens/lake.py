@@ -10,9 +10,10 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Footer, Header, Input, Static
 
+from lake.sql import and_filters, in_list, quote
 from tui.config import ColumnSpec, TuiConfig
 from tui.format import literal
-from tui.lake_data import DERIVED, quote
+from tui.lake_data import DERIVED
 from tui.panels import build_panels
 from tui.screens.base import LakeScreenBase
 from tui.widgets.datasets import DatasetList
@@ -34,19 +35,24 @@ class Query:
     descending: bool = False
 
     def sql(self) -> str | None:
-        """The combined SQL filter."""
-        parts = [f"dataset = {quote(self.dataset)}"] if self.dataset else []
-        if self.where.strip():
-            parts.append(f"({self.where.strip()})" if parts else self.where.strip())
-        return " AND ".join(parts) or None
+        """The combined SQL filter: the ``where`` clause can only narrow the dataset
+        (:func:`lake.sql.and_filters`; an unbalanced one raises ConfigError)."""
+        scope = f"dataset = {quote(self.dataset)}" if self.dataset else None
+        where = self.where.strip() or None
+        if not (scope and where):  # nothing to narrow: as typed, Lance judges it
+            return scope or where
+        return and_filters(scope, where)
 
     def describe(self, rows: int) -> str:
         """``12 samples · where … · sorted by label ▲``."""
         out = [f"{rows} sample{'s' * (rows != 1)}"]
         if self.search:
             out.append(f"nearest to {self.search!r}")
-        if self.sql():
-            out.append(f"where {self.sql()}")
+        shown = [f"dataset = {quote(self.dataset)}"] if self.dataset else []
+        if self.where.strip():  # as typed; sql() adds the parentheses that keep it narrow
+            shown.append(f"({self.where.strip()})" if shown else self.where.strip())
+        if shown:
+            out.append(f"where {' AND '.join(shown)}")
         if self.sort and not self.search:
             out.append(f"sorted by {self.sort} {'▼' if self.descending else '▲'}")
         return " · ".join(out)
@@ -63,8 +69,7 @@ def search_rows(view: Any, text: str, k: int, where: str | None, columns: list[s
     hits = view.search_text(text, k=k, where=where)
     if not hits:
         return StaticRows([])
-    ids = ", ".join(quote(sid) for sid, _ in hits)
-    found = view.rows(where=f"sample_id IN ({ids})", columns=columns)
+    found = view.rows(where=f"sample_id IN {in_list(sid for sid, _ in hits)}", columns=columns)
     by_id = {r["sample_id"]: r for r in found.page(0, max(1, len(found)))}
     return StaticRows([{**by_id[sid], "score": s} for sid, s in hits if sid in by_id])
 
@@ -171,8 +176,10 @@ class LakeScreen(LakeScreenBase):
             self.show_sample(None)
 
     def on_rows_failed(self, message: str) -> None:
-        # ValueError from lake_data carries a readable message; drop the class name
-        self.status(message.removeprefix("ValueError: "), error=True)
+        # ValueError from lake_data and ConfigError from lake.sql carry a readable
+        # message; drop the class name
+        text = message.removeprefix("ValueError: ").removeprefix("ConfigError: ")
+        self.status(text, error=True)
 
     def on_sample_table_page_failed(self, event: SampleTable.PageFailed) -> None:
         self.status(f"{event.error} (reload to retry)", error=True)

@@ -15,9 +15,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
 
+from lake.sql import quote
 from tui.config import ColumnSpec, TuiConfig
 from tui.format import literal, printable
-from tui.lake_data import quote
 from tui.panels import build_panels
 from tui.screens.base import LakeScreenBase
 from tui.screens.lake import row_columns

@@ -11,9 +11,9 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, HorizontalScroll, VerticalScroll
 from textual.widgets import Footer, Header, Static
 
+from lake.sql import in_list
 from tui.config import TuiConfig
 from tui.format import clip_sample, conversation_text, printable, scores, value_text
-from tui.lake_data import quote
 from tui.panels import build_panels
 from tui.screens.base import LakeScreenBase
 from tui.widgets.image import image_widget
@@ -98,7 +98,7 @@ class SampleScreen(LakeScreenBase):
         ids = [*group, *(s for s, _ in neighbours)]
         if not ids:
             return group, neighbours, {}
-        where = f"sample_id IN ({', '.join(map(quote, ids))})"
+        where = f"sample_id IN {in_list(ids)}"
         rows = view.rows(where, columns=["sample_id", "media_id", "label"])
         info = {r["sample_id"]: r for r in rows.page(0, max(1, len(rows)))}
         thumbs = view.thumbnails([r["media_id"] for r in info.values() if r.get("media_id")])
