@@ -26,7 +26,7 @@ from typing import Any
 
 from lake import runs
 from lake.errors import ConfigError, FileProblem, LakeloomError
-from lake.job import hydra_job
+from lake.job import hydra_job, traceback_locals
 
 log = logging.getLogger("lakeloom.train")
 
@@ -269,15 +269,10 @@ def checkpoint_problem(exc: BaseException, cfg: Any) -> FileProblem | None:
 
 
 def _checkpoint_in(tb: Any) -> str | None:
-    frames = []
-    while tb is not None:
-        frames.append(tb.tb_frame)
-        tb = tb.tb_next
-    for frame in reversed(frames):
-        for value in frame.f_locals.values():
-            is_ckpt = isinstance(value, str | Path) and str(value).endswith(CHECKPOINT_SUFFIXES)
-            if is_ckpt and Path(value).is_file():
-                return str(value)
+    for value in traceback_locals(tb):
+        is_ckpt = isinstance(value, str | Path) and str(value).endswith(CHECKPOINT_SUFFIXES)
+        if is_ckpt and Path(value).is_file():
+            return str(value)
     return None
 
 

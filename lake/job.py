@@ -173,18 +173,27 @@ def file_problem(exc: BaseException, fallback: str | None = None) -> FileProblem
     return None
 
 
-def _open_file_in(tb: Any) -> str | None:
-    """Name of the innermost file object held by a frame of the traceback."""
-    import io
+def traceback_locals(tb: Any) -> Iterator[Any]:
+    """The local values of every frame of a traceback, innermost frame first.
 
+    Errors raised deep in a library often name no file; the frame that failed still
+    holds it (an open file object, a checkpoint path).
+    """
     frames = []
     while tb is not None:
         frames.append(tb.tb_frame)
         tb = tb.tb_next
     for frame in reversed(frames):
-        for value in frame.f_locals.values():
-            if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
-                return value.name
+        yield from frame.f_locals.values()
+
+
+def _open_file_in(tb: Any) -> str | None:
+    """Name of the innermost file object held by a frame of the traceback."""
+    import io
+
+    for value in traceback_locals(tb):
+        if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
+            return value.name
     return None
 
 
