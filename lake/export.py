@@ -64,7 +64,9 @@ log = logging.getLogger("lakeloom.export")
 
 MANIFEST = ".lakeloom_export.json"
 IMAGES = "images"
-SAMPLE_COLUMNS = ["sample_id", *ids.SAMPLE_CONTENT_FIELDS]
+SAMPLE_COLUMNS = ["sample_id", "dataset", *ids.SAMPLE_CONTENT_FIELDS]
+# read when the lake has them (older lakes lack columns added since)
+OPTIONAL_COLUMNS = ("record_id",)
 # MIME -> file extension of the exported media (anything else: mimetypes, then "bin")
 EXTENSIONS = {
     "image/jpeg": "jpg",
@@ -379,7 +381,9 @@ def export(
     try:
         exporter.open(tmp)
         writer = _MediaWriter(media, tmp, exporter)
-        scanner = samples.scanner(columns=SAMPLE_COLUMNS, filter=filt, batch_size=batch_size)
+        have = set(samples.schema.names)
+        columns = SAMPLE_COLUMNS + [c for c in OPTIONAL_COLUMNS if c in have]
+        scanner = samples.scanner(columns=columns, filter=filt, batch_size=batch_size)
         for batch in scanner.to_batches():
             if batch.num_rows:
                 _export_batch(batch.to_pylist(), exporter, writer, report)
@@ -457,7 +461,10 @@ def _export_batch(
         rows_out.append(row)
         media_out.append([found[m] for m in row["media_ids"]])
         back = exporter.readback(row)
-        if ids.sample_id(row["media_ids"], **back) != row["sample_id"]:
+        if row["sample_id"] not in (
+            ids.sample_id(row["media_ids"], **back, dataset=row.get("dataset")),
+            ids.sample_id(row["media_ids"], **back),  # a sample of an older lake
+        ):
             report["changed_ids"] += 1
     if rows_out:
         exporter.write(rows_out, media_out)

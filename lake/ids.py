@@ -30,12 +30,19 @@ def sample_id(
     chosen: str | None = None,
     rejected: str | None = None,
     key: str | None = None,
+    *,
+    dataset: str | None = None,
+    feedback: bool | None = None,
+    rejected_media_ids: Sequence[str] | None = None,
 ) -> str:
-    """sha256 of the canonical JSON of a sample's content.
+    """sha256 of the canonical JSON of a sample's content and its dataset.
 
-    The dataset name and source location are deliberately not part of the key: the same
-    content re-ingested (or exported and ingested back) gets the same id. ``key`` is
-    included only when a source sets it (records with no distinguishing content).
+    The dataset is part of a sample's identity: the same content ingested under a second
+    dataset name is a second sample. The source location is not: the same content
+    re-ingested (or exported and ingested back) into its dataset gets the same id.
+    ``key`` is included only when a source sets it (records with no distinguishing
+    content). ``dataset=None`` gives the id that lakes written before the dataset was part
+    of it used; the ingest treats a sample as present under either id.
     """
     content: dict[str, Any] = {
         "media_ids": list(media_ids),
@@ -47,5 +54,13 @@ def sample_id(
     }
     if key is not None:
         content["key"] = key
+    if dataset is not None:
+        content["dataset"] = dataset
+    # KTO feedback and a rejected answer's own media: in the id only when set, so the ids
+    # of samples without them are unchanged
+    if feedback is not None:
+        content["feedback"] = bool(feedback)
+    if rejected_media_ids is not None:
+        content["rejected_media_ids"] = list(rejected_media_ids)
     blob = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()

@@ -26,13 +26,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from lake import ids, provenance
+from lake import ids, provenance, sql
 from lake.errors import ConfigError, RejectedInput
 from lake.images import ImageInfo, ImageRejected, ImageSettings, process_image
 from lake.job import RunContext, hydra_job, run_record
 from lake.plugin import Source
 from lake.records import MediaMeta, MediaRef, Reject, SourceRecord
-from lake.schema import MEDIA, MEDIA_SCHEMA, SAMPLES, SAMPLES_SCHEMA
+from lake.schema import MEDIA, MEDIA_SCHEMA, SAMPLE_KEY, SAMPLES, SAMPLES_SCHEMA
 from lake.sources import too_big
 from lake.store import Lake
 
@@ -66,6 +66,8 @@ class IngestReport:
     seconds: float = 0.0
     rejects_path: str | None = None
     reasons: Counter[str] = field(default_factory=Counter)
+    # top-level record keys the source did not read (unknown to it), with record counts
+    ignored_keys: Counter[str] = field(default_factory=Counter)
 
     @property
     def ingested(self) -> int:
@@ -89,6 +91,7 @@ class IngestReport:
             "rejected": self.rejected,
             "seconds": round(self.seconds, 3),
             "images_per_s": round(self.images_per_s, 1),
+            "ignored_keys": dict(self.ignored_keys.most_common()),
         }
 
     def summary(self) -> str:
@@ -103,6 +106,9 @@ class IngestReport:
             f"{self.present_samples} already present, {self.rejected} rejected; "
             f"{self.new_media} new media; {work} in {self.seconds:.1f} s"
         ]
+        if self.ignored_keys:
+            keys = ", ".join(f"{k} ({n})" for k, n in self.ignored_keys.most_common(12))
+            lines.append(f"ignored keys, not read by the source (records): {keys}")
         if self.rejected:
             lines.append(f"rejects report: {self.rejects_path}")
             for reason, n in self.reasons.most_common(8):
@@ -137,6 +143,7 @@ class _Prepared:
     media_ids: list[str]
     reject: Reject | None = None
     attached_ids: list[str] = field(default_factory=list)
+    rejected_ids: list[str] = field(default_factory=list)  # the rejected answer's own media
 
 
 @dataclass
@@ -177,7 +184,8 @@ class _Feeder:
                 continue
             mids: list[str] = []
             reject = None
-            for ref in (*rec.media, *rec.attached):
+            rejected_media = rec.rejected_media or []
+            for ref in (*rec.media, *rejected_media, *rec.attached):
                 try:
                     # a given key spares re-hashing media shared by many records (a
                     # video's audio) and reading blob/referenced videos up front
@@ -204,7 +212,10 @@ class _Feeder:
                 if mid not in self.present_media and mid not in self.seen:
                     self.seen.add(mid)
                     new_media[mid] = (data, ref)
-            items.append(_Prepared(rec, mids[: len(rec.media)], reject, mids[len(rec.media) :]))
+            n, r = len(rec.media), len(rejected_media)
+            items.append(
+                _Prepared(rec, mids[:n], reject, mids[n + r :], rejected_ids=mids[n : n + r])
+            )
         self.staged[idx] = _Staged(items, new_media)
         # Media analysed by their source need no image worker.
         work = [(m, d) for m, (d, ref) in new_media.items() if ref.meta is None and d is not None]
@@ -336,6 +347,7 @@ def _ingest(
     present_media = lake.keys(MEDIA)
     blobs_ok = not lake.exists(MEDIA) or lake.has_blobs(MEDIA)
     present_samples = lake.keys(SAMPLES)
+    legacy_ids = _dataset_keys(lake, dataset)
     total = source.count()
     workers = _worker_count(settings, total) if source.decodes_images else 0
     feeder = _Feeder(source, present_media, settings.chunk_size)
@@ -381,9 +393,13 @@ def _ingest(
                 continue
             rec = item.record
             assert rec is not None
+            report.ignored_keys.update(rec.ignored_keys)
             content = (rec.messages, rec.caption, rec.label, rec.chosen, rec.rejected, rec.key)
+            extra = _preference_fields(item, rec)
             try:
-                sid = ids.sample_id(item.media_ids, *content)
+                sid = ids.sample_id(item.media_ids, *content, dataset=dataset, **extra)
+                # a lake written before the dataset was part of the id holds the old one
+                old_sid = ids.sample_id(item.media_ids, *content, **extra) if legacy_ids else None
                 _check_unicode(rec.location.uri(), *(m.source_uri for m in rec.media))
             except UnicodeEncodeError as exc:
                 # a lone surrogate (JSON "\ud800", a file name that is not UTF-8) would
@@ -394,12 +410,12 @@ def _ingest(
                 report.reasons[_reason_kind(reject.reason)] += 1
                 rejects.write(reject)
                 continue
-            if sid in present_samples or sid in seen_samples:
+            if sid in present_samples or sid in seen_samples or old_sid in legacy_ids:
                 report.present_samples += 1
                 continue
             seen_samples.add(sid)
             media_rows = []
-            for mid in (*item.media_ids, *item.attached_ids):
+            for mid in (*item.media_ids, *item.rejected_ids, *item.attached_ids):
                 if mid in present_media or mid in written_media:
                     continue
                 written_media.add(mid)
@@ -420,7 +436,7 @@ def _ingest(
                     prov = writer.prov(media_prov)
                     media_rows.append(_media_row(mid, data, ref.source_uri, ref.kind, info, prov))
             prov = writer.prov(_sample_prov(rec, source, ctx))
-            writer.add(media_rows, _sample_row(sid, dataset, item, rec, prov))
+            writer.add(media_rows, {**_sample_row(sid, dataset, item, rec, prov), **extra})
         # Valid media whose records were all rejected may still be used by a later record.
         for mid, staged_media in staged.new_media.items():
             if mid not in written_media and isinstance(status.get(mid), ImageInfo | MediaMeta):
@@ -455,6 +471,16 @@ def _ingest(
     return report
 
 
+def _dataset_keys(lake: Lake, dataset: str) -> set[str]:
+    """The sample ids already in ``dataset`` (empty for a new lake or dataset)."""
+    if not lake.exists(SAMPLES):
+        return set()
+    rows = lake.dataset(SAMPLES).to_table(
+        columns=[SAMPLE_KEY], filter=f"dataset = {sql.quote(dataset)}"
+    )
+    return set(rows.column(0).to_pylist())
+
+
 def _run_pool(
     feeder: _Feeder, consume: Any, workers: int, image: ImageSettings, inflight: int
 ) -> None:
@@ -483,10 +509,20 @@ def _process_chunk_inline(task: tuple[int, list[tuple[str, bytes]]], settings: I
     return _process_chunk(task)
 
 
+def _preference_fields(item: _Prepared, rec: SourceRecord) -> dict[str, Any]:
+    """The sample's ``feedback`` and ``rejected_media_ids`` (None when the rejected answer
+    was shown the prompt's own media)."""
+    rejected = item.rejected_ids if rec.rejected_media is not None else None
+    if rejected == item.media_ids:
+        rejected = None
+    return {"feedback": rec.feedback, "rejected_media_ids": rejected}
+
+
 def _media_problem(item: _Prepared, status: dict[str, ImageInfo | str]) -> Reject | None:
     rec = item.record
     assert rec is not None
-    for ref, mid in zip(rec.media, item.media_ids, strict=True):
+    refs = [*rec.media, *(rec.rejected_media or [])]
+    for ref, mid in zip(refs, [*item.media_ids, *item.rejected_ids], strict=True):
         res = status.get(mid)
         if isinstance(res, str):
             return Reject(rec.location, f"image {ref.source_uri}: {res}")
@@ -597,6 +633,7 @@ def _sample_row(
         "transcript": None,
         "source_uri": rec.location.uri(),
         "provenance": prov,
+        "record_id": rec.record_id,
     }
 
 

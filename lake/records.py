@@ -94,6 +94,16 @@ class SourceRecord:
     attached: list[MediaRef] = field(default_factory=list)
     t_start: float | None = None
     t_end: float | None = None
+    # the record's own id in its source (`id` in LLaVA, ShareGPT, messages): stored,
+    # exported back, not part of the sample's identity
+    record_id: str | None = None
+    # KTO feedback on the last assistant turn (true = desirable); None: no feedback
+    feedback: bool | None = None
+    # a preference pair's rejected answer shown other media than the prompt's (ms-swift
+    # `rejected_images`), one per placeholder; None: the same media
+    rejected_media: list[MediaRef] | None = None
+    # top-level keys of the source record that nothing read, for the run's summary
+    ignored_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

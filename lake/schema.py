@@ -8,6 +8,8 @@ whose width depends on the model) are added through schema evolution, not declar
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 
 MEDIA = "media"
@@ -19,6 +21,22 @@ SAMPLE_KEY = "sample_id"
 RUN_KEY = "run_id"
 
 MEDIA_KINDS = ("image", "frame", "audio", "video")
+
+# Placeholders in canonical messages: each fills the next of the sample's media_ids (kinds
+# interleaved in order of appearance across the conversation); the media row's kind says
+# which (an `<image>` takes an image or frame row).
+IMAGE_TOKEN = "<image>"
+VIDEO_TOKEN = "<video>"
+AUDIO_TOKEN = "<audio>"
+PLACEHOLDERS: dict[str, str] = {"image": IMAGE_TOKEN, "video": VIDEO_TOKEN, "audio": AUDIO_TOKEN}
+_PLACEHOLDER_RE = re.compile("|".join(re.escape(t) for t in PLACEHOLDERS.values()))
+_KIND_OF = {token: kind for kind, token in PLACEHOLDERS.items()}
+
+
+def placeholder_kinds(text: str) -> list[str]:
+    """The kinds (``image`` | ``video`` | ``audio``) of the placeholders in ``text``, in order."""
+    return [_KIND_OF[m.group(0)] for m in _PLACEHOLDER_RE.finditer(text)]
+
 
 # Sample tags naming what a sample is made of, for samples that are not plain images.
 KIND_TAGS = {"frame": "kind:frame", "clip": "kind:clip", "audio": "kind:audio"}
@@ -81,6 +99,13 @@ SAMPLES_SCHEMA = pa.schema(
         pa.field("transcript", pa.string()),
         pa.field("source_uri", pa.string()),
         pa.field("provenance", PROVENANCE),
+        # the record's own `id` in its source (LLaVA, ShareGPT, messages), exported back
+        pa.field("record_id", pa.string()),
+        # KTO feedback on the last assistant turn: true = desirable, false = undesirable
+        pa.field("feedback", pa.bool_()),
+        # media of a preference pair's rejected answer that differ from the prompt's
+        # (ms-swift `rejected_images`); null when the same
+        pa.field("rejected_media_ids", pa.list_(pa.string())),
     ]
 )
 
@@ -132,10 +157,10 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "provenance": "who wrote the row and what was done to it (see below)",
     },
     SAMPLES: {
-        "sample_id": "sha256 of the canonical content (key; re-ingest is idempotent)",
+        "sample_id": "sha256 of the dataset and canonical content (key; re-ingest is idempotent)",
         "dataset": "dataset name (defaults to the source folder's name)",
-        "media_ids": "ordered media, one per `<image>` placeholder",
-        "messages": "canonical conversation: list of {role, content} with `<image>` placeholders",
+        "media_ids": "ordered media, one per `<image>` / `<video>` / `<audio>` placeholder",
+        "messages": "canonical conversation: list of {role, content} with media placeholders",
         "caption": "free-text caption",
         "label": "class label",
         "chosen": "preferred answer of a preference pair",
@@ -149,6 +174,9 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "transcript": "clips: speech in the clip's time range (`transcribe` enricher)",
         "source_uri": "source file and record (`file#line` or `file#row`)",
         "provenance": "who wrote the row and what was done to it (see below)",
+        "record_id": "the record's own `id` in its source (LLaVA, ShareGPT, messages)",
+        "feedback": "KTO feedback on the last assistant turn: true desirable, false undesirable",
+        "rejected_media_ids": "media of the rejected answer when they differ from the prompt's",
     },
 }
 

@@ -96,6 +96,8 @@ class JsonExporter(_TextFile, Exporter):
     """
 
     carries_pairs: ClassVar[bool] = False  # the matching source reads chosen / rejected
+    # the matching source keeps a record's ``id`` (samples.record_id): written back first
+    carries_id: ClassVar[bool] = False
 
     def __init__(self, file: str, caption_prompt: str | None = None) -> None:
         self.file = _check_file(file, JSON_SUFFIXES)
@@ -157,6 +159,8 @@ class JsonExporter(_TextFile, Exporter):
         parts = []
         for row, items in zip(rows, media, strict=True):
             obj = self.record(row, [m.path or "" for m in items])
+            if self.carries_id and row.get("record_id") is not None:
+                obj = {"id": row["record_id"], **{k: v for k, v in obj.items() if k != "id"}}
             text = json.dumps(obj, ensure_ascii=False)
             if self.jsonl:
                 parts.append(text + "\n")
@@ -186,6 +190,7 @@ class ShareGPTExporter(JsonExporter):
     version = "0.1.0"
     source: ClassVar[str] = "sharegpt"
     carries_pairs: ClassVar[bool] = True
+    carries_id: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -242,11 +247,11 @@ class ShareGPTExporter(JsonExporter):
 class LlavaExporter(ShareGPTExporter):
     """LLaVA: ``{id, image, conversations: [{from: human|gpt|system, value}]}``.
 
-    ``id`` is the sample_id; ``image`` is one path, or a list for multi-image samples
-    (LLaVA-OneVision / interleave style); text-only samples have no ``image``. A
-    preference pair is written as ``chosen`` / ``rejected`` strings (the ``llava``
-    source reads them like ``sharegpt``). The default ``file`` is a JSON array, like
-    LLaVA's own data files.
+    ``id`` is the record's own id when it had one, else the sample_id; ``image`` is one
+    path, or a list for multi-image samples (LLaVA-OneVision / interleave style);
+    text-only samples have no ``image``. A preference pair is written as ``chosen`` /
+    ``rejected`` strings (the ``llava`` source reads them like ``sharegpt``). The default
+    ``file`` is a JSON array, like LLaVA's own data files.
     """
 
     name = "llava"
@@ -294,6 +299,7 @@ class MessagesExporter(JsonExporter):
     name = "messages"
     version = "0.1.0"
     source: ClassVar[str] = "messages"
+    carries_id: ClassVar[bool] = True
     STYLES: ClassVar[tuple[str, ...]] = ("qwen", "openai", "text")
 
     def __init__(

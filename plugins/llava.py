@@ -14,7 +14,7 @@ class LlavaSource(ShareGPTSource):
     The ShareGPT reader with LLaVA's fixed keys (``conversations``, ``from``, ``value``;
     ``human`` / ``gpt``). ``<image>`` placeholders pair in order with the images; a record
     without images is a text-only sample when its conversation has no placeholder. The
-    record ``id`` is not kept (samples are keyed by content). ``image_folder`` is the
+    record ``id`` is kept as ``record_id`` (not part of the sample's key). ``image_folder`` is the
     subfolder of the dataset root that image paths are relative to (LLaVA's
     ``--image_folder``); null means the dataset root itself.
     """

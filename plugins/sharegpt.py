@@ -9,10 +9,15 @@ parsing one record into a Reject at that record's location, so reading goes on.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from abc import abstractmethod
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import fields
 from pathlib import Path, PurePosixPath
-from typing import ClassVar
+from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 from lake.errors import RejectedInput
@@ -24,7 +29,9 @@ from lake.sources import (
     checked_file,
     confined_root,
     image_list,
+    in_placeholder_order,
     iter_json_records,
+    media_list,
     resolve_media,
 )
 
@@ -72,6 +79,14 @@ def record_error(exc: BaseException) -> str:
     return f"invalid value: {exc}"
 
 
+def record_id(obj: dict[str, object]) -> str | None:
+    """A record's own ``id`` (a string or an integer, kept as text), else None."""
+    value = obj.get("id")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value)
+
+
 def require(obj: dict[str, object], key: str) -> object:
     """``obj[key]``, or RejectedInput naming the missing field."""
     if obj.get(key) is None:
@@ -86,13 +101,46 @@ class JsonRecordsSource(Source):
     ``*.json`` / ``*.jsonl`` files are all read in name order. ``image_folder`` is a prefix
     (relative to the dataset root, like LLaVA's ``--image_folder``) joined to every plain
     relative image path. Subclasses implement :meth:`parse` for one record.
+
+    Videos and audio that ``<video>`` / ``<audio>`` placeholders refer to (resolved by
+    :meth:`media_in_order`) go through the analysis of the ``video`` and ``audio``
+    sources: a video becomes its ``video`` media row (blob-stored when ``store_video``,
+    else referenced), with its kept frames and 16 kHz mono audio track attached
+    (``parent_id`` = the video; ``video_analysis`` overrides ``lake.video.VideoSettings``);
+    an audio file becomes an ``audio`` row, mono at ``audio_rate`` Hz in ``audio_format``.
     """
 
     step: ClassVar[str]
+    AV_CACHE: ClassVar[int] = 8  # analysed videos / audio kept for records that repeat them
 
-    def __init__(self, path: str | Path, image_folder: str | None = None, **kwargs: bool) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        image_folder: str | None = None,
+        store_video: bool = True,
+        video_analysis: dict[str, Any] | None = None,
+        audio_rate: int = 16000,
+        audio_format: str = "flac",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(path, **kwargs)
         self.image_folder = image_folder or None
+        from lake.audio import check_format
+        from lake.video import VideoSettings
+
+        known = {f.name for f in fields(VideoSettings)}
+        options = dict(video_analysis or {})
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown video_analysis option(s) {unknown}; known: {sorted(known)}")
+        self.store_video = bool(store_video)
+        self.video_settings = VideoSettings(**options)
+        self.audio_rate = int(audio_rate)
+        self.audio_format = audio_format
+        check_format(audio_format)
+        self._av_cache: OrderedDict[tuple[str, str], tuple[MediaRef, list[MediaRef]]] = (
+            OrderedDict()
+        )
 
     def files(self) -> list[Path]:
         """The JSON(L) files to read, in order."""
@@ -110,7 +158,16 @@ class JsonRecordsSource(Source):
 
     def params(self) -> dict[str, object]:
         """Options recorded in provenance."""
-        return {**super().params(), "image_folder": self.image_folder}
+        from dataclasses import asdict
+
+        return {
+            **super().params(),
+            "image_folder": self.image_folder,
+            "store_video": self.store_video,
+            "video_analysis": asdict(self.video_settings),
+            "audio_rate": self.audio_rate,
+            "audio_format": self.audio_format,
+        }
 
     def records(self) -> Iterator[SourceRecord | Reject]:
         """Parse every record of every file; a bad record becomes a Reject at its location.
@@ -139,7 +196,10 @@ class JsonRecordsSource(Source):
                             raise RejectedInput(
                                 f"record must be a JSON object, got {json_type(obj)}"
                             )
-                        yield self.parse(obj, location)
+                        rec = self.parse(obj, location)
+                        if isinstance(rec, SourceRecord) and rec.record_id is None:
+                            rec.record_id = record_id(obj)
+                        yield rec
                     except RECORD_ERRORS as exc:
                         yield Reject(location, record_error(exc))
             except OSError as exc:
@@ -154,6 +214,74 @@ class JsonRecordsSource(Source):
     def media(self, refs: Iterable[object]) -> list[MediaRef]:
         """Resolve image references (with the ``image_folder`` prefix) under the policy."""
         return [resolve_media(self.root, self._prefixed(ref), self.policy) for ref in refs]
+
+    def media_in_order(
+        self, messages: list[dict[str, str]], refs: dict[str, list[object]]
+    ) -> tuple[list[MediaRef], list[MediaRef]]:
+        """``(media, attached)`` of a record: one media per placeholder of ``messages`` in
+        order of appearance (``refs`` holds each kind's references in their own order;
+        counts already checked by :func:`~lake.sources.canonical_messages`), and the
+        frames and audio tracks of its videos, attached."""
+        media: list[MediaRef] = []
+        attached: list[MediaRef] = []
+        for kind, ref in in_placeholder_order(messages, refs):
+            if kind == "image":
+                media.extend(self.media([ref]))
+                continue
+            main, extra = self._analysed(kind, ref)
+            media.append(main)
+            known = {a.media_id for a in attached}
+            attached.extend(a for a in extra if a.media_id not in known)
+        return media, attached
+
+    def _analysed(self, kind: str, ref: object) -> tuple[MediaRef, list[MediaRef]]:
+        """A video or audio reference resolved and analysed (cached by resolved file)."""
+        m = resolve_media(self.root, self._prefixed(ref), self.policy, kind)
+        key = (
+            kind,
+            str(m.path) if m.path is not None else hashlib.sha256(m.data or b"").hexdigest(),
+        )
+        hit = self._av_cache.get(key)
+        if hit is not None:
+            self._av_cache.move_to_end(key)
+            return hit
+        out = self._video(m) if kind == "video" else self._audio(m)
+        self._av_cache[key] = out
+        if len(self._av_cache) > self.AV_CACHE:
+            self._av_cache.popitem(last=False)
+        return out
+
+    def _video(self, m: MediaRef) -> tuple[MediaRef, list[MediaRef]]:
+        from plugins.video import analyse_file, video_media
+
+        if m.path is None:
+            # the video row is stored from its file (blob) or referenced by it
+            raise RejectedInput(
+                f"video {m.source_uri[:200]}: only video files are read (no data: or URL videos)"
+            )
+        rel, sha, analysis, reason = analyse_file(m.source_uri, str(m.path), self.video_settings)
+        if reason is not None:
+            raise RejectedInput(f"video {rel}: {reason}")
+        video, audio, frames = video_media(rel, str(m.path), sha, analysis, self.store_video)
+        return video, [*audio, *frames]
+
+    def _audio(self, m: MediaRef) -> tuple[MediaRef, list[MediaRef]]:
+        from plugins.audio import audio_media, load_file
+
+        if m.path is not None:
+            out = load_file(m.source_uri, str(m.path), self.audio_rate, self.audio_format)
+        else:
+            fd, tmp = tempfile.mkstemp(prefix=".lakeloom-audio-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(m.data or b"")
+                out = load_file(m.source_uri, tmp, self.audio_rate, self.audio_format)
+            finally:
+                os.unlink(tmp)
+        rel, sha, track, reason = out
+        if reason is not None:
+            raise RejectedInput(f"audio {rel}: {reason}")
+        return audio_media(rel, sha, track, self.audio_format), []
 
     def _prefixed(self, ref: object) -> object:
         """Prefix plain relative paths with ``image_folder``; leave anything else alone."""
