@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import stat
 import time
 from collections import Counter, deque
@@ -529,10 +530,21 @@ def _media_problem(item: _Prepared, status: dict[str, ImageInfo | str]) -> Rejec
     return None
 
 
+# where in a record or which file a reason is about: not part of its kind
+_WHERE = re.compile(r"^(?:(?:message|turn|part|row) \d+(?: part \d+)?(?:: |, | ))+")
+_MEDIA_PREFIXES = ("image ", "media ", "video ", "audio ", "cannot read ")
+
+
 def _reason_kind(reason: str) -> str:
-    """Group reasons for the summary: drop the per-file detail after the first colon."""
+    """Group reasons for the summary by what went wrong, not where: drop a media file's
+    name and a position in the record (``message 0 part 1: ...``), then the detail after
+    the next colon."""
     head = reason.split(": ", 2)
-    return ": ".join(head[1:2]) if reason.startswith("image ") and len(head) > 1 else head[0]
+    if reason.startswith(_MEDIA_PREFIXES) and len(head) > 1:
+        kind = head[1]
+        return f"cannot read: {kind}" if reason.startswith("cannot read ") else kind
+    rest = _WHERE.sub("", reason) or reason
+    return rest.split(": ", 1)[0]
 
 
 def _media_row(

@@ -29,13 +29,13 @@ IMAGE_TOKEN = "<image>"
 VIDEO_TOKEN = "<video>"
 AUDIO_TOKEN = "<audio>"
 PLACEHOLDERS: dict[str, str] = {"image": IMAGE_TOKEN, "video": VIDEO_TOKEN, "audio": AUDIO_TOKEN}
-_PLACEHOLDER_RE = re.compile("|".join(re.escape(t) for t in PLACEHOLDERS.values()))
+PLACEHOLDER_RE = re.compile("|".join(re.escape(t) for t in PLACEHOLDERS.values()))
 _KIND_OF = {token: kind for kind, token in PLACEHOLDERS.items()}
 
 
 def placeholder_kinds(text: str) -> list[str]:
     """The kinds (``image`` | ``video`` | ``audio``) of the placeholders in ``text``, in order."""
-    return [_KIND_OF[m.group(0)] for m in _PLACEHOLDER_RE.finditer(text)]
+    return [_KIND_OF[m.group(0)] for m in PLACEHOLDER_RE.finditer(text)]
 
 
 # Sample tags naming what a sample is made of, for samples that are not plain images.

@@ -10,6 +10,14 @@ Each record has ``messages``: a list of ``{"role", "content"}``. ``content`` is 
   relative to the dataset root, a ``file://`` URL or a ``data:`` URL (and, only when the
   path policy allows it, an absolute path or an http(s) URL).
 
+Videos and audio work the same way: ``<video>`` / ``<audio>`` placeholders with top-level
+``videos`` / ``audios`` (or ``video`` / ``audio``) lists, or parts
+``{"type": "video", "video": REF}`` / ``{"type": "video_url", "video_url": {"url": REF}}``
+and ``{"type": "audio", "audio": REF}`` / ``{"type": "audio_url", ...}`` / OpenAI's
+``{"type": "input_audio", "input_audio": {"data": BASE64, "format": "wav"}}``, each
+flattened to its placeholder. They are analysed like the ``video`` and ``audio`` sources
+do (see :class:`plugins.sharegpt.JsonRecordsSource`).
+
 Canonical flattening rule (parts -> one string): parts are concatenated in order with no
 separator; each image part becomes exactly ``<image>`` and its reference is appended to
 the record's media, in order of appearance across all messages. The inverse (for an
@@ -24,12 +32,19 @@ content parts and a non-empty top-level images list.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from lake.errors import RejectedInput
 from lake.records import Location, SourceRecord
-from lake.sources import IMAGE_TOKEN, canonical_messages, canonical_role, image_list
-from plugins.sharegpt import JsonRecordsSource, json_type, require
+from lake.schema import IMAGE_TOKEN, PLACEHOLDERS, placeholder_kinds
+from lake.sources import canonical_messages, canonical_role, media_list
+from plugins.sharegpt import (
+    JsonRecordsSource,
+    check_feedback,
+    feedback_value,
+    json_type,
+    require,
+)
 
 IMAGE_PART_KEYS = ("image", "path", "url")
 
@@ -39,7 +54,15 @@ class MessagesSource(JsonRecordsSource):
 
     See the module docstring for the accepted shapes and the canonical flattening rule.
     ``messages_key`` names the conversation field; ``image_folder`` prefixes relative
-    image paths (null = the dataset root).
+    image paths (null = the dataset root). Image parts without a reference
+    (``{"type": "image"}``, TRL's vision layout) take the top-level ``images`` in order.
+
+    ms-swift's preference layout: the last assistant turn is the chosen answer and
+    ``rejected_response`` the rejected one (``rejected_images``: the images the rejected
+    answer was given instead, one per ``<image>``); the sample stores the prompt as
+    ``messages`` and the pair as ``chosen`` / ``rejected``. ``kto_tag`` (default ``label``,
+    LLaMA-Factory's and ms-swift's KTO layouts) holds true / false feedback on the last
+    assistant turn, stored as the sample's ``feedback``.
     """
 
     name = "messages"
@@ -51,22 +74,24 @@ class MessagesSource(JsonRecordsSource):
         path: str | Path,
         messages_key: str = "messages",
         image_folder: str | None = None,
-        **kwargs: bool,
+        kto_tag: str | None = "label",
+        **kwargs: Any,
     ) -> None:
         super().__init__(path, image_folder=image_folder, **kwargs)
         self.messages_key = messages_key
+        self.kto_tag = kto_tag or None
 
     def params(self) -> dict[str, object]:
         """Options recorded in provenance."""
-        return {**super().params(), "messages_key": self.messages_key}
+        return {**super().params(), "messages_key": self.messages_key, "kto_tag": self.kto_tag}
 
     def parse(self, obj: dict[str, object], location: Location) -> SourceRecord:
         """One record -> canonical messages (parts flattened) and media in order."""
         raw = require(obj, self.messages_key)
         if not isinstance(raw, list):
             raise RejectedInput(f"{self.messages_key!r} must be a list, got {json_type(raw)}")
-        top_images = image_list(obj)
-        part_images: list[object] = []
+        top = {kind: media_list(obj, kind) for kind in PLACEHOLDERS}
+        parts_refs: dict[str, list[object]] = {kind: [] for kind in PLACEHOLDERS}
         uses_parts = False
         turns: list[tuple[object, object]] = []
         for i, msg in enumerate(raw):
@@ -79,34 +104,96 @@ class MessagesSource(JsonRecordsSource):
             content = msg["content"]
             if isinstance(content, list):
                 uses_parts = True
-                content = flatten_parts(content, part_images, i)
+                content = flatten_parts(
+                    content, parts_refs["image"], i, parts_refs["video"], parts_refs["audio"]
+                )
             elif not isinstance(content, str):
                 raise RejectedInput(
                     f"message {i}: content must be a string or a list of parts, "
                     f"got {json_type(content)}"
                 )
             turns.append((role, content))
-        if uses_parts and top_images:
+        refless = sum(1 for ref in parts_refs["image"] if ref is None)
+        if refless:
+            if refless != len(parts_refs["image"]):
+                raise RejectedInput("image parts with and without a reference are mixed")
+            parts_refs["image"] = top["image"]  # TRL: {"type": "image"} parts + images
+        mixed = [f"{kind}s" for kind, refs in top.items() if refs and refs is not parts_refs[kind]]
+        if uses_parts and mixed:
             raise RejectedInput(
-                "content parts and a top-level images list are mixed; use one or the other"
+                f"content parts and a top-level {' / '.join(mixed)} list are mixed; "
+                "use one or the other"
             )
-        images = part_images if uses_parts else top_images
-        messages = canonical_messages(turns, len(images))
+        refs = parts_refs if uses_parts else top
+        messages = canonical_messages(
+            turns, len(refs["image"]), len(refs["video"]), len(refs["audio"])
+        )
+        media, attached = self.media_in_order(messages, refs)
+        messages, chosen, rejected, rejected_images = swift_pair(obj, messages)
+        feedback = feedback_value(obj, self.kto_tag)
+        check_feedback(messages, feedback, chosen is not None)
         return SourceRecord(
             location=location,
-            media=self.media(images),
+            media=media,
+            attached=attached,
             messages=messages,
+            chosen=chosen,
+            rejected=rejected,
+            rejected_media=None if rejected_images is None else self.media(rejected_images),
+            feedback=feedback,
             steps=[
                 (self.step, {"format": self.name, "content": "parts" if uses_parts else "text"})
             ],
         )
 
 
-def flatten_parts(parts: list[object], images: list[object], index: int = 0) -> str:
-    """Flatten content parts to one string (the canonical rule), appending image refs.
+def swift_pair(
+    obj: dict[str, object], messages: list[dict[str, str]]
+) -> tuple[list[dict[str, str]], str | None, str | None, list[object] | None]:
+    """``(prompt messages, chosen, rejected, rejected image refs)`` of an ms-swift record
+    with ``rejected_response``; ``(messages, None, None, None)`` without one."""
+    rejected = obj.get("rejected_response")
+    rejected_images = obj.get("rejected_images")
+    if rejected is None:
+        if rejected_images:
+            raise RejectedInput("'rejected_images' without 'rejected_response'")
+        return messages, None, None, None
+    if not isinstance(rejected, str) or not rejected.strip():
+        raise RejectedInput("'rejected_response' must be a non-empty string")
+    if not messages or messages[-1]["role"] != "assistant":
+        raise RejectedInput(
+            "'rejected_response' needs the conversation to end with the chosen assistant answer"
+        )
+    chosen = messages[-1]["content"]
+    if placeholder_kinds(chosen):
+        raise RejectedInput("the chosen answer holds a media placeholder")
+    if not chosen.strip():
+        raise RejectedInput("the chosen answer is empty")
+    if rejected_images is not None:
+        if not isinstance(rejected_images, list):
+            raise RejectedInput("'rejected_images' must be a list")
+        wanted = sum(placeholder_kinds(m["content"]).count("image") for m in messages)
+        if len(rejected_images) != wanted:
+            raise RejectedInput(
+                f"'rejected_images' holds {len(rejected_images)} image(s), the prompt {wanted}"
+            )
+    return messages[:-1], chosen, rejected, rejected_images
 
-    Raises RejectedInput for a malformed or unknown part, or a text part holding a
-    literal ``<image>``. ``index`` is the message's position, for the reason.
+
+def flatten_parts(
+    parts: list[object],
+    images: list[object],
+    index: int = 0,
+    videos: list[object] | None = None,
+    audios: list[object] | None = None,
+) -> str:
+    """Flatten content parts to one string (the canonical rule), appending media refs.
+
+    Image parts append to ``images``, video parts (``video``, ``video_url``) to ``videos``
+    and audio parts (``audio``, ``audio_url``, OpenAI's inline ``input_audio``, as a
+    ``data:`` URL) to ``audios``; with ``videos`` / ``audios`` None such a part is a
+    reject. Raises RejectedInput for a malformed or unknown part, or a text part holding
+    a literal placeholder. ``index`` is the message's position, for the reason.
     """
     out: list[str] = []
     for j, part in enumerate(parts):
@@ -118,14 +205,14 @@ def flatten_parts(parts: list[object], images: list[object], index: int = 0) -> 
             text = part.get("text")
             if not isinstance(text, str):
                 raise RejectedInput(f"{where}: text part needs a string 'text'")
-            if IMAGE_TOKEN in text:
-                raise RejectedInput(f"{where}: text part contains a literal {IMAGE_TOKEN}")
+            for token in PLACEHOLDERS.values():
+                if token in text:
+                    raise RejectedInput(f"{where}: text part contains a literal {token}")
             out.append(text)
         elif kind == "image":
             key = next((k for k in IMAGE_PART_KEYS if part.get(k) is not None), None)
-            if key is None:
-                raise RejectedInput(f"{where}: image part needs one of 'image', 'path', 'url'")
-            images.append(part[key])
+            # no reference: TRL's layout, the part takes the next top-level image
+            images.append(part[key] if key is not None else None)
             out.append(IMAGE_TOKEN)
         elif kind == "image_url":
             value = part.get("image_url")
@@ -134,6 +221,44 @@ def flatten_parts(parts: list[object], images: list[object], index: int = 0) -> 
                 raise RejectedInput(f"{where}: image_url part needs 'image_url': {{'url': ...}}")
             images.append(url)
             out.append(IMAGE_TOKEN)
+        elif kind in AV_PARTS:
+            media_kind = AV_PARTS[kind]
+            refs = videos if media_kind == "video" else audios
+            if refs is None:
+                raise RejectedInput(f"{where}: {kind} parts are not read by this source")
+            refs.append(_av_ref(part, kind, where))
+            out.append(PLACEHOLDERS[media_kind])
         else:
             raise RejectedInput(f"{where}: unknown content part type {kind!r}")
     return "".join(out)
+
+
+# content part type -> the media kind it holds
+AV_PARTS = {
+    "video": "video",
+    "video_url": "video",
+    "audio": "audio",
+    "audio_url": "audio",
+    "input_audio": "audio",
+}
+
+
+def _av_ref(part: dict[str, object], kind: str, where: str) -> object:
+    """The reference of a video or audio part (``input_audio``: a ``data:`` URL)."""
+    if kind in ("video_url", "audio_url", "input_audio"):
+        value = part.get(kind)
+        if kind == "input_audio":
+            if not isinstance(value, dict) or not isinstance(value.get("data"), str):
+                raise RejectedInput(f"{where}: input_audio part needs {{'data': BASE64, 'format'}}")
+            fmt = value.get("format") or "wav"
+            return f"data:audio/{fmt};base64,{value['data']}"
+        url = value.get("url") if isinstance(value, dict) else value
+        if url is None:
+            raise RejectedInput(f"{where}: {kind} part needs '{kind}': {{'url': ...}}")
+        return url
+    key = next((k for k in (kind, "path", "url") if part.get(k) is not None), None)
+    if key is None:
+        raise RejectedInput(f"{where}: {kind} part needs one of '{kind}', 'path', 'url'")
+    if isinstance(part[key], list):
+        raise RejectedInput(f"{where}: a {kind} given as a list of frames is not read; use a file")
+    return part[key]

@@ -28,7 +28,6 @@ from lake.sources import (
     canonical_role,
     checked_file,
     confined_root,
-    image_list,
     in_placeholder_order,
     iter_json_records,
     media_list,
@@ -85,6 +84,97 @@ def record_id(obj: dict[str, object]) -> str | None:
     if isinstance(value, bool) or not isinstance(value, str | int):
         return None
     return str(value)
+
+
+# Top-level keys that carry media, conversation or preference content in the layouts of
+# LLaVA, LLaMA-Factory, ms-swift, TRL and 2U1: a source that does not read one of these
+# (with a value) rejects the record instead of dropping it; any other unread key is
+# counted in the run's summary. Where another source reads it, the reason says which.
+KNOWN_KEYS: dict[str, str] = {
+    "conversations": "",
+    "messages": "",
+    "system": "",
+    "image": "",
+    "images": "",
+    "video": "video turns",
+    "videos": "video turns",
+    "audio": "audio turns",
+    "audios": "audio turns",
+    "chosen": "preference pairs: source=sharegpt or source=trl",
+    "rejected": "preference pairs: source=sharegpt or source=trl",
+    "prompt": "prompt / chosen / rejected / completion rows: source=trl",
+    "completion": "prompt / completion rows: source=trl",
+    "rejected_response": "ms-swift preference pairs: source=messages",
+    "rejected_images": "ms-swift preference pairs: source=messages",
+    "label": "KTO feedback: the source's kto_tag option",
+    "kto_tag": "KTO feedback: the source's kto_tag option",
+}
+
+
+class ReadKeys(dict):  # type: ignore[type-arg]
+    """A parsed JSON record that remembers which top-level keys its parser looked at."""
+
+    def __init__(self, obj: dict[str, object]) -> None:
+        super().__init__(obj)
+        self.read: set[object] = set()
+
+    def __getitem__(self, key: object) -> object:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: object, default: object = None) -> object:
+        """``dict.get``, noting the key as read."""
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(key)
+        return super().__contains__(key)
+
+    def unread(self) -> list[str]:
+        """Keys nobody looked at, in record order."""
+        return [k for k in self.keys() if k not in self.read]
+
+
+def _has_value(value: object) -> bool:
+    return value is not None and value != [] and value != "" and value != {}
+
+
+def unread_keys(obj: ReadKeys, source: str) -> tuple[str, ...]:
+    """The keys ``obj``'s parser did not read; RejectedInput when one of them is a
+    :data:`KNOWN_KEYS` key with a value (its content would be lost)."""
+    unread = obj.unread()
+    for key in unread:
+        if key in KNOWN_KEYS and _has_value(dict.__getitem__(obj, key)):
+            hint = KNOWN_KEYS[key]
+            raise RejectedInput(
+                f"field {key!r} is not read by the {source} source"
+                + (f" ({hint})" if hint else "")
+                + ": rejected rather than dropped"
+            )
+    return tuple(unread)
+
+
+def feedback_value(obj: dict[str, object], key: str | None) -> bool | None:
+    """KTO feedback from ``obj[key]``: true (desirable), false (undesirable) or None."""
+    if not key:
+        return None
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise RejectedInput(f"{key!r} (KTO feedback) must be true or false, got {value!r}")
+    return value
+
+
+def check_feedback(messages: list[dict[str, str]], feedback: bool | None, pair: bool) -> None:
+    """KTO feedback judges the last assistant turn; a record is a pair or has feedback."""
+    if feedback is None:
+        return
+    if pair:
+        raise RejectedInput("a record is either a preference pair or KTO feedback, not both")
+    if not messages or messages[-1]["role"] != "assistant":
+        raise RejectedInput("KTO feedback needs the conversation to end with the answer it judges")
 
 
 def require(obj: dict[str, object], key: str) -> object:
@@ -196,9 +286,12 @@ class JsonRecordsSource(Source):
                             raise RejectedInput(
                                 f"record must be a JSON object, got {json_type(obj)}"
                             )
+                        obj = ReadKeys(obj)
                         rec = self.parse(obj, location)
                         if isinstance(rec, SourceRecord) and rec.record_id is None:
                             rec.record_id = record_id(obj)
+                        if isinstance(rec, SourceRecord):
+                            rec.ignored_keys = unread_keys(obj, self.name)
                         yield rec
                     except RECORD_ERRORS as exc:
                         yield Reject(location, record_error(exc))
@@ -300,9 +393,14 @@ class ShareGPTSource(JsonRecordsSource):
     configurable; the standard aliases (``human``, ``gpt``, ``user``, ``assistant``,
     ``system``, ...) are accepted as well, any other role is a reject. Images come from
     ``image`` (one) or ``images`` (a list) and pair in order with the ``<image>``
-    placeholders. A top-level string ``system`` field becomes a leading system message.
+    placeholders; videos from ``video`` / ``videos`` with ``<video>``, audio from
+    ``audio`` / ``audios`` with ``<audio>`` (LLaMA-Factory, ms-swift, 2U1); a count
+    mismatch of any kind is a reject naming it. A top-level string ``system`` field
+    becomes a leading system message.
     A record with ``chosen`` and ``rejected`` (each a string or a turn object) is a
-    preference pair; one without the other is a reject.
+    preference pair; one without the other is a reject. ``kto_tag`` names the field holding
+    KTO feedback (LLaMA-Factory's ``kto_tag`` column: true / false on the last assistant
+    turn, stored as the sample's ``feedback``; null: not read).
     """
 
     name = "sharegpt"
@@ -319,9 +417,11 @@ class ShareGPTSource(JsonRecordsSource):
         assistant_tag: str = "gpt",
         system_tag: str = "system",
         image_folder: str | None = None,
-        **kwargs: bool,
+        kto_tag: str | None = "label",
+        **kwargs: Any,
     ) -> None:
         super().__init__(path, image_folder=image_folder, **kwargs)
+        self.kto_tag = kto_tag or None
         self.messages_key = messages_key
         self.role_key = role_key
         self.content_key = content_key
@@ -339,6 +439,7 @@ class ShareGPTSource(JsonRecordsSource):
             "user_tag": self.user_tag,
             "assistant_tag": self.assistant_tag,
             "system_tag": self.system_tag,
+            "kto_tag": self.kto_tag,
         }
 
     def role(self, tag: object) -> str:
@@ -366,15 +467,22 @@ class ShareGPTSource(JsonRecordsSource):
                 if key not in turn:
                     raise RejectedInput(f"turn {i}: missing field {key!r}")
             turns.append((self.role(turn[self.role_key]), turn[self.content_key]))
-        images = image_list(obj)
-        messages = canonical_messages(turns, len(images))
+        refs = {kind: media_list(obj, kind) for kind in ("image", "video", "audio")}
+        messages = canonical_messages(
+            turns, len(refs["image"]), len(refs["video"]), len(refs["audio"])
+        )
         chosen, rejected = self._preference(obj)
+        feedback = feedback_value(obj, self.kto_tag)
+        check_feedback(messages, feedback, chosen is not None)
+        media, attached = self.media_in_order(messages, refs)
         return SourceRecord(
             location=location,
-            media=self.media(images),
+            media=media,
+            attached=attached,
             messages=messages,
             chosen=chosen,
             rejected=rejected,
+            feedback=feedback,
             steps=[(self.step, {"format": self.name})],
         )
 

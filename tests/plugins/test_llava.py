@@ -183,4 +183,5 @@ def test_config_instantiates_source(root: Path) -> None:
         "max_media_bytes": 64 * 2**20,  # conf/source default
         "max_line_bytes": 64 * 2**20,
         "image_folder": None,
+        "kto_tag": "label",
     }

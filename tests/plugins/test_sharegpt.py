@@ -210,4 +210,5 @@ def test_config_instantiates_source(root: Path) -> None:
         "user_tag": "human",
         "assistant_tag": "gpt",
         "system_tag": "system",
+        "kto_tag": "label",
     }
