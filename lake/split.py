@@ -9,29 +9,41 @@ Rules, in order:
    sample with a confirmed review decision (a ``review:<check>:confirmed:...`` tag,
    written by the TUI).
 3. **Units that never straddle**: samples that share a media (exact duplicates, the same
-   image under two datasets) or a duplicate group of the duplicates check
+   image under two datasets), a source video (their media's ``parent_id``: frames and
+   clips of one video) or a duplicate group of the duplicates check
    (``check_duplicates_group``) are joined (union-find) into one unit; a unit goes to one
    split as a whole. A unit with an excluded member is excluded whole, so no copy of a
    flagged sample leaks into training.
-4. **Stratification**: each unit's stratum is its members' most common value of
+4. **Splits never move**: a sample already in ``train`` / ``val`` / ``test`` keeps it
+   (only an exclusion takes it out, to ``excluded``). A new sample whose unit already has
+   a split takes that split. A unit whose members were placed in different splits before
+   a new sample joined them keeps them where they are, and its new samples are
+   ``excluded`` (reported; never trained and tested at once). Only the units with no
+   placed member are split below. ``reassign=true`` splits the whole scope afresh and
+   the report counts the samples that moved (``changes.moves``: ``train->test`` ...).
+5. **Stratification**: each unit's stratum is its members' most common value of
    ``stratify_by`` (``label`` by default; ``null`` is a stratum of its own). Within a
-   stratum the units are shuffled (``seed``) and each goes to the split furthest below
-   its target share (``ratios``), so every class is split in the same proportions, up to
-   the size of one unit.
-5. **Cap**: with ``max_per_class``, units of a class beyond that many samples (in shuffled
-   order) are ``excluded`` before splitting.
-6. **Oversampling**: ``oversample: {class: factor}`` sets ``samples.split_repeat`` to the
+   stratum the new units are shuffled (``seed`` and the stratum's name: adding a class
+   changes nobody else's order) and each goes to the split furthest below its target
+   share of the stratum (``ratios``, counting the samples already placed), so every class
+   is split in the same proportions, up to the size of one unit.
+6. **Cap**: with ``max_per_class``, a dataset keeps at most that many samples of a class
+   (each sample counts for its own dataset and class; unlabelled samples are the class
+   ``<none>``). Placed samples count first; new units that would pass the cap (in
+   shuffled order) are ``excluded``.
+7. **Oversampling**: ``oversample: {class: factor}`` sets ``samples.split_repeat`` to the
    factor for that class's train samples (1 elsewhere); the training data module repeats
    them that many times per epoch.
 
 The result is deterministic for a given lake, config and seed (units are ordered by their
 smallest ``sample_id`` before shuffling, never by scan order). The report (counts per class
-and split, repeats, exclusions) is printed and written to ``{lake.reports}/split.json``
-(DVC metrics) and ``split.md``.
+and split, repeats, exclusions; what was kept, newly assigned and moved) is printed and
+written to ``{lake.reports}/split.json`` (DVC metrics) and ``split.md``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import Counter, defaultdict
@@ -42,9 +54,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from lake.errors import ConfigError
+from lake.errors import ConfigError, LakeloomError
 from lake.job import RunContext, hydra_job, run_record
-from lake.schema import SAMPLES
+from lake.schema import MEDIA, SAMPLES
+from lake.sql import filter_error
 from lake.store import Lake
 
 log = logging.getLogger("lakeloom.split")
@@ -117,6 +130,12 @@ def _confirmed(tags: list[str] | None) -> bool:
     return False
 
 
+def _class_rng(seed: int, name: str) -> np.random.Generator:
+    """A generator per class: adding a class never changes how another one is shuffled."""
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    return np.random.default_rng([int(seed), int.from_bytes(digest[:8], "little")])
+
+
 def assign_splits(
     ids: Sequence[str],
     classes: Sequence[str | None],
@@ -126,15 +145,34 @@ def assign_splits(
     ratios: Mapping[str, float],
     seed: int = 0,
     max_per_class: int | None = None,
+    current: Sequence[str | None] | None = None,
+    datasets: Sequence[str | None] | None = None,
 ) -> list[str]:
-    """The split of every sample (see the module docstring; pure, no lake access)."""
+    """The split of every sample (see the module docstring; pure, no lake access).
+
+    ``current`` holds the splits the samples already have: a sample in ``train``, ``val``
+    or ``test`` keeps it (it only leaves for ``excluded`` when its unit is excluded), and a
+    new sample of a unit that already has a split joins it. ``None``: everything is split
+    afresh. ``datasets`` makes ``max_per_class`` count per dataset (``None``: one dataset).
+    """
     shares = _ratios(ratios)
+    n = len(ids)
+    now = [c if c in SPLIT_NAMES else None for c in (current or [None] * n)]
+    sets = list(datasets) if datasets is not None else [None] * n
     roots = _units(list(ids), list(media), list(groups))
     members: dict[int, list[int]] = defaultdict(list)
     for i, r in enumerate(roots):
         members[r].append(i)
-    out = [""] * len(ids)
+    out = [""] * n
+    # per class: samples per split so far, and the units still to place
+    have: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(SPLIT_NAMES, 0))
     by_class: dict[str, list[tuple[str, list[int]]]] = defaultdict(list)
+    # samples kept in a split per (dataset, own class): what max_per_class counts
+    capped: Counter[tuple[str | None, str]] = Counter()
+
+    def own(i: int) -> tuple[str | None, str]:
+        return sets[i], classes[i] if classes[i] is not None else NO_CLASS
+
     for rows in members.values():
         if any(excluded[i] for i in rows):
             for i in rows:
@@ -142,36 +180,75 @@ def assign_splits(
             continue
         votes = Counter(classes[i] if classes[i] is not None else NO_CLASS for i in rows)
         top = max(votes.items(), key=lambda kv: (kv[1], kv[0]))[0]
+        placed = {now[i] for i in rows if now[i] is not None}
+        if len(placed) > 1:
+            # the unit was joined after its members were split (a new copy bridges two
+            # splits): they keep their splits, its new samples go nowhere
+            for i in rows:
+                out[i] = now[i] or EXCLUDED
+                if now[i] is not None:
+                    have[top][now[i]] += 1
+                    capped[own(i)] += 1
+            continue
+        if placed:
+            split = placed.pop()
+            for i in rows:
+                out[i] = split
+                capped[own(i)] += 1
+            have[top][split] += len(rows)
+            continue
         by_class[top].append((min(ids[i] for i in rows), rows))
-    rng = np.random.default_rng(seed)
     for name in sorted(by_class):
         units = sorted(by_class[name])
-        order = rng.permutation(len(units))
+        order = _class_rng(seed, name).permutation(len(units))
         units = [units[k] for k in order]
         if max_per_class is not None:
-            kept, n = [], 0
+            kept = []
             for key, rows in units:
-                if n + len(rows) > max_per_class and n > 0:
+                need = Counter(own(i) for i in rows)
+                if any(capped[k] > 0 and capped[k] + v > max_per_class for k, v in need.items()):
                     for i in rows:
                         out[i] = EXCLUDED
                     continue
+                capped.update(need)
                 kept.append((key, rows))
-                n += len(rows)
             units = kept
-        total = sum(len(rows) for _, rows in units)
-        have = dict.fromkeys(SPLIT_NAMES, 0)
+        count = have[name]
+        total = sum(count.values()) + sum(len(rows) for _, rows in units)
         for _, rows in units:
             # the split furthest below its target after this unit (ties: train, val, test)
             split = max(
                 SPLIT_NAMES,
-                key=lambda s: (shares[s] * total - have[s], -SPLIT_NAMES.index(s)),
+                key=lambda s: (shares[s] * total - count[s], -SPLIT_NAMES.index(s)),
             )
             if shares[split] == 0:  # every share is met: keep the largest target
                 split = max(SPLIT_NAMES, key=lambda s: shares[s])
-            have[split] += len(rows)
+            count[split] += len(rows)
             for i in rows:
                 out[i] = split
     return out
+
+
+def changes(before: Sequence[str | None], after: Sequence[str]) -> dict[str, Any]:
+    """What a split run changed: kept, newly placed, moved (with ``from->to`` counts)."""
+    moves: Counter[str] = Counter()
+    kept = placed = left = 0
+    for b, a in zip(before, after, strict=True):
+        if b in SPLIT_NAMES and a == b:
+            kept += 1
+        elif b in SPLIT_NAMES and a in SPLIT_NAMES:
+            moves[f"{b}->{a}"] += 1
+        elif b in SPLIT_NAMES:
+            left += 1
+        elif a in SPLIT_NAMES:
+            placed += 1
+    return {
+        "kept": kept,
+        "assigned": placed,
+        "moved": sum(moves.values()),
+        "moves": dict(sorted(moves.items())),
+        "newly_excluded": left,
+    }
 
 
 def repeats(
@@ -221,12 +298,28 @@ def markdown(rep: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(str(row[c]) for c in cols) + " |")
     if rep.get("exclude_confirmed"):
         lines += ["", _confirmed_line(rep)]
+    if rep.get("changes"):
+        lines += ["", changes_line(rep)]
     return "\n".join(lines) + "\n"
 
 
 def _confirmed_line(rep: dict[str, Any]) -> str:
     n = rep.get("excluded_confirmed", 0)
     return f"{n} samples excluded by a confirmed review (their units with them)."
+
+
+def changes_line(rep: dict[str, Any]) -> str:
+    """One sentence on what this run changed: kept, newly assigned, moved, newly excluded."""
+    c = rep["changes"]
+    text = (
+        f"{c['kept']} samples kept their split, {c['assigned']} newly assigned, "
+        f"{c['newly_excluded']} newly excluded, {c['moved']} moved"
+    )
+    if c["moves"]:
+        text += " (" + ", ".join(f"{k}: {v}" for k, v in c["moves"].items()) + ")"
+    if not rep.get("reassign"):
+        text += "; split.reassign=true would re-split the assigned samples"
+    return text + "."
 
 
 def format_report(rep: dict[str, Any]) -> str:
@@ -238,7 +331,31 @@ def format_report(rep: dict[str, Any]) -> str:
         lines.append(f"{name:<{width}}" + "".join(f"{row[c]:>16}" for c in cols))
     if rep.get("exclude_confirmed"):
         lines.append(_confirmed_line(rep))
+    if rep.get("changes"):
+        lines.append(changes_line(rep))
     return "\n".join(lines)
+
+
+def _video_keys(lake: Lake, media: Sequence[list[str] | None]) -> list[list[str]]:
+    """Each sample's media ids plus the source video of each (``media.parent_id``).
+
+    A frame or an extracted audio track names its video as parent, so every sample cut
+    from one video shares that key and the video goes to one split whole.
+    """
+    if not lake.exists(MEDIA):
+        return [list(m or []) for m in media]
+    rows = lake.dataset(MEDIA).to_table(
+        columns=["media_id", "parent_id"], filter="parent_id IS NOT NULL"
+    )
+    parent = dict(
+        zip(rows.column("media_id").to_pylist(), rows.column("parent_id").to_pylist(), strict=True)
+    )
+    out = []
+    for mids in media:
+        keys = list(mids or [])
+        keys += [parent[m] for m in keys if m in parent]
+        out.append(keys)
+    return out
 
 
 def split_lake(
@@ -252,14 +369,19 @@ def split_lake(
     max_per_class: int | None = None,
     reports: str | Path | None = None,
     exclude_confirmed: bool = False,
+    reassign: bool = False,
 ) -> dict[str, Any]:
-    """Assign splits to the selected samples and write ``split`` and ``split_repeat``."""
+    """Assign splits to the selected samples and write ``split`` and ``split_repeat``.
+
+    Samples that already have a split keep it (new ones are placed around them); with
+    ``reassign`` the selection is split afresh and the report counts what moved.
+    """
     if not lake.exists(SAMPLES):
         raise ConfigError(f"lake {lake.uri} has no samples table: ingest something first")
     have = {f.name for f in lake.table(SAMPLES).schema}
     if stratify_by not in have:
         raise ConfigError(f"split.stratify_by: samples have no column {stratify_by!r}")
-    cols = ["sample_id", "media_ids", "flags", stratify_by]
+    cols = ["sample_id", "dataset", "media_ids", "flags", "split", stratify_by]
     if exclude_confirmed:
         cols.append("tags")
     if DUPLICATE_GROUP in have:
@@ -267,11 +389,12 @@ def split_lake(
     try:
         rows = lake.dataset(SAMPLES).to_table(columns=list(dict.fromkeys(cols)), filter=where)
     except ValueError as exc:  # Lance reports a bad filter as ValueError
-        raise ConfigError(f"invalid split where filter {where!r}: {exc}") from exc
+        raise filter_error("split where filter", where, exc) from exc
     if rows.num_rows == 0:
         raise ConfigError(f"no samples selected by {where!r}")
     ids = rows.column("sample_id").to_pylist()
     classes = [None if c is None else str(c) for c in rows.column(stratify_by).to_pylist()]
+    before = rows.column("split").to_pylist()
     flags = rows.column("flags").to_pylist()
     drop = set(exclude_flags or ())
     excluded = [bool(drop & set(f or [])) for f in flags]
@@ -287,13 +410,18 @@ def split_lake(
     splits = assign_splits(
         ids,
         classes,
-        rows.column("media_ids").to_pylist(),
+        _video_keys(lake, rows.column("media_ids").to_pylist()),
         groups,
         excluded,
         ratios,
         seed,
         max_per_class,
+        current=None if reassign else before,
+        datasets=rows.column("dataset").to_pylist(),
     )
+    moved = changes(before, splits)
+    if moved["moved"] and not reassign:  # assign_splits keeps every placed sample
+        raise LakeloomError(f"split moved {moved['moved']} samples without split.reassign")
     reps = repeats(splits, classes, oversample or {})
     lake.add_columns(SAMPLES, [pa.field(REPEAT_COLUMN, pa.int32())])
     lake.update_columns(
@@ -317,6 +445,8 @@ def split_lake(
         excluded_confirmed=sum(confirmed),
         oversample={str(k): int(v) for k, v in (oversample or {}).items()},
         max_per_class=max_per_class,
+        reassign=bool(reassign),
+        changes=moved,
     )
     if reports is not None:
         out = Path(reports)
@@ -350,6 +480,7 @@ def main(cfg: Any) -> int:
             oversample=oversample,  # type: ignore[arg-type]
             max_per_class=None if s.max_per_class is None else int(s.max_per_class),
             reports=cfg.lake.reports,
+            reassign=bool(s.get("reassign", False)),
         )
         print(format_report(rep))
         print(f"reports: {Path(cfg.lake.reports) / 'split.md'}, split.json")

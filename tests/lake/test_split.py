@@ -14,7 +14,8 @@ import pytest
 from core.data.lance_data import LanceDataModule
 from lake.errors import ConfigError
 from lake.ingest import IngestSettings, ingest
-from lake.split import EXCLUDED, assign_splits, repeats, split_lake
+from lake.schema import MEDIA, SAMPLES
+from lake.split import EXCLUDED, SPLIT_NAMES, assign_splits, repeats, split_lake
 from lake.store import Lake
 from plugins.image_folder import ImageFolderSource
 from tests.conftest import REPO, jpeg_bytes
@@ -169,7 +170,7 @@ def test_split_lake_excludes_flagged_and_respects_where(pets: Lake) -> None:
     assert rows[ids[0]]["split"] == EXCLUDED and rows[ids[1]]["split"] != EXCLUDED
     dm = LanceDataModule(str(pets.uri))
     assert sum(dm.sizes().values()) == everyone - 1  # excluded samples are not loaded
-    split_lake(pets, {"test": 1.0}, where="label = 'dog'")
+    split_lake(pets, {"test": 1.0}, where="label = 'dog'", reassign=True)
     rows = {r["sample_id"]: r for r in _rows(pets)}
     assert {r["split"] for r in rows.values() if r["label"] == "dog"} == {"test"}
     assert {r["split"] for r in rows.values() if r["label"] == "fox"} <= {"train", "val", "test"}
@@ -193,3 +194,151 @@ def test_split_job_through_the_cli(pets: Lake, tmp_path: Path) -> None:
     metrics = json.loads((reports / "split.json").read_text())
     assert metrics["seed"] == 7 and metrics["oversample"] == {"fox": 2}
     assert [r for r in Lake(pets.uri).runs() if r["job"] == "split"][-1]["status"] == "finished"
+
+
+def _folder(root: Path, counts: dict[str, int], start: int = 0) -> None:
+    """``counts[class]`` distinct JPEGs per class folder, numbered from ``start``."""
+    for k, (name, n) in enumerate(sorted(counts.items())):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + n):
+            colour = (20 + 9 * k, (7 * i) % 256, (3 * i + 60 * k) % 256)
+            (root / name / f"{i:03d}.jpg").write_bytes(jpeg_bytes(colour))
+
+
+def _state(lake: Lake) -> dict[str, dict]:
+    cols = ["sample_id", "label", "split", "media_ids", "check_duplicates_group"]
+    return {r["sample_id"]: r for r in lake.dataset(SAMPLES).to_table(columns=cols).to_pylist()}
+
+
+def _group(lake: Lake, ids: list[str], group: str) -> None:
+    """What the duplicates check writes: one near-duplicate group over ``ids``."""
+    lake.update_columns(
+        SAMPLES, pa.table({"sample_id": ids, "check_duplicates_group": [group] * len(ids)})
+    )
+
+
+def test_new_data_never_moves_a_placed_sample(tmp_path: Path) -> None:
+    """Ingest, split, ingest a new class and more of the old ones, split again."""
+    root = tmp_path / "shapes"
+    _folder(root, {"circle": 60, "square": 30, "star": 12})
+    (root / "circle" / "000_copy.jpg").write_bytes((root / "circle" / "000.jpg").read_bytes())
+    lake = Lake(tmp_path / "lake")
+    settings = IngestSettings(progress=False, workers=1)
+    ingest(ImageFolderSource(root), lake, "shapes", settings)
+    lake.add_columns(SAMPLES, [pa.field("check_duplicates_group", pa.string())])
+    first = _state(lake)
+    squares = sorted(k for k, r in first.items() if r["label"] == "square")[:3]
+    _group(lake, squares, "g-square")
+    split_lake(lake, RATIOS, seed=0)
+    before = _state(lake)
+    assert {r["split"] for r in before.values()} == set(SPLIT_NAMES)
+
+    # new data lands: a new class (sorting first), more circles and squares, a copy of a
+    # placed circle (same bytes) and a near duplicate of the grouped squares
+    _folder(root, {"aardvark": 5}, start=0)
+    _folder(root, {"circle": 20, "square": 10}, start=200)
+    (root / "circle" / "000_copy2.jpg").write_bytes((root / "circle" / "000.jpg").read_bytes())
+    ingest(ImageFolderSource(root), lake, "shapes", settings)
+    fresh = [k for k in _state(lake) if k not in before]
+    assert len(fresh) == 5 + 20 + 10 + 1
+    newcomer = sorted(k for k in fresh if _state(lake)[k]["label"] == "square")[0]
+    _group(lake, [newcomer], "g-square")
+    rep = split_lake(lake, RATIOS, seed=0)
+    after = _state(lake)
+
+    moved = [k for k, r in before.items() if after[k]["split"] != r["split"]]
+    assert moved == [] and rep["changes"]["moved"] == 0
+    assert rep["changes"]["kept"] == len(before) and rep["changes"]["assigned"] == len(fresh)
+    assert all(after[k]["split"] in SPLIT_NAMES for k in fresh)
+    # no unit straddles: copies share their original's split, the group stays whole
+    by_media: dict[str, set[str]] = {}
+    by_group: dict[str, set[str]] = {}
+    for r in after.values():
+        by_media.setdefault(r["media_ids"][0], set()).add(r["split"])
+        if r["check_duplicates_group"]:
+            by_group.setdefault(r["check_duplicates_group"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in by_media.values())
+    assert by_group == {"g-square": {before[squares[0]]["split"]}}
+    # every class, the new one included, stays close to the configured shares
+    for name, n in Counter(r["label"] for r in after.values()).items():
+        got = Counter(r["split"] for r in after.values() if r["label"] == name)
+        for split, share in RATIOS.items():
+            assert abs(got[split] - share * n) <= 2, (name, split, got)
+    # nothing new: a third run changes nothing at all
+    again = split_lake(lake, RATIOS, seed=0)
+    assert _state(lake) == after and again["changes"]["assigned"] == 0
+
+
+def test_five_new_images_of_a_new_class_move_nothing(pets: Lake, tmp_path: Path) -> None:
+    """The issue's case: 5 images of a new class, then `lakeloom split` again."""
+    split_lake(pets, RATIOS, seed=0)
+    before = {r["sample_id"]: r["split"] for r in _rows(pets)}
+    root = tmp_path / "ants"
+    _folder(root, {"ant": 5})
+    ingest(ImageFolderSource(root), pets, "pets", IngestSettings(progress=False, workers=1))
+    split_lake(pets, RATIOS, seed=0)
+    after = {r["sample_id"]: r["split"] for r in _rows(pets)}
+    assert {k: after[k] for k in before} == before
+    assert Counter(after[k] for k in after if k not in before)["train"] >= 3
+
+
+def test_reassign_resplits_and_says_how_many_moved(pets: Lake, tmp_path: Path) -> None:
+    split_lake(pets, RATIOS, seed=0)
+    before = {r["sample_id"]: r["split"] for r in _rows(pets)}
+    kept = split_lake(pets, RATIOS, seed=9)  # another seed alone moves nothing
+    assert kept["changes"]["moved"] == 0
+    assert {r["sample_id"]: r["split"] for r in _rows(pets)} == before
+    reports = tmp_path / "reports"
+    rep = split_lake(pets, RATIOS, seed=9, reassign=True, reports=reports)
+    after = {r["sample_id"]: r["split"] for r in _rows(pets)}
+    moved = sum(1 for k in before if after[k] != before[k])
+    assert moved > 0 and rep["changes"]["moved"] == moved
+    assert sum(rep["changes"]["moves"].values()) == moved
+    assert f"{moved} moved" in (reports / "split.md").read_text()
+
+
+def test_cap_counts_per_dataset_and_unlabelled_samples() -> None:
+    # dataset a and b hold the same 30 images (one unit each), c 30 unlabelled ones
+    ids = [f"{d}-{i:02d}" for d in "abc" for i in range(30)]
+    media = [[f"m{i}"] for _ in "ab" for i in range(30)] + [[f"u{i}"] for i in range(30)]
+    classes: list[str | None] = ["x"] * 60 + [None] * 30
+    datasets = [d for d in "abc" for _ in range(30)]
+    n = len(ids)
+    out = assign_splits(
+        ids, classes, media, [None] * n, [False] * n, RATIOS, 0, 10, datasets=datasets
+    )
+    kept = Counter(d for d, s in zip(datasets, out, strict=True) if s != EXCLUDED)
+    assert kept == {"a": 10, "b": 10, "c": 10}
+    # placed samples count first: a new unit of a full class is excluded, not placed
+    more = assign_splits(
+        [*ids, "a-new"], [*classes, "x"], [*media, ["m-new"]], [None] * (n + 1),
+        [False] * (n + 1), RATIOS, 0, 10, current=[*out, None], datasets=[*datasets, "a"],
+    )  # fmt: skip
+    assert more[:n] == out and more[n] == EXCLUDED
+
+
+def test_frames_of_one_video_stay_in_one_split(tmp_path: Path) -> None:
+    """Samples of different frames share no media but share their video (parent_id)."""
+    lake = Lake(tmp_path / "lake")
+    media, samples = [], []
+    for v in range(12):
+        for f in range(4):
+            mid = f"v{v:02d}-f{f}"
+            media.append({"media_id": mid, "kind": "frame", "parent_id": f"v{v:02d}"})
+            samples.append(
+                {
+                    "sample_id": f"s-{mid}",
+                    "dataset": "clips",
+                    "media_ids": [mid],
+                    "messages": [{"role": "user", "content": "<image>"}],
+                    "label": "ab"[v % 2],
+                }
+            )
+    lake.insert_new(MEDIA, pa.Table.from_pylist(media))
+    lake.upsert(SAMPLES, pa.Table.from_pylist(samples))
+    split_lake(lake, RATIOS, seed=1)
+    got: dict[str, set[str]] = {}
+    for r in _rows(lake):
+        got.setdefault(r["media_ids"][0].split("-")[0], set()).add(r["split"])
+    assert len(got) == 12 and all(len(s) == 1 for s in got.values())
+    assert len(set.union(*got.values())) > 1
