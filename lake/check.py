@@ -34,7 +34,7 @@ from lake.errors import ConfigError
 from lake.job import RunContext, hydra_job, run_record
 from lake.plugin import Check
 from lake.schema import SAMPLES
-from lake.sql import and_filters, in_list, quote
+from lake.sql import and_filters, filter_error, in_list, quote
 from lake.store import Lake
 
 log = logging.getLogger("lakeloom.check")
@@ -76,7 +76,10 @@ def run_checks(
     """
     if not lake.exists(SAMPLES):
         raise ConfigError(f"lake {lake.uri} has no samples table: ingest something first")
-    base = lake.dataset(SAMPLES).to_table(columns=["sample_id", "flags"], filter=where)
+    try:
+        base = lake.dataset(SAMPLES).to_table(columns=["sample_id", "flags"], filter=where)
+    except (ValueError, OSError) as exc:  # Lance reports a bad filter as either
+        raise filter_error("check where filter", where, exc) from exc
     ids = base.column("sample_id").to_pylist()
     pos = {s: i for i, s in enumerate(ids)}
     flags = [list(f or []) for f in base.column("flags").to_pylist()]

@@ -57,7 +57,7 @@ from lake.errors import ConfigError, FileProblem, LakeloomError
 from lake.job import RunContext, hydra_job, run_record
 from lake.plugin import Plugin
 from lake.schema import MEDIA, SAMPLES
-from lake.sql import and_filters, in_list, quote
+from lake.sql import and_filters, filter_error, in_list, quote
 from lake.store import Lake
 
 log = logging.getLogger("lakeloom.export")
@@ -66,7 +66,7 @@ MANIFEST = ".lakeloom_export.json"
 IMAGES = "images"
 SAMPLE_COLUMNS = ["sample_id", "dataset", *ids.SAMPLE_CONTENT_FIELDS]
 # read when the lake has them (older lakes lack columns added since)
-OPTIONAL_COLUMNS = ("record_id",)
+OPTIONAL_COLUMNS = ("record_id", "feedback", "rejected_media_ids")
 # MIME -> file extension of the exported media (anything else: mimetypes, then "bin")
 EXTENSIONS = {
     "image/jpeg": "jpg",
@@ -75,6 +75,13 @@ EXTENSIONS = {
     "image/gif": "gif",
     "image/bmp": "bmp",
     "image/tiff": "tif",
+    "video/mp4": "mp4",
+    "video/quicktime": "mov",
+    "video/x-matroska": "mkv",
+    "video/webm": "webm",
+    "video/x-msvideo": "avi",
+    "audio/flac": "flac",
+    "audio/wav": "wav",
 }
 
 
@@ -134,6 +141,11 @@ class Exporter(Plugin):
         """Options the matching source needs (besides ``path``) to read the export."""
         return {}
 
+    def losses(self, row: dict[str, Any]) -> list[str]:
+        """What of a written sample this format cannot carry (a preference pair, KTO
+        feedback, a rejected answer's own media): one reason each, reported per sample."""
+        return []
+
     def params(self) -> dict[str, Any]:
         """Options recorded in the manifest."""
         return {}
@@ -172,7 +184,7 @@ def _count(samples: Any, where: str | None, what: str) -> int:
     try:
         return int(samples.count_rows(where))
     except Exception as exc:  # Lance reports SQL problems as several exception types
-        raise ConfigError(f"invalid {what} {where!r}: {exc}") from exc
+        raise filter_error(what, where, exc) from exc
 
 
 def check_selection(
@@ -309,12 +321,19 @@ class _MediaWriter:
         todo = [m for m in todo if m not in self.bad]
         if todo:
             table = self.media.to_table(
-                columns=["media_id", "kind", "mime", "bytes"], filter=f"media_id IN {in_list(todo)}"
+                columns=["media_id", "kind", "mime", "bytes"],
+                filter=f"media_id IN {in_list(todo)}",
+                with_row_id=True,
             )
             for row in table.to_pylist():
                 mid, data = row["media_id"], row["bytes"]
                 if row["kind"] not in self.kinds:
                     self.bad[mid] = f"media kind {row['kind']!r} not supported by this format"
+                    continue
+                if data is None and row["kind"] == "video" and not self.inline:
+                    written = self._video(mid, row["mime"], row["_rowid"])
+                    if written is not None:
+                        self.written[mid] = written
                     continue
                 if data is None or ids.media_id(data) != mid:
                     raise LakeloomError(f"media {mid}: stored bytes do not match their sha256")
@@ -329,6 +348,27 @@ class _MediaWriter:
         if not self.inline:
             out.update((m, self.written[m]) for m in wanted if m in self.written)
         return out
+
+    def _video(self, mid: str, mime: str | None, rowid: int) -> ExportMedia | None:
+        """Copy a blob-stored video into the folder (streamed, sha256 checked); a video
+        stored by reference (``store_video=false``) has no bytes here: it is marked bad."""
+        blob = self.media.take_blobs("blob", ids=[rowid])[0]
+        if blob is None or blob.size() == 0:
+            self.bad[mid] = (
+                "video stored by reference (store_video=false): its bytes are not in the lake"
+            )
+            return None
+        path = media_path(mid, mime)
+        target = self.folder / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        with blob, target.open("wb") as fh:
+            while chunk := blob.read(1 << 20):
+                digest.update(chunk)
+                fh.write(chunk)
+        if digest.hexdigest() != mid:
+            raise LakeloomError(f"media {mid}: stored video bytes do not match their sha256")
+        return ExportMedia(mid, mime, path=path)
 
 
 def export(
@@ -377,6 +417,8 @@ def export(
         "batches": 0,
         "skipped": Counter(),
         "changed_ids": 0,
+        # content of written samples the format cannot carry: {sample_id, reason} each
+        "dropped": [],
     }
     try:
         exporter.open(tmp)
@@ -460,6 +502,8 @@ def _export_batch(
             continue
         rows_out.append(row)
         media_out.append([found[m] for m in row["media_ids"]])
+        for loss in exporter.losses(row):
+            report["dropped"].append({"sample_id": row["sample_id"], "reason": loss})
         back = exporter.readback(row)
         if row["sample_id"] not in (
             ids.sample_id(row["media_ids"], **back, dataset=row.get("dataset")),
@@ -498,6 +542,9 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for reason, n in report["skipped"].items():
         lines.append(f"  skipped {n:6d}  {reason}")
+    dropped = Counter(d["reason"] for d in report.get("dropped", []))
+    for reason, n in dropped.most_common():
+        lines.append(f"  dropped {n:6d}  {reason} (samples listed in {MANIFEST})")
     if report["changed_ids"]:
         lines.append(
             f"  {report['changed_ids']} samples will get a new sample_id when ingested back "
@@ -537,6 +584,7 @@ def main(cfg: Any) -> int:
         print(format_report(report))
         inputs = {k: report[k] for k in ("exporter", "selection", "out")}
         counts = {k: report[k] for k in ("samples", "media", "skipped", "changed_ids")}
+        counts["dropped"] = dict(Counter(d["reason"] for d in report["dropped"]))
         lake.record_run(
             ctx.record("finished", inputs=inputs, counts=counts, versions=report["versions"])
         )

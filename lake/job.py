@@ -84,6 +84,8 @@ def error_line(exc: BaseException, lake_uri: str | None = None) -> str:
         return "interrupted (Ctrl-C)"
     if isinstance(exc, ConfigError):
         text = f"invalid configuration: {exc}"
+    elif _is_omegaconf_error(exc):
+        text = f"invalid configuration: {config_problem(exc)}"
     elif isinstance(exc, LakeloomError):
         text = str(exc)
     else:
@@ -91,6 +93,22 @@ def error_line(exc: BaseException, lake_uri: str | None = None) -> str:
         text = str(problem) if problem is not None else f"{type(exc).__name__}: {exc}"
     lines = text.strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:MAX_ERROR_CHARS]
+
+
+def _is_omegaconf_error(exc: BaseException) -> bool:
+    return type(exc).__module__.startswith("omegaconf")
+
+
+def config_problem(exc: BaseException) -> str:
+    """One line for an OmegaConf error met while a job reads its config: a key left
+    ``???`` names the override that sets it."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    key = getattr(exc, "full_key", None)
+    if isinstance(exc, MissingMandatoryValue) and key:
+        return f"{key} is required: add {key}=... to the command"
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -235,6 +253,12 @@ def hydra_job(config_name: str) -> Callable[[Callable[[Any], int | None]], Calla
                 print(f"lakeloom: {exc}", file=sys.stderr)
                 code = 1
             except Exception as exc:
+                if _is_omegaconf_error(exc):  # e.g. a required key left ??? (source.path)
+                    _debug_traceback()
+                    print(
+                        f"lakeloom: invalid configuration: {config_problem(exc)}", file=sys.stderr
+                    )
+                    sys.exit(2)
                 problem = file_problem(exc, _lake_uri(cfg))
                 if problem is None:
                     raise

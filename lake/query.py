@@ -25,7 +25,7 @@ from lake.errors import ConfigError
 from lake.job import hydra_job
 from lake.plugin import PLUGIN_GROUP, load_class
 from lake.schema import MEDIA, SAMPLES
-from lake.sql import and_filters, in_list, quote
+from lake.sql import and_filters, filter_error, in_list, quote
 from lake.store import Lake
 
 IMAGE_COLUMN = "clip_image"
@@ -109,7 +109,10 @@ def search(
     sample_filter = _sample_filter(where, dataset)
     media_filter = f"{IMAGE_COLUMN} IS NOT NULL"
     if sample_filter:
-        allowed = lake.dataset(SAMPLES).to_table(columns=["media_ids"], filter=sample_filter)
+        try:
+            allowed = lake.dataset(SAMPLES).to_table(columns=["media_ids"], filter=sample_filter)
+        except (ValueError, OSError) as exc:  # Lance reports a bad filter as either
+            raise filter_error("query where filter", sample_filter, exc) from exc
         ids = sorted({m for ms in allowed.column("media_ids").to_pylist() for m in ms or []})
         if not ids:
             return []

@@ -3,8 +3,8 @@
 A Source reads records from a dataset root. Image references inside those records are
 untrusted: :func:`resolve_media` turns one into a :class:`~lake.records.MediaRef` or
 raises :class:`~lake.errors.RejectedInput` with the reason, and :func:`canonical_messages`
-normalises the many chat formats to ``[{"role", "content"}]`` with ``<image>``
-placeholders in order.
+normalises the many chat formats to ``[{"role", "content"}]`` with ``<image>`` /
+``<video>`` / ``<audio>`` placeholders (owned by :mod:`lake.schema`) in order.
 
 Every file a source reads (media, sidecars) goes through :func:`checked_file` first:
 symlinks are resolved and must stay inside the dataset root, only regular files are
@@ -28,10 +28,10 @@ from urllib.parse import unquote, urlparse
 
 from lake.errors import RejectedInput
 from lake.records import Location, MediaRef, Reject
+from lake.schema import IMAGE_TOKEN as IMAGE_TOKEN  # owned by lake.schema; re-exported
+from lake.schema import PLACEHOLDERS, placeholder_kinds
 
 T = TypeVar("T")
-
-IMAGE_TOKEN = "<image>"
 BOM = b"\xef\xbb\xbf"
 _SKIP_CHUNK = 1 << 20  # bytes read at a time while skipping the rest of an over-long line
 
@@ -43,6 +43,7 @@ ROLE_ALIASES = {
     "bot": "assistant",
     "model": "assistant",
     "system": "system",
+    "developer": "system",  # OpenAI's name for system instructions (o1 and later)
 }
 
 
@@ -131,16 +132,17 @@ def read_text_file(path: str | Path, root: str | Path | None, limit: int | None)
         raise RejectedInput(f"invalid UTF-8: {exc}") from None
 
 
-def resolve_media(root: Path, ref: object, policy: PathPolicy) -> MediaRef:
-    """Turn an image reference from a record into a MediaRef, or raise RejectedInput.
+def resolve_media(root: Path, ref: object, policy: PathPolicy, what: str = "image") -> MediaRef:
+    """Turn a media reference from a record into a MediaRef, or raise RejectedInput.
 
     Accepts paths relative to ``root``, ``file://`` URLs (no host, or ``localhost``),
     ``data:`` URLs (inline base64) and, only when allowed, absolute paths, paths escaping
     the root and http(s) URLs. Paths go through :func:`checked_file` (symlinks resolved
-    and confined, regular files only, ``max_media_bytes``).
+    and confined, regular files only, ``max_media_bytes``). ``what`` (image | video |
+    audio) names the media in reject reasons.
     """
     if not isinstance(ref, str) or not ref.strip():
-        raise RejectedInput(f"image reference must be a non-empty string, got {ref!r}")
+        raise RejectedInput(f"{what} reference must be a non-empty string, got {ref!r}")
     ref = ref.strip()
     limit = policy.max_media_bytes
     if ref.startswith("data:"):
@@ -167,7 +169,7 @@ def resolve_media(root: Path, ref: object, policy: PathPolicy) -> MediaRef:
     try:
         full = checked_file(os.path.join(root_real, ref), None if outside_ok else root_real, limit)
     except RejectedInput as exc:
-        raise RejectedInput(f"image {exc.reason}: {ref[:200]}") from None
+        raise RejectedInput(f"{what} {exc.reason}: {ref[:200]}") from None
     rel = Path(os.path.relpath(full, root_real)).as_posix() if _within(full, root_real) else full
     return MediaRef(source_uri=rel, path=Path(full))
 
@@ -209,12 +211,14 @@ def canonical_role(role: object) -> str:
 
 
 def canonical_messages(
-    turns: Iterable[tuple[object, object]], n_images: int
+    turns: Iterable[tuple[object, object]], n_images: int, n_videos: int = 0, n_audios: int = 0
 ) -> list[dict[str, str]]:
-    """Normalise (role, text) turns and check the ``<image>`` count against ``n_images``.
+    """Normalise (role, text) turns and check each placeholder count against its media.
 
-    Raises RejectedInput for an empty conversation, a non-string content, or a
-    placeholder count that does not match the number of images.
+    ``<image>`` / ``<video>`` / ``<audio>`` placeholders must number ``n_images`` /
+    ``n_videos`` / ``n_audios``: a record whose text holds a placeholder it has no media
+    for is rejected, never landed as literal text. Raises RejectedInput for an empty
+    conversation, a non-string content, or a count that does not match (naming the kind).
     """
     messages: list[dict[str, str]] = []
     for role, content in turns:
@@ -223,25 +227,53 @@ def canonical_messages(
         messages.append({"role": canonical_role(role), "content": content})
     if not messages or not any(m["content"].strip() for m in messages):
         raise RejectedInput("empty conversation")
-    placeholders = sum(m["content"].count(IMAGE_TOKEN) for m in messages)
-    if placeholders != n_images:
-        raise RejectedInput(f"{placeholders} {IMAGE_TOKEN} placeholder(s) but {n_images} image(s)")
+    wanted = {"image": n_images, "video": n_videos, "audio": n_audios}
+    for kind, n in wanted.items():
+        token = PLACEHOLDERS[kind]
+        placeholders = sum(m["content"].count(token) for m in messages)
+        if placeholders != n:
+            raise RejectedInput(f"{placeholders} {token} placeholder(s) but {n} {kind}(s)")
     return messages
 
 
 def image_list(record: dict[str, object]) -> list[object]:
     """The images of a record from an ``image`` (one) or ``images`` (list) field."""
-    if "images" in record and record["images"] is not None:
-        images = record["images"]
-        if not isinstance(images, list):
-            raise RejectedInput("'images' must be a list")
-        return images
-    image = record.get("image")
-    if image is None:
+    return media_list(record, "image")
+
+
+def media_list(record: dict[str, object], kind: str) -> list[object]:
+    """The references of one media ``kind`` of a record: from ``<kind>s`` (a list) or
+    ``<kind>`` (one, or a list): ``images`` / ``image``, ``videos`` / ``video``,
+    ``audios`` / ``audio``."""
+    plural = f"{kind}s"
+    if plural in record and record[plural] is not None:
+        refs = record[plural]
+        if not isinstance(refs, list):
+            raise RejectedInput(f"{plural!r} must be a list")
+        return refs
+    one = record.get(kind)
+    if one is None:
         return []
-    if isinstance(image, list):
-        return image
-    return [image]
+    if isinstance(one, list):
+        return one
+    return [one]
+
+
+def in_placeholder_order(
+    messages: Iterable[dict[str, str]], refs: dict[str, list[T]]
+) -> list[tuple[str, T]]:
+    """``(kind, ref)`` pairs in the order their placeholders appear across ``messages``.
+
+    ``refs`` holds each kind's references in their own order (LLaMA-Factory's separate
+    ``images`` / ``videos`` / ``audios`` lists); the i-th ``<video>`` takes the i-th
+    video, and so on. Counts must already match (:func:`canonical_messages`).
+    """
+    left = {kind: list(items) for kind, items in refs.items()}
+    out: list[tuple[str, T]] = []
+    for m in messages:
+        for kind in placeholder_kinds(m["content"]):
+            out.append((kind, left[kind].pop(0)))
+    return out
 
 
 def bounded_lines(fh: BinaryIO, limit: int | None) -> Iterator[tuple[int, bytes | None, int]]:
@@ -286,6 +318,13 @@ def iter_json_records(
     if head.startswith(b"["):
         yield from _json_array(path, rel)
         return
+    if head.startswith(b"{") and _one_object_over_lines(path, head):
+        yield Reject(
+            Location(rel, line=1),
+            "expected an array of records or JSON lines, found one JSON object over several "
+            "lines (wrap it in [ ] or write one record per line)",
+        )
+        return
     with path.open("rb") as fh:
         for lineno, raw, size in bounded_lines(fh, max_line_bytes):
             location = Location(rel, line=lineno)
@@ -308,6 +347,25 @@ def iter_json_records(
                 yield Reject(location, "malformed JSON line: nested too deeply")
             else:
                 yield location, obj
+
+
+def _one_object_over_lines(path: Path, head: bytes) -> bool:
+    """Whether the file is one pretty-printed JSON object (not JSON lines): its first line
+    is no JSON value, and the whole file, spanning several lines, is one object."""
+    first = head.split(b"\n", 1)[0]
+    if b"\n" in head.strip():
+        try:
+            json.loads(first)
+            return False
+        except (ValueError, RecursionError):
+            pass
+    data = path.read_bytes().removeprefix(BOM).strip()
+    if b"\n" not in data:
+        return False
+    try:
+        return isinstance(json.loads(data), dict)
+    except (ValueError, RecursionError):
+        return False
 
 
 def _json_array(path: Path, rel: str) -> Iterator[tuple[Location, object] | Reject]:

@@ -9,6 +9,7 @@ of turning ``(split = 'train') AND (1=0) OR (1=1)`` into the whole lake.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from lake.errors import ConfigError
@@ -69,3 +70,22 @@ def and_filters(*clauses: str | None) -> str | None:
     """AND the non-empty clauses, each checked and parenthesised; None when none is left."""
     kept = [c.strip() for c in clauses if c and str(c).strip()]
     return " AND ".join(f"({check_clause(c)})" for c in kept) or None
+
+
+# Lance's wording around the reason: the statement it parsed, its internal columns
+_LANCE_FILTER_NOISE = (
+    (re.compile(r"^Invalid user input: "), ""),
+    (re.compile(r"^Error \w+ statement: SELECT .* WHERE .* \((.*)\)$"), r"\1"),
+    (re.compile(r", _row\w+"), ""),
+)
+
+
+def filter_error(what: str, where: str | None, exc: BaseException) -> ConfigError:
+    """The ConfigError for a filter Lance refused: ``invalid <what> <where>: <reason>``,
+    with Lance's reason on one line and without its internal source path."""
+    from lake.errors import lance_cause
+
+    cause = lance_cause(exc)
+    for pattern, repl in _LANCE_FILTER_NOISE:
+        cause = pattern.sub(repl, cause)
+    return ConfigError(f"invalid {what} {where!r}: {cause}")
