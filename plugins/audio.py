@@ -85,29 +85,49 @@ class AudioSource(Source):
             if reason is not None:
                 yield Reject(Location(rel), f"audio {rel}: {reason}")
                 continue
-            decode = {
-                "source_sha256": sha,
-                "codec": track.source_codec,
-                "rate": track.source_rate,
-                "channels": track.source_channels,
-            }
-            convert = {"rate": track.sample_rate, "channels": track.channels, "format": self.format}
-            ref = MediaRef(
-                source_uri=rel,
-                data=track.data,
-                kind="audio",
-                meta=MediaMeta(
-                    mime=track.mime,
-                    duration_s=track.duration_s,
-                    t_start=0.0,
-                    t_end=track.duration_s,
-                    steps=(("decode", decode), ("resample_encode", convert)),
-                ),
-            )
             yield SourceRecord(
                 location=Location(rel),
-                media=[ref],
+                media=[audio_media(rel, sha, track, self.format)],
                 tags=[KIND_TAGS["audio"]],
                 key=rel,
                 steps=steps,
             )
+
+
+def load_file(
+    rel: str,
+    full: str,
+    rate: int,
+    fmt: str,
+    max_duration_s: float | None = None,
+    root: str | None = None,
+    limit: int | None = None,
+) -> tuple[str, str, Any, str | None]:
+    """Decode and resample one audio file: ``(rel, sha256 of the original, AudioTrack,
+    None)`` or ``(rel, "", None, reason)`` (:func:`lake.sources.read_media_file`)."""
+    return _load((rel, full, rate, fmt, max_duration_s, root, limit))
+
+
+def audio_media(rel: str, sha: str, track: Any, fmt: str) -> MediaRef:
+    """The ``audio`` media of a decoded file (``track``, mono at its rate, ``fmt``), with
+    the original's sha256, codec, rate and channels in its steps. Shared by every source
+    that reads audio files."""
+    decode = {
+        "source_sha256": sha,
+        "codec": track.source_codec,
+        "rate": track.source_rate,
+        "channels": track.source_channels,
+    }
+    convert = {"rate": track.sample_rate, "channels": track.channels, "format": fmt}
+    return MediaRef(
+        source_uri=rel,
+        data=track.data,
+        kind="audio",
+        meta=MediaMeta(
+            mime=track.mime,
+            duration_s=track.duration_s,
+            t_start=0.0,
+            t_end=track.duration_s,
+            steps=(("decode", decode), ("resample_encode", convert)),
+        ),
+    )

@@ -26,18 +26,22 @@ one image or without a caption).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import csv
 import json
 from abc import abstractmethod
+from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, TextIO
 
 from lake.errors import ConfigError
 from lake.export import Exporter, ExportMedia
-from lake.sources import IMAGE_TOKEN
+from lake.schema import IMAGE_TOKEN, PLACEHOLDER_RE, PLACEHOLDERS, placeholder_kinds
 
 JSON_SUFFIXES = (".json", ".jsonl")
+KTO_TAG = "label"  # the field KTO feedback is written to (the sources' kto_tag default)
+DATASET_INFO = "dataset_info.json"  # LLaMA-Factory's dataset registry, beside the data file
 
 
 def _check_file(file: str, suffixes: tuple[str, ...]) -> str:
@@ -49,6 +53,18 @@ def _check_file(file: str, suffixes: tuple[str, ...]) -> str:
             f"{' or '.join(suffixes)} (the source reads the export folder's top-level files)"
         )
     return file
+
+
+def media_by_kind(messages: list[dict[str, str]], paths: list[str]) -> dict[str, list[str]]:
+    """A sample's media paths split by the kind of the placeholder each fills, in order
+    (``image`` / ``video`` / ``audio``): the inverse of the sources' interleaving."""
+    out: dict[str, list[str]] = {kind: [] for kind in PLACEHOLDERS}
+    kinds = [k for m in messages for k in placeholder_kinds(m["content"])]
+    if len(kinds) != len(paths):  # no placeholders to follow: all are images
+        kinds = ["image"] * len(paths)
+    for kind, path in zip(kinds, paths, strict=True):
+        out[kind].append(path)
+    return out
 
 
 def _pair(row: dict[str, Any]) -> tuple[str, str] | None:
@@ -96,8 +112,10 @@ class JsonExporter(_TextFile, Exporter):
     """
 
     carries_pairs: ClassVar[bool] = False  # the matching source reads chosen / rejected
+    media_kinds: ClassVar[tuple[str, ...]] = ("image", "frame", "video", "audio")
     # the matching source keeps a record's ``id`` (samples.record_id): written back first
     carries_id: ClassVar[bool] = False
+    carries_feedback: bool = False  # the matching source reads KTO feedback (``label``)
 
     def __init__(self, file: str, caption_prompt: str | None = None) -> None:
         self.file = _check_file(file, JSON_SUFFIXES)
@@ -140,7 +158,23 @@ class JsonExporter(_TextFile, Exporter):
             "label": None,
             "chosen": pair[0] if pair else None,
             "rejected": pair[1] if pair else None,
+            "feedback": row.get("feedback") if self.carries_feedback else None,
         }
+
+    def losses(self, row: dict[str, Any]) -> list[str]:
+        """A pair, feedback or rejected answer's media this format does not carry."""
+        out = []
+        if _pair(row) and not self.carries_pairs:
+            out.append(f"preference pair (chosen / rejected) not carried by {self.layout()}")
+        if row.get("feedback") is not None and not self.carries_feedback:
+            out.append(f"KTO feedback not carried by {self.layout()}")
+        if row.get("rejected_media_ids"):
+            out.append(f"the rejected answer's own media not carried by {self.layout()}")
+        return out
+
+    def layout(self) -> str:
+        """The format's name in loss reasons."""
+        return f"export={self.name}"
 
     @abstractmethod
     def record(self, row: dict[str, Any], paths: list[str]) -> dict[str, Any]:
@@ -191,6 +225,7 @@ class ShareGPTExporter(JsonExporter):
     source: ClassVar[str] = "sharegpt"
     carries_pairs: ClassVar[bool] = True
     carries_id: ClassVar[bool] = True
+    carries_feedback: bool = True
 
     def __init__(
         self,
@@ -234,14 +269,68 @@ class ShareGPTExporter(JsonExporter):
     def record(self, row: dict[str, Any], paths: list[str]) -> dict[str, Any]:
         """One ShareGPT object."""
         obj: dict[str, Any] = {self.messages_key: self.turns(row)}
-        if paths:
-            obj["images"] = paths
+        for kind, found in media_by_kind(self.conversation(row), paths).items():
+            if found:
+                obj[f"{kind}s"] = found
         pair = _pair(row)
         if pair:
             tag = self.tags["assistant"]
             obj["chosen"] = {self.role_key: tag, self.content_key: pair[0]}
             obj["rejected"] = {self.role_key: tag, self.content_key: pair[1]}
+        return self._feedback(obj, row)
+
+    def _feedback(self, obj: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+        """KTO feedback as ``label`` (the source's and LLaMA-Factory's ``kto_tag``)."""
+        self._seen["all"] += 1
+        if _pair(row):
+            self._seen["pairs"] += 1
+        if row.get("feedback") is not None:
+            obj[KTO_TAG] = bool(row["feedback"])
+            self._seen["feedback"] += 1
+        for kind in ("images", "videos", "audios", "image", "video", "audio"):
+            if kind in obj:
+                self._seen[kind] += 1
         return obj
+
+    def open(self, folder: Path) -> None:
+        """Create the data file; count what is written for ``dataset_info.json``."""
+        self._folder = folder
+        self._seen: Counter[str] = Counter()
+        super().open(folder)
+
+    def close(self) -> list[str]:
+        """Close the data file and write LLaMA-Factory's ``dataset_info.json`` beside it."""
+        files = super().close()
+        (self._folder / DATASET_INFO).write_text(
+            json.dumps({PurePosixPath(self.file).stem: self.dataset_info()}, indent=2) + "\n"
+        )
+        return [*files, DATASET_INFO]
+
+    def dataset_info(self) -> dict[str, Any]:
+        """The ``dataset_info.json`` entry that makes LLaMA-Factory read the file as it is:
+        columns for the media, pairs (``ranking``, when every sample is a pair) and KTO
+        feedback (``kto_tag``), tags for the role and content keys."""
+        seen = self._seen
+        columns: dict[str, str] = {"messages": self.messages_key}
+        for kind in ("images", "videos", "audios"):
+            key = kind if seen[kind] else kind[:-1] if seen[kind[:-1]] else None
+            if key:
+                columns[kind] = key
+        entry: dict[str, Any] = {"file_name": self.file, "formatting": "sharegpt"}
+        if seen["pairs"] and seen["pairs"] == seen["all"]:
+            entry["ranking"] = True
+            columns |= {"chosen": "chosen", "rejected": "rejected"}
+        if seen["feedback"]:
+            columns["kto_tag"] = KTO_TAG
+        entry["columns"] = columns
+        entry["tags"] = {
+            "role_tag": self.role_key,
+            "content_tag": self.content_key,
+            "user_tag": self.tags["user"],
+            "assistant_tag": self.tags["assistant"],
+            "system_tag": self.tags["system"],
+        }
+        return entry
 
 
 class LlavaExporter(ShareGPTExporter):
@@ -272,13 +361,14 @@ class LlavaExporter(ShareGPTExporter):
     def record(self, row: dict[str, Any], paths: list[str]) -> dict[str, Any]:
         """One LLaVA object."""
         obj: dict[str, Any] = {"id": row["sample_id"]}
-        if paths:
-            obj["image"] = paths[0] if len(paths) == 1 else paths
+        for kind, found in media_by_kind(self.conversation(row), paths).items():
+            if found:
+                obj[kind] = found[0] if len(found) == 1 else found
         obj["conversations"] = self.turns(row)
         pair = _pair(row)
         if pair:
             obj["chosen"], obj["rejected"] = pair
-        return obj
+        return self._feedback(obj, row)
 
 
 class MessagesExporter(JsonExporter):
@@ -300,7 +390,7 @@ class MessagesExporter(JsonExporter):
     version = "0.1.0"
     source: ClassVar[str] = "messages"
     carries_id: ClassVar[bool] = True
-    STYLES: ClassVar[tuple[str, ...]] = ("qwen", "openai", "text")
+    STYLES: ClassVar[tuple[str, ...]] = ("qwen", "openai", "text", "trl", "swift")
 
     def __init__(
         self,
@@ -314,6 +404,9 @@ class MessagesExporter(JsonExporter):
             raise ConfigError(f"messages style must be one of {', '.join(self.STYLES)}: {style!r}")
         self.style = style
         self.messages_key = messages_key
+        # trl and swift carry pairs and feedback; trl is read back by the trl source
+        self.carries_pairs = self.carries_feedback = style in ("trl", "swift")
+        self.source = "trl" if style == "trl" else "messages"
 
     def params(self) -> dict[str, Any]:
         """Options recorded in the manifest."""
@@ -321,7 +414,16 @@ class MessagesExporter(JsonExporter):
 
     def source_options(self) -> dict[str, Any]:
         """The ``messages`` source option naming the conversation field."""
-        return {"messages_key": self.messages_key}
+        return {} if self.style == "trl" else {"messages_key": self.messages_key}
+
+    def layout(self) -> str:
+        """The format's name in loss reasons."""
+        return f"export=messages style={self.style}"
+
+    def open(self, folder: Path) -> None:
+        """Create the data file; remember the folder (``openai`` inlines audio from it)."""
+        self._folder = folder
+        super().open(folder)
 
     def image_part(self, path: str) -> dict[str, Any]:
         """One image content part in the configured style."""
@@ -329,12 +431,26 @@ class MessagesExporter(JsonExporter):
             return {"type": "image_url", "image_url": {"url": path}}
         return {"type": "image", "image": path}
 
+    def media_part(self, kind: str, path: str) -> dict[str, Any]:
+        """One content part of ``kind`` (image | video | audio) in the configured style:
+        ``openai`` writes audio inline as ``input_audio`` (base64 of the stored bytes),
+        videos as ``{"type": "video", "video": PATH}`` (OpenAI has no video part)."""
+        if kind == "image":
+            return self.image_part(path)
+        if kind == "audio" and self.style == "openai":
+            data = base64.b64encode((self._folder / path).read_bytes()).decode("ascii")
+            fmt = PurePosixPath(path).suffix.lstrip(".")
+            return {"type": "input_audio", "input_audio": {"data": data, "format": fmt}}
+        return {"type": kind, kind: path}
+
     def parts(self, content: str, paths: list[str]) -> list[dict[str, Any]]:
-        """Split ``content`` on ``<image>``, taking images from the front of ``paths``."""
+        """Split ``content`` on its placeholders, taking media from the front of ``paths``."""
         out: list[dict[str, Any]] = []
-        for i, text in enumerate(content.split(IMAGE_TOKEN)):
-            if i:
-                out.append(self.image_part(paths.pop(0)))
+        texts = PLACEHOLDER_RE.split(content)
+        kinds = [None, *placeholder_kinds(content)]
+        for text, kind in zip(texts, kinds, strict=True):
+            if kind is not None:
+                out.append(self.media_part(kind, paths.pop(0)))
             if text:
                 out.append({"type": "text", "text": text})
         return out
@@ -342,22 +458,79 @@ class MessagesExporter(JsonExporter):
     def record(self, row: dict[str, Any], paths: list[str]) -> dict[str, Any]:
         """One messages object."""
         messages = self.conversation(row)
+        if self.style == "trl":
+            return self._trl(row, messages, paths)
+        if self.style == "swift":
+            return self._swift(row, messages, paths)
         if self.style == "text":
             obj: dict[str, Any] = {self.messages_key: messages}
-            if paths:
-                obj["images"] = paths
+            for kind, found in media_by_kind(messages, paths).items():
+                if found:
+                    obj[f"{kind}s"] = found
             return obj
         left = list(paths)
         out = [
             {
                 "role": m["role"],
                 "content": self.parts(m["content"], left)
-                if IMAGE_TOKEN in m["content"]
+                if placeholder_kinds(m["content"])
                 else m["content"],
             }
             for m in messages
         ]
         return {self.messages_key: out}
+
+    def _swift(
+        self, row: dict[str, Any], messages: list[dict[str, str]], paths: list[str]
+    ) -> dict[str, Any]:
+        """ms-swift: the chosen answer as the last assistant turn, ``rejected_response``,
+        ``label`` for KTO feedback; ``<image>`` strings with an ``images`` list."""
+        pair = _pair(row)
+        if pair:
+            messages = [*messages, {"role": "assistant", "content": pair[0]}]
+        obj: dict[str, Any] = {self.messages_key: messages}
+        for kind, found in media_by_kind(messages, paths).items():
+            if found:
+                obj[f"{kind}s"] = found
+        if pair:
+            obj["rejected_response"] = pair[1]
+        if row.get("feedback") is not None:
+            obj[KTO_TAG] = bool(row["feedback"])
+        return obj
+
+    def _trl(
+        self, row: dict[str, Any], messages: list[dict[str, str]], paths: list[str]
+    ) -> dict[str, Any]:
+        """TRL: ``images`` + every content a list of parts with ``{"type": "image"}``;
+        ``prompt`` / ``chosen`` / ``rejected`` for a pair, ``prompt`` / ``completion`` /
+        ``label`` for KTO feedback, else ``messages`` (vision SFT)."""
+
+        def conv(msgs: list[dict[str, str]]) -> list[dict[str, Any]]:
+            out = []
+            for m in msgs:
+                texts = m["content"].split(IMAGE_TOKEN)
+                parts: list[dict[str, Any]] = []
+                for i, text in enumerate(texts):
+                    if i:
+                        parts.append({"type": "image"})
+                    if text:
+                        parts.append({"type": "text", "text": text})
+                out.append({"role": m["role"], "content": parts})
+            return out
+
+        obj: dict[str, Any] = {"images": list(paths)} if paths else {}
+        pair = _pair(row)
+        if pair:
+            obj["prompt"] = conv(messages)
+            obj["chosen"] = conv([{"role": "assistant", "content": pair[0]}])
+            obj["rejected"] = conv([{"role": "assistant", "content": pair[1]}])
+        elif row.get("feedback") is not None:
+            obj["prompt"] = conv(messages[:-1])
+            obj["completion"] = conv(messages[-1:])
+            obj[KTO_TAG] = bool(row["feedback"])
+        else:
+            obj["messages"] = conv(messages)
+        return obj
 
 
 class ClipPairsExporter(Exporter):
@@ -417,6 +590,15 @@ class ClipPairsExporter(Exporter):
         """The label as the source reads it back (blank = none)."""
         label = row.get("label") if self.label_column else None
         return str(label) if label is not None and str(label).strip() else None
+
+    def losses(self, row: dict[str, Any]) -> list[str]:
+        """Pairs carry no conversation, preference pair or feedback."""
+        out = []
+        if _pair(row):
+            out.append(f"preference pair (chosen / rejected) not carried by export={self.name}")
+        if row.get("feedback") is not None:
+            out.append(f"KTO feedback not carried by export={self.name}")
+        return out
 
     def readback(self, row: dict[str, Any]) -> dict[str, Any]:
         """Caption and label; no messages and no preference pair."""

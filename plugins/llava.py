@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from plugins.sharegpt import ShareGPTSource
 
@@ -23,7 +23,7 @@ class LlavaSource(ShareGPTSource):
     version = "0.1.0"
     step: ClassVar[str] = "parse_llava"
 
-    def __init__(self, path: str | Path, image_folder: str | None = None, **kwargs: bool) -> None:
+    def __init__(self, path: str | Path, image_folder: str | None = None, **kwargs: Any) -> None:
         super().__init__(path, image_folder=image_folder, **kwargs)
 
     def params(self) -> dict[str, object]:

@@ -40,14 +40,18 @@ JSON_SUFFIXES = (".json", ".jsonl")
 def dataset_files(path: Path, suffixes: Sequence[str]) -> list[Path]:
     """``path`` itself when it is a file, else its top-level files ending in ``suffixes``.
 
-    Files are sorted by name; hidden files are skipped.
+    Files are sorted by name; hidden files and LLaMA-Factory's ``dataset_info.json``
+    registry (written beside a sharegpt / llava export) are skipped.
     """
     if not path.is_dir():
         return [path]
     return sorted(
         p
         for p in path.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
+        if p.is_file()
+        and not p.name.startswith(".")
+        and p.name != "dataset_info.json"
+        and p.suffix.lower() in suffixes
     )
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from lake.records import Location, Reject, SourceRecord
+from lake.video import VideoSettings
 from plugins.llava import LlavaSource
 from tests.conftest import jpeg_bytes, png_bytes
 
@@ -184,4 +186,8 @@ def test_config_instantiates_source(root: Path) -> None:
         "max_line_bytes": 64 * 2**20,
         "image_folder": None,
         "kto_tag": "label",
+        "store_video": True,
+        "video_analysis": asdict(VideoSettings()),
+        "audio_rate": 16000,
+        "audio_format": "flac",
     }

@@ -154,7 +154,7 @@ def test_rejects_with_locations_and_reading_goes_on(root: Path) -> None:
                 "messages": [user_parts({"type": "image", "image": "img/a.jpg"})],
                 "images": ["img/b.png"],
             },
-            {"messages": [user_parts({"type": "video", "video": "clip.mp4"})]},
+            {"messages": [user_parts({"type": "file", "file": "doc.pdf"})]},
             {"messages": [user_parts(_text("literal <image> in text"))]},
             {"messages": [{"role": "tool", "content": "42"}]},
             {"messages": [{"role": "assistant", "content": None}]},
@@ -182,7 +182,7 @@ def test_rejects_with_locations_and_reading_goes_on(root: Path) -> None:
     expected = [
         (2, "malformed JSON line"),
         (3, "content parts and a top-level images list are mixed"),
-        (4, "message 0 part 0: unknown content part type 'video'"),
+        (4, "message 0 part 0: unknown content part type 'file'"),
         (5, "text part contains a literal <image>"),
         (6, "unknown message role 'tool'"),
         (7, "message 0: content must be a string or a list of parts, got null"),

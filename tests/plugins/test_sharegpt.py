@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from lake.records import Location, Reject, SourceRecord
+from lake.video import VideoSettings
 from plugins.sharegpt import ShareGPTSource
 from tests.conftest import jpeg_bytes, png_bytes
 
@@ -211,4 +213,8 @@ def test_config_instantiates_source(root: Path) -> None:
         "assistant_tag": "gpt",
         "system_tag": "system",
         "kto_tag": "label",
+        "store_video": True,
+        "video_analysis": asdict(VideoSettings()),
+        "audio_rate": 16000,
+        "audio_format": "flac",
     }
