@@ -271,3 +271,124 @@ def test_unknown_keys_are_counted_in_the_summary(root: Path, lake: Lake) -> None
     )
     (run,) = [r for r in lake.runs() if r["job"] == "ingest" and r["status"] == "finished"]
     assert json.loads(run["counts"])["ignored_keys"] == {"weight": 3, "tools": 2}
+
+
+def _preference_lake(root: Path, lake: Lake) -> None:
+    """A pair with an image (TRL), a KTO-labelled answer and an SFT row, one dataset."""
+    rows = [
+        {
+            "images": ["a.jpg"],
+            "prompt": [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hue?"}]}
+            ],
+            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": "Red."}]}],
+            "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "Blue."}]}],
+        },
+        {
+            "images": ["b.png"],
+            "prompt": [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hue?"}]}
+            ],
+            "completion": [{"role": "assistant", "content": [{"type": "text", "text": "Green."}]}],
+            "label": False,
+        },
+        {
+            "images": ["b.png"],
+            "messages": [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hue?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "Blue."}]},
+            ],
+        },
+    ]
+    report = ingest(
+        TrlSource(_jsonl(root / "trl.jsonl", rows)), lake, "prefs", IngestSettings(progress=False)
+    )
+    assert report.new_samples == 3 and report.rejected == 0
+
+
+@pytest.mark.parametrize(
+    ("exporter", "source"),
+    [
+        ({"style": "trl"}, TrlSource),
+        ({"style": "swift"}, MessagesSource),
+        ("sharegpt", ShareGPTSource),
+    ],
+)
+def test_export_then_reingest_is_exact(
+    root: Path, lake: Lake, tmp_path: Path, exporter: Any, source: type[Source]
+) -> None:
+    from lake.export import export
+    from plugins.exporters import MessagesExporter, ShareGPTExporter
+
+    _preference_lake(root, lake)
+    before = {r["sample_id"]: r for r in _samples(lake)}
+    exp = ShareGPTExporter() if exporter == "sharegpt" else MessagesExporter(**exporter)
+    out = tmp_path / "out"
+    report = export(lake, exp, out)
+    assert report["samples"] == 3 and report["dropped"] == [] and report["changed_ids"] == 0
+    back = ingest(source(out), lake, "prefs", IngestSettings(progress=False))
+    assert back.rejected == 0 and back.new_samples == 0 and back.present_samples == 3
+    fresh = Lake(tmp_path / "fresh")
+    ingest(source(out), fresh, "prefs", IngestSettings(progress=False))
+    after = {r["sample_id"]: r for r in _samples(fresh)}
+    assert after.keys() == before.keys()
+    for sid, row in before.items():
+        for key in ("messages", "media_ids", "chosen", "rejected", "feedback"):
+            assert after[sid][key] == row[key], key
+
+
+def test_trl_export_rows_are_trl_layouts(root: Path, lake: Lake, tmp_path: Path) -> None:
+    from lake.export import export
+    from plugins.exporters import MessagesExporter
+
+    _preference_lake(root, lake)
+    export(lake, MessagesExporter(style="trl"), tmp_path / "out")
+    rows = [json.loads(x) for x in (tmp_path / "out" / "messages.jsonl").read_text().splitlines()]
+    kinds = sorted(tuple(sorted(r)) for r in rows)
+    assert kinds == [
+        ("chosen", "images", "prompt", "rejected"),
+        ("completion", "images", "label", "prompt"),
+        ("images", "messages"),
+    ]
+    sft = next(r for r in rows if "messages" in r)
+    assert sft["messages"][0]["content"][0] == {"type": "image"}
+    assert len(sft["images"]) == 1
+
+
+def test_sharegpt_export_writes_dataset_info(root: Path, lake: Lake, tmp_path: Path) -> None:
+    from lake.export import export
+    from plugins.exporters import ShareGPTExporter
+
+    _preference_lake(root, lake)
+    export(lake, ShareGPTExporter(), tmp_path / "all")
+    info = json.loads((tmp_path / "all" / "dataset_info.json").read_text())
+    entry = info["sharegpt"]
+    assert entry["file_name"] == "sharegpt.json" and entry["formatting"] == "sharegpt"
+    assert entry["columns"] == {"messages": "conversations", "images": "images", "kto_tag": "label"}
+    assert entry["tags"]["role_tag"] == "from" and "ranking" not in entry
+    export(lake, ShareGPTExporter(), tmp_path / "pairs", where="chosen IS NOT NULL")
+    pairs = json.loads((tmp_path / "pairs" / "dataset_info.json").read_text())["sharegpt"]
+    assert pairs["ranking"] is True
+    assert pairs["columns"]["chosen"] == "chosen" and pairs["columns"]["rejected"] == "rejected"
+
+
+def test_exporter_that_cannot_carry_a_pair_says_so_per_sample(
+    root: Path, lake: Lake, tmp_path: Path
+) -> None:
+    from lake.export import export, format_report
+    from plugins.exporters import MessagesExporter
+
+    _preference_lake(root, lake)
+    report = export(lake, MessagesExporter(style="qwen"), tmp_path / "out")
+    by_id = {r["sample_id"]: r for r in _samples(lake)}
+    pair = next(s for s, r in by_id.items() if r["chosen"])
+    kto = next(s for s, r in by_id.items() if r["feedback"] is not None)
+    assert sorted((d["sample_id"], d["reason"].split(" not")[0]) for d in report["dropped"]) == (
+        sorted([(pair, "preference pair (chosen / rejected)"), (kto, "KTO feedback")])
+    )
+    text = format_report(report)
+    assert "dropped      1  preference pair (chosen / rejected) not carried by export=messages" in (
+        text
+    )
+    manifest = json.loads((tmp_path / "out" / ".lakeloom_export.json").read_text())
+    assert {d["sample_id"] for d in manifest["dropped"]} == {pair, kto}
