@@ -26,7 +26,7 @@ from typing import Any
 
 from lake import runs
 from lake.errors import ConfigError, FileProblem, LakeloomError
-from lake.job import hydra_job, traceback_locals
+from lake.job import hydra_job, quiet_logs, traceback_locals
 
 log = logging.getLogger("lakeloom.train")
 
@@ -104,6 +104,8 @@ def _fit_and_test(cfg: Any, run: Any, ckpt: Path | None, events: Any, summary: d
 
     from core.builders import build_callbacks, build_loggers
     from core.checkpoint import allow_checkpoint_types, check_checkpoint
+
+    quiet_logs()  # Lightning added its own console handler on import
 
     if ckpt:  # Lightning unpickles it: refuse one that could run code, in one line
         check_checkpoint(ckpt)

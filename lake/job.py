@@ -227,6 +227,47 @@ def _debug_traceback() -> None:
         traceback.print_exc()
 
 
+class _QuietFilter(logging.Filter):
+    """Drops third-party adverts (Lightning's "💡 Tip" lines) and open_clip's INFO chatter
+    (it logs on the root logger)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        if record.name.startswith("lightning") and str(record.msg).startswith("💡 Tip"):
+            return False
+        return not (record.name == "root" and f"{os.sep}open_clip{os.sep}" in record.pathname)
+
+
+_QUIET = _QuietFilter()
+
+
+def quiet_logs() -> None:
+    """Each log line once, no adverts, open_clip below warning (idempotent).
+
+    Lightning adds a ``INFO: ...`` console handler to the ``lightning`` logger when it is
+    imported, while its records also reach the root handler a job's Hydra logging set up:
+    every line twice. With a root handler, Lightning's own is removed. Call it again after
+    importing Lightning.
+    """
+    root = logging.getLogger()
+    if _QUIET not in root.filters:
+        root.addFilter(_QUIET)  # open_clip's logging.info(...) goes through root directly
+    for handler in root.handlers:
+        if _QUIET not in handler.filters:
+            handler.addFilter(_QUIET)
+    lightning = logging.getLogger("lightning")
+    for handler in list(lightning.handlers):
+        if root.handlers and type(handler) is logging.StreamHandler:
+            lightning.removeHandler(handler)
+        elif _QUIET not in handler.filters:
+            handler.addFilter(_QUIET)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if _QUIET not in handler.filters:
+                handler.addFilter(_QUIET)
+
+
 def hydra_job(config_name: str) -> Callable[[Callable[[Any], int | None]], Callable[[], None]]:
     """Make ``fn(cfg) -> exit code`` a Hydra app reading ``conf/<config_name>.yaml``.
 
@@ -242,6 +283,7 @@ def hydra_job(config_name: str) -> Callable[[Callable[[Any], int | None]], Calla
 
         @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)
         def hydra_entry(cfg: Any) -> None:
+            quiet_logs()
             try:
                 code = fn(cfg) or 0
             except ConfigError as exc:
