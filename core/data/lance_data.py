@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
+import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
@@ -51,6 +53,7 @@ class LanceDataModule(L.LightningDataModule):
         shuffle: bool = True,
         drop_last: bool = False,
         media_read: str = "rowid",
+        media_root: str | None = None,
         shuffle_block: int = 0,
         shuffle_window: int = 4,
         read_ahead: bool = True,
@@ -76,6 +79,8 @@ class LanceDataModule(L.LightningDataModule):
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.media_read = media_read
+        self.media_root = str(media_root) if media_root else None
+        self._media_checked = False
         self.shuffle_block = shuffle_block
         self.shuffle_window = shuffle_window
         self.read_ahead = read_ahead
@@ -90,13 +95,22 @@ class LanceDataModule(L.LightningDataModule):
         self.eval_collate_fn: Collator | None = None
         self.splits: dict[str, LanceSamples] | None = None
         self._labels: list[str] = []
+        self._collator_filter: Callable[[list[str]], str | None] | None = None
 
     # -- contract with the modules ------------------------------------------------------
     def set_collator(self, fn: Collator, eval_fn: Collator | None = None) -> None:
         """Collate with ``fn`` (picklable: it runs in worker processes); ``eval_fn``, when
-        given, is used for the val and test loaders (e.g. without augmentation)."""
+        given, is used for the val and test loaders (e.g. without augmentation). A
+        collator with a ``sample_filter(columns)`` method narrows the selection to the
+        samples it trains on (e.g. SFT leaves out ``feedback = false`` answers)."""
         self.collate_fn = fn
         self.eval_collate_fn = eval_fn
+        self._media_checked = False
+        if self.splits is not None:
+            self.check_media_kinds()
+        if getattr(fn, "sample_filter", None) is not None:
+            self._collator_filter = fn.sample_filter  # type: ignore[attr-defined]
+            self.splits = None  # select again, narrowed to what the objective trains on
 
     @property
     def label_names(self) -> list[str]:
@@ -111,15 +125,17 @@ class LanceDataModule(L.LightningDataModule):
             return
         from lake.errors import ConfigError
         from lake.schema import MEDIA, SAMPLES
+        from lake.sql import and_filters
         from lake.store import Lake
 
         lake = Lake(self.lake_uri)
         samples, media = lake.dataset(SAMPLES), lake.dataset(MEDIA)
+        narrow = self._collator_filter(samples.schema.names) if self._collator_filter else None
         try:
             selections, self._labels = select(
                 samples,
                 media,
-                where=self.where,
+                where=and_filters(self.where, narrow),
                 datasets=self.datasets,
                 val_fraction=self.val_fraction,
                 test_fraction=self.test_fraction,
@@ -127,12 +143,60 @@ class LanceDataModule(L.LightningDataModule):
         except ValueError as exc:  # Lance reports a bad filter as ValueError
             raise ConfigError(f"invalid data.where / data.datasets filter: {exc}") from exc
         self.splits = {name: self._dataset(samples, media, sel) for name, sel in selections.items()}
+        self.check_media_kinds()
+
+    def check_media_kinds(self) -> None:
+        """Pre-flight: refuse, in one line, selected samples holding media of a kind the
+        collator's model cannot take (``accepted_kinds``: e.g. LLaVA and ``<video>``),
+        naming a few of them and their count. A collator that does not say takes all."""
+        accepted = getattr(self.collate_fn, "accepted_kinds", None)
+        if accepted is None or self.splits is None or self._media_checked:
+            return
+        from lake.errors import ConfigError
+        from lake.schema import MEDIA, MEDIA_KINDS, SAMPLES
+        from lake.sql import in_list
+        from lake.store import Lake
+
+        other = [k for k in MEDIA_KINDS if k not in accepted]
+        lake = Lake(self.lake_uri)
+        media = lake.dataset(MEDIA, self.splits["train"].media_version)
+        bad = media.to_table(columns=["kind"], filter=f"kind IN {in_list(other)}",
+                             with_row_id=True)  # fmt: skip
+        self._media_checked = True
+        if bad.num_rows == 0:
+            return
+        bad_rows = bad.column("_rowid").to_numpy()
+        kinds = dict(zip(bad_rows.tolist(), bad.column("kind").to_pylist(), strict=True))
+        hits: list[int] = []  # sample row ids
+        found: set[str] = set()
+        for ds in self.splits.values():
+            sel = ds.selection
+            flagged = np.isin(sel.media_rows, bad_rows)
+            if not flagged.any():
+                continue
+            owner = np.searchsorted(sel.media_offsets, np.nonzero(flagged)[0], side="right") - 1
+            hits.extend(np.unique(sel.sample_rows[owner]).tolist())
+            found.update(kinds[int(r)] for r in sel.media_rows[flagged])
+        hits = sorted(set(hits))
+        if not hits:
+            return
+        samples = lake.dataset(SAMPLES, self.splits["train"].samples_version)
+        first = samples._take_rows(pa.array(hits[:3], pa.uint64()), columns=["sample_id"])
+        ids = first.column("sample_id").to_pylist()
+        who = getattr(self.collate_fn, "family", "") or type(self.collate_fn).__name__
+        more = ", ..." if len(hits) > 3 else ""
+        raise ConfigError(
+            f"{who} cannot take {' or '.join(sorted(found))} media: {len(hits)} selected "
+            f"sample(s) hold some ({', '.join(ids)}{more}); leave them out with data.where "
+            "or train a family that takes them"
+        )
 
     def _dataset(self, samples: Any, media: Any, sel: Selection) -> LanceSamples:
         # a window may straddle a batch: keep two windows of blocks
         return LanceSamples(
             samples.uri, samples.version, media.uri, media.version, sel, self.media_read,
             read_block=self.shuffle_block, cache_blocks=2 * self.shuffle_window,
+            media_root=self.media_root,
         )  # fmt: skip
 
     def dataset(self, split: str) -> LanceSamples:

@@ -18,6 +18,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,8 +33,12 @@ SAMPLE_COLUMNS = [
     "sample_id", "caption", "label", "messages", "dataset", "chosen", "rejected", "source_uri",
 ]  # fmt: skip
 #: read too when the samples table has them (per-sample pixel budget, see vlm_collate;
-#: kind tags, time range and transcript of video / audio samples, see apotheon_data)
-OPTIONAL_COLUMNS = ["min_pixels", "max_pixels", "tags", "t_start", "t_end", "transcript"]
+#: kind tags, time range and transcript of video / audio samples, see apotheon_data;
+#: the KTO label and a rejected answer's own media, see vlm_collate)
+OPTIONAL_COLUMNS = [
+    "min_pixels", "max_pixels", "tags", "t_start", "t_end", "transcript", "feedback",
+    "rejected_media_ids",
+]  # fmt: skip
 
 
 @dataclass
@@ -187,6 +192,7 @@ class LanceSamples(Dataset):
         media_read: str = "rowid",
         read_block: int = 0,
         cache_blocks: int = 8,
+        media_root: str | None = None,
     ) -> None:
         if media_read not in ("rowid", "filter"):
             raise ValueError(f"media_read must be 'rowid' or 'filter', not {media_read!r}")
@@ -198,6 +204,7 @@ class LanceSamples(Dataset):
         self.media_read = media_read
         self.read_block = read_block
         self.cache_blocks = cache_blocks
+        self.media_root = media_root
         self._handles: tuple[Any, Any] | None = None
         self._blocks: OrderedDict[int, list[dict[str, Any]]] = OrderedDict()
 
@@ -251,22 +258,48 @@ class LanceSamples(Dataset):
         cols = [c for c in SAMPLE_COLUMNS + OPTIONAL_COLUMNS if c in names]
         cols += ["media_ids"] if self.media_read == "filter" else []
         table = samples._take_rows(pa.array(rows, pa.uint64()), columns=cols).to_pydict()
-        mcols = ["bytes", *self.media_columns]
+        mcols = list(dict.fromkeys(["bytes", "kind", *self.media_columns]))
         if self.media_read == "rowid":
             per_media = self._by_rowid(media, self.selection.media_of(positions), mcols)
         else:
             per_media = self._by_filter(media, table["media_ids"], mcols)
+        self._video_sources(media, per_media)
         extra = [c for c in cols if c not in ("sample_id", "messages", "media_ids")]
         return [
             {
                 "sample_id": table["sample_id"][i],
                 "images": per_media["bytes"][i],
+                "media_kinds": per_media["kind"][i],
                 "messages": table["messages"][i] or [],
                 **{c: table[c][i] for c in extra},
                 **{f"media_{c}": per_media[c][i] for c in self.media_columns},
             }
             for i in range(len(rows))
         ]
+
+    def _video_sources(self, media: Any, per_media: dict[str, list[list[Any]]]) -> None:
+        """Put a readable source in place of every video whose bytes are not inline: its
+        Lance blob (a lazy file object: only the bytes the decoder reads are fetched), else
+        the file it references (``source_uri`` under ``media_root``), else None."""
+        where = [
+            (i, j)
+            for i, kinds in enumerate(per_media["kind"])
+            for j, kind in enumerate(kinds)
+            if kind == "video" and per_media["bytes"][i][j] is None
+        ]
+        if not where:
+            return
+        rows = [per_media["_rowid"][i][j] for i, j in where]
+        uris = [per_media["source_uri"][i][j] for i, j in where]
+        blobs: list[Any] = [None] * len(rows)
+        if "blob" in media.schema.names:
+            blobs = media.take_blobs("blob", ids=[int(r) for r in rows])
+        for (i, j), blob, uri in zip(where, blobs, uris, strict=True):
+            if blob is not None and blob.size() > 0:
+                per_media["bytes"][i][j] = blob
+            elif uri:
+                path = Path(uri) if self.media_root is None else Path(self.media_root) / uri
+                per_media["bytes"][i][j] = str(path)
 
     def estimate_lengths(self, image_tokens: int = 256, chunk: int = 65536) -> np.ndarray:
         """A token-length proxy per position for length-grouped batching: characters of
@@ -301,10 +334,11 @@ class LanceSamples(Dataset):
         if len(flat) == 0:
             return {c: [[] for _ in per_sample] for c in columns}
         uniq, inverse = np.unique(flat, return_inverse=True)
-        table = media._take_rows(pa.array(uniq, pa.uint64()), columns=columns)
+        table = media._take_rows(pa.array(uniq, pa.uint64()), columns=[*columns, "source_uri"])
         out: dict[str, list[list[Any]]] = {}
-        for c in columns:
-            values, k, col = table.column(c).to_pylist(), 0, []
+        for c in [*columns, "source_uri", "_rowid"]:
+            values = uniq.tolist() if c == "_rowid" else table.column(c).to_pylist()
+            k, col = 0, []
             for ids in per_sample:
                 col.append([values[j] for j in inverse[k : k + len(ids)]])
                 k += len(ids)
@@ -320,10 +354,13 @@ class LanceSamples(Dataset):
         if not wanted:
             return {c: [[] for _ in media_ids] for c in columns}
         quoted = ", ".join(f"'{m}'" for m in wanted)
-        table = media.to_table(columns=["media_id", *columns], filter=f"media_id IN ({quoted})")
+        table = media.to_table(
+            columns=["media_id", *columns, "source_uri"], filter=f"media_id IN ({quoted})",
+            with_row_id=True,
+        )  # fmt: skip
         index = {m: i for i, m in enumerate(table.column("media_id").to_pylist())}
         out = {}
-        for c in columns:
+        for c in [*columns, "source_uri", "_rowid"]:
             values = table.column(c).to_pylist()
             out[c] = [[values[index[m]] for m in ids or []] for ids in media_ids]
         return out

@@ -25,6 +25,20 @@ With ``pack=True`` the samples of a batch are packed first-fit into rows of at m
 ``max_length`` tokens with per-sample position ids restarting at 0 and no attention mask,
 which transformers turns into block-diagonal attention; ``objective="dpo"`` builds a
 chosen row and a rejected row per sample with the same images.
+
+What each objective trains on (``feedback``: the sample's KTO label, true = desirable):
+
+- ``sft``: a preference sample is its prompt answered by ``chosen`` (its ``rejected``
+  answer is never rendered); a sample with ``feedback = false`` is never an SFT target: it
+  is left out of the batch and reported in ``skipped`` (:meth:`VlmCollator.sample_filter`
+  lets the data module leave such samples out of the selection in the first place).
+- ``dpo``: a chosen row and a rejected row per sample (``rejected_media_ids``, a rejected
+  answer with media of its own, is refused: its media are not read yet).
+- ``kto``: per sample its prompt with its answer (the last assistant turn; labels on that
+  turn only) and ``feedback`` as the batch's ``feedback`` tensor; ``kl`` is a second batch
+  of the same prompts with the answers cycled by one inside the batch (prompt i with answer
+  i - 1, as TRL's ``DataCollatorForVisionUnpairedPreference`` builds its KL rows), from
+  which the module estimates the KL reference point.
 """
 
 from __future__ import annotations
@@ -32,17 +46,25 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
+from lake.errors import ConfigError
+from lake.schema import IMAGE_TOKEN, PLACEHOLDERS
+
 log = logging.getLogger(__name__)
 
 IGNORE = -100
-IMAGE_PLACEHOLDER = "<image>"
+IMAGE_PLACEHOLDER = IMAGE_TOKEN
+#: a placeholder of any media kind in a canonical message (``<image>``, ``<video>``, ...)
+_PLACEHOLDER_RE = re.compile("(" + "|".join(re.escape(t) for t in PLACEHOLDERS.values()) + ")")
+_KIND_OF = {token: kind for kind, token in PLACEHOLDERS.items()}
 
 
 class SampleError(ValueError):
@@ -53,16 +75,29 @@ class SampleError(ValueError):
 
 
 def _parts(text: str) -> list[dict[str, str]]:
-    """``"<image>\\nWhat?"`` -> ``[{"type": "image"}, {"type": "text", "text": "What?"}]``."""
+    """``"<image>\\nWhat?"`` -> ``[{"type": "image"}, {"type": "text", "text": "What?"}]``
+    (``<video>`` / ``<audio>`` likewise give ``video`` / ``audio`` parts)."""
     out: list[dict[str, str]] = []
-    pieces = text.split(IMAGE_PLACEHOLDER)
+    pieces = _PLACEHOLDER_RE.split(text)  # text, token, text, token, ..., text
     for i, piece in enumerate(pieces):
-        if i:
-            out.append({"type": "image"})
+        if i % 2:
+            out.append({"type": _KIND_OF[piece]})
+            continue
         piece = piece.strip() if len(pieces) > 1 else piece
         if piece:
             out.append({"type": "text", "text": piece})
     return out
+
+
+def media_kinds(sample: Mapping[str, Any]) -> list[str]:
+    """The placeholder kind each of the sample's media fills, in order (``image`` for
+    images and video frames, ``video``, ``audio``); all images when the sample does not
+    say (``media_kinds`` is what the lake's data module reads with the media)."""
+    n = len(sample.get("images") or [])
+    kinds = sample.get("media_kinds")
+    if kinds is None:
+        return ["image"] * n
+    return ["image" if k in ("image", "frame") else str(k) for k in kinds]
 
 
 def to_conversation(
@@ -74,25 +109,31 @@ def to_conversation(
     "<image> caption_prompt" answered by the caption, else "<image> label_prompt"
     answered by the label."""
     messages = sample.get("messages") or []
-    n_media = len(sample.get("images") or [])
+    kinds = media_kinds(sample)
     if not messages:
         answer, prompt = (sample.get("caption") or "").strip(), caption_prompt
         if not answer and (sample.get("label") or "").strip():
             answer, prompt = sample["label"].strip(), label_prompt
         if not answer:
             raise SampleError(f"{_where(sample)}: no messages, caption or label to train on")
-        user = [{"type": "image"}] * n_media + [{"type": "text", "text": prompt}]
+        user = [{"type": k} for k in kinds] + [{"type": "text", "text": prompt}]
         return [
             {"role": "user", "content": user},
             {"role": "assistant", "content": [{"type": "text", "text": answer}]},
         ]
     conv = [{"role": m["role"], "content": _parts(m.get("content") or "")} for m in messages]
-    n_placeholders = sum(1 for m in conv for p in m["content"] if p["type"] == "image")
-    if n_placeholders != n_media:
+    placed = [p["type"] for m in conv for p in m["content"] if p["type"] != "text"]
+    if placed != kinds:
         raise SampleError(
-            f"{_where(sample)}: {n_placeholders} <image> placeholders but {n_media} media"
+            f"{_where(sample)}: placeholders {_tally(placed)} do not match its media "
+            f"{_tally(kinds)} (in order)"
         )
     return conv
+
+
+def _tally(kinds: Sequence[str]) -> str:
+    """``["image", "video"]`` -> ``"<image><video>"`` (``none`` when empty)."""
+    return "".join(PLACEHOLDERS.get(k, f"<{k}>") for k in kinds) or "none"
 
 
 def _where(sample: Mapping[str, Any]) -> str:
@@ -143,6 +184,40 @@ def budget_for(
                        hi if hi is not None else base.max_pixels)  # fmt: skip
 
 
+@dataclass(frozen=True)
+class VideoSettings:
+    """How a ``<video>`` is fed to the model: frames sampled at ``fps`` (at most
+    ``max_frames``, evenly spread beyond), each fitted into ``[min_pixels, max_pixels]``
+    (None: the sample's image budget)."""
+
+    fps: float = 2.0
+    max_frames: int = 32
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+
+    @classmethod
+    def of(cls, cfg: Mapping[str, Any] | None) -> VideoSettings:
+        """Settings from the model config's ``video`` mapping (missing keys: defaults)."""
+        out = cls(**dict(cfg or {}))
+        if out.fps <= 0 or out.max_frames < 1:
+            raise ConfigError(f"video.fps must be > 0 and video.max_frames >= 1, got {out}")
+        return out
+
+
+@dataclass
+class VideoClip:
+    """One ``<video>``'s frames, decoded and fitted, with the rate they were sampled at."""
+
+    frames: list[Image.Image]
+    fps: float
+
+
+def split_media(media: Sequence[Any]) -> tuple[list[Image.Image], list[VideoClip]]:
+    """A sample's decoded media in placeholder order -> (images, videos), each in order."""
+    images = [m for m in media if not isinstance(m, VideoClip)]
+    return images, [m for m in media if isinstance(m, VideoClip)]
+
+
 # ---- one sample --------------------------------------------------------------------------
 
 
@@ -157,6 +232,8 @@ class Encoded:
     mm_token_type_ids: torch.Tensor | None = None
     image_sizes: list[tuple[int, int]] = field(default_factory=list)
     n_images: int = 0
+    n_videos: int = 0
+    n_frames: list[int] = field(default_factory=list)  # sampled frames per video
 
     def __len__(self) -> int:
         return int(self.input_ids.numel())
@@ -170,10 +247,20 @@ class Encoded:
 class Renderer:
     """Chat template + processor + exact labels for one family's processor."""
 
-    def __init__(self, processor: Any, never_supervised: Sequence[str], image_token: str):
+    def __init__(
+        self,
+        processor: Any,
+        never_supervised: Sequence[str],
+        image_token: str,
+        video_token: str | None = None,
+    ):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.image_token_id = int(self.tokenizer.convert_tokens_to_ids(image_token))
+        # the tokens the processor expands (one per patch group): never compared with text
+        self.media_token_ids = {self.image_token_id}
+        if video_token is not None:
+            self.media_token_ids.add(int(self.tokenizer.convert_tokens_to_ids(video_token)))
         self.never = torch.tensor(
             [int(self.tokenizer.convert_tokens_to_ids(t)) for t in never_supervised]
         )
@@ -207,13 +294,16 @@ class Renderer:
         bos = self.tokenizer.bos_token
         return not (bos is not None and text.startswith(bos))
 
-    def tokenize(self, text: str, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        """The processor's encoding (as ``apply_chat_template(tokenize=True)`` does it)."""
+    def tokenize(self, text: str, images: list[Any]) -> dict[str, torch.Tensor]:
+        """The processor's encoding (as ``apply_chat_template(tokenize=True)`` does it);
+        ``images`` may hold :class:`VideoClip` entries, fed to the video input."""
+        stills, videos = split_media(images)
         return self.processor(
             text=[text],
-            images=images or None,
+            images=stills or None,
             return_tensors="pt",
             add_special_tokens=self._special(text),
+            **video_kwargs(videos),
         )
 
     def labels(
@@ -228,11 +318,11 @@ class Renderer:
             any(a <= start < b for a, b in spans) and end > start
             for start, end in offsets
         ]  # fmt: skip
-        img = self.image_token_id
-        text_ids = [t for t in ids if t != img]
-        text_keep = [k for t, k in zip(ids, keep, strict=True) if t != img]
+        media = self.media_token_ids
+        text_ids = [t for t in ids if t not in media]
+        text_keep = [k for t, k in zip(ids, keep, strict=True) if t not in media]
         full = input_ids.tolist()
-        positions = [j for j, t in enumerate(full) if t != img]
+        positions = [j for j, t in enumerate(full) if t not in media]
         if [full[j] for j in positions] != text_ids:
             raise SampleError(
                 "the processor's tokens differ from the tokenizer's outside image spans; "
@@ -246,9 +336,34 @@ class Renderer:
         return labels
 
 
+def video_kwargs(videos: Sequence[VideoClip]) -> dict[str, Any]:
+    """The processor's video arguments for already sampled clips (no resampling; the
+    sampling rate as metadata, from which Qwen2.5-VL derives ``second_per_grid_ts``)."""
+    if not videos:
+        return {}
+    from transformers.video_utils import VideoMetadata
+
+    meta = [
+        VideoMetadata(total_num_frames=len(v.frames), fps=v.fps,
+                      frames_indices=list(range(len(v.frames))))
+        for v in videos
+    ]  # fmt: skip
+    return {
+        "videos": [v.frames for v in videos],
+        "video_metadata": meta,
+        "do_sample_frames": False,
+        "cap_pixels_per_frame": True,  # frames come fitted into the budget already
+    }
+
+
 # ---- the collator ------------------------------------------------------------------------
 
-VISION_KEYS = ("pixel_values", "image_grid_thw")  # processor outputs the model takes
+#: processor outputs the model takes (images, then videos: Qwen2-VL / Qwen2.5-VL)
+VISION_KEYS = (
+    "pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
+    "second_per_grid_ts",
+)  # fmt: skip
+OBJECTIVES = ("sft", "dpo", "kto")
 
 
 class VlmCollator:
@@ -278,16 +393,22 @@ class VlmCollator:
         objective: str = "sft",
         with_prompts: bool = False,
         on_error: str = "error",
+        video_token: str | None = None,
+        video: Mapping[str, Any] | None = None,
+        family: str = "",
     ) -> None:
         if overlong not in ("skip", "truncate_text"):
             raise ValueError(f"overlong must be 'skip' or 'truncate_text', not {overlong!r}")
-        if objective not in ("sft", "dpo"):
-            raise ValueError(f"objective must be 'sft' or 'dpo', not {objective!r}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
         if on_error not in ("error", "skip"):
             raise ValueError(f"on_error must be 'error' or 'skip', not {on_error!r}")
-        if pack and objective == "dpo":
-            raise ValueError("packing is for SFT; DPO rows are compared pairwise")
-        self.renderer = Renderer(processor, never_supervised, image_token)
+        if pack and objective != "sft":
+            raise ValueError(f"packing is for SFT; {objective} scores each row on its own")
+        self.renderer = Renderer(processor, never_supervised, image_token, video_token)
+        self.takes_video = video_token is not None
+        self.video = VideoSettings.of(video)
+        self.family = family
         self.max_length = int(max_length)
         self.overlong = overlong
         self.pack = pack
@@ -310,12 +431,46 @@ class VlmCollator:
         tok = self.renderer.tokenizer
         return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
 
+    def sample_filter(self, columns: Sequence[str]) -> str | None:
+        """The samples this objective trains on, as a Lance filter over a table with
+        ``columns`` (None: all): SFT leaves out undesirable answers (``feedback = false``),
+        KTO takes the samples with feedback."""
+        if "feedback" not in columns:
+            if self.objective == "kto":
+                raise ConfigError(
+                    "objective=kto trains on feedback data, but the lake's samples have no "
+                    "'feedback' column (ingest KTO data with a 'label' true/false first)"
+                )
+            return None
+        if self.objective == "sft":
+            return "feedback IS NULL OR feedback = true"
+        if self.objective == "kto":
+            return "feedback IS NOT NULL"
+        return None
+
     # -- per sample ---------------------------------------------------------------------
-    def images(self, sample: Mapping[str, Any]) -> list[Image.Image]:
-        """The sample's images decoded and fitted into its pixel budget."""
+    @property
+    def accepted_kinds(self) -> tuple[str, ...]:
+        """The media kinds this family's model takes (the data module's pre-flight
+        refuses samples with others)."""
+        return ("image", "frame", "video") if self.takes_video else ("image", "frame")
+
+    def images(self, sample: Mapping[str, Any]) -> list[Any]:
+        """The sample's media decoded in placeholder order: images fitted into the pixel
+        budget, videos as :class:`VideoClip` frames sampled at ``video.fps``."""
         budget = budget_for(sample, self.budget, self.per_dataset)
-        out = []
+        kinds = media_kinds(sample)
+        out: list[Any] = []
         for i, data in enumerate(sample.get("images") or []):
+            kind = kinds[i] if i < len(kinds) else "image"
+            if kind == "video" and self.takes_video:
+                out.append(self._video(sample, i, data, budget))
+                continue
+            if kind != "image":
+                raise SampleError(
+                    f"{_where(sample)}: media {i} is {kind}, which the "
+                    f"{self.family or 'model'} family cannot take"
+                )
             try:
                 with Image.open(io.BytesIO(data)) as img:
                     rgb = img.convert("RGB")
@@ -323,6 +478,36 @@ class VlmCollator:
                 raise SampleError(f"{_where(sample)}: image {i} does not decode ({err})") from err
             out.append(budget.fit(rgb))
         return out
+
+    def _video(self, sample: Mapping[str, Any], i: int, data: Any, budget: PixelBudget) -> Any:
+        """Media ``i`` (a video: inline bytes, a lake blob or a referenced file) as
+        frames at ``video.fps``, each fitted into the video budget."""
+        from lake.video import VideoRejected, sample_frames
+
+        if data is None:
+            raise SampleError(
+                f"{_where(sample)}: video {i} has no bytes, blob or referenced file to read"
+            )
+        if isinstance(data, str) and not Path(data).is_file():
+            raise SampleError(
+                f"{_where(sample)}: video {i} is stored by reference and {data} is not a "
+                "file (set data.media_root to the directory it was ingested from)"
+            )
+        v = self.video
+        step = int(getattr(getattr(self.processor, "video_processor", None),
+                           "temporal_patch_size", 1) or 1)  # fmt: skip
+        source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+        if hasattr(source, "seek"):
+            source.seek(0)  # a cached blob may have been read before
+        try:
+            got = sample_frames(source, v.fps, v.max_frames, step)
+        except VideoRejected as err:
+            raise SampleError(f"{_where(sample)}: video {i} does not decode ({err})") from err
+        fit = PixelBudget(
+            v.min_pixels if v.min_pixels is not None else budget.min_pixels,
+            v.max_pixels if v.max_pixels is not None else budget.max_pixels,
+        )
+        return VideoClip([fit.fit(f.convert("RGB")) for f in got.frames], got.fps)
 
     def encode(
         self,
@@ -347,11 +532,13 @@ class VlmCollator:
             labels = r.labels(text, spans, ids)
         except SampleError as err:
             raise SampleError(f"{_where(sample)}: {err}") from err
-        vision = {k: enc[k] for k in VISION_KEYS if k in enc}
+        vision = {k: torch.as_tensor(enc[k]) for k in VISION_KEYS if k in enc}
         mm = enc["mm_token_type_ids"][0] if "mm_token_type_ids" in enc else None
+        stills, videos = split_media(images)
         return Encoded(
             str(sample.get("sample_id")), ids, labels, vision, mm,
-            [im.size for im in images], len(images),
+            [im.size for im in stills], len(stills), len(videos),
+            [len(v.frames) for v in videos],
         )  # fmt: skip
 
     def fit_length(self, enc: Encoded) -> str | None:
@@ -359,7 +546,8 @@ class VlmCollator:
         if len(enc) <= self.max_length:
             return None
         if self.overlong == "truncate_text":
-            img = (enc.input_ids == self.renderer.image_token_id).nonzero()
+            media = torch.tensor(sorted(self.renderer.media_token_ids))
+            img = torch.isin(enc.input_ids, media).nonzero()
             last_image = int(img[-1]) if len(img) else -1
             if last_image < self.max_length - 1:
                 cut = self.max_length
@@ -383,6 +571,7 @@ class VlmCollator:
         rejected: list[Encoded] = []
         prompts: list[tuple[list[dict[str, Any]], list[Image.Image]]] = []
         references: list[str] = []
+        kept: list[tuple[Mapping[str, Any], list[dict[str, Any]], list[Image.Image]]] = []
         for sample in samples:
             try:
                 got = self._sample(sample)
@@ -394,6 +583,7 @@ class VlmCollator:
                 skipped.append((str(sample.get("sample_id")), got))
                 continue
             chosen, other, conv, images = got
+            kept.append((sample, conv, images))
             rows.append(chosen)
             if other is not None:
                 rejected.append(other)
@@ -405,6 +595,9 @@ class VlmCollator:
         batch = self._batch(rows + rejected)
         batch["skipped"] = skipped
         batch["n_pairs"] = len(rejected)
+        if self.objective == "kto":
+            batch["feedback"] = torch.tensor([bool(s["feedback"]) for s, _, _ in kept])
+            batch["kl"] = self._batch(self._kl_rows(kept))
         if self.with_prompts:
             batch.update(self._prompts(prompts))
             batch["references"] = references
@@ -415,6 +608,14 @@ class VlmCollator:
         images = self.images(sample)
         if self.objective == "dpo":
             return self._pair(sample, conv, images)
+        if self.objective == "kto":
+            return self._feedback(sample, conv, images)
+        if sample.get("feedback") is not None and not sample["feedback"]:
+            return "undesirable answer (feedback = false): never an SFT target"
+        chosen = sample.get("chosen")
+        if isinstance(chosen, str) and chosen.strip():
+            # a preference pair teaches its chosen answer only, whatever messages end with
+            conv = [*_prompt_only(conv), _assistant(chosen)]
         if not any(_text(m).strip() for m in conv if m["role"] == "assistant"):
             # an empty answer would still label the template's end-of-turn token
             raise SampleError(f"{_where(sample)}: no assistant text to train on")
@@ -426,6 +627,35 @@ class VlmCollator:
             raise SampleError(f"{_where(sample)}: no supervised (assistant) tokens")
         return enc, None, conv, images
 
+    def _feedback(
+        self, sample: Mapping[str, Any], conv: list[dict[str, Any]], images: list[Image.Image]
+    ) -> Any:
+        """A KTO row: the prompt and its rated answer (the last assistant turn)."""
+        if sample.get("feedback") is None:
+            raise SampleError(f"{_where(sample)}: KTO needs feedback (true / false)")
+        if not conv or conv[-1]["role"] != "assistant" or not _text(conv[-1]).strip():
+            raise SampleError(f"{_where(sample)}: KTO needs an answer (a last assistant turn)")
+        enc = self.encode(sample, conv, images, last_turn_only=True)
+        why = self.fit_length(enc)
+        if why:
+            return why
+        if enc.supervised == 0:
+            raise SampleError(f"{_where(sample)}: no supervised (assistant) tokens")
+        return enc, None, conv, images
+
+    def _kl_rows(
+        self, kept: list[tuple[Mapping[str, Any], list[dict[str, Any]], list[Image.Image]]]
+    ) -> list[Encoded]:
+        """Prompt i answered by answer i - 1 (cyclic), for KTO's KL estimate; a row over
+        ``max_length`` is left out (the estimate is a mean over the rows)."""
+        out = []
+        for i, (sample, conv, images) in enumerate(kept):
+            answer = _text(kept[i - 1][1][-1])
+            enc = self.encode(sample, [*conv[:-1], _assistant(answer)], images, True)
+            if self.fit_length(enc) is None and enc.supervised:
+                out.append(enc)
+        return out
+
     def _pair(
         self, sample: Mapping[str, Any], conv: list[dict[str, Any]], images: list[Image.Image]
     ) -> Any:
@@ -434,7 +664,12 @@ class VlmCollator:
             isinstance(rejected, str) and rejected.strip()
         ):
             raise SampleError(f"{_where(sample)}: DPO needs both chosen and rejected")
-        prompt = conv[:-1] if conv and conv[-1]["role"] == "assistant" else conv
+        if sample.get("rejected_media_ids"):
+            raise SampleError(
+                f"{_where(sample)}: the rejected answer has media of its own "
+                "(rejected_media_ids); DPO training does not read them yet"
+            )
+        prompt = _prompt_only(conv)
         out = []
         for answer in (chosen, rejected):
             turn = {"role": "assistant", "content": [{"type": "text", "text": answer.strip()}]}
@@ -491,6 +726,8 @@ class VlmCollator:
             "n_supervised": [e.supervised for e in ordered],
             "image_sizes": [s for e in ordered for s in e.image_sizes],
             "n_images": [e.n_images for e in ordered],
+            "n_videos": [e.n_videos for e in ordered],
+            "video_frames": [n for e in ordered for n in e.n_frames],
         }
         if any(e.mm_token_type_ids is not None for e in rows):
             batch["mm_token_type_ids"] = mm
@@ -503,7 +740,8 @@ class VlmCollator:
             return {"prompts": None}
         r = self.renderer
         texts = [r.render(conv, add_generation_prompt=True) for conv, _ in prompts]
-        images = [imgs for _, imgs in prompts]
+        images = [split_media(media)[0] for _, media in prompts]
+        videos = [v for _, media in prompts for v in split_media(media)[1]]
         tok = r.tokenizer
         side = tok.padding_side
         tok.padding_side = "left"
@@ -511,6 +749,7 @@ class VlmCollator:
             enc = self.processor(
                 text=texts,
                 images=images if any(images) else None,
+                **video_kwargs(videos),
                 return_tensors="pt",
                 padding=True,
                 add_special_tokens=r._special(texts[0]),
@@ -518,6 +757,16 @@ class VlmCollator:
         finally:
             tok.padding_side = side
         return {"prompts": dict(enc)}
+
+
+def _prompt_only(conv: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation without a final assistant turn (a preference sample's prompt)."""
+    return conv[:-1] if conv and conv[-1]["role"] == "assistant" else conv
+
+
+def _assistant(answer: str) -> dict[str, Any]:
+    """An assistant turn answering ``answer`` (stripped)."""
+    return {"role": "assistant", "content": [{"type": "text", "text": answer.strip()}]}
 
 
 def _prompt_of(conv: list[dict[str, Any]]) -> list[dict[str, Any]]:

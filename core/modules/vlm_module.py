@@ -9,7 +9,10 @@
   logits, so packed and unpacked batches give the same value). ``objective=dpo``: the DPO
   loss against the frozen base (the adapter disabled under LoRA, a frozen copy otherwise);
   ``objective=orpo``: NLL of the chosen answer plus ``orpo_lambda`` x the odds-ratio term,
-  no reference model.
+  no reference model; ``objective=kto``: TRL's KTO loss on feedback data (samples with
+  ``feedback`` true / false), against the same frozen reference, with TRL's batch KL
+  estimate (:meth:`VlmModule.kto_loss`). SFT trains a preference sample on its ``chosen``
+  answer and never on a ``feedback = false`` one (see ``core.modules.vlm_collate``).
 - Every step runs the vision tower: a batch without images feeds it a blank image and adds
   0 x its output to the loss, so DDP / FSDP ranks never diverge on mixed batches.
 - Validation: loss and perplexity, and ``generate`` on the first ``generate_samples``
@@ -54,7 +57,10 @@ from lake.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MODEL_INPUTS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")
+MODEL_INPUTS = (
+    "pixel_values", "image_grid_thw", "mm_token_type_ids", "pixel_values_videos",
+    "video_grid_thw", "second_per_grid_ts",
+)  # fmt: skip
 DEFAULT_FREEZE = {"vision": True, "projector": False, "language_model": False}
 
 
@@ -85,6 +91,8 @@ class VlmModule(TrainableOnlyCheckpoints, L.LightningModule):
         objective: str = "sft",
         beta: float = 0.1,
         orpo_lambda: float = 0.1,
+        desirable_weight: float = 1.0,
+        undesirable_weight: float = 1.0,
         max_length: int = 1024,
         overlong: str = "skip",
         pack: bool = False,
@@ -93,6 +101,7 @@ class VlmModule(TrainableOnlyCheckpoints, L.LightningModule):
         dataset_pixels: Mapping[str, Mapping[str, int | None]] | None = None,
         caption_prompt: str = "Describe the image.",
         on_error: str = "error",
+        video: Mapping[str, Any] | None = None,
         generate_samples: int = 8,
         max_new_tokens: int = 32,
         adapter_every_n_steps: int = 0,
@@ -101,8 +110,8 @@ class VlmModule(TrainableOnlyCheckpoints, L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if objective not in ("sft", "dpo", "orpo"):
-            raise ConfigError(f"objective must be sft, dpo or orpo, not {objective!r}")
+        if objective not in ("sft", "dpo", "orpo", "kto"):
+            raise ConfigError(f"objective must be sft, dpo, orpo or kto, not {objective!r}")
         self.frozen = {**DEFAULT_FREEZE, **dict(freeze or {})}
         peft_cfg = {"method": "none", "r": 16, "alpha": 32, "dropout": 0.05, **dict(peft or {})}
         if quantization and peft_cfg["method"] == "none":
@@ -138,9 +147,9 @@ class VlmModule(TrainableOnlyCheckpoints, L.LightningModule):
             )
         self.model = model
         no_grad_when_frozen(self.model, self.spec, "vision")
-        # a full fine-tune's DPO reference: a frozen copy, kept out of the state dict
+        # a full fine-tune's DPO / KTO reference: a frozen copy, kept out of the state dict
         self._reference: list[torch.nn.Module] = []
-        if objective == "dpo" and not self.uses_peft:
+        if objective in ("dpo", "kto") and not self.uses_peft:
             ref = copy.deepcopy(model).eval()
             ref.requires_grad_(False)
             self._reference.append(ref)
@@ -169,9 +178,12 @@ class VlmModule(TrainableOnlyCheckpoints, L.LightningModule):
             max_pixels=h.max_pixels,
             dataset_pixels=h.dataset_pixels,
             caption_prompt=h.caption_prompt,
-            objective="dpo" if h.objective in ("dpo", "orpo") else "sft",
+            objective={"orpo": "dpo"}.get(h.objective, h.objective),
             with_prompts=not train and h.generate_samples > 0 and h.objective == "sft",
             on_error=h.on_error,
+            video_token=self.spec.video_token,
+            video=h.video,
+            family=self.spec.name,
         )
 
     def pop_events(self) -> list[tuple[str, dict[str, Any]]]:
@@ -213,22 +225,30 @@ class VlmModule(TrainableOnlyCheckpoints, L.LightningModule):
             return pos
         inner = _unwrap(self.model)
         rope = torch.zeros((3, *pos.shape), dtype=pos.dtype, device=pos.device)
-        grids = batch.get("image_grid_thw")
+        grids, vgrids = batch.get("image_grid_thw"), batch.get("video_grid_thw")
+        seconds = batch.get("second_per_grid_ts")  # Qwen2.5-VL: time per video grid step
         n_images = iter(batch["n_images"])
-        g = 0
+        n_videos = iter(batch.get("n_videos") or [0] * len(batch["n_images"]))
+        g = gv = 0
         for row, lens in enumerate(batch["seq_lens"]):
             at = 0
             for k in lens:
-                n = next(n_images)
+                n, nv = next(n_images), next(n_videos)
                 seg = batch["input_ids"][row, at : at + k]
                 mm = batch["mm_token_type_ids"][row, at : at + k]
                 grid = grids[g : g + n] if n else None
+                vgrid = vgrids[gv : gv + nv] if nv else None
+                extra = {}
+                if nv and seconds is not None:
+                    extra["second_per_grid_ts"] = seconds[gv : gv + nv]
                 p, _ = inner.model.get_rope_index(
-                    input_ids=seg[None], mm_token_type_ids=mm[None], image_grid_thw=grid
-                )
+                    input_ids=seg[None], mm_token_type_ids=mm[None], image_grid_thw=grid,
+                    video_grid_thw=vgrid, **extra,
+                )  # fmt: skip
                 rope[:, row, at : at + k] = p[:, 0]
                 at += k
                 g += n
+                gv += nv
             width = pos.shape[1]
             if at < width:
                 rope[:, row, at:] = torch.arange(width - at, device=pos.device)
@@ -308,6 +328,52 @@ class VlmModule(TrainableOnlyCheckpoints, L.LightningModule):
             "margin": (beta * margin).mean().detach(),
         }
 
+    def kto_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """TRL 1.16's KTO loss (``trl/trainer/kto_trainer.py``, ``KTOTrainer._compute_loss``,
+        ``loss_type="kto"``; Eqn 7 of the KTO paper) of a feedback batch, with its metrics.
+
+        With r = log pi(y|x) - log ref(y|x) summed over the answer's tokens and z the KL
+        reference point (the mean of r over the batch's mismatched prompt / answer rows
+        ``batch["kl"]``, no gradient, averaged over ranks, clamped at 0): a desirable answer
+        costs ``desirable_weight * (1 - sigmoid(beta * (r - z)))``, an undesirable one
+        ``undesirable_weight * (1 - sigmoid(beta * (z - r)))``; the loss is their mean.
+        """
+        h = self.hparams
+        logps, _ = self.token_logps(self(batch), batch["labels"])
+        policy = logps.sum(-1)
+        with torch.no_grad():
+            ref = self.reference_logps(batch)
+            kl = self.kto_kl(batch["kl"])
+        good = batch["feedback"].to(policy.device)
+        ratio = policy - ref
+        desirable = 1 - torch.sigmoid(h.beta * (ratio[good] - kl))
+        undesirable = 1 - torch.sigmoid(h.beta * (kl - ratio[~good]))
+        loss = torch.cat((h.desirable_weight * desirable, h.undesirable_weight * undesirable))
+        metrics: dict[str, Any] = {"kl": kl.detach()}
+        if bool(good.any()):
+            metrics["reward_chosen"] = (h.beta * ratio[good]).mean().detach()
+        if bool((~good).any()):
+            metrics["reward_rejected"] = (h.beta * ratio[~good]).mean().detach()
+        return loss.nanmean(), metrics
+
+    def kto_kl(self, kl_batch: Mapping[str, Any]) -> torch.Tensor:
+        """KTO's KL reference point: mean (policy - reference) log-probability of the
+        mismatched rows, averaged over ranks, at least 0 (0 without rows)."""
+        if kl_batch["input_ids"].numel() == 0:
+            return torch.zeros((), device=self.device)
+        logps, _ = self.token_logps(self(kl_batch), kl_batch["labels"])
+        kl = (logps.sum(-1) - self.reference_logps(kl_batch)).mean()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(kl)
+            kl = kl / torch.distributed.get_world_size()
+        return kl.clamp(min=0)
+
+    def objective_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The preference objective's loss (DPO, ORPO or KTO) and its metrics."""
+        if self.hparams.objective == "kto":
+            return self.kto_loss(batch)
+        return self.preference_loss(batch)
+
     def reference_logps(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Summed label log-probabilities under the frozen base model."""
         if self.uses_peft:
@@ -333,7 +399,7 @@ class VlmModule(TrainableOnlyCheckpoints, L.LightningModule):
             loss, n = self.sft_loss(batch)
             self.log("train/tokens", float(n), batch_size=bs)
         else:
-            loss, metrics = self.preference_loss(batch)
+            loss, metrics = self.objective_loss(batch)
             for k, v in metrics.items():
                 self.log(f"train/{k}", v, batch_size=bs)
         if "pixel_values" not in batch:
@@ -364,15 +430,19 @@ class VlmModule(TrainableOnlyCheckpoints, L.LightningModule):
             if batch.get("prompts") and len(self._gen) < self.hparams.generate_samples:
                 self._generate(batch)
         else:
-            loss, metrics = self.preference_loss(batch)
+            loss, metrics = self.objective_loss(batch)
             self.log(f"{prefix}/loss", loss, batch_size=bs, sync_dist=True)
             for k, v in metrics.items():
+                if k.startswith("reward_") and self.hparams.objective == "kto":
+                    continue  # present only when the batch has such answers: ranks differ
                 self.log(f"{prefix}/{k}", v, batch_size=bs, sync_dist=True)
 
     def _generate(self, batch: Mapping[str, Any]) -> None:
         room = self.hparams.generate_samples - len(self._gen)
         prompts = {k: v for k, v in batch["prompts"].items() if isinstance(v, torch.Tensor)}
         n = min(room, prompts["input_ids"].shape[0])
+        if "video_grid_thw" in prompts and n < prompts["input_ids"].shape[0]:
+            return  # video inputs are not cut per row: generate only whole batches of them
         if "pixel_values" in prompts and "image_grid_thw" not in prompts:
             # rows may hold no image (text-only samples) or several: count them per row
             k = int(sum(_images_per_row(prompts["input_ids"], self.spec, self.processor)[:n]))
