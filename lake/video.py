@@ -749,3 +749,76 @@ def _steps(s, probe, work, threading, keyframes, audio, audio_note) -> list[tupl
     elif audio_note:
         steps.append(("audio_extract", audio_note))
     return steps
+
+
+# --------------------------------------------------------------------------- training frames
+
+
+@dataclass(frozen=True)
+class SampledFrames:
+    """Frames of one video sampled for a model: upright RGB images at ``times`` (seconds
+    from the first frame); ``fps`` is the effective sampling rate."""
+
+    frames: list[Image.Image]
+    times: list[float]
+    fps: float
+    duration_s: float
+
+
+def sample_frames(
+    source: str | Path | Any, fps: float, max_frames: int, multiple_of: int = 1
+) -> SampledFrames:
+    """Frames of a video at ``fps`` (a path, or a readable seekable file object such as
+    :meth:`lake.store.Lake.open_blob`'s), decoding only up to the last frame needed.
+
+    The grid is ``i / fps`` from the first frame; its length is rounded down to a
+    multiple of ``multiple_of`` (Qwen-VL's temporal patch) and at least ``multiple_of``;
+    longer than ``max_frames``, the frames are spread evenly over the video instead. Each
+    grid time takes the last frame shown at it. Raises VideoRejected (message = reason).
+    """
+    if fps <= 0 or max_frames < 1 or multiple_of < 1:
+        raise ValueError("fps must be > 0, max_frames and multiple_of >= 1")
+    try:
+        container = av.open(source if not isinstance(source, Path) else str(source))
+    except av.error.FFmpegError as exc:
+        raise VideoRejected(f"truncated or corrupt: {ffmpeg_reason(exc)}") from None
+    try:
+        vstream = _video_stream(container)
+        _threads(vstream, "AUTO")
+        tb = vstream.time_base
+        start = vstream.start_time or 0
+        duration = _declared_video_seconds(container, vstream)
+        n = int(duration * fps + 1e-6) // multiple_of * multiple_of
+        n = max(multiple_of, min(n, max_frames // multiple_of * multiple_of or multiple_of))
+        spread = duration * fps >= n + multiple_of  # too long for max_frames
+        if spread:
+            times = [float(t) for t in np.linspace(0.0, duration, n, endpoint=False)]
+        else:
+            times = [i / fps for i in range(n)]
+        picked: list[Any] = [None] * n
+        k = 0
+        last = None
+        for frame in container.decode(vstream):
+            t = float((frame.pts - start) * tb) if frame.pts is not None else 0.0
+            while k < n and t > times[k] + 1e-6:  # frame k is the last one before t
+                picked[k] = last
+                k += 1
+            last = frame
+            if k >= n:
+                break
+        while k < n:  # the video ends before the grid does: its last frame holds
+            picked[k] = last
+            k += 1
+    except av.error.FFmpegError as exc:
+        raise VideoRejected(f"truncated or corrupt: {ffmpeg_reason(exc)}") from None
+    finally:
+        container.close()
+    if picked[0] is None:
+        raise VideoRejected("truncated or corrupt: no frame could be decoded")
+    images: list[Image.Image] = []
+    for frame in picked:
+        image = frame.to_image()
+        rotation = round(frame.rotation / 90.0) * 90 % 360
+        turn = _ROTATIONS.get(rotation // 90 % 4)
+        images.append(image.transpose(turn) if turn is not None else image)
+    return SampledFrames(images, times, n / duration if spread else float(fps), float(duration))

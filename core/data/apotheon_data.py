@@ -108,6 +108,11 @@ class ApotheonSamples(LanceSamples):
             notes = item.pop("media_transcript")
             item["images"] = [d for d, kind in zip(data, kinds, strict=True) if kind in VISUAL]
             item["audio"], item["audio_range"] = None, None
+            if sum(k == "audio" for k in kinds) > 1:
+                raise ValueError(
+                    f"sample {item['sample_id']}: {sum(k == 'audio' for k in kinds)} audio "
+                    "media; Apotheon takes one audio per sample"
+                )
             for d, kind, note in zip(data, kinds, notes, strict=True):
                 if kind == "audio":
                     item["audio"] = d

@@ -35,6 +35,13 @@ class FamilySpec:
     image_token: str
     never_supervised: tuple[str, ...]  # vision special tokens, always label -100
     mrope: bool = False  # Qwen2-VL style 3-D rotary positions (packing passes 4 x B x L)
+    # the token a ``<video>`` becomes (its processor's video input); None: no video input
+    video_token: str | None = None
+
+    @property
+    def media_kinds(self) -> tuple[str, ...]:
+        """The lake media kinds the family's model takes (``frame``s are images)."""
+        return ("image", "frame", "video") if self.video_token else ("image", "frame")
 
     def role_of(self, param_name: str) -> str | None:
         """The role of a parameter (PEFT prefixes stripped), or None (e.g. ``lm_head``)."""
@@ -89,6 +96,7 @@ def _qwen(name: str, prefix: str) -> FamilySpec:
         image_token="<|image_pad|>",
         never_supervised=("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"),
         mrope=True,
+        video_token="<|video_pad|>",
     )
 
 

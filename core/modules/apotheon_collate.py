@@ -2,8 +2,9 @@
 
 Each item (from :class:`core.data.apotheon_data.ApotheonSamples`) may hold images or a
 clip's frames (``images``), an audio track with the range to cut (``audio``,
-``audio_range``), a caption (the ``caption`` column, else the assistant's answer of a
-conversation, whose question becomes the prompt) and a transcript. Whatever a sample
+``audio_range``; a conversation's ``<audio>`` media too), a caption (the ``caption``
+column, else the assistant's answer of a conversation, whose question becomes the
+prompt, its placeholders removed) and a transcript. Whatever a sample
 lacks is simply absent from the batch; the model trains the heads that apply.
 
 Batch keys (tensors unless noted):
@@ -29,12 +30,18 @@ import numpy as np
 import torch
 
 from core.data.collate import decode_image
+from lake.schema import PLACEHOLDERS
 
 SAMPLE_RATE = 16000
 
 
 class ApotheonCollator:
     """Picklable collator (runs in DataLoader workers) for :class:`ApotheonModel` batches."""
+
+    #: media kinds Apotheon's encoders take (the data module's pre-flight refuses others:
+    #: a conversation's ``<video>`` is not read, its frames and audio track would be)
+    accepted_kinds = ("image", "frame", "audio")
+    family = "apotheon"
 
     def __init__(
         self,
@@ -196,7 +203,10 @@ def caption_and_prompt(item: Mapping[str, Any]) -> tuple[str | None, str | None]
         return caption, None
     prompt = None
     for message in item.get("messages") or []:
-        text = (message.get("content") or "").replace("<image>", "").strip()
+        text = message.get("content") or ""
+        for token in PLACEHOLDERS.values():  # the media are fed to the encoders
+            text = text.replace(token, "")
+        text = text.strip()
         if message.get("role") == "user" and text:
             prompt = text
         elif message.get("role") == "assistant" and text:
