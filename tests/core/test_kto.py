@@ -242,3 +242,43 @@ def test_kto_preset_composes(compose) -> None:
     assert m.desirable_weight == 1.0 and m.undesirable_weight == 1.0
     header = (Path(__file__).parents[2] / "conf/experiment/qwen2vl_kto.yaml").read_text()
     assert "ESTIMATED" in header.split("defaults:")[0]
+
+
+def test_llama_factory_kto_file_trains_as_kto(tmp_path: Path) -> None:
+    """LLaMA-Factory's ``kto_en_demo`` layout (ShareGPT + ``label``) through the real
+    source: the lake's feedback reaches the KTO batch, and SFT leaves the false ones out."""
+    from core.data.lance_data import LanceDataModule
+    from lake.ingest import IngestSettings, ingest
+    from lake.store import Lake
+    from plugins.sharegpt import ShareGPTSource
+
+    names = list(VLM_COLOURS)
+    lines = []
+    for i in range(4):
+        colour = names[i]
+        said = colour if i % 2 == 0 else names[(i + 2) % 4]  # answers all differ
+        (tmp_path / f"{i}.jpg").write_bytes(jpeg_bytes(VLM_COLOURS[colour], (40, 40 + 2 * i)))
+        lines.append(json.dumps({"conversations": [
+            {"from": "human", "value": f"<image>{QUESTION}"},
+            {"from": "gpt", "value": f"It is {said}."}],
+            "images": [f"{i}.jpg"], "label": i % 2 == 0}))  # fmt: skip
+    (tmp_path / "kto.jsonl").write_text("\n".join(lines) + "\n")
+    lake = Lake(tmp_path / "lake")
+    report = ingest(
+        ShareGPTSource(tmp_path / "kto.jsonl"), lake, "kto", IngestSettings(progress=False)
+    )
+    assert report.new_samples == 4 and not report.rejected, report.summary()
+
+    kto = make("llava", objective="kto")
+    dm = LanceDataModule(str(tmp_path / "lake"), val_fraction=0.0, test_fraction=0.0)
+    dm.set_collator(kto.make_collator())
+    batch = kto.make_collator()(dm.dataset("train").__getitems__(list(range(4))))
+    by_answer = {supervised_text(kto, batch, i).strip(): bool(batch["feedback"][i])
+                 for i in range(4)}  # fmt: skip
+    for i in range(4):
+        said = names[i] if i % 2 == 0 else names[(i + 2) % 4]
+        (text,) = [t for t in by_answer if t.startswith(f"It is {said}.")]
+        assert by_answer[text] == (i % 2 == 0)
+    sft = LanceDataModule(str(tmp_path / "lake"), val_fraction=0.0, test_fraction=0.0)
+    sft.set_collator(make("llava").make_collator())
+    assert sft.sizes()["train"] == 2
