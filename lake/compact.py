@@ -28,9 +28,22 @@ scans) and many versions whose files stay on disk. For each table (``media``, ``
    re-checks the age and skips tagged versions. A protected version keeps every data file
    it needs and stays readable: ``Lake(uri).table("samples", version=N)``.
 
+**Prediction, growth.** Before writing anything each table's outcome is predicted
+(:func:`predict`): the compacted files are measured by compacting a throwaway shallow
+clone in the system temp folder (exact sizes; it costs the compaction's writes), and the
+cleanup's deletions are the files that only removed versions read. Compaction adds the
+merged fragments while a version that is kept (tagged, DVC-referenced, younger than the
+retention) still reads the old ones, so it can *grow* a table: the report's ``growth``
+says by how much and which versions hold the old fragments, and a warning is logged
+before anything runs. Growth held by tagged or DVC-referenced versions is lasting: that
+table's compaction is skipped (its cleanup still runs) unless ``allow_growth``. Growth
+held only by young versions passes once they age out: the table is compacted, with the
+warning.
+
 ``dry_run`` changes nothing (no compaction, no cleanup, no tags, no ``runs`` record): it
-reports the compaction plan and what the cleanup would remove now. A real run records
-itself in ``runs`` and tags the versions it produced, like every job.
+reports that prediction (versions, fragments, bytes after, removed versions), which is what
+the real run then does. A real run records itself in ``runs`` and tags the versions it
+produced, like every job.
 
 Removing versions while another process still reads one of them breaks that reader
 (Lance's own caveat): run it when no job is writing or reading old versions, and keep
@@ -363,8 +376,15 @@ def _disk_bytes(folder: Path) -> int:
     return total
 
 
-def _table_state(lake: Lake, name: str) -> dict[str, Any]:
+def _latest(lake: Lake, name: str) -> Any:
+    """The table's dataset at its newest committed version (a cached handle may lag)."""
     ds = lake.dataset(name)
+    newest = int(ds.latest_version)
+    return ds if int(ds.version) == newest else ds.checkout_version(newest)
+
+
+def _table_state(lake: Lake, name: str) -> dict[str, Any]:
+    ds = _latest(lake, name)
     return {
         "version": int(ds.version),
         "versions": len(ds.versions()),
@@ -402,6 +422,7 @@ def _compact(
             "fragments_rewritten": len(rewrite),
             "rows": rows,
             "fragments_added": new if rewrite else 0,
+            "fragment_ids": sorted({int(f.id) for f in rewrite}),
         }
     metrics = ds.optimize.compact_files(**opts)
     out = {
@@ -419,6 +440,120 @@ def _compact(
             fresh.optimize.optimize_indices()
             out["indices_optimized"] = True
     return out
+
+
+def _version_files(folder: Path, ds: Any, version: int) -> set[str]:
+    """Data and deletion files (paths relative to the table) that one version reads."""
+    out: set[str] = set()
+    for frag in ds.checkout_version(version).get_fragments():
+        md = frag.metadata
+        out.update(f"data/{f.path}" for f in md.files)
+        if md.deletion_file is not None:
+            out.add(str(md.deletion_file.path(md.id)))
+    return out
+
+
+def _own_files(folder: Path, ds: Any, version: int) -> set[str]:
+    """The manifest and transaction file of one version."""
+    out = {
+        f"_versions/{p.name}"
+        for p in (folder / "_versions").glob("*.manifest")
+        if manifest_version(p.stem) == version
+    }
+    with contextlib.suppress(Exception):  # a version written without a transaction file
+        txn = ds.read_transaction(version)
+        if txn is not None:
+            out.add(f"_transactions/{txn.read_version}-{txn.uuid}.txn")
+    return out
+
+
+def _sizes(folder: Path, paths: Iterable[str]) -> int:
+    total = 0
+    for rel in paths:
+        with contextlib.suppress(OSError):
+            total += (folder / rel).stat().st_size
+    return total
+
+
+def _measure_compaction(ds: Any, opts: dict[str, Any]) -> dict[str, int]:
+    """What the compaction adds, measured on a throwaway shallow clone.
+
+    The clone (in the system temp folder) reads the table's files in place and receives
+    the compacted files, manifests and transactions, so their sizes are exact; the table
+    itself is not touched. It costs what the compaction's writes cost. Lance commits the
+    compaction as two versions (fragment ids reserved, then the rewrite): ``transient`` is
+    the manifest and transaction of every version but the last, which the cleanup removes.
+    """
+    import tempfile
+
+    import lance
+
+    with tempfile.TemporaryDirectory(prefix="lakeloom-compact-") as tmp:
+        target = Path(tmp) / "clone.lance"
+        ds.checkout_version(int(ds.version)).shallow_clone(str(target), int(ds.version))
+        before = {p: p.stat().st_size for p in target.rglob("*") if p.is_file()}
+        first = int(lance.dataset(str(target)).version)
+        lance.dataset(str(target)).optimize.compact_files(**opts)
+        clone = lance.dataset(str(target))
+        after = {p: p.stat().st_size for p in target.rglob("*") if p.is_file()}
+        added = sum(size for p, size in after.items() if p not in before)
+        added += sum(after[p] - before[p] for p in before if p in after)
+        middle = range(first + 1, int(clone.version))
+        transient = _sizes(target, {f for v in middle for f in _own_files(target, clone, v)})
+        return {
+            "added": added,
+            "transient": transient,
+            "versions": int(clone.version) - first,
+            "fragments": len(clone.get_fragments()),
+        }
+
+
+def predict(
+    lake: Lake,
+    name: str,
+    ds: Any,
+    rewrite: set[int],
+    remove: list[int],
+    kept: Iterable[int],
+    added: int,
+) -> dict[str, Any]:
+    """Bytes on disk after compaction (rewriting fragments ``rewrite``) and cleanup.
+
+    The compacted version reads the latest version's files minus those of the rewritten
+    fragments, plus ``added`` bytes of new files. The cleanup deletes the manifests and
+    transactions of the ``remove`` versions and every data or deletion file that only they
+    read: a file that a ``kept`` version (tagged, DVC-referenced, younger than the
+    retention) still reads stays, and that is how a compaction can grow a table.
+    """
+    folder = Path(lake.uri) / f"{name}.lance"
+    latest = int(ds.version)
+    files = {v: _version_files(folder, ds, v) for v in {*remove, *kept, latest}}
+    rewritten = {
+        f"data/{f.path}"
+        for frag in ds.get_fragments()
+        if frag.fragment_id in rewrite
+        for f in frag.metadata.files
+    }
+    rewritten |= {
+        str(frag.metadata.deletion_file.path(frag.fragment_id))
+        for frag in ds.get_fragments()
+        if frag.fragment_id in rewrite and frag.metadata.deletion_file is not None
+    }
+    live = files[latest] - rewritten if rewrite else files[latest]
+    keep = set(live)
+    for v in kept:
+        keep |= files[v]
+    gone: set[str] = set()
+    for v in remove:
+        gone |= (files[v] - keep) | _own_files(folder, ds, v)
+    held = {v: _sizes(folder, files[v] & rewritten) for v in kept if files[v] & rewritten}
+    removed = _sizes(folder, gone)
+    return {
+        "bytes_added": int(added) if rewrite else 0,
+        "bytes_removed": removed,
+        "held_by": held,  # version -> bytes of rewritten fragments it keeps on disk
+        "held_bytes": _sizes(folder, rewritten & set().union(*[files[v] for v in held] or [set()])),
+    }
 
 
 def _main_tags(ds: Any) -> dict[str, int]:
@@ -443,12 +578,17 @@ def compact_table(
     delete_unverified: bool = False,
     optimize_indices: bool = True,
     skip_cleanup: str | None = None,
+    allow_growth: bool = False,
 ) -> dict[str, Any]:
     """Compact one table, then remove its unprotected versions older than the retention.
 
     ``keep_versions`` are protected (DVC references); the latest and tagged versions are
     always protected (tags of old versions are dropped first with ``drop_old_tags``).
-    ``skip_cleanup`` (a reason) compacts but removes no version.
+    ``skip_cleanup`` (a reason) compacts but removes no version. Before anything is
+    written the outcome is predicted (:func:`predict`); when the compaction would leave
+    the table larger than now, because protected versions keep the fragments it rewrites,
+    it is skipped (the cleanup still runs) unless ``allow_growth``; either way the report
+    says so under ``growth``.
     """
     # the writer lock: a write during compaction would break the row-count check and
     # conflict with the rewrite (see lake/lock.py); a dry run writes nothing, not even
@@ -456,37 +596,91 @@ def compact_table(
     with contextlib.nullcontext() if dry_run else lake.lock():
         before = _table_state(lake, name)
         opts = _compaction_options(target_rows_per_fragment, max_bytes_per_file)
-        compaction = _compact(lake.dataset(name), opts, dry_run, optimize_indices)
-        ds = lake.dataset(name)  # latest, after compaction
+        ds = _latest(lake, name)
+        plan = _compact(ds, opts, True, optimize_indices)
+        rewrite = set(plan.pop("fragment_ids"))
+        stamps = {int(v["version"]): v["timestamp"] for v in ds.versions()}
+        latest = int(ds.version)
+        retention = timedelta(days=float(retention_days))
+        # Lance's version timestamps are naive local times: compare with the local clock
+        cutoff = datetime.now() - retention
+        tags = _main_tags(ds)
+        dropped = [
+            tag
+            for tag, version in sorted(tags.items())
+            if drop_old_tags and version != latest and stamps.get(version, cutoff) < cutoff
+        ]
+        tagged = {v for t, v in tags.items() if t not in dropped}
+        dvc = {int(v) for v in keep_versions or ()} & set(stamps)
+
+        def plan_cleanup(compacts: bool) -> tuple[list[int], list[int]]:
+            """(versions removed, versions kept besides the new latest)."""
+            head = None if compacts else latest
+            old = [v for v, ts in sorted(stamps.items()) if v != head and ts < cutoff]
+            remove = [] if skip_cleanup else [v for v in old if v not in tagged | dvc]
+            return remove, [v for v in stamps if v not in remove and v != head]
+
+        compacts = bool(rewrite)
+        remove, kept = plan_cleanup(compacts)
+        guess = predict(lake, name, ds, rewrite, remove, kept, 0)
+        measured = {"added": 0, "transient": 0, "versions": 1, "fragments": before["fragments"]}
+        if compacts and (dry_run or guess["held_by"]):
+            measured = _measure_compaction(ds, opts)
+            guess = predict(lake, name, ds, rewrite, remove, kept, measured["added"])
+        # the compaction's own intermediate versions go in this run only with retention 0
+        transient = compacts and not skip_cleanup and float(retention_days) == 0
+        if transient:
+            guess["bytes_removed"] += measured["transient"]
+        growth = guess["bytes_added"] - guess["bytes_removed"]
+        grow: dict[str, Any] = {}
+        if compacts and growth > 0 and guess["held_by"]:
+            held = set(guess["held_by"])
+            why = {
+                "tagged": sorted(held & tagged),
+                "dvc": sorted((held & dvc) - tagged),
+                "young": sorted(held - tagged - dvc),
+            }
+            # versions younger than the retention let their files go at a later run;
+            # tagged and DVC-referenced ones keep them for good
+            lasting = bool(why["tagged"] or why["dvc"])
+            grow = {
+                "bytes": growth,
+                "held_bytes": guess["held_bytes"],
+                "held_by": why,
+                "skipped": lasting and not allow_growth,
+            }
+            log.warning("%s", _growth_text(name, grow))
+            if grow["skipped"]:
+                compacts = False
+                remove, kept = plan_cleanup(False)
+                guess = predict(lake, name, ds, set(), remove, kept, 0)
+                transient = False
+
+        if dry_run or not compacts:
+            compaction = dict(plan) if compacts else {"skipped": True, **plan}
+        else:
+            compaction = _compact(ds, opts, False, optimize_indices)
+        ds = _latest(lake, name)  # after compaction
+        if not dry_run and compacts and not skip_cleanup:
+            # the versions the compaction committed before its last one (reserved ids)
+            limit = datetime.now() - retention
+            remove += [
+                int(v["version"])
+                for v in ds.versions()
+                if int(v["version"]) not in stamps
+                and int(v["version"]) != int(ds.version)
+                and v["timestamp"] < limit
+            ]
         rows = int(ds.count_rows())
         if rows != before["rows"]:
             raise LakeloomError(
                 f"{name}: compaction changed the row count {before['rows']} -> {rows}"
             )
-        versions = ds.versions()
-        stamps = {int(v["version"]): v["timestamp"] for v in versions}
-        latest = int(ds.version)
-        retention = timedelta(days=float(retention_days))
-        # Lance's version timestamps are naive local times: compare with the local clock
-        cutoff = datetime.now() - retention
-
-        tags = _main_tags(ds)
-        dropped: list[str] = []
-        if drop_old_tags:
-            for tag, version in sorted(tags.items()):
-                stamp = stamps.get(version)
-                if version != latest and stamp is not None and stamp < cutoff:
-                    dropped.append(tag)
-                    if not dry_run:
-                        ds.tags.delete(tag)
-            tags = {t: v for t, v in tags.items() if t not in dropped}
-        tagged = set(tags.values())
-        dvc = {int(v) for v in keep_versions or ()} & set(stamps)
-        old = [v for v, ts in sorted(stamps.items()) if v != latest and ts < cutoff]
-        remove = [v for v in old if v not in tagged and v not in dvc]
+        if not dry_run:
+            for tag in dropped:
+                ds.tags.delete(tag)
         cleanup: dict[str, Any] = {}
         if skip_cleanup:
-            remove = []
             cleanup = {"skipped": skip_cleanup}
         elif remove:
             kwargs: dict[str, Any] = {
@@ -503,19 +697,24 @@ def compact_table(
                 k: int(getattr(stats, k))
                 for k in ("old_versions", "bytes_removed", "data_files_removed", "failed_deletes")
             }
+        predicted = {
+            "versions": len(stamps)
+            - len(remove)
+            + (measured["versions"] if compacts else 0)
+            - (measured["versions"] - 1 if transient else 0),
+            "fragments": measured["fragments"] if compacts else before["fragments"],
+            "bytes": before["bytes"] + guess["bytes_added"] - guess["bytes_removed"],
+        }
         if dry_run:  # what would be left
-            after = {
-                "versions": len(stamps) - len(remove),
-                "fragments": before["fragments"]
-                - compaction["fragments_rewritten"]
-                + compaction["fragments_added"],
-                "bytes": before["bytes"] - cleanup.get("bytes_removed", 0),
-            }
+            after = predicted
         else:
             after = _table_state(lake, name)
             remove = sorted(
-                set(stamps) - {int(v["version"]) for v in lake.dataset(name).versions()}
+                set(stamps) - {int(v["version"]) for v in _latest(lake, name).versions()}
             )
+        new_latest = (
+            int(ds.version) if not dry_run else latest + (measured["versions"] if compacts else 0)
+        )
         report: dict[str, Any] = {
             "rows": rows,
             "versions_before": before["versions"],
@@ -524,19 +723,44 @@ def compact_table(
             "fragments_after": after["fragments"],
             "bytes_before": before["bytes"],
             "bytes_after": after["bytes"],
-            "latest": latest,
+            "bytes_predicted": predicted["bytes"],
+            "latest": new_latest,
             "removed_versions": remove,
             "protected": {
-                "latest": latest,
-                "tagged": sorted(v for v in tagged if v in stamps and v != latest),
+                "latest": new_latest,
+                "tagged": sorted(v for v in tagged if v in stamps and v != new_latest),
                 "dvc": sorted(dvc),
             },
             "kept_young": sum(1 for ts in stamps.values() if ts >= cutoff),
             "dropped_tags": dropped,
             "compaction": compaction,
             "cleanup": cleanup,
+            "growth": grow,
         }
         return report
+
+
+def _growth_text(name: str, grow: Mapping[str, Any]) -> str:
+    """Why compacting ``name`` would grow it, and what it does about that."""
+    held = grow["held_by"]
+    who = "; ".join(
+        f"{label} versions {_versions_text(held[key])}"
+        for key, label in (("tagged", "tagged"), ("dvc", "DVC-referenced"), ("young", "young"))
+        if held[key]
+    )
+    if grow["skipped"]:
+        action = (
+            "compaction skipped (compact.allow_growth=true compacts anyway; "
+            "compact.drop_old_tags=true releases tagged versions older than the retention)"
+        )
+    elif held["tagged"] or held["dvc"]:
+        action = "compacting anyway (compact.allow_growth=true)"
+    else:
+        action = "compacting: a later run frees them once those versions pass the retention"
+    return (
+        f"{name}: compaction would grow the table by {_size(grow['bytes'])}: {who} keep the "
+        f"{_size(grow['held_bytes'])} of fragments it rewrites; {action}"
+    )
 
 
 def compact_lake(
@@ -552,15 +776,17 @@ def compact_lake(
     delete_unverified: bool = False,
     optimize_indices: bool = True,
     unknown: Mapping[str, list[str]] | None = None,
+    allow_growth: bool = False,
 ) -> dict[str, Any]:
     """Compact every table of the lake and remove its old unprotected versions.
 
     ``keep_versions`` maps a table to versions that must survive (e.g. from
     :func:`dvc_referenced_versions`); ``None`` protects nothing beyond the latest and the
     tagged versions. ``unknown`` maps tables whose DVC references could not be read to the
-    reasons; those tables are compacted but keep all their versions. Returns the report
-    (per table: rows, versions, fragments and bytes before/after, protected and removed
-    versions).
+    reasons; those tables are compacted but keep all their versions. ``allow_growth``
+    compacts a table even where protected versions would keep the old fragments (see
+    :func:`compact_table`). Returns the report (per table: rows, versions, fragments and
+    bytes before/after and predicted, protected and removed versions, growth).
     """
     if float(retention_days) < 0:
         raise ConfigError(f"compact.retention_days must be >= 0, got {retention_days}")
@@ -590,6 +816,7 @@ def compact_lake(
             delete_unverified=delete_unverified,
             optimize_indices=optimize_indices,
             skip_cleanup=skip,
+            allow_growth=allow_growth,
         )
     return report
 
@@ -630,6 +857,8 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"  cleanup skipped: {t['cleanup']['skipped']}")
         if t["dropped_tags"]:
             lines.append(f"  tags dropped: {', '.join(t['dropped_tags'])}")
+        if t.get("growth"):
+            lines.append("  " + _growth_text(name, t["growth"]))
     dvc = report.get("dvc")
     if dvc:
         where = dvc["root"] or "no DVC repository found"
@@ -682,6 +911,7 @@ def _compact_and_record(cfg: Any, lake: Lake, ctx: RunContext, refs: DvcRefs, dr
         delete_unverified=bool(c.delete_unverified),
         optimize_indices=bool(c.optimize_indices),
         unknown=refs.unknown,
+        allow_growth=bool(c.allow_growth),
     )
     report["dvc"] = {
         "root": str(refs.root) if refs.root else None,

@@ -144,8 +144,9 @@ def test_dry_run_changes_nothing(busy: Lake) -> None:
     assert _files(Path(busy.uri)) == before
     s = report["tables"][SAMPLES]
     assert report["dry_run"] and s["fragments_after"] == 1 < s["fragments_before"]
-    assert len(s["removed_versions"]) == s["versions_before"] - 1
-    assert s["cleanup"]["old_versions"] == s["versions_before"] - 1
+    # every version goes: the compacted one (and the versions it commits) replace them
+    assert len(s["removed_versions"]) == s["versions_before"]
+    assert s["bytes_after"] < s["bytes_before"] and not s["growth"]
     assert set(report["tables"]) == {MEDIA, SAMPLES, RUNS}
 
 
@@ -236,3 +237,50 @@ def test_compact_job_through_the_cli(busy: Lake, tmp_path: Path) -> None:
     counts = json.loads(runs[0]["counts"])
     assert counts[SAMPLES]["fragments_after"] == 1 and counts[SAMPLES]["versions_after"] == 2
     assert runs[0]["run_id"] in busy.versions(SAMPLES)[-1]["tags"]
+
+
+def test_dry_run_predicts_the_real_run_and_warns_of_growth(
+    busy: Lake, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tagged version keeps the small fragments: compacting would only add the merged ones."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(12):  # photos (noise: JPEG cannot shrink it), one small commit each
+        out = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)).save(
+            out, format="JPEG", quality=95
+        )
+        row = {"media_id": f"photo{i}", "kind": "image", "mime": "image/jpeg"}
+        busy.insert_new(MEDIA, pa.Table.from_pylist([{**row, "bytes": out.getvalue()}]))
+    busy.tag("ingest-20260101-000000-abcd")  # the latest version of every table
+    shutil.copytree(busy.uri, Path(busy.uri).parent / "copy")
+    copy = Lake(Path(busy.uri).parent / "copy")
+    for allow in (False, True):
+        lake = busy if not allow else copy
+        with caplog.at_level("WARNING", logger="lakeloom.compact"):
+            dry = compact_lake(lake, retention_days=0, dry_run=True, allow_growth=allow)
+        real = compact_lake(lake, retention_days=0, allow_growth=allow)
+        m_dry, m_real = dry["tables"][MEDIA], real["tables"][MEDIA]
+        assert m_dry["growth"]["held_by"]["tagged"] and m_dry["growth"]["bytes"] > 0
+        assert m_dry["growth"]["skipped"] is (not allow)
+        assert "compaction would grow the table" in caplog.text
+        assert set(dry["tables"]) == set(real["tables"]) == {MEDIA, SAMPLES}
+        for name in dry["tables"]:
+            d, r = dry["tables"][name], real["tables"][name]
+            assert abs(d["bytes_after"] - r["bytes_after"]) <= 0.03 * r["bytes_after"], name
+            assert (d["fragments_after"], d["versions_after"]) == (
+                r["fragments_after"],
+                r["versions_after"],
+            ), name
+            assert d["removed_versions"] == r["removed_versions"], name
+        if allow:  # compacted anyway: the lake grew as predicted
+            assert m_real["bytes_after"] > m_real["bytes_before"]
+            assert m_real["fragments_after"] == 1
+        else:  # skipped: nothing grew, the fragments stay as they were
+            assert m_real["bytes_after"] <= m_real["bytes_before"]
+            assert m_real["fragments_after"] == m_real["fragments_before"] > 1
+        caplog.clear()
