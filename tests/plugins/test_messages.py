@@ -161,7 +161,7 @@ def test_rejects_with_locations_and_reading_goes_on(root: Path) -> None:
             {"messages": [{"role": "user"}]},
             {"conversations": [{"from": "human", "value": "wrong format"}]},
             {"messages": []},
-            {"messages": [user_parts({"type": "image"})]},
+            {"messages": [user_parts({"type": "video"})]},
             {"messages": [user_parts({"type": "image_url", "image_url": {}})]},
             {"messages": [user_parts({"type": "image", "image": "../escape.png"})]},
             {"messages": [user_parts({"type": "image", "image": "http://example.com/a.png"})]},
@@ -189,7 +189,9 @@ def test_rejects_with_locations_and_reading_goes_on(root: Path) -> None:
         (8, "message 0: missing field 'content'"),
         (9, "missing field 'messages'"),
         (10, "empty conversation"),
-        (11, "image part needs one of 'image', 'path', 'url'"),
+        # a reference-less image part is TRL's layout (it takes the top-level images);
+        # a video part has no such layout, so it still needs its own reference
+        (11, "video part needs one of 'video', 'path', 'url'"),
         (12, "image_url part needs"),
         (13, "image path escapes the dataset root"),
         (14, "URL image references are not allowed"),
