@@ -75,9 +75,28 @@ def test_plugins_lists_every_builtin_source() -> None:
         "messages",
         "sharegpt",
         "clip_pairs",
+        "trl",
         "video",
         "audio",
     }
     kinds = {r[1]: r[0] for r in rows if r}
     assert kinds["clip_image"] == "enricher" and kinds["duplicates"] == "check"
     assert {kinds[n] for n in ("transcribe", "clip_transcript", "caption")} == {"enricher"}
+
+
+def test_every_configured_plugin_is_registered() -> None:
+    """A plugin a conf group selects by ``_target_`` is also in the entry-point group."""
+    from importlib.metadata import entry_points
+
+    from lake.plugin import PLUGIN_GROUP
+
+    registered = {ep.value.replace(":", ".") for ep in entry_points(group=PLUGIN_GROUP)}
+    configured = set()
+    for group in ("source", "export", "enrich", "check"):
+        for path in (REPO / "conf" / group).glob("*.yaml"):
+            for line in path.read_text().splitlines():
+                target = line.strip().removeprefix("_target_:").strip()
+                if line.strip().startswith("_target_:") and target.startswith("plugins."):
+                    configured.add(target)
+    assert "plugins.trl.TrlSource" in configured
+    assert configured - registered == set()
