@@ -195,6 +195,10 @@ def markdown(lake: Lake, report: dict[str, Any], results: dict[str, pa.Table], w
             f"| {name} | {s['version']} | {s.get('scored', 0)} | {s.get('flagged', 0)} | "
             f"{100 * s['flagged_frac']:.1f} | {_cell(thresholds)} | {_cell(models)} |"
         )
+    fell_back = [(n, why) for n, s in report["checks"].items() for why in s.get("fallbacks") or ()]
+    if fell_back:
+        lines += ["", "Fallbacks (a check could not run as configured):", ""]
+        lines += [f"- **{name}**: {why}" for name, why in fell_back]
     for name, result in results.items():
         if not len(result):
             continue
@@ -256,6 +260,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"  {name:<18} {s.get('flagged', 0):>6} flagged of {s.get('scored', 0):>6}{extra}"
         )
+        lines += [f"  {'':<18} fell back: {why}" for why in s.get("fallbacks") or ()]
     return "\n".join(lines)
 
 

@@ -383,14 +383,17 @@ class LabelConflict(Check):
             "min_per_label": self.min_per_label,
         }
 
-    def _text_model(self, models: list[str]) -> tuple[Any, float] | None:
-        """(text embedder, its temperature factor) reproducing the image model, or None."""
+    def _text_model(self, models: list[str]) -> tuple[tuple[Any, float] | None, str | None]:
+        """((text embedder, its temperature factor), None) reproducing the image model, or
+        (None, why zero-shot is not possible) under ``auto``."""
         if len(models) != 1:
             if self.method == "zero_shot":
                 raise ValueError(
                     f"zero-shot label check needs media embedded by one model, found {models}"
                 )
-            return None
+            if not models:
+                return None, "the image embeddings do not record their model"
+            return None, f"the media were embedded by {len(models)} models ({', '.join(models)})"
         try:
             from plugins.clip_embed import ClipTextEmbedder
 
@@ -401,8 +404,9 @@ class LabelConflict(Check):
         except Exception as exc:  # the model of the vectors is not reproducible here
             if self.method == "zero_shot":
                 raise ValueError(f"cannot load {models[0]} for zero-shot labels: {exc}") from exc
-            return None
-        return embedder, scale
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            return None, f"the image model {models[0]} cannot be loaded ({reason})"
+        return (embedder, scale), None
 
     def _prompts(self, embedder: Any, names: np.ndarray) -> np.ndarray:
         """One unit vector per label: the mean of its templates' text embeddings."""
@@ -416,10 +420,11 @@ class LabelConflict(Check):
         valid, img, models = _image_embeddings(lake, samples)
         labels = np.asarray(samples.column("label").to_pylist(), dtype=object)
         ids_all = samples.column("sample_id").to_pylist()
-        text = None
+        text, why = None, None
         if self.method != "prototype" and valid.any():
-            text = self._text_model(models)
+            text, why = self._text_model(models)
         method = "zero_shot" if text is not None else "prototype"
+        fallbacks = [f"zero-shot not possible: {why}; used label prototypes"] if why else []
         ids: list[str] = []
         scores, flags, details = [], [], []
         for _, rows in _datasets(samples):
@@ -478,6 +483,7 @@ class LabelConflict(Check):
             "flagged": int(flagged.sum()),
             "method": described[method],
             "models": {"image": models},
+            "fallbacks": fallbacks,
         }
 
 
@@ -927,8 +933,22 @@ class Duplicates(Check):
             "exact_groups": n_exact,
             "near_groups": n_near,
             "models": {"image": models},
+            "fallbacks": self._fallbacks(lake, len(out_ids), int(valid.sum())),
             "group_list": report,
         }
+
+    def _fallbacks(self, lake: Any, scored: int, embedded: int) -> list[str]:
+        """What this run could not use, and what it used instead."""
+        out: list[str] = []
+        if scored and not embedded and (self.min_cosine or self.phash_min_cosine):
+            out.append(
+                "no image embeddings (run lakeloom enrich enrich=clip): near duplicates "
+                "by perceptual hash only, semantic copies not searched"
+            )
+        verify = self.thumb_min_similarity is not None
+        if scored and verify and "thumb" not in _columns(lake, "media"):
+            out.append("no thumbnails: near-duplicate pairs unverified (hash/cosine rules)")
+        return out
 
     @staticmethod
     def _kind_name(rank: int) -> str:

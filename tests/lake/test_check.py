@@ -114,9 +114,15 @@ def test_check_job_through_the_cli(lake: Lake, tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "caption_mismatch" in proc.stdout and "duplicates" in proc.stdout
+    # the toy vectors' model cannot be loaded: label_conflict says it used prototypes
+    assert "fell back: zero-shot not possible: the image model toy-clip-image" in proc.stdout
+    md = (reports / "checks.md").read_text()
+    assert "- **label_conflict**: zero-shot not possible: the image model toy-clip-image" in md
     metrics = json.loads((reports / "checks.json").read_text())
     assert set(metrics["checks"]) == {"caption_mismatch", "label_conflict", "duplicates"}
     assert metrics["where"] == "(dataset = 'toy')" and metrics["selected"] == 43
+    assert metrics["checks"]["label_conflict"]["fallbacks"][0].endswith("used label prototypes")
+    assert metrics["checks"]["duplicates"]["fallbacks"] == []
     rows = _rows(Lake(lake.uri))
     assert rows["s03"]["flags"] == ["caption_mismatch"]
     assert rows["s43"]["flags"] is None  # other dataset: untouched

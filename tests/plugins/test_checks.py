@@ -113,6 +113,11 @@ def test_label_conflict_flags_the_mislabelled(toy: Lake) -> None:
     assert detail["s08"].startswith("predicted b p=") and "(label a p=" in detail["s08"]
     assert summary["models"] == {"image": [IMAGE_MODEL]}
     assert summary["method"].startswith("leave-one-out label prototypes")
+    # ... and says so, naming the model and why
+    [why] = summary["fallbacks"]
+    assert why.startswith("zero-shot not possible: the image model toy-clip-image cannot be")
+    assert why.endswith("used label prototypes")
+    assert LabelConflict(method="prototype").run(toy)[1]["fallbacks"] == []
     # the outlier is far from every prototype: no confident conflict
     assert "s29" not in _flagged(result)
 
@@ -249,3 +254,22 @@ def test_duplicates_verifies_candidates_on_thumbnails(lake: Lake) -> None:
     # without verification, hash + embedding put everything together (the old failure)
     loose, _ = Duplicates(thumb_min_similarity=None).run(pix)
     assert set(loose.column("group").to_pylist()) == {"p0"}
+
+
+def test_duplicates_without_embeddings_says_it_fell_back_to_hashes(lake: Lake) -> None:
+    import pyarrow as pa
+
+    from lake.schema import MEDIA_SCHEMA, SAMPLES_SCHEMA
+
+    media = [{"media_id": f"h{i}", "kind": "image", "phash": 2**40 + i} for i in range(3)]
+    samples = [
+        {"sample_id": f"d{i}", "dataset": "toy", "media_ids": [f"h{i}"], "source_uri": f"{i}"}
+        for i in range(3)
+    ]
+    lake.insert_new("media", pa.Table.from_pylist(media, schema=MEDIA_SCHEMA))
+    lake.insert_new("samples", pa.Table.from_pylist(samples, schema=SAMPLES_SCHEMA))
+    result, summary = Duplicates(thumb_min_similarity=None).run(lake)
+    assert _flagged(result) == {"d1", "d2"}  # hashes 1-2 bits apart: grouped by hash alone
+    [why] = summary["fallbacks"]
+    assert why.startswith("no image embeddings") and "perceptual hash only" in why
+    assert Duplicates().run(build_lake(Lake(lake.uri + "-toy")))[1]["fallbacks"] == []
