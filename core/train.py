@@ -17,9 +17,11 @@ Heavy imports (torch, lightning) happen inside :func:`train`, so importing this 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,9 @@ def train(cfg: Any) -> dict[str, Any]:
     """Run one training job from a composed config; return the run summary.
 
     Returns normally for ``finished`` and ``interrupted`` runs (Ctrl-C, SIGTERM); an
-    error is recorded (events, summary) and re-raised.
+    error is recorded (events, summary) and re-raised. A new run that ends before
+    ``fit`` begins (a config error, a missing lake, an empty selection) never started: its
+    folder is removed and the error (or interrupt) re-raised, so only real runs are listed.
     """
     from omegaconf import OmegaConf, open_dict
 
@@ -52,6 +56,8 @@ def train(cfg: Any) -> dict[str, Any]:
     # a resume of a finished run that does not finish leaves its summary alone (the
     # attempt is in the events log)
     keep_summary = bool(ckpt) and _summary_status(run.summary) == "finished"
+    fresh = rank_zero and not ckpt and not run.path.exists()  # this call creates the folder
+    made_root = not run.path.parent.exists()
     with open_dict(cfg):
         cfg.run_id = run.run_id
         cfg.run_dir = str(run.path)
@@ -81,9 +87,17 @@ def train(cfg: Any) -> dict[str, Any]:
         "resumed_from": str(ckpt) if ckpt else None,
     }
     t0 = time.perf_counter()
+    stage = {"fit": False}
     try:
-        _fit_and_test(cfg, run, ckpt, events, summary)
+        _fit_and_test(cfg, run, ckpt, events, summary, stage)
     except BaseException as exc:
+        if fresh and not stage["fit"]:
+            events.close()
+            shutil.rmtree(run.path, ignore_errors=True)
+            if made_root:
+                with contextlib.suppress(OSError):  # only when empty: another run may be there
+                    run.path.parent.rmdir()
+            raise
         summary["status"] = "interrupted" if _is_interrupt(exc) else "failed"
         summary["error"] = f"{type(exc).__name__}: {exc}"
         events.write("status", status=summary["status"], error=summary["error"])
@@ -97,7 +111,10 @@ def train(cfg: Any) -> dict[str, Any]:
     return summary
 
 
-def _fit_and_test(cfg: Any, run: Any, ckpt: Path | None, events: Any, summary: dict) -> None:
+def _fit_and_test(
+    cfg: Any, run: Any, ckpt: Path | None, events: Any, summary: dict, stage: dict[str, bool]
+) -> None:
+    """Build data, module and Trainer, fit, test; ``stage["fit"]`` turns true as fit begins."""
     import lightning as L
     from hydra.utils import instantiate
     from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -125,6 +142,7 @@ def _fit_and_test(cfg: Any, run: Any, ckpt: Path | None, events: Any, summary: d
         use_distributed_sampler=False,  # the data module shards by rank itself
     )
     t_fit = time.perf_counter()
+    stage["fit"] = True
     with allow_checkpoint_types():
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     summary["fit_s"] = round(time.perf_counter() - t_fit, 3)

@@ -28,6 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lake.errors import LakeNotFoundError
 from lake.job import RunContext, hydra_job, run_record
 from lake.schema import KEYS, MEDIA, RUNS, SAMPLES
 from lake.sql import in_list
@@ -150,6 +151,8 @@ def main(cfg: Any) -> int:
     d = cfg.doctor
     dry_run = bool(d.dry_run)
     lake = Lake(cfg.lake.uri)
+    if not lake.present():  # nothing to examine: a mistyped path, not a healthy lake
+        raise LakeNotFoundError(f"no lake at {cfg.lake.uri}")
     ctx = RunContext.from_config("doctor", cfg)
     if dry_run:
         return _doctor_and_report(cfg, lake, ctx, dry_run)

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from lake import provenance
-from lake.errors import ConfigError
+from lake.errors import ConfigError, LakeNotFoundError
 from lake.job import RunContext, hydra_job, run_record
 from lake.plugin import Enricher
 from lake.schema import KEYS
@@ -60,6 +60,8 @@ def enrich(
     """Run one enricher over its table; return the counts."""
     ctx = ctx or RunContext("enrich", provenance.new_run_id("enrich"), "", "")
     table, key = enricher.table, KEYS[enricher.table]
+    if not lake.exists(table):  # before any write: a missing lake stays missing
+        raise LakeNotFoundError(f"table {table!r} does not exist in lake {lake.uri}")
     enricher.prepare(lake)
     lake.add_columns(table, enricher.output_fields())
     owner, oc = enricher.owner(), enricher.owner_column()
@@ -138,6 +140,8 @@ def main(cfg: Any) -> int:
 
     ctx = RunContext.from_config("enrich", cfg)
     lake = Lake(cfg.lake.uri)
+    if not lake.present():  # before loading any model
+        raise LakeNotFoundError(f"no lake at {cfg.lake.uri}: ingest something first")
     with run_record(lake, ctx, {"enrich": cfg.enrich.name}):
         reports = []
         for name, node in cfg.enrich.steps.items():

@@ -329,7 +329,8 @@ def ingest(
     settings = settings or IngestSettings()
     ctx = ctx or RunContext("ingest", provenance.new_run_id("ingest"), "", "")
     dataset = dataset or source.default_dataset()
-    with run_record(lake, ctx, {"source": source.name, "dataset": dataset, **source.params()}):
+    inputs = {"source": source.name, "dataset": dataset, **source.params()}
+    with run_record(lake, ctx, inputs, creates=True):
         return _ingest(source, lake, dataset, settings, ctx, rejects_path)
 
 

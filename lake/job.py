@@ -142,7 +142,11 @@ def _sigterm_unwinds() -> Iterator[None]:
 
 @contextlib.contextmanager
 def run_record(
-    lake: Lake, ctx: RunContext, inputs: dict[str, Any] | None = None, announce: bool = True
+    lake: Lake,
+    ctx: RunContext,
+    inputs: dict[str, Any] | None = None,
+    announce: bool = True,
+    creates: bool = False,
 ) -> Iterator[None]:
     """Keep the run's row in the lake's ``runs`` table true around a job's work.
 
@@ -152,9 +156,13 @@ def run_record(
     ``failed`` (``interrupted`` for Ctrl-C and SIGTERM, see :class:`Terminated`) with the
     one-line reason in ``error`` (:func:`error_line`) and propagates; when that record
     cannot be written either, a warning says so and the job's own error still propagates.
+
+    Nothing is recorded into a lake that does not exist (the job fails with its own
+    message, and no lake folder or ``runs`` table is left behind), except by a job that
+    ``creates`` the lake (ingest), which announces its run in a new lake too.
     """
     with _sigterm_unwinds():
-        if announce:
+        if announce and (creates or lake.present()):
             lake.record_run(ctx.record(runs.RUNNING, inputs=inputs))
         try:
             yield
@@ -162,7 +170,8 @@ def run_record(
             status = runs.INTERRUPTED if isinstance(exc, KeyboardInterrupt) else runs.FAILED
             reason = error_line(exc, lake.uri)
             try:
-                lake.record_run(ctx.record(status, inputs=inputs, error=reason))
+                if lake.present():
+                    lake.record_run(ctx.record(status, inputs=inputs, error=reason))
             except Exception as failed:
                 log.warning("could not record run %s as %s: %s", ctx.run_id, status, failed)
             raise

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lake.errors import LakeNotFoundError
 from lake.job import hydra_job
 from lake.schema import MEDIA, RUNS, SAMPLES
 from lake.store import Lake
@@ -41,6 +42,8 @@ def format_stats(stats: dict[str, Any], uri: str) -> str:
 def main(cfg: Any) -> int:
     """Print the lake's counts."""
     lake = Lake(cfg.lake.uri)
+    if not lake.present():
+        raise LakeNotFoundError(f"no lake at {cfg.lake.uri}: ingest something first")
     stats = lake_stats(lake)
     print(format_stats(stats, cfg.lake.uri))
     if cfg.get("out"):

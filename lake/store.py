@@ -41,18 +41,41 @@ PRIMARY_KEY_METADATA = {b"lance-schema:unenforced-primary-key": b"true"}
 
 
 class Lake:
-    """Handle on a lake directory; tables are opened lazily and created on first write."""
+    """Handle on a lake directory; tables are opened lazily and created on first write.
+
+    Opening a handle creates nothing: a local lake's folder appears with its first write,
+    so a job that fails on a missing lake leaves no empty lake behind.
+    """
 
     def __init__(self, uri: str | Path = DEFAULT_URI) -> None:
-        import lancedb  # ~3 s import: keep `lakeloom --help` fast
-
         self.uri = str(uri)
-        self.db = lancedb.connect(self.uri)
+        self._db: Any = None
+
+    @property
+    def db(self) -> Any:
+        """The LanceDB connection, opened on first use (it creates a local lake's folder)."""
+        if self._db is None:
+            import lancedb  # ~3 s import: keep `lakeloom --help` fast
+
+            self._db = lancedb.connect(self.uri)
+        return self._db
+
+    def _missing_folder(self) -> bool:
+        """Whether this is a local lake whose folder does not exist (object storage: False)."""
+        if "://" in self.uri and not self.uri.startswith("file://"):
+            return False
+        return not Path(self.uri.removeprefix("file://")).expanduser().exists()
 
     # -- tables -------------------------------------------------------------------------
     def table_names(self) -> list[str]:
         """Names of the tables that exist."""
+        if self._db is None and self._missing_folder():
+            return []  # connecting would create the folder
         return list(self.db.list_tables().tables)
+
+    def present(self) -> bool:
+        """Whether the lake exists, i.e. holds a table (finding out creates nothing)."""
+        return bool(self.table_names())
 
     def exists(self, name: str) -> bool:
         """Whether table ``name`` exists."""

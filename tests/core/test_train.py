@@ -109,11 +109,20 @@ def test_debug_presets_train(compose, preset: str) -> None:
     assert summary["status"] == "finished"
 
 
-def test_failure_is_recorded_and_raised(compose, tmp_path: Path) -> None:
+def test_a_run_that_never_started_leaves_no_run_folder(compose, tmp_path: Path) -> None:
+    # the error is raised; the run never reached fit, so neither it nor runs/ is left
     with pytest.raises(Exception, match=r"data\.where"):
         train(compose("model=probe", "run_id=bad", "data.where='no_such_column = 1'"))
-    summary = json.loads((tmp_path / "runs/bad/summary.json").read_text())
-    assert summary["status"] == "failed" and summary["error"]
+    assert not (tmp_path / "runs").exists()
+    missing = tmp_path / "no" / "lake"
+    with pytest.raises(Exception, match="does not exist in lake"):
+        train(compose("model=probe", "run_id=gone", lake=missing))
+    assert not (tmp_path / "runs").exists() and not missing.exists()
+    # another run's folder is never touched
+    (tmp_path / "runs" / "other").mkdir(parents=True)
+    with pytest.raises(Exception, match=r"data\.where"):
+        train(compose("model=probe", "run_id=bad", "data.where='no_such_column = 1'"))
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["other"]
 
 
 CLIP_READY = all(
