@@ -14,6 +14,7 @@ JOBS = [
     ("enrich", ["enrich=clip"]),
     ("enrich", ["enrich=caption"]),
     ("query", []),
+    ("check", []),
     ("tui", []),
 ]
 
@@ -41,3 +42,15 @@ def test_every_runs_folder_follows_the_top_level_runs_dir(job: str, overrides: l
     assert default.runs_dir == "runs"
     found = _runs_dirs(OmegaConf.to_container(moved, resolve=True))
     assert found and set(found.values()) == {"/elsewhere/runs"}, found
+
+
+def test_the_runs_dir_default_lives_in_one_file() -> None:
+    from tests.conftest import REPO
+
+    setters = sorted(
+        str(p.relative_to(REPO / "conf"))
+        for p in (REPO / "conf").rglob("*.yaml")
+        for line in p.read_text().splitlines()
+        if line.split("#")[0].strip().startswith("runs_dir:") and "${" not in line
+    )
+    assert setters == ["paths/default.yaml"]
