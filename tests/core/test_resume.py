@@ -35,6 +35,28 @@ STEPS = ("trainer.max_steps=30", "trainer.max_epochs=-1")  # iteration-based: Li
 # restores the loader's position even at an epoch's end
 
 
+@pytest.fixture(scope="module")
+def lake_dir(lake_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test lake with every split written: 37 train samples (10 batches of 4), chosen
+    by source file, so the step arithmetic below does not hang on the hash split of ids."""
+    import shutil
+
+    import pyarrow as pa
+
+    from lake.schema import SAMPLES
+    from lake.store import Lake
+
+    copy = tmp_path_factory.mktemp("resume_lake") / "lake"
+    shutil.copytree(lake_dir, copy)
+    lake = Lake(copy)
+    rows = lake.dataset(SAMPLES).to_table(filter="split IS NULL").sort_by("source_uri")
+    rows = rows.to_pylist()
+    for i, r in enumerate(rows):
+        r["split"] = "train" if i < 37 else "val"
+    lake.upsert(SAMPLES, pa.Table.from_pylist(rows, lake.dataset(SAMPLES).schema))
+    return copy
+
+
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_lightning_checkpoint(path)["state_dict"]
 
