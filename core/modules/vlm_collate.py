@@ -619,7 +619,18 @@ class VlmCollator:
         if not any(_text(m).strip() for m in conv if m["role"] == "assistant"):
             # an empty answer would still label the template's end-of-turn token
             raise SampleError(f"{_where(sample)}: no assistant text to train on")
-        enc = self.encode(sample, conv, images)
+        return self._supervised(sample, conv, images)
+
+    def _supervised(
+        self,
+        sample: Mapping[str, Any],
+        conv: list[dict[str, Any]],
+        images: list[Image.Image],
+        last_turn_only: bool = False,
+    ) -> Any:
+        """Encode one row: ``(enc, None, conv, images)``, or the reason it is skipped
+        (over the length budget); an error when nothing in it is supervised."""
+        enc = self.encode(sample, conv, images, last_turn_only=last_turn_only)
         why = self.fit_length(enc)
         if why:
             return why
@@ -635,13 +646,7 @@ class VlmCollator:
             raise SampleError(f"{_where(sample)}: KTO needs feedback (true / false)")
         if not conv or conv[-1]["role"] != "assistant" or not _text(conv[-1]).strip():
             raise SampleError(f"{_where(sample)}: KTO needs an answer (a last assistant turn)")
-        enc = self.encode(sample, conv, images, last_turn_only=True)
-        why = self.fit_length(enc)
-        if why:
-            return why
-        if enc.supervised == 0:
-            raise SampleError(f"{_where(sample)}: no supervised (assistant) tokens")
-        return enc, None, conv, images
+        return self._supervised(sample, conv, images, last_turn_only=True)
 
     def _kl_rows(
         self, kept: list[tuple[Mapping[str, Any], list[dict[str, Any]], list[Image.Image]]]
