@@ -1,7 +1,11 @@
-"""Image enrichment done at ingest: verify, measure, perceptual hash and thumbnail.
+"""Image decoding and the enrichment done at ingest: verify, measure, perceptual hash and
+thumbnail.
 
-Runs in worker processes, so it imports only PIL and imagehash. The original bytes are
-never modified; EXIF orientation is applied to the thumbnail (and the hash) only.
+:func:`decode_image` is the one reader of encoded image bytes in lakeloom: every consumer
+(collators, enrichers, the TUI preview, checks) calls it, so all of them see an image the
+same way, upright after its EXIF orientation. Runs in worker processes, so it imports only
+PIL and imagehash. The original bytes are never modified; EXIF orientation is applied to
+the decoded pixels, the thumbnail and the hash only.
 """
 
 from __future__ import annotations
@@ -42,6 +46,30 @@ class ImageRejected(Exception):
     """The bytes are not an acceptable image; the message is the reason."""
 
 
+def _open(data: bytes) -> Image.Image:
+    """PIL's lazy handle on ``data`` (header read, no pixels decoded yet)."""
+    return Image.open(io.BytesIO(data))
+
+
+def decode_image(data: bytes, mode: str = "RGB") -> Image.Image:
+    """Decode encoded image bytes (JPEG, PNG, ...) to a loaded, upright image in ``mode``.
+
+    EXIF orientation is applied (as the ingest hash and thumbnail do), so a photo stored
+    sideways with an orientation tag comes back as it is meant to be seen. The result is
+    fully loaded and owns its pixels: no file handle or context manager is involved.
+    Raises PIL's errors (``UnidentifiedImageError``/``OSError``, ``ValueError``) for bytes
+    that do not decode.
+    """
+    with _open(data) as img:
+        img.load()
+        upright = ImageOps.exif_transpose(img)  # a loaded copy, transposed or not
+    if upright.mode == mode:
+        return upright
+    if upright.mode == "P" and mode == "RGB":  # palette transparency needs RGBA first
+        upright = upright.convert("RGBA")
+    return upright.convert(mode)
+
+
 def process_image(data: bytes, settings: ImageSettings) -> ImageInfo:
     """Decode and verify ``data`` fully, then hash and thumbnail it.
 
@@ -51,7 +79,7 @@ def process_image(data: bytes, settings: ImageSettings) -> ImageInfo:
     if not data:
         raise ImageRejected("empty file")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = _open(data)
     except Image.UnidentifiedImageError:
         raise ImageRejected("not a recognised image format") from None
     except (OSError, ValueError, SyntaxError) as exc:
