@@ -38,7 +38,7 @@ demo: $(STAMP)
 	       $$(test -f runs/$(DEMO_RUN)/checkpoints/last.ckpt && echo resume=true)
 	$(BIN)/lakeloom enrich enrich=clip enrich.model.run=$(DEMO_RUN) enrich.reembed=true
 	$(BIN)/lakeloom check
-	$(BIN)/python bench/checks.py --caption-dataset shapes_llava
+	$(BIN)/python bench/checks.py
 	test -f runs/$(DEMO_VLM_RUN)/summary.json && grep -q '"status": "finished"' runs/$(DEMO_VLM_RUN)/summary.json \
 	  || $(BIN)/lakeloom train +experiment=llava_tiny run_id=$(DEMO_VLM_RUN) \
 	       $$(test -f runs/$(DEMO_VLM_RUN)/checkpoints/last.ckpt && echo resume=true)

@@ -19,8 +19,12 @@ Run the pipeline first::
     lakeloom train +experiment=clip_tiny run_id=R   # tiny CLIP on the lake
     lakeloom enrich enrich=clip enrich.model.run=R  # media.clip_image, samples.clip_text
     lakeloom check                                  # flags, check_* columns, reports
-    python bench/checks.py [--lake data/lake] [--demo data/demo/shapes] [--dataset shapes]
-        [--caption-dataset shapes_llava]
+    python bench/checks.py [--lake URI] [--demo DIR] [--dataset D] [--caption-dataset C]
+
+Without arguments, everything comes from the demo config (``conf/demo.yaml``): the lake
+``lake.uri``, the demo folder ``demo.out``, the class-folder dataset (the source reading
+``demo.out`` itself) and the caption dataset (the source reading a file inside
+``demo.out``, the LLaVA conversations; the class folders have no captions).
 
 Prints a table and, last, one line with a JSON object of the figures. Targets (issue 3):
 precision >= 0.8 at recall >= 0.8 for captions; >= 95% of planted pairs found with <= 5%
@@ -204,7 +208,7 @@ def _rows(lake: Lake, dataset: str, cols: list[str], lake_uri: str) -> list[dict
 
 
 def evaluate(
-    lake_uri: str, demo: Path, dataset: str = "shapes", caption_dataset: str | None = None
+    lake_uri: str, demo: Path, dataset: str, caption_dataset: str | None = None
 ) -> dict[str, Any]:
     """The figures for ``dataset`` of the lake against ``demo``/ground_truth.json.
 
@@ -301,14 +305,56 @@ def _table(fig: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def demo_defaults(overrides: list[str] | None = None) -> dict[str, str]:
+    """The bench's defaults from the composed demo config (``conf/demo.yaml`` + overrides).
+
+    ``dataset`` is the demo dataset whose source reads the class folders (``path`` is
+    ``demo.out``), ``caption_dataset`` the one whose source reads a file inside it (the
+    conversations, whose answers are the captions).
+    """
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(version_base="1.3", config_module="conf"):
+        cfg = compose(config_name="demo", overrides=list(overrides or []))
+    out = Path(str(cfg.demo.out))
+    folders, files = [], []
+    for name, source in cfg.datasets.items():
+        path = Path(str(source.get("path", "")))
+        if path == out:
+            folders.append(str(name))
+        elif out in path.parents:
+            files.append(str(name))
+    if len(folders) != 1 or len(files) != 1:
+        raise SystemExit(
+            f"conf/demo.yaml: expected one dataset reading {out} and one reading a file in it, "
+            f"found {folders} and {files}; pass --dataset and --caption-dataset"
+        )
+    return {
+        "lake": str(cfg.lake.uri),
+        "demo": str(out),
+        "dataset": folders[0],
+        "caption_dataset": files[0],
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; options left out take their value from :func:`demo_defaults`."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lake", help="default: the demo config's lake.uri")
+    ap.add_argument("--demo", help="default: the demo config's demo.out")
+    ap.add_argument("--dataset", help="default: the demo's class-folder dataset")
+    ap.add_argument("--caption-dataset", help="default: the demo's caption dataset")
+    args = ap.parse_args(argv)
+    if None in (args.lake, args.demo, args.dataset, args.caption_dataset):
+        for key, value in demo_defaults().items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: print the table and a final JSON line."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--lake", default="data/lake")
-    ap.add_argument("--demo", default="data/demo/shapes")
-    ap.add_argument("--dataset", default="shapes")
-    ap.add_argument("--caption-dataset", default=None, help="default: --dataset")
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
     fig = evaluate(args.lake, Path(args.demo), args.dataset, args.caption_dataset)
     print(_table(fig))
     print(json.dumps(fig, sort_keys=True))
