@@ -46,16 +46,14 @@ import re
 import secrets
 import shutil
 import socket
-from abc import abstractmethod
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from lake import ids, provenance, runs
 from lake.errors import ConfigError, FileProblem, LakeloomError
 from lake.job import RunContext, hydra_job, run_record
-from lake.plugin import Plugin
+from lake.plugin import Exporter, ExportMedia
 from lake.schema import MEDIA, SAMPLES
 from lake.sql import and_filters, filter_error, in_list, quote
 from lake.store import Lake
@@ -83,72 +81,6 @@ EXTENSIONS = {
     "audio/flac": "flac",
     "audio/wav": "wav",
 }
-
-
-@dataclass(frozen=True)
-class ExportMedia:
-    """One media object of a sample, as the exporter sees it.
-
-    ``path`` is relative to the export folder (POSIX) when the runner wrote the file;
-    ``data`` holds the bytes instead for exporters with ``inline_media``.
-    """
-
-    media_id: str
-    mime: str | None
-    path: str | None = None
-    data: bytes | None = None
-
-
-class Exporter(Plugin):
-    """Writes samples in one training format that a source plugin reads back.
-
-    The runner calls :meth:`open` with the (temporary) export folder, then per batch
-    :meth:`skip_reason` for every row and :meth:`write` with the kept rows and their
-    media, then :meth:`close` (or :meth:`abort` after an error). Rows are dicts with
-    ``sample_id`` and the content fields of :data:`lake.ids.SAMPLE_CONTENT_FIELDS`.
-    """
-
-    kind: ClassVar[str] = "exporter"
-    source: ClassVar[str]  # the source plugin that reads the export back
-    inline_media: bool = False  # True: media bytes go into the records, no files
-    media_kinds: ClassVar[tuple[str, ...]] = ("image", "frame")
-
-    def skip_reason(self, row: dict[str, Any]) -> str | None:
-        """Why a sample cannot be written in this format (None: it can)."""
-        return None
-
-    @abstractmethod
-    def readback(self, row: dict[str, Any]) -> dict[str, Any]:
-        """The content fields (messages, caption, label, chosen, rejected) that the
-        matching source reads back from this sample's exported record."""
-
-    @abstractmethod
-    def open(self, folder: Path) -> None:
-        """Start writing into ``folder`` (it exists and is empty but for ``images/``)."""
-
-    @abstractmethod
-    def write(self, rows: list[dict[str, Any]], media: list[list[ExportMedia]]) -> None:
-        """Append the records of one batch; ``media[i]`` are ``rows[i]``'s media in order."""
-
-    @abstractmethod
-    def close(self) -> list[str]:
-        """Finish the files; return their names relative to the export folder."""
-
-    def abort(self) -> None:
-        """Release open files after an error (the runner deletes the folder)."""
-
-    def source_options(self) -> dict[str, Any]:
-        """Options the matching source needs (besides ``path``) to read the export."""
-        return {}
-
-    def losses(self, row: dict[str, Any]) -> list[str]:
-        """What of a written sample this format cannot carry (a preference pair, KTO
-        feedback, a rejected answer's own media): one reason each, reported per sample."""
-        return []
-
-    def params(self) -> dict[str, Any]:
-        """Options recorded in the manifest."""
-        return {}
 
 
 def selection(

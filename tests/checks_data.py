@@ -17,6 +17,7 @@ Dataset ``other`` has one sample, s43, reusing s00's media: never grouped across
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +34,18 @@ WRONG_CAPTIONS = {"s03", "s14", "s25"}
 MISLABELLED = {"s08", "s09"}
 OUTLIER = {"s29"}
 DUP_MEMBERS = {"s31", "s33", "s35", "s38", "s41"}  # non-representatives
+
+
+def conf_check(name: str, **overrides: Any) -> Any:
+    """The check ``name`` built from the composed ``conf/check/default.yaml`` (the one
+    source of its settings), with ``overrides`` replacing some of them."""
+    from hydra import compose, initialize_config_module
+    from hydra.utils import instantiate
+
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose("check")
+    node = cfg.check.checks[name]
+    return instantiate(node, **overrides)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -11,17 +11,23 @@ import pyarrow as pa
 
 from lake.check import run_checks, scope
 from lake.store import Lake
-from plugins.checks import CaptionMismatch, Duplicates, LabelConflict, Outliers
-from tests.checks_data import DUP_MEMBERS, MISLABELLED, OUTLIER, WRONG_CAPTIONS, build_lake
+from tests.checks_data import (
+    DUP_MEMBERS,
+    MISLABELLED,
+    OUTLIER,
+    WRONG_CAPTIONS,
+    build_lake,
+    conf_check,
+)
 from tests.conftest import REPO
 
 
 def _checks() -> dict:
     return {
-        "caption_mismatch": CaptionMismatch(),
-        "label_conflict": LabelConflict(),
-        "duplicates": Duplicates(),
-        "outliers": Outliers(),
+        "caption_mismatch": conf_check("caption_mismatch"),
+        "label_conflict": conf_check("label_conflict"),
+        "duplicates": conf_check("duplicates"),
+        "outliers": conf_check("outliers"),
     }
 
 
@@ -87,12 +93,16 @@ def test_rerun_replaces_only_its_own_flags(lake: Lake) -> None:
         assert len(row["flags"] or []) == len(set(row["flags"] or []))
     assert sorted(rows["s08"]["flags"]) == ["label_conflict", "outliers"]
     # a looser threshold clears this check's flags; the others stay
-    run_checks(lake, {"outliers": Outliers(z=1000.0)})
+    run_checks(lake, {"outliers": conf_check("outliers", z=1000.0)})
     rows = _rows(lake)
     assert rows["s08"]["flags"] == ["label_conflict"]
     assert rows["s29"]["flags"] == []
     # a filtered run leaves samples outside the selection alone
-    run_checks(lake, {"label_conflict": LabelConflict(min_confidence=1.1)}, where="label = 'b'")
+    run_checks(
+        lake,
+        {"label_conflict": conf_check("label_conflict", min_confidence=1.1)},
+        where="label = 'b'",
+    )
     assert _rows(lake)["s08"]["flags"] == ["label_conflict"]
 
 

@@ -6,11 +6,7 @@ import numpy as np
 import pytest
 
 from lake.store import Lake
-from plugins.checks import (
-    CaptionMismatch,
-    Duplicates,
-    LabelConflict,
-    Outliers,
+from plugins.checks.duplicates import (
     greedy_groups,
     knn_pairs,
     phash_pairs,
@@ -26,6 +22,7 @@ from tests.checks_data import (
     WRONG_CAPTIONS,
     build_lake,
     build_thumb_lake,
+    conf_check,
     cropped,
     jpeg,
     picture,
@@ -42,7 +39,7 @@ def _flagged(table) -> set[str]:
 
 
 def test_caption_mismatch_flags_exactly_the_wrong_captions(toy: Lake) -> None:
-    result, summary = CaptionMismatch().run(toy)
+    result, summary = conf_check("caption_mismatch").run(toy)
     assert _flagged(result) == WRONG_CAPTIONS
     assert result.column_names == ["sample_id", "score", "flagged", "group", "detail", "clip_score"]
     rows = {r["sample_id"]: r for r in result.to_pylist()}
@@ -60,12 +57,12 @@ def test_caption_mismatch_flags_exactly_the_wrong_captions(toy: Lake) -> None:
 def test_caption_mismatch_flags_do_not_hang_on_the_temperature(toy: Lake, temperature) -> None:
     # with a near-perfect model the nll of right captions is ~0 and its spread tiny: a
     # caption shared by two images (nll ~ log 2) must not become an outlier
-    result, _ = CaptionMismatch(temperature=temperature).run(toy)
+    result, _ = conf_check("caption_mismatch", temperature=temperature).run(toy)
     assert _flagged(result) == WRONG_CAPTIONS
 
 
 def test_caption_mismatch_nll_is_the_softmax_retrieval_loss(toy: Lake) -> None:
-    result, _ = CaptionMismatch(temperature=0.1).run(toy, "dataset = 'toy'")
+    result, _ = conf_check("caption_mismatch", temperature=0.1).run(toy, "dataset = 'toy'")
     rows = {r["sample_id"]: r for r in result.to_pylist()}
     data = toy.dataset("samples").to_table(columns=["sample_id", "clip_text", "media_ids"])
     media = toy.dataset("media").to_table(columns=["media_id", "clip_image"]).to_pylist()
@@ -82,32 +79,36 @@ def test_caption_mismatch_nll_is_the_softmax_retrieval_loss(toy: Lake) -> None:
 
 def test_caption_mismatch_is_relative_and_respects_where(toy: Lake) -> None:
     # the wrong captions rank last, whatever the rank threshold; `where` limits the scope
-    ranked, summary = CaptionMismatch(method="rank").run(toy)
-    assert _flagged(ranked) == WRONG_CAPTIONS and summary["thresholds"]["max_beaten_frac"] == 0.2
+    ranked, summary = conf_check("caption_mismatch", method="rank").run(toy)
+    # the threshold is conf/check/default.yaml's (0.05), not a second default in the code
+    assert _flagged(ranked) == WRONG_CAPTIONS and summary["thresholds"]["max_beaten_frac"] == 0.05
     rows = {r["sample_id"]: r for r in ranked.to_pylist()}
     assert rows["s03"]["score"] > 0.9 and rows["s00"]["score"] < 0.1
-    loose, _ = CaptionMismatch(method="rank", max_beaten_frac=0.9).run(toy)
+    loose, _ = conf_check("caption_mismatch", method="rank", max_beaten_frac=0.9).run(toy)
     assert _flagged(loose) == WRONG_CAPTIONS
-    some, _ = CaptionMismatch(min_samples=5).run(toy, "label = 'a'")
+    some, _ = conf_check("caption_mismatch", min_samples=5).run(toy, "label = 'a'")
     assert set(some.column("sample_id").to_pylist()) == {f"s{i:02d}" for i in range(10)}
     assert _flagged(some) == {"s03"}
 
 
 @pytest.mark.parametrize("method", ["nll", "rank"])
 def test_caption_mismatch_with_sampled_negatives(toy: Lake, method: str) -> None:
-    result, _ = CaptionMismatch(method=method, negatives=20, seed=1).run(toy)
+    result, _ = conf_check("caption_mismatch", method=method, negatives=20, seed=1).run(toy)
     worst = result.sort_by([("score", "descending")]).column("sample_id").to_pylist()[:3]
     assert set(worst) == WRONG_CAPTIONS <= _flagged(result)
 
 
 def test_caption_mismatch_rejects_unknown_method() -> None:
-    with pytest.raises(ValueError, match=r"nll.*rank"):
-        CaptionMismatch(method="cosine")
+    from hydra.errors import InstantiationException
+
+    # hydra wraps the class's ValueError; the reason is kept
+    with pytest.raises(InstantiationException, match=r"nll.*rank"):
+        conf_check("caption_mismatch", method="cosine")
 
 
 def test_label_conflict_flags_the_mislabelled(toy: Lake) -> None:
     # the toy vectors' model (toy-clip-image) cannot be loaded: auto falls back to prototypes
-    result, summary = LabelConflict().run(toy)
+    result, summary = conf_check("label_conflict").run(toy)
     assert _flagged(result) == MISLABELLED
     detail = {r["sample_id"]: r["detail"] for r in result.to_pylist()}
     assert detail["s08"].startswith("predicted b p=") and "(label a p=" in detail["s08"]
@@ -117,19 +118,19 @@ def test_label_conflict_flags_the_mislabelled(toy: Lake) -> None:
     [why] = summary["fallbacks"]
     assert why.startswith("zero-shot not possible: the image model toy-clip-image cannot be")
     assert why.endswith("used label prototypes")
-    assert LabelConflict(method="prototype").run(toy)[1]["fallbacks"] == []
+    assert conf_check("label_conflict", method="prototype").run(toy)[1]["fallbacks"] == []
     # the outlier is far from every prototype: no confident conflict
     assert "s29" not in _flagged(result)
 
 
 def test_outliers_flag_far_samples_per_label(toy: Lake) -> None:
-    result, summary = Outliers().run(toy)
+    result, summary = conf_check("outliers").run(toy)
     assert _flagged(result) == OUTLIER | MISLABELLED
     assert summary["thresholds"] == {"k": 5, "z": 3.5, "min_per_label": 10}
 
 
 def test_duplicates_groups_around_representatives(toy: Lake) -> None:
-    result, summary = Duplicates().run(toy)
+    result, summary = conf_check("duplicates").run(toy)
     assert _flagged(result) == DUP_MEMBERS
     groups: dict[str, set[str]] = {}
     for r in result.to_pylist():
@@ -154,7 +155,7 @@ def test_duplicates_groups_around_representatives(toy: Lake) -> None:
 
 
 def test_duplicates_hash_only_trusts_hashes(toy: Lake) -> None:
-    result, _ = Duplicates(phash_min_cosine=None, min_cosine=None).run(toy)
+    result, _ = conf_check("duplicates", phash_min_cosine=None, min_cosine=None).run(toy)
     flagged = _flagged(result)
     assert {"s31", "s33", "s35", "s41"} <= flagged and "s38" not in flagged
     assert flagged & {"s05", "s36"}  # the hash collision is grouped without embeddings
@@ -199,15 +200,16 @@ def test_knn_pairs_matches_brute_force() -> None:
 
 
 def test_duplicates_through_lancedb_vector_search(toy: Lake) -> None:
-    exact, _ = Duplicates().run(toy)
-    ann, summary = Duplicates(ann_above=0).run(toy)
+    exact, _ = conf_check("duplicates").run(toy)
+    ann, summary = conf_check("duplicates", ann_above=0).run(toy)
     assert summary["thresholds"]["ann_above"] == 0
     assert _flagged(ann) == _flagged(exact) == DUP_MEMBERS
     assert ann.column("group").to_pylist() == exact.column("group").to_pylist()
 
 
 def test_thumbnail_similarity_confirms_copies_not_redraws() -> None:
-    threshold = Duplicates().thumb_min_similarity
+    dup = conf_check("duplicates")
+    threshold = dup.thumb_min_similarity
     base = picture()
     copies = [
         jpeg(base, 60),  # re-encoded
@@ -219,7 +221,8 @@ def test_thumbnail_similarity_confirms_copies_not_redraws() -> None:
         jpeg(picture(centre=(40.0, 30.0)), 90),  # ... 14 px higher
         jpeg(base.convert("L").convert("RGB"), 90),  # the same layout without its colours
     ]
-    views, ok = thumb_stack([jpeg(base, 90), *copies, *others, None, b"not an image"])
+    blobs = [jpeg(base, 90), *copies, *others, None, b"not an image"]
+    views, ok = thumb_stack(blobs, dup.thumb_size, dup.thumb_scales, dup.thumb_anchors)
     assert ok.tolist() == [True] * 7 + [False, False]
     sim = thumb_similarity(views, np.zeros(6, int), np.arange(1, 7))
     assert (sim[:3] >= threshold).all(), sim
@@ -233,8 +236,10 @@ def test_thumbnail_similarity_confirms_copies_not_redraws() -> None:
 def test_off_centre_crops_need_anchors() -> None:
     base = picture()
     blobs = [jpeg(base, 90), jpeg(cropped(base, 0.04, left=0.0, top=0.0), 75)]
-    centred, _ = thumb_stack(blobs)
-    anywhere, _ = thumb_stack(blobs, anchors=(0.0, 0.5, 1.0))
+    dup = conf_check("duplicates")
+    assert dup.thumb_anchors == (0.5,)
+    centred, _ = thumb_stack(blobs, dup.thumb_size, dup.thumb_scales, dup.thumb_anchors)
+    anywhere, _ = thumb_stack(blobs, dup.thumb_size, dup.thumb_scales, (0.0, 0.5, 1.0))
     assert anywhere.shape[1] == 1 + 3 * 9
     i, j = np.array([0]), np.array([1])
     assert thumb_similarity(anywhere, i, j)[0] > 0.99 > thumb_similarity(centred, i, j)[0]
@@ -242,7 +247,7 @@ def test_off_centre_crops_need_anchors() -> None:
 
 def test_duplicates_verifies_candidates_on_thumbnails(lake: Lake) -> None:
     pix = build_thumb_lake(lake)
-    result, summary = Duplicates().run(pix)
+    result, summary = conf_check("duplicates").run(pix)
     rows = {r["sample_id"]: r for r in result.to_pylist()}
     # same hash and embedding everywhere: the thumbnails decide
     assert {s for s, r in rows.items() if r["group"] == "p0"} == {"p0", "p1", "p2", "p4"}
@@ -252,7 +257,7 @@ def test_duplicates_verifies_candidates_on_thumbnails(lake: Lake) -> None:
     assert rows["p4"]["detail"].startswith("near (phash+cosine)")
     assert summary["thresholds"]["thumb_min_similarity"] == 0.96
     # without verification, hash + embedding put everything together (the old failure)
-    loose, _ = Duplicates(thumb_min_similarity=None).run(pix)
+    loose, _ = conf_check("duplicates", thumb_min_similarity=None).run(pix)
     assert set(loose.column("group").to_pylist()) == {"p0"}
 
 
@@ -268,8 +273,56 @@ def test_duplicates_without_embeddings_says_it_fell_back_to_hashes(lake: Lake) -
     ]
     lake.insert_new("media", pa.Table.from_pylist(media, schema=MEDIA_SCHEMA))
     lake.insert_new("samples", pa.Table.from_pylist(samples, schema=SAMPLES_SCHEMA))
-    result, summary = Duplicates(thumb_min_similarity=None).run(lake)
+    result, summary = conf_check("duplicates", thumb_min_similarity=None).run(lake)
     assert _flagged(result) == {"d1", "d2"}  # hashes 1-2 bits apart: grouped by hash alone
     [why] = summary["fallbacks"]
     assert why.startswith("no image embeddings") and "perceptual hash only" in why
-    assert Duplicates().run(build_lake(Lake(lake.uri + "-toy")))[1]["fallbacks"] == []
+    assert conf_check("duplicates").run(build_lake(Lake(lake.uri + "-toy")))[1]["fallbacks"] == []
+
+
+def test_check_settings_have_one_source() -> None:
+    # every key conf/check/default.yaml gives a check is a required keyword of its class:
+    # no second default in the code that could drift from the YAML
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from lake.plugin import load_class
+    from tests.conftest import REPO
+
+    checks = OmegaConf.load(REPO / "conf" / "check" / "default.yaml").checks
+    assert set(checks) == {"caption_mismatch", "label_conflict", "duplicates", "outliers"}
+    for name, node in checks.items():
+        cls = load_class(node["_target_"])
+        params = inspect.signature(cls.__init__).parameters
+        keys = [k for k in node if k != "_target_"]
+        assert cls.name == name and keys
+        with_default = [k for k in keys if params[k].default is not inspect.Parameter.empty]
+        assert not with_default, f"{name}: code defaults for config keys {with_default}"
+
+
+def test_thumbnails_are_decoded_upright() -> None:
+    # a thumbnail with an EXIF orientation (original bytes kept as the thumbnail) is
+    # compared as it is meant to be seen, like every other reader of image bytes
+    import io
+
+    from PIL import Image, ImageOps
+
+    dup = conf_check("duplicates")
+    base = picture().resize((64, 32))
+    out = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    base.save(out, format="JPEG", quality=95, exif=exif)
+    tagged = out.getvalue()
+    upright = ImageOps.exif_transpose(Image.open(io.BytesIO(tagged)))
+    views, ok = thumb_stack(
+        [tagged, jpeg(upright, 95), jpeg(base, 95)],
+        dup.thumb_size,
+        dup.thumb_scales,
+        dup.thumb_anchors,
+    )
+    assert ok.all()
+    sim = thumb_similarity(views, np.array([0, 2]), np.array([1, 1]))
+    # the tagged file matches its upright copy; the same pixels without the tag do not
+    assert sim[0] >= dup.thumb_min_similarity > sim[1], sim

@@ -218,7 +218,7 @@ def test_label_conflict_zero_shot_reloads_the_images_model(
     import torch
 
     from core.models.clip import create_clip, save_open_clip
-    from plugins.checks import LabelConflict
+    from tests.checks_data import conf_check
 
     runs = tmp_path / "runs"
     torch.manual_seed(3)
@@ -226,7 +226,7 @@ def test_label_conflict_zero_shot_reloads_the_images_model(
     save_open_clip(model, None, runs / "r1" / "open_clip")
     _run(ClipImageEmbedder(run="r1", runs_dir=str(runs)), clip_lake)
 
-    check = LabelConflict(method="zero_shot", min_confidence=0.0, runs_dir=str(runs))
+    check = conf_check("label_conflict", method="zero_shot", min_confidence=0.0, runs_dir=str(runs))
     result, summary = check.run(clip_lake)
     assert summary["method"].startswith("CLIP zero-shot") and summary["scored"] == 12
 
@@ -254,11 +254,11 @@ def test_label_conflict_zero_shot_reloads_the_images_model(
 
 
 def test_label_conflict_zero_shot_needs_a_loadable_model(clip_base, clip_lake: Lake) -> None:
-    from plugins.checks import LabelConflict
+    from tests.checks_data import conf_check
 
     _run(ClipImageEmbedder(pretrained=clip_base["m1"]), clip_lake)
     # a local-dir model's id holds only the folder's name: zero_shot says so, auto falls back
     with pytest.raises(ValueError, match=r"cannot load .* for zero-shot labels"):
-        LabelConflict(method="zero_shot").run(clip_lake)
-    _, summary = LabelConflict().run(clip_lake)
+        conf_check("label_conflict", method="zero_shot").run(clip_lake)
+    _, summary = conf_check("label_conflict").run(clip_lake)
     assert summary["method"].startswith("leave-one-out label prototypes")

@@ -1,0 +1,142 @@
+"""Shared helpers of the built-in checks: projected reads of samples and media, the
+embedding matrices, per-dataset grouping, robust z-scores and the result table.
+
+Embedding inputs (written by the CLIP enricher): ``media.clip_image`` (L2-normalised
+``fixed_size_list<float32>[D]``) with ``media.clip_image_model``, and ``samples.clip_text``
+(L2-normalised, null without text) with ``samples.clip_text_model``. A sample's image is
+its first media.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lake.plugin import RESULT_SCHEMA
+
+IMAGE_VEC, IMAGE_MODEL = "clip_image", "clip_image_model"
+TEXT_VEC, TEXT_MODEL = "clip_text", "clip_text_model"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def table_columns(lake: Any, table: str) -> set[str]:
+    """Column names of ``table`` (empty when the table does not exist)."""
+    return {f.name for f in lake.table(table).schema} if lake.exists(table) else set()
+
+
+def read_samples(lake: Any, where: str | None, columns: list[str]) -> pa.Table:
+    """The selected samples, reading only ``columns`` (``sample_id``, ``dataset`` added)."""
+    cols = list(dict.fromkeys(["sample_id", "dataset", *columns]))
+    return lake.dataset("samples").to_table(columns=cols, filter=where)
+
+
+def first_media(samples: pa.Table) -> pa.Array:
+    """First media id of every sample (null when it has none)."""
+    lists = samples.column("media_ids").combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(lists), 0)
+    has = pc.greater(lengths, 0)
+    safe = pc.if_else(has, lists, pa.scalar(["-"], lists.type))
+    first = pc.list_element(safe, 0)
+    return pc.if_else(has, first, pa.nulls(len(first), pa.string()))
+
+
+def vector_matrix(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(valid mask, float32 matrix with zero rows where null) of a fixed-size-list column."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(arr)
+    valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    if pa.types.is_fixed_size_list(arr.type):
+        dim = arr.type.list_size
+    else:  # a variable list: take the first valid row's length
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        dim = int(lengths[valid][0]) if valid.any() else 0
+    out = np.zeros((n, dim), dtype=np.float32)
+    if valid.any():
+        kept = arr.filter(pa.array(valid))
+        flat = pc.list_flatten(kept).to_numpy(zero_copy_only=False).astype(np.float32)
+        out[valid] = flat.reshape(-1, dim)
+    return valid, out
+
+
+def media_rows(lake: Any, columns: list[str], ids: pa.Array) -> tuple[pa.Table, np.ndarray]:
+    """Media rows (``columns`` only) for ``ids``; returns (table, row index per id, -1 absent)."""
+    cols = list(dict.fromkeys(["media_id", *columns]))
+    wanted = pc.unique(ids.filter(pc.is_valid(ids)))
+    table = lake.dataset("media").to_table(columns=cols)
+    table = table.filter(pc.is_in(table.column("media_id"), value_set=wanted))
+    idx = pc.index_in(ids, value_set=table.column("media_id").combine_chunks())
+    return table, np.asarray(pc.fill_null(idx, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def model_ids(*cols: pa.ChunkedArray | pa.Array | None) -> list[str]:
+    """Distinct non-null model ids of some ``*_model`` columns."""
+    found: set[str] = set()
+    for col in cols:
+        if col is not None:
+            found.update(v for v in pc.unique(col).to_pylist() if v is not None)
+    return sorted(found)
+
+
+def image_embeddings(lake: Any, samples: pa.Table) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(valid mask, image matrix, models) of every sample's first media."""
+    n = samples.num_rows
+    if IMAGE_VEC not in table_columns(lake, "media"):
+        return np.zeros(n, dtype=bool), np.zeros((n, 0), np.float32), []
+    first = first_media(samples)
+    cols = [IMAGE_VEC] + ([IMAGE_MODEL] if IMAGE_MODEL in table_columns(lake, "media") else [])
+    media, idx = media_rows(lake, cols, first)
+    mvalid, mvec = vector_matrix(media.column(IMAGE_VEC))
+    valid = idx >= 0
+    valid[valid] &= mvalid[idx[valid]]
+    out = np.zeros((n, mvec.shape[1]), dtype=np.float32)
+    out[valid] = mvec[idx[valid]]
+    used = media.take(pa.array(np.unique(idx[valid]))) if valid.any() else media.slice(0, 0)
+    models = model_ids(used.column(IMAGE_MODEL)) if IMAGE_MODEL in used.column_names else []
+    return valid, out, models
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` scaled to unit length (zero rows stay zero)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def by_dataset(samples: pa.Table) -> Iterable[tuple[str, np.ndarray]]:
+    """(dataset, row indices) for each dataset in ``samples``."""
+    ds = np.asarray(samples.column("dataset").to_pylist(), dtype=object)
+    for name in sorted(set(ds.tolist())):
+        yield name, np.flatnonzero(ds == name)
+
+
+def result_table(
+    ids: list[str],
+    score: np.ndarray,
+    flagged: np.ndarray,
+    group: list[str | None] | None = None,
+    detail: list[str | None] | None = None,
+) -> pa.Table:
+    """The per-sample result table (:data:`lake.plugin.RESULT_SCHEMA`)."""
+    n = len(ids)
+    return pa.table(
+        {
+            "sample_id": pa.array(ids, pa.string()),
+            "score": pa.array(np.asarray(score, dtype=np.float32), pa.float32()),
+            "flagged": pa.array(np.asarray(flagged, dtype=bool), pa.bool_()),
+            "group": pa.array(group if group is not None else [None] * n, pa.string()),
+            "detail": pa.array(detail if detail is not None else [None] * n, pa.string()),
+        },
+        schema=RESULT_SCHEMA,
+    )
+
+
+def robust_z(x: np.ndarray) -> np.ndarray:
+    """(x - median) / (1.4826 * MAD); the scale never falls below 1e-6."""
+    med = np.median(x)
+    mad = np.median(np.abs(x - med))
+    return (x - med) / max(1.4826 * float(mad), 1e-6)

@@ -1,0 +1,598 @@
+"""Check plugin ``duplicates``: exact and near duplicates, grouped around a representative.
+
+Candidates come from perceptual-hash banding (:func:`phash_pairs`) and embedding k-NN
+(:func:`knn_pairs`, :func:`lance_knn_pairs`); thumbnails verify them
+(:func:`thumb_stack`, :func:`thumb_similarity`); :func:`greedy_groups` builds the groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from PIL import Image
+
+from lake.images import decode_image
+from lake.plugin import Check
+from plugins.checks.common import (
+    IMAGE_VEC,
+    by_dataset,
+    first_media,
+    image_embeddings,
+    media_rows,
+    read_samples,
+    result_table,
+    table_columns,
+)
+
+
+def _match(keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All (i, j) with ``keys[j] == query[i]``, without comparing all pairs (sort + search)."""
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    lo = np.searchsorted(sk, query, "left")
+    hi = np.searchsorted(sk, query, "right")
+    counts = hi - lo
+    i = np.repeat(np.arange(len(query)), counts)
+    starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
+    j = order[starts + np.arange(counts.sum())]
+    return i, j
+
+
+def phash_pairs(
+    hashes: np.ndarray, max_distance: int, bands: int = 4, probe_radius: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i < j) of 64-bit hashes within ``max_distance`` bits, found by banding.
+
+    The hash is split into ``bands`` bands; two hashes are candidates when some band is
+    equal, or (``probe_radius=1``) differs in one bit. By pigeonhole, 4 bands with radius 1
+    find every pair within 7 bits (radius 0: within 3); larger distances are found when
+    their differences are unevenly spread over the bands. Candidates are then checked with
+    the exact Hamming distance (``np.bitwise_count``). Returns (i, j, distance).
+    """
+    h = np.asarray(hashes, dtype=np.uint64)
+    n = len(h)
+    if n < 2:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    width = 64 // bands
+    mask = np.uint64((1 << width) - 1)
+    found = []
+    for b in range(bands):
+        key = (h >> np.uint64(b * width)) & mask
+        probes = [np.uint64(0)]
+        if probe_radius >= 1:
+            probes += [np.uint64(1 << k) for k in range(width)]
+        for p in probes:
+            i, j = _match(key, key ^ p)
+            keep = i < j
+            found.append(i[keep].astype(np.int64) * n + j[keep])
+    codes = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+    i, j = codes // n, codes % n
+    dist = np.bitwise_count(h[i] ^ h[j]).astype(np.int64)
+    keep = dist <= max_distance
+    return i[keep], j[keep], dist[keep]
+
+
+def knn_pairs(
+    x: np.ndarray, min_cosine: float, k: int = 10, batch_size: int = 2048
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i < j) among each row's ``k`` nearest rows with cosine >= ``min_cosine``.
+
+    Exact search in batches of ``batch_size`` rows against the whole matrix (memory
+    ``batch_size x n``). Returns (i, j, cosine).
+    """
+    n = len(x)
+    if n < 2:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, np.float32)
+    k = min(k, n - 1)
+    found_i, found_j, found_s = [], [], []
+    for a in range(0, n, batch_size):
+        b = min(a + batch_size, n)
+        sims = x[a:b] @ x.T
+        sims[np.arange(b - a), np.arange(a, b)] = -np.inf
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        s = np.take_along_axis(sims, top, axis=1)
+        rows = np.repeat(np.arange(a, b), k)
+        keep = s.ravel() >= min_cosine
+        found_i.append(rows[keep])
+        found_j.append(top.ravel()[keep])
+        found_s.append(s.ravel()[keep])
+    i, j, s = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    codes, first = np.unique(lo * n + hi, return_index=True)
+    return codes // n, codes % n, s[first].astype(np.float32)
+
+
+def lance_knn_pairs(
+    lake: Any,
+    media_ids: list[str],
+    x: np.ndarray,
+    min_cosine: float,
+    k: int = 10,
+    nprobes: int = 64,
+    refine_factor: int = 10,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like :func:`knn_pairs`, through LanceDB vector search on ``media.clip_image``.
+
+    Used for large selections. With a vector index (IVF_PQ), recall depends on
+    ``nprobes`` and ``refine_factor`` (see DESIGN.md: measure against exact search when
+    choosing them); without one, LanceDB searches exactly. Neighbours outside
+    ``media_ids`` (other datasets) are dropped, so ``2k + 1`` neighbours are asked for.
+    """
+    n = len(media_ids)
+    where = {m: i for i, m in enumerate(media_ids)}
+    tbl = lake.table("media")
+    found_i, found_j, found_s = [], [], []
+    for a in range(0, n, batch_size):
+        b = min(a + batch_size, n)
+        query = (
+            tbl.search(list(x[a:b].astype(np.float32)), vector_column_name=IMAGE_VEC)
+            .distance_type("cosine")
+            .limit(2 * k + 1)
+            .nprobes(nprobes)
+            .refine_factor(refine_factor)
+            .select(["media_id", "_distance"])
+        )
+        res = query.to_arrow()
+        qi = res.column("query_index").to_numpy() + a
+        js = np.array([where.get(m, -1) for m in res.column("media_id").to_pylist()])
+        cos = 1.0 - res.column("_distance").to_numpy(zero_copy_only=False)
+        keep = (js >= 0) & (js != qi) & (cos >= min_cosine)
+        found_i.append(qi[keep])
+        found_j.append(js[keep])
+        found_s.append(cos[keep])
+    if not found_i:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, np.float32)
+    i, j, s = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    codes, first = np.unique(lo * n + hi, return_index=True)
+    return codes // n, codes % n, s[first].astype(np.float32)
+
+
+def thumb_views(
+    scales: Iterable[float], anchors: Iterable[float]
+) -> list[tuple[float, float, float]]:
+    """(scale, x anchor, y anchor) of each view: the whole image first, then each zoom
+    ``s < 1`` with its window placed at each anchor of the slack ``1 - s`` (0 left/top, 0.5
+    centred, 1 right/bottom): the inverse of a crop taken there."""
+    zooms = sorted({float(s) for s in scales if float(s) < 1.0}, reverse=True)
+    places = [float(a) for a in anchors]
+    return [(1.0, 0.5, 0.5)] + [(s, ax, ay) for s in zooms for ay in places for ax in places]
+
+
+def thumb_stack(
+    blobs: list[bytes | None], size: int, scales: Iterable[float], anchors: Iterable[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode each thumbnail once into small RGB views: uint8 ``n x views x 3 x size x size``
+    (3 KB a media with conf/check/default.yaml's settings), and ok.
+
+    The views are :func:`thumb_views`: view 0 the whole image, the others zoomed windows
+    (the inverse of a crop) of the upright picture (:func:`lake.images.decode_image`), each
+    resampled to ``size x size`` with PIL's antialiased
+    bilinear filter (a low-pass that removes JPEG block noise and sub-pixel misalignment;
+    full-resolution decode, since JPEG draft decoding adds its own error); ``ok`` is False
+    for missing or undecodable ones.
+    """
+    views = thumb_views(scales, anchors)
+    out = np.zeros((len(blobs), len(views), 3, size, size), np.uint8)
+    ok = np.zeros(len(blobs), dtype=bool)
+    for r, blob in enumerate(blobs):
+        if not blob:
+            continue
+        try:
+            rgb = decode_image(blob)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+        w, h = rgb.size
+        for k, (s, ax, ay) in enumerate(views):
+            x0, y0 = w * (1 - s) * ax, h * (1 - s) * ay
+            box = (x0, y0, x0 + w * s, y0 + h * s)
+            view = rgb.resize((size, size), Image.Resampling.BILINEAR, box=box)
+            out[r, k] = np.asarray(view, np.uint8).transpose(2, 0, 1)
+        ok[r] = True
+    return out, ok
+
+
+def thumb_similarity(
+    views: np.ndarray, i: np.ndarray, j: np.ndarray, batch_size: int = 4096
+) -> np.ndarray:
+    """Best concordance of the pairs' thumbnail views, over zooms of either side.
+
+    For each pair, each zoom of one image is compared with the other's full view by Lin's
+    concordance correlation over the RGB pixels, ``1 - E[(a - b)^2] / (var a + var b +
+    (mean a - mean b)^2)`` (per channel, pooled): 1 for identical pictures, near 1 after
+    re-encoding (small pixel noise) or a centred crop (matched by the zoom), and unlike a
+    plain correlation it drops when colours or brightness change. The denominator never falls
+    below 1 (grey level squared), so two flat images score low unless they are equal.
+    """
+    n, k, c, s, _ = views.shape
+    flat = views.reshape(n, k, c, s * s)  # uint8 (or float): cast per batch
+    mu = np.zeros((n, k, c), np.float32)
+    sq = np.zeros((n, k, c), np.float32)
+    for a in range(0, n, batch_size):
+        part = flat[a : a + batch_size].astype(np.float32)
+        mu[a : a + batch_size], sq[a : a + batch_size] = part.mean(-1), (part * part).mean(-1)
+    best = np.full(len(i), -np.inf, dtype=np.float32)
+    for a in range(0, len(i), batch_size):
+        ii, jj = np.asarray(i[a : a + batch_size]), np.asarray(j[a : a + batch_size])
+        for x, y in ((ii, jj), (jj, ii)):
+            # zooms of x against the full view of y
+            fx, fy = flat[x].astype(np.float32), flat[y, 0].astype(np.float32)
+            cross = np.einsum("pkcl,pcl->pkc", fx, fy) / (s * s)
+            ma, mb = mu[x], mu[y, 0][:, None]
+            ea, eb = sq[x], sq[y, 0][:, None]
+            err = (ea + eb - 2 * cross).mean(-1)
+            spread = (ea - ma**2 + eb - mb**2 + (ma - mb) ** 2).mean(-1)
+            ccc = 1.0 - err / np.maximum(spread, 1.0)
+            best[a : a + batch_size] = np.maximum(best[a : a + batch_size], ccc.max(1))
+    return best
+
+
+def greedy_groups(
+    n: int,
+    edges: list[tuple[int, int, float, int]],
+    order_key: list[Any],
+    complete: bool = True,
+) -> tuple[np.ndarray, dict[int, float]]:
+    """Groups around representatives from candidate edges; never connected components.
+
+    ``edges`` are ``(u, v, similarity, rank)``; they are taken strongest first (rank, then
+    similarity). Two ungrouped items found together start a group whose representative is
+    the one with the smaller ``order_key``. An ungrouped item joins an existing group only
+    when it has a direct edge to the group's representative and, with ``complete``, to
+    every member too, so a chain a~b~c never puts a and c together. Groups never merge.
+    Returns (representative per item, -1 when ungrouped; similarity of each member to its
+    representative).
+    """
+    rep = np.full(n, -1, dtype=np.int64)
+    members: dict[int, list[int]] = {}
+    sim_of: dict[tuple[int, int], float] = {}
+    for u, v, s, _ in edges:
+        key = (min(u, v), max(u, v))
+        sim_of[key] = max(s, sim_of.get(key, -np.inf))
+    to_rep: dict[int, float] = {}
+
+    def linked(a: int, b: int) -> bool:
+        return (min(a, b), max(a, b)) in sim_of
+
+    for u, v, _, _ in sorted(edges, key=lambda e: (-e[3], -e[2], min(e[0], e[1]), max(e[0], e[1]))):
+        if rep[u] == -1 and rep[v] == -1:
+            r, m = (u, v) if order_key[u] <= order_key[v] else (v, u)
+            rep[r] = rep[m] = r
+            members[r] = [r, m]
+            to_rep[m] = sim_of[(min(r, m), max(r, m))]
+            continue
+        if rep[u] != -1 and rep[v] != -1:
+            continue
+        new, grouped = (v, u) if rep[v] == -1 else (u, v)
+        r = int(rep[grouped])
+        if not linked(r, new):
+            continue
+        if complete and not all(linked(x, new) for x in members[r]):
+            continue
+        rep[new] = r
+        members[r].append(new)
+        to_rep[new] = sim_of[(min(r, new), max(r, new))]
+    return rep, to_rep
+
+
+class Duplicates(Check):
+    """Exact and near duplicates, reported as groups around a representative.
+
+    Within each dataset:
+
+    - exact duplicates: samples whose first media is the same ``media_id`` (same bytes);
+    - near duplicates between distinct media, in two stages. Candidates, never all pairs:
+      perceptual-hash Hamming distance <= ``candidate_distance`` (banding with probes, see
+      :func:`phash_pairs`) and each media's ``knn`` nearest embeddings with cosine >=
+      ``candidate_cosine`` (exact search in batches; LanceDB vector search, with
+      ``nprobes`` / ``refine_factor``, above ``ann_above`` distinct media). Verification,
+      when both media have a decodable ``media.thumb``: the thumbnails, decoded once per
+      run to ``thumb_size`` px RGB views at the zooms ``thumb_scales``, must reach a
+      concordance >= ``thumb_min_similarity`` (:func:`thumb_similarity`). Hashes and
+      embeddings only say "looks alike" (synthetic scenes with the same shape, colour and
+      background at another position share both); the pixels say "same picture".
+    - pairs without thumbnails keep the unverified rules: Hamming distance <=
+      ``phash_max_distance`` confirmed by an image-embedding cosine >= ``phash_min_cosine``
+      when both have embeddings (null: trust the hash alone), or cosine >= ``min_cosine``
+      alone. ``thumb_min_similarity: null`` applies these rules to every pair.
+
+    Groups are built greedily around a representative (:func:`greedy_groups`), never as
+    connected components. Per sample: ``group`` = the representative's ``sample_id``,
+    ``score`` = similarity to the representative (1 for the same bytes, the thumbnail
+    concordance when verified, else the cosine when embeddings exist, else
+    ``1 - distance/64``; ungrouped samples score their best accepted link, else 0), flagged for
+    every member except the representative.
+    """
+
+    name: ClassVar[str] = "duplicates"
+    version: ClassVar[str] = "0.2.0"
+    has_groups: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        phash_max_distance: int,
+        phash_min_cosine: float | None,
+        min_cosine: float | None,
+        knn: int,
+        bands: int,
+        probe_radius: int,
+        complete_link: bool,
+        ann_above: int,
+        nprobes: int,
+        refine_factor: int,
+        candidate_distance: int,
+        candidate_cosine: float,
+        thumb_min_similarity: float | None,
+        thumb_size: int,
+        thumb_scales: Iterable[float],
+        thumb_anchors: Iterable[float],
+        batch_size: int = 2048,
+        report_groups: int = 200,
+    ) -> None:
+        self.thumb_anchors = tuple(float(x) for x in thumb_anchors)
+        self.candidate_distance = int(candidate_distance)
+        self.candidate_cosine = float(candidate_cosine)
+        self.thumb_min_similarity = (
+            None if thumb_min_similarity is None else float(thumb_min_similarity)
+        )
+        self.thumb_size = int(thumb_size)
+        self.thumb_scales = tuple(float(x) for x in thumb_scales)
+        self.phash_max_distance = int(phash_max_distance)
+        self.phash_min_cosine = None if phash_min_cosine is None else float(phash_min_cosine)
+        self.min_cosine = None if min_cosine is None else float(min_cosine)
+        self.knn = int(knn)
+        self.bands = int(bands)
+        self.probe_radius = int(probe_radius)
+        self.complete_link = bool(complete_link)
+        self.batch_size = int(batch_size)
+        self.report_groups = int(report_groups)
+        self.ann_above = int(ann_above)
+        self.nprobes = int(nprobes)
+        self.refine_factor = int(refine_factor)
+
+    def thresholds(self) -> dict[str, Any]:
+        """Settings recorded in the summary and the report."""
+        return {
+            "phash_max_distance": self.phash_max_distance,
+            "phash_min_cosine": self.phash_min_cosine,
+            "min_cosine": self.min_cosine,
+            "knn": self.knn,
+            "bands": self.bands,
+            "probe_radius": self.probe_radius,
+            "complete_link": self.complete_link,
+            "ann_above": self.ann_above,
+            "candidate_distance": self.candidate_distance,
+            "candidate_cosine": self.candidate_cosine,
+            "thumb_min_similarity": self.thumb_min_similarity,
+            "thumb_size": self.thumb_size,
+            "thumb_scales": list(self.thumb_scales),
+            "thumb_anchors": list(self.thumb_anchors),
+        }
+
+    def run(self, lake: Any, where: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
+        """Group the selected samples' duplicates."""
+        samples = read_samples(lake, where, ["media_ids", "source_uri"])
+        first = first_media(samples)
+        media, idx = media_rows(lake, ["phash"], first)
+        valid, img, models = image_embeddings(lake, samples)
+        pcol = media.column("phash")
+        phash = pc.fill_null(pcol, 0).to_numpy(zero_copy_only=False).astype(np.uint64)
+        hvalid = np.asarray(pcol.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        ids_all = samples.column("sample_id").to_pylist()
+        uris = samples.column("source_uri").to_pylist()
+        first_l = first.to_pylist()
+        out_ids: list[str] = []
+        scores: list[float] = []
+        flags: list[bool] = []
+        groups: list[str | None] = []
+        details: list[str | None] = []
+        report: list[dict[str, Any]] = []
+        n_groups = n_exact = n_near = 0
+        for _, rows in by_dataset(samples):
+            rows = rows[idx[rows] >= 0]
+            if not len(rows):
+                continue
+            # units: samples sharing the same media (same bytes)
+            by_media: dict[str, list[int]] = {}
+            for r in sorted(rows.tolist(), key=lambda r: (uris[r] or "", ids_all[r])):
+                by_media.setdefault(first_l[r], []).append(r)
+            units = list(by_media.values())
+            head = np.array([u[0] for u in units])
+            order_key = [(-len(u), uris[u[0]] or "", ids_all[u[0]]) for u in units]
+            edges = self._edges(
+                phash[idx[head]], hvalid[idx[head]], valid[head], img[head], first_l, head, lake
+            )
+            rep, to_rep = greedy_groups(len(units), edges, order_key, self.complete_link)
+            kind = {(min(u, v), max(u, v)): k for u, v, _, k in edges}
+            grouped_units: dict[int, list[int]] = {}
+            for u in range(len(units)):
+                if rep[u] != -1 or len(units[u]) > 1:
+                    grouped_units.setdefault(int(rep[u]) if rep[u] != -1 else u, []).append(u)
+            in_group = np.zeros(len(units), bool)
+            for r_unit, member_units in grouped_units.items():
+                rep_sample = units[r_unit][0]
+                gid = ids_all[rep_sample]
+                entry = {"group": gid, "representative": uris[rep_sample], "members": []}
+                near_here = False
+                for u in sorted(member_units, key=lambda u: u != r_unit):
+                    in_group[u] = True
+                    for pos, s in enumerate(units[u]):
+                        is_rep = u == r_unit and pos == 0
+                        if u == r_unit:
+                            sc, det = 1.0, None if is_rep else "exact: same media"
+                        else:
+                            near_here = True
+                            sc = float(to_rep[u])
+                            k = kind[(min(u, r_unit), max(u, r_unit))]
+                            det = f"near ({self._kind_name(k)}) {sc:.3f}"
+                            if pos:
+                                det += ", exact copy of a member"
+                        out_ids.append(ids_all[s])
+                        scores.append(sc)
+                        flags.append(not is_rep)
+                        groups.append(gid)
+                        details.append("representative" if is_rep else det)
+                        if not is_rep:
+                            entry["members"].append(
+                                {"sample": uris[s], "score": round(sc, 4), "detail": det}
+                            )
+                n_groups += 1
+                n_near += near_here
+                n_exact += not near_here
+                if len(report) < self.report_groups:
+                    report.append(entry)
+            best = self._best(len(units), edges)
+            for u in np.flatnonzero(~in_group):
+                s = units[u][0]
+                out_ids.append(ids_all[s])
+                scores.append(best.get(int(u), 0.0))
+                flags.append(False)
+                groups.append(None)
+                details.append(None)
+        score = np.asarray(scores, dtype=np.float32)
+        flagged = np.asarray(flags, dtype=bool)
+        result = result_table(out_ids, score, flagged, groups, details)
+        return result, {
+            "check": self.name,
+            "thresholds": self.thresholds(),
+            "scored": len(out_ids),
+            "flagged": int(flagged.sum()),
+            "groups": n_groups,
+            "exact_groups": n_exact,
+            "near_groups": n_near,
+            "models": {"image": models},
+            "fallbacks": self._fallbacks(lake, len(out_ids), int(valid.sum())),
+            "group_list": report,
+        }
+
+    def _fallbacks(self, lake: Any, scored: int, embedded: int) -> list[str]:
+        """What this run could not use, and what it used instead."""
+        out: list[str] = []
+        if scored and not embedded and (self.min_cosine or self.phash_min_cosine):
+            out.append(
+                "no image embeddings (run lakeloom enrich enrich=clip): near duplicates "
+                "by perceptual hash only, semantic copies not searched"
+            )
+        verify = self.thumb_min_similarity is not None
+        if scored and verify and "thumb" not in table_columns(lake, "media"):
+            out.append("no thumbnails: near-duplicate pairs unverified (hash/cosine rules)")
+        return out
+
+    @staticmethod
+    def _kind_name(rank: int) -> str:
+        return {3: "thumbnail", 2: "phash+cosine", 1: "phash", 0: "cosine"}.get(rank, "?")
+
+    @staticmethod
+    def _best(n: int, edges: list[tuple[int, int, float, int]]) -> dict[int, float]:
+        best: dict[int, float] = {}
+        for u, v, s, _ in edges:
+            best[u] = max(best.get(u, 0.0), s)
+            best[v] = max(best.get(v, 0.0), s)
+        return best
+
+    def _thumbs(self, lake: Any, media_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Views (:func:`thumb_stack`) of ``media_ids``' thumbnails, each decoded once."""
+        n = len(media_ids)
+        if (
+            self.thumb_min_similarity is None
+            or not n
+            or "thumb" not in table_columns(lake, "media")
+        ):
+            return np.zeros((n, 0, 3, 0, 0), np.uint8), np.zeros(n, dtype=bool)
+        ids = pa.array(media_ids, pa.string())
+        table = lake.dataset("media").to_table(
+            columns=["media_id", "thumb"], filter=pc.field("media_id").isin(ids)
+        )
+        at = pc.index_in(ids, value_set=table.column("media_id").combine_chunks())
+        at = np.asarray(pc.fill_null(at, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+        blobs = table.column("thumb").to_pylist()
+        return thumb_stack(
+            [blobs[a] if a >= 0 else None for a in at],
+            self.thumb_size,
+            self.thumb_scales,
+            self.thumb_anchors,
+        )
+
+    def _edges(
+        self,
+        hashes: np.ndarray,
+        has_hash: np.ndarray,
+        has_vec: np.ndarray,
+        vecs: np.ndarray,
+        media: list[str | None],
+        head: np.ndarray,
+        lake: Any,
+    ) -> list[tuple[int, int, float, int]]:
+        """Edges (u, v, similarity, rank) between units (distinct media), verified if possible."""
+        verify = self.thumb_min_similarity is not None
+        n = len(hashes)
+        # candidates: code u * n + v (u < v) -> Hamming distance / cosine (nan: unknown)
+        dist: dict[int, int] = {}
+        cosine: dict[int, float] = {}
+        keep = np.flatnonzero(has_hash)
+        max_d = max(self.phash_max_distance, self.candidate_distance if verify else 0)
+        i, j, d = phash_pairs(hashes[keep], max_d, self.bands, self.probe_radius)
+        i, j = keep[i], keep[j]
+        dist.update(zip((i * n + j).tolist(), d.tolist(), strict=True))
+        floors = [
+            c for c in (self.min_cosine, self.candidate_cosine if verify else None) if c is not None
+        ]
+        if floors and has_vec.sum() >= 2:
+            rows = np.flatnonzero(has_vec)
+            if len(rows) > self.ann_above:
+                mids = [str(media[int(h)]) for h in head[rows]]
+                a, b, c = lance_knn_pairs(
+                    lake, mids, vecs[rows], min(floors), self.knn, self.nprobes,
+                    self.refine_factor,
+                )  # fmt: skip
+            else:
+                a, b, c = knn_pairs(vecs[rows], min(floors), self.knn, self.batch_size)
+            x, y = rows[a], rows[b]
+            lo, hi = np.minimum(x, y), np.maximum(x, y)
+            cosine.update(zip((lo * n + hi).tolist(), c.tolist(), strict=True))
+        codes = np.array(sorted(set(dist) | set(cosine)), dtype=np.int64)
+        if not len(codes):
+            return []
+        u, v = codes // n, codes % n
+        both = has_vec[u] & has_vec[v]
+        cos = np.einsum("ij,ij->i", vecs[u], vecs[v])
+        # verification by thumbnails: decode only the media that have a candidate
+        units = np.unique(np.concatenate([u, v]))
+        views, ok = self._thumbs(lake, [str(media[int(h)]) for h in head[units]])
+        slot = np.full(n, -1, dtype=np.int64)
+        slot[units] = np.arange(len(units))
+        checked = verify & ok[slot[u]] & ok[slot[v]]
+        sim = np.zeros(len(codes), dtype=np.float32)
+        if checked.any():
+            sim[checked] = thumb_similarity(
+                views, slot[u[checked]], slot[v[checked]], self.batch_size
+            )
+        edges: list[tuple[int, int, float, int]] = []
+        for k, code in enumerate(codes.tolist()):
+            a, b = int(u[k]), int(v[k])
+            if checked[k]:  # every candidate: the thumbnails decide
+                if sim[k] >= self.thumb_min_similarity:
+                    edges.append((a, b, float(sim[k]), 3))
+                continue
+            hd = dist.get(code)
+            if hd is not None and hd <= self.phash_max_distance:
+                if both[k] and self.phash_min_cosine is not None:
+                    if cos[k] >= self.phash_min_cosine:
+                        edges.append((a, b, float(cos[k]), 2))
+                        continue
+                else:
+                    edges.append((a, b, 1.0 - hd / 64.0, 1))
+                    continue
+            c = cosine.get(code)
+            if c is not None and self.min_cosine is not None and c >= self.min_cosine:
+                edges.append((a, b, float(c), 0))
+        return edges
