@@ -30,8 +30,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.data.collate import DecodeCollator, decode_image
+from core.data.collate import DecodeCollator
 from core.data.lance_data import LanceDataModule
+from lake.images import decode_image
 from lake.ingest import IngestSettings, ingest
 from lake.store import Lake
 from plugins.image_folder import ImageFolderSource

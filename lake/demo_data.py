@@ -46,6 +46,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from lake.errors import LakeloomError
+from lake.images import decode_image
 from lake.job import hydra_job
 
 GENERATOR = "lakeloom.demo_data"
@@ -315,7 +316,7 @@ def _render_chunk(task: tuple[str, int, int, int, Sequence[tuple[int, str]]]) ->
         elif role == "near":
             prng = np.random.default_rng([seed, index, _TAG_NEAR])
             mode = ("reencode", "crop", "crop+reencode")[int(prng.integers(3))]
-            near = Image.open(io.BytesIO(data)).convert("RGB")
+            near = decode_image(data)
             transform: dict[str, Any] = {"mode": mode}
             if "crop" in mode:
                 frac = float(prng.uniform(0.02, 0.06))

@@ -57,6 +57,7 @@ from lake.audio import (
     make_track,
     open_media_file,
 )
+from lake.images import decode_image
 
 DETECTORS: tuple[str, ...] = ("content", "adaptive", "none")
 THREAD_TYPES: tuple[str, ...] = ("AUTO", "FRAME", "SLICE", "NONE")
@@ -543,8 +544,7 @@ class _Analyser:
         buf = io.BytesIO()
         image.save(buf, format="JPEG", quality=self.s.jpeg_quality)
         jpeg = buf.getvalue()
-        with Image.open(io.BytesIO(jpeg)) as stored:  # hash what the lake stores
-            phash = int(str(imagehash.phash(stored)), 16)
+        phash = int(str(imagehash.phash(decode_image(jpeg))), 16)  # hash what the lake stores
         return jpeg, image.width, image.height, phash, image
 
     def _thumb(self, image: Image.Image) -> bytes:

@@ -37,7 +37,6 @@ NULL`` finds them. A sample whose media row is missing keeps a null owner (retri
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import re
@@ -49,7 +48,9 @@ import pyarrow as pa
 
 from lake import ids
 from lake.errors import ConfigError
+from lake.images import decode_image
 from lake.plugin import Enricher
+from lake.runs import RunDir
 from lake.schema import KIND_TAGS
 from lake.sql import and_filters, in_list, quote
 from plugins.clip_embed import resolve_device
@@ -96,20 +97,20 @@ def model_dir(model: str | None, run: str | None, runs_dir: str | Path) -> tuple
             _check_not_adapter(path, f"model {model}")
             return str(path), f"hf:{path.resolve().name}"
         return str(model), f"hf:{model}"
-    root = Path(runs_dir) / str(run)
-    if not root.is_dir():
-        raise ConfigError(f"no run {run!r} under {runs_dir} (no directory {root})")
-    for sub in ("merged", "hf"):
-        if (root / sub / "config.json").is_file():
-            return str(root / sub), f"run:{run}"
-    if (root / "hf" / "adapter_config.json").is_file():
+    rd = RunDir.of(runs_dir, str(run))
+    if not rd.path.is_dir():
+        raise ConfigError(f"no run {run!r} under {runs_dir} (no directory {rd.path})")
+    for folder in (rd.merged, rd.hf):
+        if (folder / "config.json").is_file():
+            return str(folder), f"run:{run}"
+    if (rd.hf / "adapter_config.json").is_file():
         raise ConfigError(
-            f"run {run} exported only LoRA adapters ({root / 'hf'}): merge them into the base "
+            f"run {run} exported only LoRA adapters ({rd.hf}): merge them into the base "
             f"model first with `lakeloom merge run={run}`, then caption with enrich.model.run={run}"
         )
     raise ConfigError(
-        f"run {run} has no exported model: expected {root / 'merged'} (lakeloom merge "
-        f"run={run}) or {root / 'hf'} with config.json (written when training ends)"
+        f"run {run} has no exported model: expected {rd.merged} (lakeloom merge "
+        f"run={run}) or {rd.hf} with config.json (written when training ends)"
     )
 
 
@@ -266,13 +267,6 @@ def _clean(text: str, plain: str | None) -> str | None:
     return text or None
 
 
-def _decode(data: bytes) -> Any:
-    from PIL import Image, ImageOps
-
-    with Image.open(io.BytesIO(data)) as img:
-        return ImageOps.exif_transpose(img).convert("RGB")
-
-
 class CaptionEnricher(Enricher):
     """Captions single-image and frame samples that lack a caption (module docstring)."""
 
@@ -385,7 +379,7 @@ class CaptionEnricher(Enricher):
             chunk = []  # decoded per chunk: a scan batch of large images would not fit
             for i, row in todo[start : start + self.batch_size]:
                 try:
-                    chunk.append((i, _decode(row["bytes"])))
+                    chunk.append((i, decode_image(row["bytes"])))
                 except Exception as exc:  # PIL raises many types for corrupt data
                     log.warning("caption: cannot decode %s (%s): %s", row["media_id"],
                                 row["source_uri"], exc)  # fmt: skip

@@ -39,7 +39,6 @@ image enricher calls it from :meth:`ClipImageEmbedder.finish`.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import math
 import re
@@ -51,7 +50,9 @@ import numpy as np
 import pyarrow as pa
 
 from lake.cache import ModelCache
+from lake.images import decode_image
 from lake.plugin import Enricher
+from lake.runs import RunDir
 
 log = logging.getLogger("lakeloom.clip_embed")
 
@@ -153,7 +154,7 @@ def _load_clip(spec: ModelSpec) -> LoadedClip:
     from core.models.clip import create_clip, load_from_run
 
     if spec.run:
-        bundle = load_from_run(Path(spec.runs_dir) / spec.run)
+        bundle = load_from_run(RunDir.of(spec.runs_dir, spec.run).path)
     else:
         bundle = create_clip(spec.arch, spec.pretrained)
     model, _, preprocess, tokenizer = bundle
@@ -285,7 +286,6 @@ class _ClipEnricher(Enricher):
     def embed_images(self, images: list[bytes]) -> np.ndarray:
         """L2-normalised float32 image embeddings of encoded images (JPEG, PNG, ...)."""
         import torch
-        from PIL import Image
 
         clip = self.clip
         out = [np.zeros((0, clip.dim), np.float32)]
@@ -293,8 +293,7 @@ class _ClipEnricher(Enricher):
             for i in range(0, len(images), self.batch_size):
                 pixels = []
                 for data in images[i : i + self.batch_size]:
-                    with Image.open(io.BytesIO(data)) as img:
-                        pixels.append(clip.preprocess(img.convert("RGB")))
+                    pixels.append(clip.preprocess(decode_image(data)))
                 batch = torch.stack(pixels).to(clip.device)
                 out.append(_normalise(clip.model.encode_image(batch)))
         return np.concatenate(out)

@@ -3,8 +3,6 @@ the bottom pixel as background, so a cell shows two square-ish pixels in any ter
 
 from __future__ import annotations
 
-import io
-
 from PIL import Image
 from rich.color import Color
 from rich.segment import Segment
@@ -20,12 +18,6 @@ def fit(size: tuple[int, int], width: int, height: int) -> tuple[int, int]:
         return 0, 0
     scale = min(width / w, 2 * height / h)
     return max(1, round(w * scale)), max(2, round(h * scale / 2) * 2)
-
-
-def decode(data: bytes) -> Image.Image:
-    """An RGB image from encoded bytes (JPEG, PNG...)."""
-    with Image.open(io.BytesIO(data)) as img:
-        return img.convert("RGB")
 
 
 def render(image: Image.Image, width: int, height: int) -> list[list[Segment]]:

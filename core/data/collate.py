@@ -6,17 +6,9 @@ instances of module-level classes (picklable under ``spawn``).
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
-from PIL import Image
-
-
-def decode_image(data: bytes, mode: str = "RGB") -> Image.Image:
-    """Decode encoded image bytes to a loaded PIL image in ``mode``."""
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img.convert(mode) if img.mode != mode else img
+from lake.images import decode_image
 
 
 def collate_samples(items: list[dict[str, Any]]) -> dict[str, list[Any]]:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.data.collate import decode_image
+from lake.images import decode_image
 from lake.schema import PLACEHOLDERS
 
 SAMPLE_RATE = 16000

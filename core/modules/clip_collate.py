@@ -6,13 +6,14 @@ picklable object holding the open_clip transform and tokenizer, with no lake han
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from lake.images import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,6 @@ def pick_text(sample: Mapping[str, Any], template: str = DEFAULT_TEMPLATE) -> st
     if isinstance(label, str) and label.strip():
         return template.format(label.strip())
     return None
-
-
-def decode_image(data: bytes) -> Image.Image:
-    """Decode encoded image bytes into an RGB PIL image."""
-    with Image.open(io.BytesIO(data)) as img:
-        return img.convert("RGB")
 
 
 class ClipCollator:

@@ -56,6 +56,7 @@ import torch
 from PIL import Image
 
 from lake.errors import ConfigError
+from lake.images import decode_image
 from lake.schema import IMAGE_TOKEN, PLACEHOLDERS
 
 log = logging.getLogger(__name__)
@@ -383,7 +384,7 @@ class VlmCollator:
         processor: Any,
         never_supervised: Sequence[str],
         image_token: str,
-        max_length: int = 2048,
+        max_length: int,
         overlong: str = "skip",
         pack: bool = False,
         min_pixels: int | None = None,
@@ -472,8 +473,7 @@ class VlmCollator:
                     f"{self.family or 'model'} family cannot take"
                 )
             try:
-                with Image.open(io.BytesIO(data)) as img:
-                    rgb = img.convert("RGB")
+                rgb = decode_image(data)
             except Exception as err:  # PIL raises several types for bad bytes
                 raise SampleError(f"{_where(sample)}: image {i} does not decode ({err})") from err
             out.append(budget.fit(rgb))

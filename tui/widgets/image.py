@@ -7,6 +7,7 @@ from rich.segment import Segment
 from textual.strip import Strip
 from textual.widget import Widget
 
+from lake.images import decode_image
 from tui import halfblock
 
 
@@ -23,7 +24,7 @@ class HalfBlockImage(Widget):
     def set_image(self, data: bytes | None) -> None:
         """Show the encoded image ``data`` (None or undecodable: blank)."""
         try:
-            self._image = halfblock.decode(data) if data else None
+            self._image = decode_image(data) if data else None
         except OSError:
             self._image = None
         self._drawn_for = None
@@ -58,7 +59,7 @@ def image_widget(data: bytes, mode: str, **kwargs) -> Widget:
             from textual_image.widget import SixelImage, TGPImage
 
             cls = TGPImage if mode == "kitty" else SixelImage
-            return cls(halfblock.decode(data), **kwargs)
+            return cls(decode_image(data), **kwargs)
         except Exception:  # an undecodable image or a failed import: fall back
             pass
     return HalfBlockImage(data, **kwargs)
