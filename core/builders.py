@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.run import EventLog, RunDir
+from lake.runs import BEST, STEP_TEMPLATE, EventLog, RunDir
 
 
 def build_callbacks(cfg: Any, run: RunDir, events: EventLog) -> tuple[list, Any, Any]:
@@ -23,7 +23,7 @@ def build_callbacks(cfg: Any, run: RunDir, events: EventLog) -> tuple[list, Any,
     events_cb = EventsCallback(events, cfg.events_every_n_steps, c.monitor, c.mode)
     periodic = ModelCheckpoint(
         dirpath=str(run.checkpoints),
-        filename="step-{step:07d}",
+        filename=STEP_TEMPLATE,
         every_n_train_steps=int(c.every_n_steps),
         save_top_k=int(c.keep),
         monitor="step",
@@ -37,7 +37,7 @@ def build_callbacks(cfg: Any, run: RunDir, events: EventLog) -> tuple[list, Any,
     if c.monitor:
         best = ModelCheckpoint(
             dirpath=str(run.checkpoints),
-            filename="best",
+            filename=BEST,
             monitor=c.monitor,
             mode=c.mode,
             save_top_k=1,

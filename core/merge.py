@@ -16,6 +16,7 @@ from typing import Any
 
 from lake.errors import ConfigError
 from lake.job import hydra_job
+from lake.runs import BEST, LAST, RunDir
 
 log = logging.getLogger("lakeloom.merge")
 
@@ -28,9 +29,8 @@ def merge(runs_dir: str | Path, run: str, checkpoint: str = "last", out: str | P
     from omegaconf import OmegaConf
 
     from core.checkpoint import load_lightning_checkpoint
-    from core.run import RunDir
 
-    rd = RunDir(Path(runs_dir) / run)
+    rd = RunDir.of(runs_dir, run)
     if not rd.config.is_file():
         raise ConfigError(f"no run {run!r} under {runs_dir} (missing {rd.config})")
     cfg = OmegaConf.load(rd.config)
@@ -48,7 +48,7 @@ def merge(runs_dir: str | Path, run: str, checkpoint: str = "last", out: str | P
         model = model.merge_and_unload()
     if dtype:
         model = model.to(getattr(torch, dtype))
-    target = Path(out) if out else rd.path / "merged"
+    target = Path(out) if out else rd.merged
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -59,8 +59,8 @@ def merge(runs_dir: str | Path, run: str, checkpoint: str = "last", out: str | P
     return target
 
 
-def _checkpoint(rd: Any, which: str) -> Path:
-    path = rd.checkpoints / f"{which}.ckpt" if which in ("last", "best") else Path(which)
+def _checkpoint(rd: RunDir, which: str) -> Path:
+    path = rd.checkpoint(which) if which in (LAST, BEST) else Path(which)
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist")
     return path

@@ -1,56 +1,23 @@
-"""The run directory ``runs/<run_id>/`` and its append-only events log.
+"""Which run directory a training job writes, and which checkpoint it resumes from.
 
-Layout: ``config.yaml`` (resolved config), ``events.jsonl`` (one JSON object per line,
-flushed per line, so a monitor can tail it while training runs), ``checkpoints/``
-(``last.ckpt`` and periodic ones) and ``summary.json`` (written at the end).
+The layout of ``runs/<run_id>/``, its events log and the event types are owned by
+:mod:`lake.runs` (torch-free, read by the TUI and the loaders too); ``RunDir``,
+``EventLog`` and ``read_events`` are re-exported here for training code.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from lake.errors import ConfigError
 from lake.provenance import new_run_id
+from lake.runs import STEP_PREFIX, EventLog, RunDir, read_events, run_dirs
+
+__all__ = ["EventLog", "RunDir", "memory_mb", "read_events", "resolve_run"]
 
 log = logging.getLogger("lakeloom.train")
-
-
-@dataclass(frozen=True)
-class RunDir:
-    """Paths of one training run."""
-
-    path: Path
-
-    @property
-    def run_id(self) -> str:
-        return self.path.name
-
-    @property
-    def config(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def events(self) -> Path:
-        return self.path / "events.jsonl"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def last_ckpt(self) -> Path:
-        return self.checkpoints / "last.ckpt"
-
-    @property
-    def summary(self) -> Path:
-        return self.path / "summary.json"
 
 
 def resolve_run(
@@ -90,13 +57,7 @@ def resolve_run(
 
 def _checkpoints(run: RunDir) -> list[Path]:
     """``last.ckpt``, then the periodic ``step-*.ckpt`` newest (highest step) first."""
-    steps = []
-    for path in run.checkpoints.glob("step-*.ckpt"):
-        number = path.stem.removeprefix("step-").split("-")[0]
-        if number.isdigit():
-            steps.append((int(number), path.stat().st_mtime, path))
-    periodic = [p for *_, p in sorted(steps, reverse=True)]
-    return ([run.last_ckpt] if run.last_ckpt.exists() else []) + periodic
+    return ([run.last_ckpt] if run.last_ckpt.exists() else []) + run.step_checkpoints()
 
 
 def _newest_run(root: Path, experiment: str | None) -> RunDir:
@@ -105,13 +66,12 @@ def _newest_run(root: Path, experiment: str | None) -> RunDir:
 
     found: list[tuple[float, RunDir]] = []
     others = 0
-    for config in root.glob("*/config.yaml"):
-        run = RunDir(config.parent)
+    for run in run_dirs(root):
         ckpts = _checkpoints(run)
         if not ckpts:
             continue
         try:
-            name = OmegaConf.load(config).get("experiment_name")
+            name = OmegaConf.load(run.config).get("experiment_name")
         except Exception:  # an unreadable config: not a run this resume can match
             name = None
         if name != experiment:
@@ -132,9 +92,9 @@ def _chosen_checkpoint(run: RunDir, ckpt: str) -> Path:
     from core.checkpoint import CheckpointError, check_checkpoint
 
     spec = str(ckpt)
-    number = spec.removeprefix("step-")
-    if spec.startswith("step-") and number.isdigit():
-        path = run.checkpoints / f"step-{int(number):07d}.ckpt"
+    number = spec.removeprefix(STEP_PREFIX)
+    if spec.startswith(STEP_PREFIX) and number.isdigit():
+        path = run.step_checkpoint(int(number))
     elif Path(spec).exists() or Path(spec).is_absolute():
         path = Path(spec)
     else:
@@ -172,46 +132,6 @@ def _intact_checkpoint(run: RunDir) -> Path:
     raise ConfigError(f"cannot resume {run.run_id}: no intact checkpoint in {run.checkpoints}{why}")
 
 
-class EventLog:
-    """Append-only JSON-lines writer; one line per event, flushed as written."""
-
-    def __init__(self, path: str | Path, enabled: bool = True) -> None:
-        self.path = Path(path)
-        self.enabled = enabled
-        self._fh = None
-        if enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = self.path.open("a", encoding="utf-8")
-
-    def write(self, type: str, **fields: Any) -> dict[str, Any]:
-        """Append ``{"t": now, "type": type, **fields}`` and return it."""
-        event = {
-            "t": round(time.time(), 3),
-            "type": type,
-            **{k: _plain(v) for k, v in fields.items()},
-        }
-        if self._fh is not None:
-            self._fh.write(json.dumps(event, default=str) + "\n")
-            self._fh.flush()
-        return event
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-
-
-def read_events(path: str | Path) -> list[dict[str, Any]]:
-    """Every complete event of a log (a torn last line is skipped)."""
-    out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
 def memory_mb() -> dict[str, float | None]:
     """Resident CPU memory of this process and peak GPU memory allocated, in MiB."""
     try:
@@ -228,14 +148,3 @@ def memory_mb() -> dict[str, float | None]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         gpu = torch.cuda.max_memory_allocated() / 2**20
     return {"cpu_mem_mb": round(cpu, 1), "gpu_mem_mb": None if gpu is None else round(gpu, 1)}
-
-
-def _plain(value: Any) -> Any:
-    """JSON-friendly scalars: tensors and numpy numbers to float, NaN/inf to None."""
-    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value

@@ -11,16 +11,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.run import read_events
+from lake.runs import EV_CURRICULUM, EV_GENERATIONS, EV_TRAIN, EV_VAL, RunDir, read_events
 
 
 def report(run_dir: str | Path, generations: int = 4) -> str:
     """The report of one run directory (see the module docstring)."""
-    events = read_events(Path(run_dir) / "events.jsonl")
+    events = read_events(RunDir(run_dir).events)
     lines = [f"run {Path(run_dir).name}"]
     spans: dict[str, list[tuple[int, float]]] = {}
     for e in events:
-        if e["type"] == "train":
+        if e["type"] == EV_TRAIN:
             for key, value in e.items():
                 if key.startswith("train/loss") and isinstance(value, float):
                     spans.setdefault(key, []).append((e["step"], value))
@@ -28,16 +28,16 @@ def report(run_dir: str | Path, generations: int = 4) -> str:
         (s0, v0), (s1, v1) = points[0], points[-1]
         lines.append(f"  {key:<28} {v0:8.3f} (step {s0}) -> {v1:8.3f} (step {s1})")
     for e in events:
-        if e["type"] == "curriculum":
+        if e["type"] == EV_CURRICULUM:
             lines.append(f"  curriculum: epoch {e['epoch']} -> {e['stage']} "
                          f"({', '.join(e['kinds'])}; {e['samples']} samples)")  # fmt: skip
-    vals = [e for e in events if e["type"] == "val"]
+    vals = [e for e in events if e["type"] == EV_VAL]
     if vals:
         last = vals[-1]
         figures = {k: v for k, v in last.items() if k.startswith("val/")}
         lines.append(f"  validation at step {last['step']}:")
         lines += [f"    {k:<28} {_fmt(v)}" for k, v in figures.items()]
-    gens = [e for e in events if e["type"] == "generations"]
+    gens = [e for e in events if e["type"] == EV_GENERATIONS]
     if gens:
         for g in gens[-1]["samples"][:generations]:
             head = g.get("head", "answer")

@@ -46,7 +46,7 @@ def train(cfg: Any) -> dict[str, Any]:
     """
     from omegaconf import OmegaConf, open_dict
 
-    from core.run import EventLog, resolve_run
+    from core.run import resolve_run
 
     rank_zero = _rank_zero()
     run, ckpt = resolve_run(
@@ -55,7 +55,7 @@ def train(cfg: Any) -> dict[str, Any]:
     )  # fmt: skip
     # a resume of a finished run that does not finish leaves its summary alone (the
     # attempt is in the events log)
-    keep_summary = bool(ckpt) and _summary_status(run.summary) == "finished"
+    keep_summary = bool(ckpt) and _summary_status(run.summary) == runs.FINISHED
     fresh = rank_zero and not ckpt and not run.path.exists()  # this call creates the folder
     made_root = not run.path.parent.exists()
     with open_dict(cfg):
@@ -67,10 +67,10 @@ def train(cfg: Any) -> dict[str, Any]:
     changes = _config_changes(run.config, cfg) if ckpt else {}
     if rank_zero and not ckpt:
         run.config.write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
-    events = EventLog(run.events, enabled=rank_zero)
+    events = runs.EventLog(run.events, enabled=rank_zero)
     events.write(
-        "status",
-        status="started",
+        runs.EV_STATUS,
+        status=runs.STARTED,
         run_id=run.run_id,
         experiment=cfg.experiment_name,
         resumed_from=str(ckpt) if ckpt else None,
@@ -82,7 +82,7 @@ def train(cfg: Any) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "run_id": run.run_id,
         "experiment": cfg.experiment_name,
-        "status": "failed",
+        "status": runs.FAILED,
         "started_at": time.time(),
         "resumed_from": str(ckpt) if ckpt else None,
     }
@@ -98,15 +98,15 @@ def train(cfg: Any) -> dict[str, Any]:
                 with contextlib.suppress(OSError):  # only when empty: another run may be there
                     run.path.parent.rmdir()
             raise
-        summary["status"] = "interrupted" if _is_interrupt(exc) else "failed"
+        summary["status"] = runs.INTERRUPTED if _is_interrupt(exc) else runs.FAILED
         summary["error"] = f"{type(exc).__name__}: {exc}"
-        events.write("status", status=summary["status"], error=summary["error"])
+        events.write(runs.EV_STATUS, status=summary["status"], error=summary["error"])
         _finish(run, events, summary, t0, rank_zero and not keep_summary)
-        if summary["status"] == "failed":
+        if summary["status"] == runs.FAILED:
             raise
         return summary
-    summary["status"] = "finished"
-    events.write("status", status="finished")
+    summary["status"] = runs.FINISHED
+    events.write(runs.EV_STATUS, status=runs.FINISHED)
     _finish(run, events, summary, t0, rank_zero)
     return summary
 
@@ -153,13 +153,13 @@ def _fit_and_test(
     summary["train_loss"] = events_cb.loss_span
     summary["best"] = events_cb.best
     summary["best_checkpoint"] = best or None
-    summary["last_val"] = _strip(events_cb.last.get("val"))
+    summary["last_val"] = _strip(events_cb.last.get(runs.EV_VAL))
     if cfg.test_after_fit and is_overridden("test_step", module) and dm.sizes()["test"]:
         t_test = time.perf_counter()
         with allow_checkpoint_types():
             trainer.test(module, datamodule=dm, ckpt_path=best or None, weights_only=True)
         summary["test_s"] = round(time.perf_counter() - t_test, 3)
-        summary["test"] = _strip(events_cb.last.get("test"))
+        summary["test"] = _strip(events_cb.last.get(runs.EV_TEST))
     # After test() the module holds the best checkpoint's weights (or the last ones).
     if hasattr(module, "export") and trainer.is_global_zero:
         module.export(run.path)
@@ -195,12 +195,10 @@ def _set_collators(dm: Any, module: Any) -> None:
 def _finish(run: Any, events: Any, summary: dict, t0: float, rank_zero: bool) -> None:
     summary["finished_at"] = time.time()
     summary["total_s"] = round(time.perf_counter() - t0, 3)
-    events.write("summary", **{k: v for k, v in summary.items() if k not in ("started_at",)})
+    events.write(runs.EV_SUMMARY, **{k: v for k, v in summary.items() if k not in ("started_at",)})
     events.close()
     if rank_zero:
-        tmp = run.summary.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-        tmp.replace(run.summary)
+        runs.write_summary(run, summary)
 
 
 def _summary_status(path: Path) -> str | None:

@@ -20,14 +20,15 @@ import binascii
 import json
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import unquote, urlparse
 
 from lake.errors import RejectedInput
-from lake.records import Location, MediaRef, Reject
+from lake.ids import media_id
+from lake.records import Location, MediaMeta, MediaRef, Reject
 from lake.schema import IMAGE_TOKEN as IMAGE_TOKEN  # owned by lake.schema; re-exported
 from lake.schema import PLACEHOLDERS, placeholder_kinds
 
@@ -491,3 +492,400 @@ def read_media_file(
         return rel, "", None, f"cannot read: {exc.strerror or exc}"
     except ValueError as exc:
         return rel, "", None, f"cannot read: {exc}"
+
+
+# ------------------------------------------- shared by the JSON sources (sharegpt, llava, ...)
+
+
+JSON_SUFFIXES = (".json", ".jsonl")
+
+
+def dataset_files(path: Path, suffixes: Sequence[str]) -> list[Path]:
+    """``path`` itself when it is a file, else its top-level files ending in ``suffixes``.
+
+    Files are sorted by name; hidden files and LLaMA-Factory's ``dataset_info.json``
+    registry (written beside a sharegpt / llava export) are skipped.
+    """
+    if not path.is_dir():
+        return [path]
+    return sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file()
+        and not p.name.startswith(".")
+        and p.name != "dataset_info.json"
+        and p.suffix.lower() in suffixes
+    )
+
+
+def relative_name(file: Path, root: Path) -> str:
+    """``file`` relative to ``root`` (POSIX), or its full path when outside it."""
+    return file.relative_to(root).as_posix() if file.is_relative_to(root) else file.as_posix()
+
+
+def json_type(value: object) -> str:
+    """JSON name of a parsed value's type, for reject reasons."""
+    names = {dict: "object", list: "array", str: "string", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+# What reading one record may raise besides RejectedInput (a path with a NUL byte, an
+# over-long name, a symlink loop, a deeply nested value): each rejects that record only.
+RECORD_ERRORS = (RejectedInput, OSError, ValueError, RecursionError)
+
+
+def record_error(exc: BaseException) -> str:
+    """The reject reason for one of :data:`RECORD_ERRORS` raised while reading a record."""
+    if isinstance(exc, RejectedInput):
+        return exc.reason
+    if isinstance(exc, OSError):
+        return f"cannot read: {exc.strerror or exc}"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return f"invalid value: {exc}"
+
+
+def record_id(obj: dict[str, object]) -> str | None:
+    """A record's own ``id`` (a string or an integer, kept as text), else None."""
+    value = obj.get("id")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value)
+
+
+# Top-level keys that carry media, conversation or preference content in the layouts of
+# LLaVA, LLaMA-Factory, ms-swift, TRL and 2U1: a source that does not read one of these
+# (with a value) rejects the record instead of dropping it; any other unread key is
+# counted in the run's summary. Where another source reads it, the reason says which.
+KNOWN_KEYS: dict[str, str] = {
+    "conversations": "",
+    "messages": "",
+    "system": "",
+    "image": "",
+    "images": "",
+    "video": "video turns",
+    "videos": "video turns",
+    "audio": "audio turns",
+    "audios": "audio turns",
+    "chosen": "preference pairs: source=sharegpt or source=trl",
+    "rejected": "preference pairs: source=sharegpt or source=trl",
+    "prompt": "prompt / chosen / rejected / completion rows: source=trl",
+    "completion": "prompt / completion rows: source=trl",
+    "rejected_response": "ms-swift preference pairs: source=messages",
+    "rejected_images": "ms-swift preference pairs: source=messages",
+    "label": "KTO feedback: the source's kto_tag option",
+    "kto_tag": "KTO feedback: the source's kto_tag option",
+}
+
+
+class ReadKeys(dict):  # type: ignore[type-arg]
+    """A parsed JSON record that remembers which top-level keys its parser looked at."""
+
+    def __init__(self, obj: dict[str, object]) -> None:
+        super().__init__(obj)
+        self.read: set[object] = set()
+
+    def __getitem__(self, key: object) -> object:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: object, default: object = None) -> object:
+        """``dict.get``, noting the key as read."""
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(key)
+        return super().__contains__(key)
+
+    def unread(self) -> list[str]:
+        """Keys nobody looked at, in record order."""
+        return [k for k in self.keys() if k not in self.read]
+
+
+def _has_value(value: object) -> bool:
+    return value is not None and value != [] and value != "" and value != {}
+
+
+def unread_keys(obj: ReadKeys, source: str) -> tuple[str, ...]:
+    """The keys ``obj``'s parser did not read; RejectedInput when one of them is a
+    :data:`KNOWN_KEYS` key with a value (its content would be lost)."""
+    unread = obj.unread()
+    for key in unread:
+        if key in KNOWN_KEYS and _has_value(dict.__getitem__(obj, key)):
+            hint = KNOWN_KEYS[key]
+            raise RejectedInput(
+                f"field {key!r} is not read by the {source} source"
+                + (f" ({hint})" if hint else "")
+                + ": rejected rather than dropped"
+            )
+    return tuple(unread)
+
+
+def feedback_value(obj: dict[str, object], key: str | None) -> bool | None:
+    """KTO feedback from ``obj[key]``: true (desirable), false (undesirable) or None."""
+    if not key:
+        return None
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise RejectedInput(f"{key!r} (KTO feedback) must be true or false, got {value!r}")
+    return value
+
+
+def check_feedback(messages: list[dict[str, str]], feedback: bool | None, pair: bool) -> None:
+    """KTO feedback judges the last assistant turn; a record is a pair or has feedback."""
+    if feedback is None:
+        return
+    if pair:
+        raise RejectedInput("a record is either a preference pair or KTO feedback, not both")
+    if not messages or messages[-1]["role"] != "assistant":
+        raise RejectedInput("KTO feedback needs the conversation to end with the answer it judges")
+
+
+def require(obj: dict[str, object], key: str) -> object:
+    """``obj[key]``, or RejectedInput naming the missing field."""
+    if obj.get(key) is None:
+        raise RejectedInput(f"missing field {key!r}")
+    return obj[key]
+
+
+IMAGE_PART_KEYS = ("image", "path", "url")
+
+
+def flatten_parts(
+    parts: list[object],
+    images: list[object],
+    index: int = 0,
+    videos: list[object] | None = None,
+    audios: list[object] | None = None,
+) -> str:
+    """Flatten content parts to one string (the canonical rule), appending media refs.
+
+    Image parts append to ``images``, video parts (``video``, ``video_url``) to ``videos``
+    and audio parts (``audio``, ``audio_url``, OpenAI's inline ``input_audio``, as a
+    ``data:`` URL) to ``audios``; with ``videos`` / ``audios`` None such a part is a
+    reject. Raises RejectedInput for a malformed or unknown part, or a text part holding
+    a literal placeholder. ``index`` is the message's position, for the reason.
+    """
+    out: list[str] = []
+    for j, part in enumerate(parts):
+        where = f"message {index} part {j}"
+        if not isinstance(part, dict):
+            raise RejectedInput(f"{where} must be an object, got {json_type(part)}")
+        kind = part.get("type")
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise RejectedInput(f"{where}: text part needs a string 'text'")
+            for token in PLACEHOLDERS.values():
+                if token in text:
+                    raise RejectedInput(f"{where}: text part contains a literal {token}")
+            out.append(text)
+        elif kind == "image":
+            key = next((k for k in IMAGE_PART_KEYS if part.get(k) is not None), None)
+            # no reference: TRL's layout, the part takes the next top-level image
+            images.append(part[key] if key is not None else None)
+            out.append(IMAGE_TOKEN)
+        elif kind == "image_url":
+            value = part.get("image_url")
+            url = value.get("url") if isinstance(value, dict) else value
+            if url is None:
+                raise RejectedInput(f"{where}: image_url part needs 'image_url': {{'url': ...}}")
+            images.append(url)
+            out.append(IMAGE_TOKEN)
+        elif kind in AV_PARTS:
+            media_kind = AV_PARTS[kind]
+            refs = videos if media_kind == "video" else audios
+            if refs is None:
+                raise RejectedInput(f"{where}: {kind} parts are not read by this source")
+            refs.append(_av_ref(part, kind, where))
+            out.append(PLACEHOLDERS[media_kind])
+        else:
+            raise RejectedInput(f"{where}: unknown content part type {kind!r}")
+    return "".join(out)
+
+
+# content part type -> the media kind it holds
+AV_PARTS = {
+    "video": "video",
+    "video_url": "video",
+    "audio": "audio",
+    "audio_url": "audio",
+    "input_audio": "audio",
+}
+
+
+def _av_ref(part: dict[str, object], kind: str, where: str) -> object:
+    """The reference of a video or audio part (``input_audio``: a ``data:`` URL)."""
+    if kind in ("video_url", "audio_url", "input_audio"):
+        value = part.get(kind)
+        if kind == "input_audio":
+            if not isinstance(value, dict) or not isinstance(value.get("data"), str):
+                raise RejectedInput(f"{where}: input_audio part needs {{'data': BASE64, 'format'}}")
+            fmt = value.get("format") or "wav"
+            return f"data:audio/{fmt};base64,{value['data']}"
+        url = value.get("url") if isinstance(value, dict) else value
+        if url is None:
+            raise RejectedInput(f"{where}: {kind} part needs '{kind}': {{'url': ...}}")
+        return url
+    key = next((k for k in (kind, "path", "url") if part.get(k) is not None), None)
+    if key is None:
+        raise RejectedInput(f"{where}: {kind} part needs one of '{kind}', 'path', 'url'")
+    if isinstance(part[key], list):
+        raise RejectedInput(f"{where}: a {kind} given as a list of frames is not read; use a file")
+    return part[key]
+
+
+# ------------------------------------------- time-based media, shared by every source reading them
+
+
+def analyse_file(
+    rel: str, full: str, settings: Any, root: str | None = None, limit: int | None = None
+) -> tuple[str, str, Any, str | None]:
+    """Analyse one video file: ``(rel, sha256 of the file, VideoAnalysis, None)`` or
+    ``(rel, "", None, reason)`` (:func:`lake.sources.read_media_file`); a video whose
+    frames all fail to decode is rejected too."""
+    from lake.video import VideoRejected, analyze_video
+
+    out = read_media_file(
+        rel, full, lambda f: analyze_video(f, settings), VideoRejected, root, limit
+    )
+    if out[3] is None and not out[2].frames:
+        return rel, "", None, "no frame could be decoded"
+    return out
+
+
+def video_media(
+    rel: str, full: str, video_id: str, analysis: Any, store_video: bool
+) -> tuple[MediaRef, list[MediaRef], list[MediaRef]]:
+    """The media of one analysed video: ``(video, [audio track] or [], frames)``.
+
+    The video row is blob-stored (``store_video``) or referenced by ``source_uri`` +
+    sha256; its audio track and kept frames carry ``parent_id`` = ``video_id``, their
+    times, scenes and processing steps. Shared by every source that reads videos.
+    """
+    probe = analysis.probe
+    steps = tuple(analysis.steps)
+    first_thumb = analysis.frames[0].thumb if analysis.frames else None
+    video = MediaRef(
+        source_uri=rel,
+        path=full,
+        kind="video",
+        media_id=video_id,
+        meta=MediaMeta(
+            mime=probe.mime,
+            width=probe.width,
+            height=probe.height,
+            duration_s=probe.duration_s,
+            thumb=first_thumb,
+            t_start=0.0,
+            t_end=probe.duration_s,
+            steps=(("probe", probe.as_dict()),),
+            store="blob" if store_video else "reference",
+        ),
+    )
+    attached: list[MediaRef] = []
+    if analysis.audio is not None:
+        audio = analysis.audio
+        audio_steps = [s for s in steps if s[0] in ("decode", "audio_extract")]
+        attached.append(
+            MediaRef(
+                source_uri=f"{rel}#audio",
+                data=audio.data,
+                media_id=media_id(audio.data),  # hashed once, not once per record
+                kind="audio",
+                meta=MediaMeta(
+                    mime=audio.mime,
+                    duration_s=audio.duration_s,
+                    parent_id=video_id,
+                    t_start=0.0,
+                    t_end=audio.duration_s,
+                    steps=(("probe", probe.as_dict()), *audio_steps),
+                ),
+            )
+        )
+    frame_dt = 1.0 / probe.fps if probe.fps else 0.0
+    frame_steps = tuple(s for s in steps if s[0] != "audio_extract")
+    refs = []
+    for f in analysis.frames:
+        refs.append(
+            MediaRef(
+                source_uri=f"{rel}#t={f.t:.3f}",
+                data=f.jpeg,
+                media_id=media_id(f.jpeg),
+                kind="frame",
+                meta=MediaMeta(
+                    mime="image/jpeg",
+                    width=f.width,
+                    height=f.height,
+                    phash=f.phash,
+                    thumb=f.thumb,
+                    parent_id=video_id,
+                    t_start=f.t,
+                    t_end=f.t + frame_dt,
+                    scene=f.scene,
+                    steps=(
+                        *frame_steps,
+                        (
+                            "frame",
+                            {
+                                "video": rel,
+                                "index": f.index,
+                                "t": round(f.t, 6),
+                                "scene": f.scene,
+                                "reason": f.reason,
+                                "motion": round(float(f.motion), 6),
+                            },
+                        ),
+                    ),
+                ),
+            )
+        )
+    return video, attached, refs
+
+
+def load_file(
+    rel: str,
+    full: str,
+    rate: int,
+    fmt: str,
+    max_duration_s: float | None = None,
+    root: str | None = None,
+    limit: int | None = None,
+) -> tuple[str, str, Any, str | None]:
+    """Decode and resample one audio file: ``(rel, sha256 of the original, AudioTrack,
+    None)`` or ``(rel, "", None, reason)`` (:func:`read_media_file`). The file must
+    resolve inside ``root`` (None: anywhere), be a regular file and hold at most ``limit``
+    bytes (:func:`checked_file`)."""
+    from lake.audio import AudioRejected, load_audio
+
+    return read_media_file(
+        rel, full, lambda f: load_audio(f, rate, fmt, max_duration_s), AudioRejected, root, limit
+    )
+
+
+def audio_media(rel: str, sha: str, track: Any, fmt: str) -> MediaRef:
+    """The ``audio`` media of a decoded file (``track``, mono at its rate, ``fmt``), with
+    the original's sha256, codec, rate and channels in its steps. Shared by every source
+    that reads audio files."""
+    decode = {
+        "source_sha256": sha,
+        "codec": track.source_codec,
+        "rate": track.source_rate,
+        "channels": track.source_channels,
+    }
+    convert = {"rate": track.sample_rate, "channels": track.channels, "format": fmt}
+    return MediaRef(
+        source_uri=rel,
+        data=track.data,
+        kind="audio",
+        meta=MediaMeta(
+            mime=track.mime,
+            duration_s=track.duration_s,
+            t_start=0.0,
+            t_end=track.duration_s,
+            steps=(("decode", decode), ("resample_encode", convert)),
+        ),
+    )

@@ -14,9 +14,9 @@ from typing import Any
 
 from lake.parallel import ordered_map, worker_count
 from lake.plugin import Source
-from lake.records import Location, MediaMeta, MediaRef, Reject, SourceRecord
+from lake.records import Location, Reject, SourceRecord
 from lake.schema import KIND_TAGS
-from lake.sources import confined_root, list_files, read_media_file
+from lake.sources import audio_media, confined_root, list_files, load_file
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus")
 
@@ -24,16 +24,9 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus")
 def _load(
     task: tuple[str, str, int, str, float | None, str | None, int | None],
 ) -> tuple[str, str, Any, str | None]:
-    """Worker: decode and resample one file; (rel, sha256 of the original, track, reason).
-
-    The file must resolve inside ``root`` (None: anywhere), be a regular file and hold at
-    most ``limit`` bytes (:func:`lake.sources.checked_file`)."""
-    from lake.audio import AudioRejected, load_audio
-
-    rel, full, rate, fmt, max_duration_s, root, limit = task
-    return read_media_file(
-        rel, full, lambda f: load_audio(f, rate, fmt, max_duration_s), AudioRejected, root, limit
-    )
+    """Worker: (rel, full, rate, format, max duration, root, limit) -> (rel, sha256 of the
+    original, track, reject reason) (:func:`lake.sources.load_file`)."""
+    return load_file(*task)
 
 
 class AudioSource(Source):
@@ -92,42 +85,3 @@ class AudioSource(Source):
                 key=rel,
                 steps=steps,
             )
-
-
-def load_file(
-    rel: str,
-    full: str,
-    rate: int,
-    fmt: str,
-    max_duration_s: float | None = None,
-    root: str | None = None,
-    limit: int | None = None,
-) -> tuple[str, str, Any, str | None]:
-    """Decode and resample one audio file: ``(rel, sha256 of the original, AudioTrack,
-    None)`` or ``(rel, "", None, reason)`` (:func:`lake.sources.read_media_file`)."""
-    return _load((rel, full, rate, fmt, max_duration_s, root, limit))
-
-
-def audio_media(rel: str, sha: str, track: Any, fmt: str) -> MediaRef:
-    """The ``audio`` media of a decoded file (``track``, mono at its rate, ``fmt``), with
-    the original's sha256, codec, rate and channels in its steps. Shared by every source
-    that reads audio files."""
-    decode = {
-        "source_sha256": sha,
-        "codec": track.source_codec,
-        "rate": track.source_rate,
-        "channels": track.source_channels,
-    }
-    convert = {"rate": track.sample_rate, "channels": track.channels, "format": fmt}
-    return MediaRef(
-        source_uri=rel,
-        data=track.data,
-        kind="audio",
-        meta=MediaMeta(
-            mime=track.mime,
-            duration_s=track.duration_s,
-            t_start=0.0,
-            t_end=track.duration_s,
-            steps=(("decode", decode), ("resample_encode", convert)),
-        ),
-    )

@@ -11,14 +11,18 @@ from lake.errors import RejectedInput
 from lake.plugin import Source
 from lake.records import Location, MediaRef, Reject, SourceRecord
 from lake.sources import (
+    RECORD_ERRORS,
     bounded_lines,
     checked_file,
     confined_root,
+    dataset_files,
     iter_json_records,
+    json_type,
+    record_error,
+    relative_name,
     resolve_media,
     too_big,
 )
-from plugins.sharegpt import RECORD_ERRORS, dataset_files, json_type, record_error, relative_name
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 BATCH_ROWS = 256

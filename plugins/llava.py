@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from plugins.sharegpt import ShareGPTSource
+from lake.json_source import ConversationSource
 
 
-class LlavaSource(ShareGPTSource):
+class LlavaSource(ConversationSource):
     """LLaVA records: ``{"id", "image" | "images", "conversations": [{"from", "value"}]}``.
 
-    The ShareGPT reader with LLaVA's fixed keys (``conversations``, ``from``, ``value``;
+    The ShareGPT reader (:class:`~lake.json_source.ConversationSource`) with LLaVA's
+    fixed keys (``conversations``, ``from``, ``value``;
     ``human`` / ``gpt``). ``<image>`` placeholders pair in order with the images; a record
     without images is a text-only sample when its conversation has no placeholder. The
     record ``id`` is kept as ``record_id`` (not part of the sample's key). ``image_folder`` is the

@@ -16,7 +16,7 @@ Videos and audio work the same way: ``<video>`` / ``<audio>`` placeholders with 
 and ``{"type": "audio", "audio": REF}`` / ``{"type": "audio_url", ...}`` / OpenAI's
 ``{"type": "input_audio", "input_audio": {"data": BASE64, "format": "wav"}}``, each
 flattened to its placeholder. They are analysed like the ``video`` and ``audio`` sources
-do (see :class:`plugins.sharegpt.JsonRecordsSource`).
+do (see :class:`lake.json_source.JsonRecordsSource`).
 
 Canonical flattening rule (parts -> one string): parts are concatenated in order with no
 separator; each image part becomes exactly ``<image>`` and its reference is appended to
@@ -35,18 +35,19 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from lake.errors import RejectedInput
+from lake.json_source import JsonRecordsSource
 from lake.records import Location, SourceRecord
-from lake.schema import IMAGE_TOKEN, PLACEHOLDERS, placeholder_kinds
-from lake.sources import canonical_messages, canonical_role, media_list
-from plugins.sharegpt import (
-    JsonRecordsSource,
+from lake.schema import PLACEHOLDERS, placeholder_kinds
+from lake.sources import (
+    canonical_messages,
+    canonical_role,
     check_feedback,
     feedback_value,
+    flatten_parts,
     json_type,
+    media_list,
     require,
 )
-
-IMAGE_PART_KEYS = ("image", "path", "url")
 
 
 class MessagesSource(JsonRecordsSource):
@@ -178,87 +179,3 @@ def swift_pair(
                 f"'rejected_images' holds {len(rejected_images)} image(s), the prompt {wanted}"
             )
     return messages[:-1], chosen, rejected, rejected_images
-
-
-def flatten_parts(
-    parts: list[object],
-    images: list[object],
-    index: int = 0,
-    videos: list[object] | None = None,
-    audios: list[object] | None = None,
-) -> str:
-    """Flatten content parts to one string (the canonical rule), appending media refs.
-
-    Image parts append to ``images``, video parts (``video``, ``video_url``) to ``videos``
-    and audio parts (``audio``, ``audio_url``, OpenAI's inline ``input_audio``, as a
-    ``data:`` URL) to ``audios``; with ``videos`` / ``audios`` None such a part is a
-    reject. Raises RejectedInput for a malformed or unknown part, or a text part holding
-    a literal placeholder. ``index`` is the message's position, for the reason.
-    """
-    out: list[str] = []
-    for j, part in enumerate(parts):
-        where = f"message {index} part {j}"
-        if not isinstance(part, dict):
-            raise RejectedInput(f"{where} must be an object, got {json_type(part)}")
-        kind = part.get("type")
-        if kind == "text":
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise RejectedInput(f"{where}: text part needs a string 'text'")
-            for token in PLACEHOLDERS.values():
-                if token in text:
-                    raise RejectedInput(f"{where}: text part contains a literal {token}")
-            out.append(text)
-        elif kind == "image":
-            key = next((k for k in IMAGE_PART_KEYS if part.get(k) is not None), None)
-            # no reference: TRL's layout, the part takes the next top-level image
-            images.append(part[key] if key is not None else None)
-            out.append(IMAGE_TOKEN)
-        elif kind == "image_url":
-            value = part.get("image_url")
-            url = value.get("url") if isinstance(value, dict) else value
-            if url is None:
-                raise RejectedInput(f"{where}: image_url part needs 'image_url': {{'url': ...}}")
-            images.append(url)
-            out.append(IMAGE_TOKEN)
-        elif kind in AV_PARTS:
-            media_kind = AV_PARTS[kind]
-            refs = videos if media_kind == "video" else audios
-            if refs is None:
-                raise RejectedInput(f"{where}: {kind} parts are not read by this source")
-            refs.append(_av_ref(part, kind, where))
-            out.append(PLACEHOLDERS[media_kind])
-        else:
-            raise RejectedInput(f"{where}: unknown content part type {kind!r}")
-    return "".join(out)
-
-
-# content part type -> the media kind it holds
-AV_PARTS = {
-    "video": "video",
-    "video_url": "video",
-    "audio": "audio",
-    "audio_url": "audio",
-    "input_audio": "audio",
-}
-
-
-def _av_ref(part: dict[str, object], kind: str, where: str) -> object:
-    """The reference of a video or audio part (``input_audio``: a ``data:`` URL)."""
-    if kind in ("video_url", "audio_url", "input_audio"):
-        value = part.get(kind)
-        if kind == "input_audio":
-            if not isinstance(value, dict) or not isinstance(value.get("data"), str):
-                raise RejectedInput(f"{where}: input_audio part needs {{'data': BASE64, 'format'}}")
-            fmt = value.get("format") or "wav"
-            return f"data:audio/{fmt};base64,{value['data']}"
-        url = value.get("url") if isinstance(value, dict) else value
-        if url is None:
-            raise RejectedInput(f"{where}: {kind} part needs '{kind}': {{'url': ...}}")
-        return url
-    key = next((k for k in (kind, "path", "url") if part.get(k) is not None), None)
-    if key is None:
-        raise RejectedInput(f"{where}: {kind} part needs one of '{kind}', 'path', 'url'")
-    if isinstance(part[key], list):
-        raise RejectedInput(f"{where}: a {kind} given as a list of frames is not read; use a file")
-    return part[key]

@@ -22,11 +22,18 @@ from __future__ import annotations
 from typing import ClassVar
 
 from lake.errors import RejectedInput
+from lake.json_source import JsonRecordsSource
 from lake.records import Location, SourceRecord
 from lake.schema import IMAGE_TOKEN
-from lake.sources import canonical_messages, canonical_role, media_list
-from plugins.messages import flatten_parts
-from plugins.sharegpt import JsonRecordsSource, check_feedback, feedback_value, json_type
+from lake.sources import (
+    canonical_messages,
+    canonical_role,
+    check_feedback,
+    feedback_value,
+    flatten_parts,
+    json_type,
+    media_list,
+)
 
 
 class TrlSource(JsonRecordsSource):

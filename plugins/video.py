@@ -17,12 +17,11 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from lake.ids import media_id
 from lake.parallel import ordered_map, worker_count
 from lake.plugin import Source
-from lake.records import Location, MediaMeta, MediaRef, Reject, SourceRecord
+from lake.records import Location, Reject, SourceRecord
 from lake.schema import KIND_TAGS
-from lake.sources import confined_root, list_files, read_media_file
+from lake.sources import analyse_file, confined_root, list_files, video_media
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 
@@ -38,22 +37,6 @@ def _analyse(
 
     rel, full, options, root, limit = task
     return analyse_file(rel, full, VideoSettings(**options), root, limit)
-
-
-def analyse_file(
-    rel: str, full: str, settings: Any, root: str | None = None, limit: int | None = None
-) -> tuple[str, str, Any, str | None]:
-    """Analyse one video file: ``(rel, sha256 of the file, VideoAnalysis, None)`` or
-    ``(rel, "", None, reason)`` (:func:`lake.sources.read_media_file`); a video whose
-    frames all fail to decode is rejected too."""
-    from lake.video import VideoRejected, analyze_video
-
-    out = read_media_file(
-        rel, full, lambda f: analyze_video(f, settings), VideoRejected, root, limit
-    )
-    if out[3] is None and not out[2].frames:
-        return rel, "", None, "no frame could be decoded"
-    return out
 
 
 class VideoSource(Source):
@@ -152,92 +135,3 @@ class VideoSource(Source):
                     t_start=round(scene.t_start, 6),
                     t_end=round(scene.t_end, 6),
                 )
-
-
-def video_media(
-    rel: str, full: str, video_id: str, analysis: Any, store_video: bool
-) -> tuple[MediaRef, list[MediaRef], list[MediaRef]]:
-    """The media of one analysed video: ``(video, [audio track] or [], frames)``.
-
-    The video row is blob-stored (``store_video``) or referenced by ``source_uri`` +
-    sha256; its audio track and kept frames carry ``parent_id`` = ``video_id``, their
-    times, scenes and processing steps. Shared by every source that reads videos.
-    """
-    probe = analysis.probe
-    steps = tuple(analysis.steps)
-    first_thumb = analysis.frames[0].thumb if analysis.frames else None
-    video = MediaRef(
-        source_uri=rel,
-        path=full,
-        kind="video",
-        media_id=video_id,
-        meta=MediaMeta(
-            mime=probe.mime,
-            width=probe.width,
-            height=probe.height,
-            duration_s=probe.duration_s,
-            thumb=first_thumb,
-            t_start=0.0,
-            t_end=probe.duration_s,
-            steps=(("probe", probe.as_dict()),),
-            store="blob" if store_video else "reference",
-        ),
-    )
-    attached: list[MediaRef] = []
-    if analysis.audio is not None:
-        audio = analysis.audio
-        audio_steps = [s for s in steps if s[0] in ("decode", "audio_extract")]
-        attached.append(
-            MediaRef(
-                source_uri=f"{rel}#audio",
-                data=audio.data,
-                media_id=media_id(audio.data),  # hashed once, not once per record
-                kind="audio",
-                meta=MediaMeta(
-                    mime=audio.mime,
-                    duration_s=audio.duration_s,
-                    parent_id=video_id,
-                    t_start=0.0,
-                    t_end=audio.duration_s,
-                    steps=(("probe", probe.as_dict()), *audio_steps),
-                ),
-            )
-        )
-    frame_dt = 1.0 / probe.fps if probe.fps else 0.0
-    frame_steps = tuple(s for s in steps if s[0] != "audio_extract")
-    refs = []
-    for f in analysis.frames:
-        refs.append(
-            MediaRef(
-                source_uri=f"{rel}#t={f.t:.3f}",
-                data=f.jpeg,
-                media_id=media_id(f.jpeg),
-                kind="frame",
-                meta=MediaMeta(
-                    mime="image/jpeg",
-                    width=f.width,
-                    height=f.height,
-                    phash=f.phash,
-                    thumb=f.thumb,
-                    parent_id=video_id,
-                    t_start=f.t,
-                    t_end=f.t + frame_dt,
-                    scene=f.scene,
-                    steps=(
-                        *frame_steps,
-                        (
-                            "frame",
-                            {
-                                "video": rel,
-                                "index": f.index,
-                                "t": round(f.t, 6),
-                                "scene": f.scene,
-                                "reason": f.reason,
-                                "motion": round(float(f.motion), 6),
-                            },
-                        ),
-                    ),
-                ),
-            )
-        )
-    return video, attached, refs

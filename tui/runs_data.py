@@ -95,17 +95,7 @@ class _LineReader:
         return lines
 
 
-_decode = json.JSONDecoder().decode
-
-
-def _parse(line: bytes) -> dict[str, Any] | None:
-    """The event of a line, ``None`` for a blank one; ``ValueError`` when corrupt."""
-    if not line.strip():
-        return None
-    event = _decode(line.decode())  # JSONDecodeError and UnicodeDecodeError: ValueErrors
-    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-        raise ValueError("not an event object")
-    return event
+_parse = runs.parse_event  # the one line parser: ValueError for a corrupt line
 
 
 def metric_values(event: dict[str, Any]) -> Iterator[tuple[str, float]]:
@@ -178,14 +168,14 @@ class _RunScan:
         self.last_t = t if t is not None else self.last_t
         kind = event["type"]
         step = event.get("step")
-        if kind == "status":
+        if kind == runs.EV_STATUS:
             self.status = event
-            if event.get("status") == "started":
+            if event.get("status") == runs.STARTED:
                 self.started_t = t
                 self.experiment = event.get("experiment") or self.experiment
-        elif kind == "train" and isinstance(step, int):
+        elif kind == runs.EV_TRAIN and isinstance(step, int):
             self.step = step
-        elif kind == "val":
+        elif kind == runs.EV_VAL:
             for key, value in metric_values(event):
                 ext = self.extremes.get(key)
                 if ext is None:
@@ -229,11 +219,10 @@ class _Cached:
         return self.value
 
 
-def _summary(data: bytes) -> dict[str, Any]:
-    value = json.loads(data)
-    if not isinstance(value, dict):
-        raise ValueError("not a JSON object")
-    return value
+_summary = runs.parse_summary
+
+
+_EVENTS, _SUMMARY = runs.EVENTS_FILE, runs.SUMMARY_FILE  # the names errors mention
 
 
 def _monitor(data: bytes) -> tuple[str | None, str]:
@@ -247,29 +236,30 @@ def _monitor(data: bytes) -> tuple[str | None, str]:
 class _Run:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.scan = _RunScan(path / "events.jsonl")
-        self.summary = _Cached(path / "summary.json", _summary)
-        self.config = _Cached(path / "config.yaml", _monitor)
+        run = runs.RunDir(path)
+        self.scan = _RunScan(run.events)
+        self.summary = _Cached(run.summary, _summary)
+        self.config = _Cached(run.config, _monitor)
 
     def info(self, now: float, stale_after_s: float) -> RunInfo:
         scan = self.scan
         try:
             scan.update()
         except OSError as exc:
-            return self._unknown(f"events.jsonl: {exc}")
+            return self._unknown(f"{_EVENTS}: {exc}")
         summary = self.summary.get()
         if isinstance(summary, str):
-            return self._unknown(f"summary.json: {summary}")
+            return self._unknown(f"{_SUMMARY}: {summary}")
         notes = []
         if scan.corrupt:
-            notes.append(f"{scan.corrupt} corrupt line(s) in events.jsonl skipped")
+            notes.append(f"{scan.corrupt} corrupt line(s) in {_EVENTS} skipped")
         if summary is not None and not self._resumed_after(summary):
             return self._from_summary(summary, notes)
         return self._from_events(now, stale_after_s, notes)
 
     def _resumed_after(self, summary: dict[str, Any]) -> bool:
         status, started = self.scan.status, self.scan.started_t
-        if status is None or status.get("status") != "started" or started is None:
+        if status is None or status.get("status") != runs.STARTED or started is None:
             return False
         ended = _number(summary.get("finished_at"))
         return ended is not None and started > ended
@@ -277,7 +267,7 @@ class _Run:
     def _from_summary(self, summary: dict[str, Any], notes: list[str]) -> RunInfo:
         status = summary.get("status")
         if status not in FINAL:
-            return self._unknown(f"summary.json: unexpected status {status!r}")
+            return self._unknown(f"{_SUMMARY}: unexpected status {status!r}")
         error = summary.get("error")
         best = summary.get("best") if isinstance(summary.get("best"), dict) else None
         step = summary.get("step")
@@ -297,8 +287,8 @@ class _Run:
         scan = self.scan
         if scan.status is None:
             if not self.scan.reader.path.exists():
-                return self._unknown("no events.jsonl")
-            reason = "no status event" if scan.lines else "events.jsonl is empty"
+                return self._unknown(f"no {_EVENTS}")
+            reason = "no status event" if scan.lines else f"{_EVENTS} is empty"
             return self._unknown("; ".join([reason, *notes]))
         status = scan.status.get("status")
         error = scan.status.get("error")
@@ -314,13 +304,13 @@ class _Run:
                 error = f"no final status and no events for {_ago(idle)} (process killed?)"
                 end = scan.last_t
             else:
-                status, end = "running", now
+                status, end = runs.RUNNING, now
             duration = end - started if end is not None and started is not None else None
         elif status in FINAL:
             if scan.last_t is not None and started is not None:
                 duration = scan.last_t - started
         else:
-            return self._unknown(f"events.jsonl: unexpected status {status!r}")
+            return self._unknown(f"{_EVENTS}: unexpected status {status!r}")
         return RunInfo(
             run_id=self.path.name,
             path=self.path,
@@ -343,7 +333,7 @@ class _Run:
         return RunInfo(
             run_id=self.path.name,
             path=self.path,
-            status="unknown",
+            status=runs.UNKNOWN,
             experiment=self.scan.experiment,
             started=self.scan.started_t,
             duration_s=None,
@@ -397,7 +387,7 @@ def list_runs(
                     continue
             except OSError:
                 continue
-            if not ((path / "events.jsonl").exists() or (path / "summary.json").exists()):
+            if not runs.RunDir(path).is_run():
                 continue
             run = kept[path] = known.get(path) or _Run(path)
             out.append(run.info(now, stale_after_s))
@@ -474,7 +464,7 @@ class EventTail:
         self._clear()
 
     def _clear(self) -> None:
-        self._status = "unknown"  # last status event's status
+        self._status = runs.UNKNOWN  # last status event's status
         self._status_event: dict[str, Any] = {}  # and that event (pid, host of a start)
         self.corrupt = 0
         self.events = 0
@@ -492,12 +482,12 @@ class EventTail:
         ``killed``; one that cannot be checked, silent for ``stale_after_s`` at the last
         poll, is ``interrupted``)."""
         if self._status != runs.STARTED:
-            return self._status if self._status in FINAL else "unknown"
+            return self._status if self._status in FINAL else runs.UNKNOWN
         if runs.effective_status(self._status_event) == runs.KILLED:
             return runs.KILLED
         unknown = runs.is_alive(self._status_event) is None
         stale = time.time() - self._reader.mtime > self.stale_after_s
-        return runs.INTERRUPTED if unknown and stale else "running"
+        return runs.INTERRUPTED if unknown and stale else runs.RUNNING
 
     @property
     def mtime(self) -> float:
@@ -530,13 +520,13 @@ class EventTail:
     def _add(self, event: dict[str, Any]) -> None:
         kind = event["type"]
         self.last[kind] = event
-        if kind == "status" and isinstance(event.get("status"), str):
+        if kind == runs.EV_STATUS and isinstance(event.get("status"), str):
             self._status = event["status"]
             self._status_event = event
         step = event.get("step")
         if isinstance(step, int) and not isinstance(step, bool):
             self.step = step
-        if kind in ("train", "val", "test") and self.step is not None:
+        if kind in runs.METRIC_EVENTS and self.step is not None:
             x = float(self.step)
             for key, value in metric_values(event):
                 series = self._series.get(key)
@@ -592,7 +582,7 @@ def format_event(event: dict[str, Any]) -> str:
     clock = time.strftime("%H:%M:%S", time.localtime(t)) if t is not None else "--:--:--"
     kind = event.get("type", "?")
     parts = [clock, str(kind)]
-    if kind == "status":
+    if kind == runs.EV_STATUS:
         parts.append(str(event.get("status")))
         if event.get("experiment"):
             parts.append(f"experiment {event['experiment']}")
@@ -603,25 +593,25 @@ def format_event(event: dict[str, Any]) -> str:
         return " ".join(parts)
     if "step" in event:
         parts.append(f"step {event['step']}")
-    if kind == "params":
+    if kind == runs.EV_PARAMS:
         rows = event.get("rows") if isinstance(event.get("rows"), list) else []
         total = next((r for r in rows if isinstance(r, dict) and r.get("module") == "total"), {})
         parts += [str(event.get("family", "")), f"params {_count(total.get('params'))}"]
         if "trainable" in total:
             parts.append(f"trainable {_count(total['trainable'])}")
         return " ".join(parts)
-    if kind == "curriculum":
+    if kind == runs.EV_CURRICULUM:
         kinds = event.get("kinds") if isinstance(event.get("kinds"), list) else []
         parts += [f"epoch {event.get('epoch')} -> {event.get('stage')}",
                   f"({', '.join(map(str, kinds))})", f"{event.get('samples')} samples"]  # fmt: skip
         return " ".join(parts)
-    if kind in ("generations", "skipped"):
+    if kind in (runs.EV_GENERATIONS, runs.EV_SKIPPED):
         samples = event.get("samples")
         if event.get("split"):
             parts.append(str(event["split"]))
         parts.append(f"{len(samples) if isinstance(samples, list) else '?'} samples")
         return " ".join(parts)
-    if kind == "summary":
+    if kind == runs.EV_SUMMARY:
         parts.append(str(event.get("status")))
         if _number(event.get("total_s")) is not None:
             parts.append(f"total {event['total_s']:.1f}s")
@@ -734,13 +724,13 @@ def replay_run(
 ) -> int:
     """Replay a whole recorded run as training would write it: ``config.yaml`` first,
     then the events, then ``summary.json`` (when the recording has them)."""
-    src, dst = Path(src_dir), Path(dst_dir)
-    dst.mkdir(parents=True, exist_ok=True)
-    if (src / "config.yaml").is_file():
-        (dst / "config.yaml").write_bytes((src / "config.yaml").read_bytes())
-    n = replay(src / "events.jsonl", dst / "events.jsonl", speed, max_gap_s)
-    if (src / "summary.json").is_file():
-        tmp = dst / "summary.json.tmp"
-        tmp.write_bytes((src / "summary.json").read_bytes())
-        tmp.replace(dst / "summary.json")
+    src, dst = runs.RunDir(src_dir), runs.RunDir(dst_dir)
+    dst.path.mkdir(parents=True, exist_ok=True)
+    if src.config.is_file():
+        dst.config.write_bytes(src.config.read_bytes())
+    n = replay(src.events, dst.events, speed, max_gap_s)
+    if src.summary.is_file():
+        tmp = dst.summary.with_name(dst.summary.name + ".tmp")
+        tmp.write_bytes(src.summary.read_bytes())
+        tmp.replace(dst.summary)
     return n

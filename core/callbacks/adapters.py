@@ -9,9 +9,10 @@ holds ``adapter_config.json`` + ``adapter_model.safetensors`` and the processor,
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import lightning as L
+
+from lake.runs import RunDir
 
 
 class AdapterCheckpoint(L.Callback):
@@ -21,26 +22,26 @@ class AdapterCheckpoint(L.Callback):
         self.every_n_steps = int(every_n_steps)
         self.keep = int(keep)
 
-    def _dir(self, trainer: L.Trainer) -> Path:
-        return Path(trainer.default_root_dir) / "checkpoints"
+    def _run(self, trainer: L.Trainer) -> RunDir:
+        return RunDir(trainer.default_root_dir)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
         step = trainer.global_step
         if not self.every_n_steps or step == 0 or step % self.every_n_steps:
             return
         if trainer.is_global_zero:
-            root = self._dir(trainer)
-            out = root / f"adapter-step-{step:07d}"
+            run = self._run(trainer)
+            out = run.adapter_dir(step)
             if not out.exists():
                 pl_module.save_adapter(out)
-            old = sorted(root.glob("adapter-step-*"))[: -self.keep or None]
+            old = run.adapter_dirs()[: -self.keep or None]
             for path in old if self.keep else []:
                 shutil.rmtree(path, ignore_errors=True)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            out = self._dir(trainer) / "adapter-last"
-            tmp = out.with_name("adapter-last.tmp")
+            out = self._run(trainer).adapter_last
+            tmp = out.with_name(out.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             pl_module.save_adapter(tmp)  # type: ignore[attr-defined]
             shutil.rmtree(out, ignore_errors=True)

@@ -15,7 +15,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from core.run import EventLog, memory_mb
+from core.run import memory_mb
+from lake.runs import EV_TEST, EV_TRAIN, EV_VAL, EventLog
 
 
 class EventsCallback(L.Callback):
@@ -77,8 +78,8 @@ class EventsCallback(L.Callback):
         if "loss" in metrics:
             self.loss_span = [metrics["loss"] if self.loss_span is None else self.loss_span[0],
                               metrics["loss"]]  # fmt: skip
-        self.last["train"] = self.events.write(
-            "train",
+        self.last[EV_TRAIN] = self.events.write(
+            EV_TRAIN,
             step=step,
             epoch=trainer.current_epoch,
             **metrics,
@@ -94,9 +95,9 @@ class EventsCallback(L.Callback):
             return
         metrics = _metrics(trainer, include=("val",))
         event = self.events.write(
-            "val", step=trainer.global_step, epoch=trainer.current_epoch, **metrics
+            EV_VAL, step=trainer.global_step, epoch=trainer.current_epoch, **metrics
         )
-        self.last["val"] = event
+        self.last[EV_VAL] = event
         value = metrics.get(self.monitor) if self.monitor else None
         if value is not None and self._better(value):
             self.best = {"metric": self.monitor, "value": value, "step": trainer.global_step}
@@ -104,7 +105,7 @@ class EventsCallback(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._flush(trainer, pl_module)
         metrics = _metrics(trainer, include=("test",))
-        self.last["test"] = self.events.write("test", step=trainer.global_step, **metrics)
+        self.last[EV_TEST] = self.events.write(EV_TEST, step=trainer.global_step, **metrics)
 
     def _better(self, value: float) -> bool:
         if self.best is None:

@@ -28,6 +28,7 @@ from core.data.lance_data import LanceDataModule
 from core.data.lance_dataset import LanceSamples, Selection, select
 from core.data.sampler import ShardedBatchSampler
 from lake.errors import ConfigError
+from lake.runs import EV_CURRICULUM
 from lake.schema import KIND_TAGS
 from lake.sql import and_filters
 
@@ -247,7 +248,7 @@ class ApotheonDataModule(LanceDataModule):
             return []
         event, self._pending = {**self._pending, "previous": self._logged}, None
         self._logged = event["stage"]
-        return [("curriculum", event)]
+        return [(EV_CURRICULUM, event)]
 
 
 def _audio_tracks(media: Any) -> dict[str, tuple[int, float]]:

@@ -33,6 +33,7 @@ from torch import nn
 
 from core.checkpoint import check_checkpoint, load_checkpoint
 from lake.errors import ConfigError
+from lake.runs import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ def save_open_clip(
 
 def load_from_run(run_dir: str | os.PathLike[str], **kwargs: Any) -> ClipBundle:
     """Load the CLIP model a training run exported to ``runs/<id>/open_clip/``."""
-    folder = Path(run_dir) / "open_clip"
+    folder = RunDir(run_dir).open_clip
     if not (folder / CONFIG_FILE).is_file():
         raise ClipLoadError(f"run {run_dir} has no exported CLIP model ({folder}/{CONFIG_FILE})")
     return create_clip(LOCAL_DIR + str(folder), None, **kwargs)

@@ -27,6 +27,7 @@ from core.models.vlm_families import (
     modules_of_role,
 )
 from lake.errors import ConfigError
+from lake.runs import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -279,8 +280,8 @@ def load_trained_tensors(model: nn.Module, path: str | Path) -> int:
 
     p = Path(path)
     if p.is_dir():
-        best, last = p / "checkpoints" / "best.ckpt", p / "checkpoints" / "last.ckpt"
-        p = best if best.is_file() else last
+        run = RunDir(p)
+        p = run.best_ckpt if run.best_ckpt.is_file() else run.last_ckpt
     if not p.is_file():
         raise ConfigError(f"init_from: no checkpoint at {p}")
     state = load_lightning_checkpoint(p)["state_dict"]

@@ -48,6 +48,7 @@ from core.modules.optim import adamw_warmup_cosine
 from core.modules.slim_checkpoint import TrainableOnlyCheckpoints
 from core.modules.vlm_metrics import exact_match, normalize
 from lake.errors import ConfigError
+from lake.runs import EV_GENERATIONS, EV_PARAMS, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class ApotheonModule(TrainableOnlyCheckpoints, L.LightningModule):
         rows = parameter_table(self.model, self.roles, self.roles.roles)
         if self.trainer.is_global_zero:
             log.info("trainable parameters (apotheon):\n%s", format_table(rows))
-        self._events.append(("params", {"family": "apotheon", "rows": rows}))
+        self._events.append((EV_PARAMS, {"family": "apotheon", "rows": rows}))
 
     def forward(self, batch: Mapping[str, Any]) -> Any:
         """The model's output on a collated batch (:class:`ApotheonOutput`)."""
@@ -275,7 +276,7 @@ class ApotheonModule(TrainableOnlyCheckpoints, L.LightningModule):
         for key, value in metrics.items():
             self.log(f"{prefix}/{key}", value)  # the same on every rank (gathered)
         if self._gen:
-            self._events.append(("generations", {"split": prefix, "step": self.global_step,
+            self._events.append((EV_GENERATIONS, {"split": prefix, "step": self.global_step,
                                                  "samples": list(self._gen)}))  # fmt: skip
 
     # ---- optimiser ------------------------------------------------------------------------
@@ -310,7 +311,7 @@ class ApotheonModule(TrainableOnlyCheckpoints, L.LightningModule):
         if self.uses_peft:
             self.model.lm = self.model.lm.merge_and_unload()
             self.uses_peft = False
-        return self.model.save_pretrained(Path(run_dir) / "hf", self.processors)
+        return self.model.save_pretrained(RunDir(run_dir).hf, self.processors)
 
 
 def ready_for_fsdp(model: ApotheonModel, strategy_checkpoints: bool) -> None:

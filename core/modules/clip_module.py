@@ -33,6 +33,7 @@ from core.modules.clip_collate import DEFAULT_TEMPLATE, ClipCollator
 from core.modules.clip_metrics import clip_loss, retrieval_recall, zero_shot_accuracy
 from core.modules.optim import WarmupCosine, decay_groups
 from lake.errors import ConfigError
+from lake.runs import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +280,7 @@ class ClipModule(L.LightningModule):
 
     def export(self, run_dir: Path) -> None:
         """Called by ``core.train`` at the end of a run: writes ``run_dir/open_clip/``."""
-        self.export_open_clip(Path(run_dir) / "open_clip")
+        self.export_open_clip(RunDir(run_dir).open_clip)
 
 
 def _text_groups(token_batches: list[torch.Tensor]) -> torch.Tensor:

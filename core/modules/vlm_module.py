@@ -54,6 +54,7 @@ from core.modules.slim_checkpoint import TrainableOnlyCheckpoints
 from core.modules.vlm_collate import IGNORE, VlmCollator
 from core.modules.vlm_metrics import exact_match, token_f1
 from lake.errors import ConfigError
+from lake.runs import EV_GENERATIONS, EV_PARAMS, EV_SKIPPED, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ class VlmModule(TrainableOnlyCheckpoints, L.LightningModule):
         rows = parameter_table(self.model, self.spec)
         if self.trainer.is_global_zero:
             log.info("trainable parameters (%s):\n%s", self.spec.name, format_table(rows))
-        self._events.append(("params", {"family": self.spec.name, "rows": rows}))
+        self._events.append((EV_PARAMS, {"family": self.spec.name, "rows": rows}))
 
     # ---- forward --------------------------------------------------------------------------
 
@@ -391,7 +392,7 @@ class VlmModule(TrainableOnlyCheckpoints, L.LightningModule):
         bs = len(batch["sample_ids"])
         if batch["skipped"]:
             self._events.append(
-                ("skipped", {"step": self.global_step, "samples": batch["skipped"]})
+                (EV_SKIPPED, {"step": self.global_step, "samples": batch["skipped"]})
             )
         if batch["input_ids"].numel() == 0:
             raise RuntimeError(f"batch {batch_idx}: every sample was skipped: {batch['skipped']}")
@@ -505,7 +506,7 @@ class VlmModule(TrainableOnlyCheckpoints, L.LightningModule):
             f1 = sum(g["token_f1"] for g in self._gen) / len(self._gen)
             self.log(f"{prefix}/exact_match", em, sync_dist=True)
             self.log(f"{prefix}/token_f1", f1, sync_dist=True)
-            self._events.append(("generations", {"split": prefix, "step": self.global_step,
+            self._events.append((EV_GENERATIONS, {"split": prefix, "step": self.global_step,
                                                  "samples": list(self._gen)}))  # fmt: skip
 
     # ---- optimiser ------------------------------------------------------------------------
@@ -528,7 +529,7 @@ class VlmModule(TrainableOnlyCheckpoints, L.LightningModule):
 
     def export(self, run_dir: str | Path) -> Path:
         """``run_dir/hf``: the adapter (LoRA) or full weights, with the processor."""
-        out = Path(run_dir) / "hf"
+        out = RunDir(run_dir).hf
         self.model.save_pretrained(out)
         save_processor(self.processor, out)
         return out
