@@ -6,8 +6,8 @@ Rules, in order:
    outside the scope keep their split.
 2. **Exclusion**: a sample flagged by one of ``exclude_flags`` (check names, e.g.
    ``caption_mismatch``) gets split ``excluded``; with ``exclude_confirmed`` so does a
-   sample with a confirmed review decision (a ``review:<check>:confirmed:...`` tag,
-   written by the TUI).
+   sample whose latest review decision on some check is ``confirmed`` (the tags of
+   :mod:`lake.review`, written by the TUI).
 3. **Units that never straddle**: samples that share a media (exact duplicates, the same
    image under two datasets), a source video (their media's ``parent_id``: frames and
    clips of one video) or a duplicate group of the duplicates check
@@ -56,6 +56,7 @@ import pyarrow as pa
 
 from lake.errors import ConfigError, LakeloomError
 from lake.job import RunContext, hydra_job, run_record
+from lake.review import is_confirmed
 from lake.schema import MEDIA, SAMPLES
 from lake.sql import filter_error
 from lake.store import Lake
@@ -119,15 +120,6 @@ def _units(ids: list[str], media: list[list[str] | None], groups: list[str | Non
             if j != i:
                 uf.union(i, j)
     return [uf.find(i) for i in range(len(ids))]
-
-
-def _confirmed(tags: list[str] | None) -> bool:
-    """Whether ``tags`` hold a confirmed review decision (``review:<check>:confirmed:...``)."""
-    for tag in tags or []:
-        parts = tag.split(":", 3)
-        if len(parts) > 2 and parts[0] == "review" and parts[2] == "confirmed":
-            return True
-    return False
 
 
 def _class_rng(seed: int, name: str) -> np.random.Generator:
@@ -399,7 +391,7 @@ def split_lake(
     drop = set(exclude_flags or ())
     excluded = [bool(drop & set(f or [])) for f in flags]
     confirmed = (
-        [_confirmed(t) for t in rows.column("tags").to_pylist()]
+        [is_confirmed(t) for t in rows.column("tags").to_pylist()]
         if exclude_confirmed
         else [False] * len(ids)
     )

@@ -1,8 +1,7 @@
-"""Review decisions on flagged samples, kept as tags in ``samples.tags``.
+"""Recording review decisions on flagged samples as tags in ``samples.tags``.
 
-A decision is the tag ``review:<check>:<decision>:<who>:<UTC ISO time>``; a sample holds
-at most one per check (a later decision replaces the earlier one). ``lakeloom split
-split.exclude_confirmed=true`` excludes samples with a confirmed decision.
+The tag format (build, parse, "is confirmed") is :mod:`lake.review`'s; this module writes
+the tags, one per check (a later decision replaces the earlier one).
 """
 
 from __future__ import annotations
@@ -13,11 +12,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from lake.review import DECISIONS, decisions, parse_tag, review_tag
 from lake.schema import SAMPLES
 from lake.sql import in_list
 
-PREFIX = "review"
-DECISIONS = ("confirmed", "dismissed")
+__all__ = ["decide", "decisions"]
 
 
 def _who(who: str | None) -> str:
@@ -26,29 +25,6 @@ def _who(who: str | None) -> str:
     except (KeyError, OSError):  # no user name in a bare container
         name = "unknown"
     return name.replace(":", "_") or "unknown"
-
-
-def review_tag(check: str, decision: str, who: str, when: str) -> str:
-    """The tag recording one decision."""
-    return f"{PREFIX}:{check}:{decision}:{who}:{when}"
-
-
-def parse_tag(tag: str) -> tuple[str, str, str, str] | None:
-    """(check, decision, who, when) of a review tag; None for other tags."""
-    parts = tag.split(":", 4)  # the ISO time holds colons: it is the rest
-    if len(parts) != 5 or parts[0] != PREFIX or parts[2] not in DECISIONS:
-        return None
-    return parts[1], parts[2], parts[3], parts[4]
-
-
-def decisions(tags: list[str] | None) -> dict[str, tuple[str, str, str]]:
-    """Review decisions in ``tags``: check -> (decision, who, when); the last one wins."""
-    out: dict[str, tuple[str, str, str]] = {}
-    for tag in tags or []:
-        parsed = parse_tag(tag)
-        if parsed:
-            out[parsed[0]] = parsed[1:]
-    return out
 
 
 def decide(

@@ -4,6 +4,7 @@ consumers; grep tests fail if a private copy of a contract comes back."""
 
 from __future__ import annotations
 
+import ast
 import io
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -219,3 +220,111 @@ def test_image_bytes_are_opened_only_in_lake_images() -> None:
             if "Image.open(" in line:
                 found.append(f"{rel}:{n}: {line.strip()}")
     assert not found, "decode image bytes with lake.images.decode_image:\n" + "\n".join(found)
+
+
+# ---- review tags: one format, read the same by the TUI and by split ------------------------
+
+DECIDED = {
+    "ok": ["review:dup:confirmed:ana:2026-01-02T03:04:05+00:00"],
+    "changed_mind": [  # the latest decision wins: dismissed
+        "review:dup:confirmed:ana:2026-01-02T03:04:05+00:00",
+        "review:dup:dismissed:bob:2026-01-03T03:04:05+00:00",
+    ],
+    "malformed": ["review:dup:confirmed"],  # no who / when: not a decision
+    "other_check": [
+        "review:blur:dismissed:ana:2026-01-02T03:04:05+00:00",
+        "review:dup:confirmed:bob:2026-01-02T03:04:05+00:00",
+    ],
+    "none": ["kind:image"],
+}
+
+
+def test_split_excludes_exactly_what_the_tui_shows_confirmed(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from lake.split import EXCLUDED, split_lake
+    from tui.review import decisions
+
+    folder = tmp_path / "photos"
+    for i, name in enumerate(DECIDED):
+        (folder / ("a" if i % 2 else "b")).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (40 * i, 20, 200 - 30 * i)).save(
+            folder / ("a" if i % 2 else "b") / f"{name}.png"
+        )
+    lake = Lake(tmp_path / "lake")
+    ingest(ImageFolderSource(folder), lake, settings=IngestSettings(progress=False))
+    rows = lake.dataset("samples").to_table(columns=["sample_id", "source_uri"]).to_pylist()
+    sid = {Path(r["source_uri"]).stem: r["sample_id"] for r in rows}
+    tags = pa.array([DECIDED[name] for name in sid], pa.list_(pa.string()))
+    lake.update_columns("samples", pa.table({"sample_id": list(sid.values()), "tags": tags}))
+
+    shown = {
+        name
+        for name, t in DECIDED.items()
+        if any(d[0] == "confirmed" for d in decisions(t).values())
+    }
+    assert shown == {"ok", "other_check"}
+    split_lake(lake, {"train": 0.5, "val": 0.5}, exclude_confirmed=True)
+    got = lake.dataset("samples").to_table(columns=["sample_id", "split"]).to_pylist()
+    excluded = {r["sample_id"] for r in got if r["split"] == EXCLUDED}
+    assert excluded == {sid[name] for name in shown}
+
+
+def test_review_tag_round_trip() -> None:
+    from lake.review import decisions, is_confirmed, parse_tag, review_tag
+
+    tag = review_tag("dup", "confirmed", "ana", "2026-01-02T03:04:05+00:00")
+    assert parse_tag(tag) == ("dup", "confirmed", "ana", "2026-01-02T03:04:05+00:00")
+    assert parse_tag("review:dup:maybe:ana:t") is None and parse_tag("kind:image") is None
+    assert decisions(DECIDED["changed_mind"]) == {
+        "dup": ("dismissed", "bob", "2026-01-03T03:04:05+00:00")
+    }
+    assert [is_confirmed(t) for t in DECIDED.values()] == [True, False, False, True, False]
+    assert is_confirmed(None) is False
+
+
+def _code_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every node but docstrings (documentation may quote a format)."""
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return (n for n in ast.walk(tree) if id(n) not in docstrings)
+
+
+REVIEW_NAMES = {"review_tag", "parse_tag", "decisions", "is_confirmed", "DECISIONS", "PREFIX"}
+REVIEW_WORDS = {"review", "confirmed", "dismissed"}
+
+
+def test_review_tag_format_lives_only_in_lake_review() -> None:
+    """No other module builds, parses or compares review tags' parts, nor defines the
+    format's names again."""
+    found = []
+    for path in package_files():
+        rel = path.relative_to(ROOT).as_posix()
+        if rel == "lake/review.py":
+            continue
+        for node in _code_nodes(ast.parse(path.read_text())):
+            bad = None
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if node.value.startswith("review:"):
+                    bad = node.value
+            elif isinstance(node, ast.Compare):
+                words = [node.left, *node.comparators]
+                if any(isinstance(w, ast.Constant) and w.value in REVIEW_WORDS for w in words):
+                    bad = ast.unparse(node)
+            elif isinstance(node, (ast.FunctionDef, ast.Assign)):
+                names = (
+                    {node.name}
+                    if isinstance(node, ast.FunctionDef)
+                    else {t.id for t in node.targets if isinstance(t, ast.Name)}
+                )
+                if names & REVIEW_NAMES and ("review" in rel):
+                    bad = f"defines {sorted(names & REVIEW_NAMES)}"
+            if bad:
+                found.append(f"{rel}:{getattr(node, 'lineno', '?')}: {bad}")
+    assert not found, "use lake.review for review tags:\n" + "\n".join(found)
