@@ -27,3 +27,16 @@ class ModelCache(Generic[T]):
         """Forget every loaded model (tests; freeing GPU memory)."""
         with self._lock:
             self._items.clear()
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; anything else unchanged.
+
+    Shared by the torch-backed plugins (CLIP embedder, captioner); torch is imported only
+    for ``auto``.
+    """
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

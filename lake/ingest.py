@@ -432,11 +432,10 @@ def _ingest(
                         )
                     report.source_analysed += 1
                     prov = writer.prov(_analysed_prov(info, source, ctx))
-                    media_rows.append(_analysed_row(mid, data, ref, info, prov))
                 else:
                     assert isinstance(info, ImageInfo)
                     prov = writer.prov(media_prov)
-                    media_rows.append(_media_row(mid, data, ref.source_uri, ref.kind, info, prov))
+                media_rows.append(_media_row(mid, data, ref, info, prov))
             prov = writer.prov(_sample_prov(rec, source, ctx))
             writer.add(media_rows, {**_sample_row(sid, dataset, item, rec, prov), **extra})
         # Valid media whose records were all rejected may still be used by a later record.
@@ -549,49 +548,30 @@ def _reason_kind(reason: str) -> str:
 
 
 def _media_row(
-    mid: str, data: bytes, uri: str, kind: str, info: ImageInfo, prov: int
+    mid: str, data: bytes | None, ref: MediaRef, info: ImageInfo | MediaMeta, prov: int
 ) -> dict[str, Any]:
-    return {
-        "media_id": mid,
-        "kind": kind,
-        "mime": info.mime,
-        "bytes": data,
-        "blob": None,
-        "width": info.width,
-        "height": info.height,
-        "duration_s": None,
-        "thumb": data if info.thumb is None else info.thumb,
-        "phash": info.phash,
-        "parent_id": None,
-        "t_start": None,
-        "t_end": None,
-        "scene": None,
-        "transcript": None,
-        "source_uri": uri,
-        "provenance": prov,
-    }
-
-
-def _analysed_row(
-    mid: str, data: bytes | None, ref: MediaRef, meta: MediaMeta, prov: int
-) -> dict[str, Any]:
-    """The row of a media object its source analysed (a frame, an audio track, a video)."""
-    blob = _read(ref.path) if meta.store == "blob" else None
+    """The row of one new media object: an image the runner's workers decoded
+    (``ImageInfo``: its bytes stored, the original serving as the thumbnail when it is small
+    enough) or one its source analysed (``MediaMeta``: a frame, an audio track, a video,
+    its bytes stored, blob-stored or only referenced)."""
+    if isinstance(info, ImageInfo):
+        thumb = data if info.thumb is None else info.thumb
+        info = MediaMeta(info.mime, info.width, info.height, phash=info.phash, thumb=thumb)
     return {
         "media_id": mid,
         "kind": ref.kind,
-        "mime": meta.mime,
-        "bytes": data if meta.store == "bytes" else None,
-        "blob": blob,
-        "width": meta.width,
-        "height": meta.height,
-        "duration_s": meta.duration_s,
-        "thumb": meta.thumb,
-        "phash": meta.phash,
-        "parent_id": meta.parent_id,
-        "t_start": meta.t_start,
-        "t_end": meta.t_end,
-        "scene": meta.scene,
+        "mime": info.mime,
+        "bytes": data if info.store == "bytes" else None,
+        "blob": _read(ref.path) if info.store == "blob" else None,
+        "width": info.width,
+        "height": info.height,
+        "duration_s": info.duration_s,
+        "thumb": info.thumb,
+        "phash": info.phash,
+        "parent_id": info.parent_id,
+        "t_start": info.t_start,
+        "t_end": info.t_end,
+        "scene": info.scene,
         "transcript": None,
         "source_uri": ref.source_uri,
         "provenance": prov,

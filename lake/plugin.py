@@ -269,6 +269,19 @@ def discover() -> list[PluginInfo]:
     return sorted(found, key=lambda p: (p.kind, p.name))
 
 
+def registered(name: str) -> type:
+    """The class registered as ``name`` in the ``lakeloom.plugins`` entry-point group.
+
+    How one plugin uses another (the label check reproducing the CLIP text tower through
+    the ``clip_text`` enricher) without importing its module: plugins import ``lake``,
+    never each other.
+    """
+    found = entry_points(group=PLUGIN_GROUP, name=name)
+    if not found:
+        raise PluginError(f"no plugin named {name!r} is installed (see lakeloom plugins)")
+    return load_class(next(iter(found)).value)
+
+
 def load_class(target: str) -> type:
     """Import ``module:Class`` or ``module.Class``."""
     module, _, attr = target.replace(":", ".").rpartition(".")

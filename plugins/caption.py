@@ -47,13 +47,13 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from lake import ids
+from lake.cache import resolve_device
 from lake.errors import ConfigError
 from lake.images import decode_image
 from lake.plugin import Enricher
 from lake.runs import RunDir
 from lake.schema import KIND_TAGS
 from lake.sql import and_filters, in_list, quote
-from plugins.clip_embed import resolve_device
 
 log = logging.getLogger("lakeloom.caption")
 

@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from lake.cache import ModelCache
+from lake.cache import ModelCache, resolve_device
 from lake.images import decode_image
 from lake.plugin import Enricher
 from lake.runs import RunDir
@@ -105,15 +105,6 @@ class LoadedClip:
 
 
 _CACHE: ModelCache[LoadedClip] = ModelCache()
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def state_dict_sha256(model: Any) -> str:

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from lake.plugin import Check
+from lake.plugin import Check, registered
 from plugins.checks.common import (
     by_dataset,
     image_embeddings,
@@ -84,9 +84,7 @@ class LabelConflict(Check):
                 return None, "the image embeddings do not record their model"
             return None, f"the media were embedded by {len(models)} models ({', '.join(models)})"
         try:
-            from plugins.clip_embed import ClipTextEmbedder
-
-            embedder = ClipTextEmbedder.from_owner(models[0], runs_dir=self.runs_dir)
+            embedder = registered("clip_text").from_owner(models[0], runs_dir=self.runs_dir)
             if embedder.owner() != models[0]:
                 raise ValueError(f"{models[0]} reloads as {embedder.owner()}")
             scale = float(embedder.clip.model.logit_scale.exp().item())
