@@ -225,6 +225,13 @@ class LanceDataModule(L.LightningDataModule):
             return 0
         return int(trainer.fit_loop.epoch_progress.current.processed)
 
+    def _min_batch(self) -> int:
+        """The smallest train batch the trainer's module learns from (its ``min_batch``, e.g.
+        2 for a contrastive loss; 1 for modules without one or without a trainer)."""
+        trainer = getattr(self, "trainer", None)
+        module = trainer.lightning_module if trainer is not None else None
+        return int(getattr(module, "min_batch", 1))
+
     def loader(
         self, split: str, rank: int | None = None, world_size: int | None = None
     ) -> DataLoader:
@@ -248,6 +255,7 @@ class LanceDataModule(L.LightningDataModule):
             shuffle_window=self.shuffle_window,
             lengths=self._lengths.get(split) if grouped else None,
             group_by_length=self.group_by_length if grouped else 0,
+            min_batch=self._min_batch() if train else 1,
         )
         if train:
             # Lightning creates a loader's iterator (with workers: draws its first batches)

@@ -16,6 +16,10 @@ With ``lengths`` and ``group_by_length`` = m > 0 (length-grouped batching, the s
 alternative to packing), each run of ``m * batch_size`` positions of the rank's order is
 sorted by length and cut into batches, and the batches are shuffled (deterministically per
 epoch): batches hold samples of similar length, so little of them is padding.
+
+With ``min_batch`` > 1 a last batch smaller than ``min_batch`` (not dropped by
+``drop_last``) is merged into the batch before it, so no sample is left out and no batch is
+too small for its objective (a contrastive loss needs negatives: CLIP asks for 2).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class ShardedBatchSampler:
         shuffle_window: int = 1,
         lengths: np.ndarray | None = None,
         group_by_length: int = 0,
+        min_batch: int = 1,
     ) -> None:
         if shuffle_block < 0 or shuffle_window < 1:
             raise ValueError("shuffle_block must be >= 0 and shuffle_window >= 1")
@@ -50,6 +55,8 @@ class ShardedBatchSampler:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if not 1 <= min_batch <= batch_size:
+            raise ValueError(f"min_batch {min_batch} must be between 1 and batch_size {batch_size}")
         self.size = size
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -63,6 +70,7 @@ class ShardedBatchSampler:
             raise ValueError("group_by_length needs one length per position")
         self.lengths = lengths
         self.group_by_length = int(group_by_length)
+        self.min_batch = int(min_batch)
         self.epoch = 0
         self.skip = 0  # batches to skip at the start of the next iteration (resume)
 
@@ -73,7 +81,14 @@ class ShardedBatchSampler:
 
     def __len__(self) -> int:
         n = self.per_rank
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        if self.drop_last:
+            return n // self.batch_size
+        return math.ceil(n / self.batch_size) - int(self._merges_tail())
+
+    def _merges_tail(self) -> bool:
+        """Whether the last batch is too small and goes into the one before it."""
+        n, bs = self.per_rank, self.batch_size
+        return not self.drop_last and n > bs and 0 < n % bs < self.min_batch
 
     @property
     def sampler(self) -> ShardedBatchSampler:
@@ -121,6 +136,8 @@ class ShardedBatchSampler:
         pos = self.positions()
         bs = self.batch_size
         out = [pos[b * bs : (b + 1) * bs] for b in range(len(self))]
+        if self._merges_tail():
+            out[-1] = pos[(len(self) - 1) * bs :]
         if not (self.group_by_length and self.lengths is not None):
             return out
         span = self.group_by_length * bs
@@ -129,6 +146,8 @@ class ShardedBatchSampler:
             chunk = pos[start : start + span]
             chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
             grouped += [chunk[i : i + bs] for i in range(0, len(chunk), bs)]
+        if self._merges_tail():
+            grouped[-2:] = [np.concatenate(grouped[-2:])]
         if self.drop_last:
             grouped = [g for g in grouped if len(g) == bs][: len(self)]
         if self.shuffle:

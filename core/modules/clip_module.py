@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 class ClipModule(L.LightningModule):
     """Train (fine-tune, LiT, or from scratch) any open_clip architecture."""
 
+    #: a contrastive loss needs negatives: the data module merges a smaller last train
+    #: batch of an epoch into the batch before it (``ShardedBatchSampler(min_batch=)``)
+    min_batch = 2
+
     def __init__(
         self,
         arch: str = "tiny-clip",
@@ -126,7 +130,7 @@ class ClipModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         n = batch["images"].shape[0]
-        if n < 2:  # a contrastive loss needs negatives; skip (near-)empty batches
+        if n < self.min_batch:  # only when the collator dropped undecodable samples
             return None
         loss, out = self._loss(batch, self._drop_frac())
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
