@@ -21,7 +21,7 @@ from textual.widgets import Input
 
 from tui.bindings import install
 from tui.config import TuiConfig, import_object
-from tui.screens.base import LakeScreenBase
+from tui.screens.base import ConfiguredScreen, LakeScreenBase
 
 if TYPE_CHECKING:
     from tui.lake_data import LakeView
@@ -65,7 +65,7 @@ class LakeloomApp(App):
             screen = import_object(spec.target)(**spec.args, config=self.config)
         except Exception as exc:  # a broken plugin screen must not take the app down
             return MessageScreen(spec.title, f"Cannot open {spec.title}: {exc}")
-        if not isinstance(screen, LakeScreenBase):  # those install their own scope
+        if not isinstance(screen, ConfiguredScreen):  # those install their own scope
             install(screen, self.config.bindings.get(name, []))
         screen.title = screen.title or spec.title
         return screen

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from rich.style import Style
 from rich.text import Text
-
-ROLE_STYLES = {"system": "magenta", "user": "bold cyan", "assistant": "bold green"}
 
 
 def _visible_table(multiline: bool) -> dict[int, str]:
@@ -138,12 +138,31 @@ def provenance_text(prov: dict[str, Any] | None, indent: str = "") -> Text:
     return text
 
 
-def conversation_text(messages: list[dict[str, Any]] | None) -> Text:
-    """The conversation, one block per message, labelled and coloured by role."""
+def conversation_text(
+    messages: list[dict[str, Any]] | None,
+    role_styles: Mapping[str, Style | str],
+    other_role: Style | str = "bold",
+) -> Text:
+    """The conversation, one block per message, each labelled with its role in the
+    style ``role_styles`` gives it (``other_role`` for the roles it does not name)."""
     text = Text()
     for m in messages or []:
         role = m.get("role") or "?"
-        text.append(f"{printable(role)}\n", style=ROLE_STYLES.get(role, "bold"))
+        text.append(f"{printable(role)}\n", style=role_styles.get(role, other_role))
         text.append(f"{printable(m.get('content') or '', multiline=True).strip()}\n\n")
     text.rstrip()
     return text
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """``12s``, ``3m 05s``, ``1h 02m``, ``2d 03h``; empty when unknown."""
+    if seconds is None:
+        return ""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600:02d}h"

@@ -485,13 +485,16 @@ def test_images_use_the_graphics_protocol_chosen_before_start() -> None:
 
 
 def test_conversation_is_rendered_by_role() -> None:
+    from rich.style import Style
+
     from tui.format import conversation_text
 
     text = conversation_text(
         [
             {"role": "user", "content": "<image>\nWhat shape?"},
             {"role": "assistant", "content": "A star."},
-        ]
+        ],
+        {"user": Style(bold=True), "assistant": Style(italic=True)},
     )
     assert text.plain == "user\n<image>\nWhat shape?\n\nassistant\nA star."
     styles = {text.plain[s.start : s.end]: str(s.style) for s in text.spans}

@@ -10,16 +10,16 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from textual.app import App
-from textual.binding import Binding
 from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widgets import DataTable, Log, Select, Static
 
+from tui.config import TuiConfig
 from tui.runs_data import replay
 from tui.screens.compare import CompareScreen
 from tui.screens.run import RunScreen
@@ -30,11 +30,16 @@ pytestmark = pytest.mark.anyio
 
 RUNS = Path(__file__).resolve().parents[1] / "data" / "runs"
 RECORDED = RUNS / "recorded-llava"
-FAST = {"refresh_s": 0.1, "poll_s": 0.05}
+STYLESHEET = Path(__file__).resolve().parents[2] / "tui" / "lakeloom.tcss"
+# the repository's conf/tui, polling fast
+FAST = TuiConfig.load(["tui.refresh_s=0.1", "tui.poll_s=0.05"])
 
 
 class Host(App):
-    """A bare app that shows one screen (the real app composes them itself)."""
+    """A bare app that shows one screen (the real app composes them itself), styled by
+    the app's one stylesheet."""
+
+    CSS_PATH = STYLESHEET
 
     def __init__(self, screen: Screen) -> None:
         super().__init__()
@@ -145,12 +150,13 @@ async def test_enter_opens_a_run_with_its_curves(runs: Path) -> None:
         await until(pilot, lambda: screen.snapshot is not None)
         await pilot.pause()
         plots = {p.title: p for p in screen.query_one(PlotGrid).plots}
-        assert list(plots) == ["loss", "lr", "throughput", "memory"]
-        loss = plots["loss"]
+        # the plots declared in conf/tui/default.yaml
+        assert list(plots) == ["Loss", "Validation", "Learning rate", "Throughput", "Memory (MB)"]
+        loss = plots["Loss"]
         assert loss.series_names == ["train/loss", "val/loss"]
         assert len(loss.points("train/loss")[0]) == 15 and len(loss.points("val/loss")[0]) == 2
         assert loss.drawn_points == loss.point_count == 17 and loss.renders >= 1
-        assert plots["memory"].points("gpu_mem_mb") == ([], [])  # null on CPU: no points
+        assert plots["Memory (MB)"].points("gpu_mem_mb") == ([], [])  # null on CPU: no points
         head = text(app, "#run-head")
         assert "recorded-llava" in head and "finished" in head and "step 30" in head
         stats = text(app, "#run-stats")
@@ -296,9 +302,9 @@ async def test_line_plot_bounds_downsamples_and_redraws_only_on_change() -> None
 
 
 async def test_run_screen_reads_declared_plots_and_remapped_keys() -> None:
-    # the app's config shape: attributes, `metrics` patterns, an `x` field
+    # declared plots: `metrics` patterns, an `x` field
     plots = [{"title": "Validation", "metrics": ["val/*", "missing"], "x": "step"}]
-    config = SimpleNamespace(plots=plots, poll_s=0.05)
+    config = replace(FAST, plots=plots)
     app = Host(RunScreen(RECORDED, config))
     app.set_keymap({"run.log": "g"})
     async with app.run_test(size=(120, 40)) as pilot:
@@ -316,7 +322,71 @@ async def test_run_screen_reads_declared_plots_and_remapped_keys() -> None:
         assert not log.display
 
 
-def test_every_binding_has_an_id() -> None:
-    for screen, prefix in ((RunsScreen, "runs."), (RunScreen, "run."), (CompareScreen, "compare.")):
-        for binding in screen.BINDINGS:
-            assert isinstance(binding, Binding) and binding.id.startswith(prefix), binding
+RUN_SCREENS = ((RunsScreen, "runs"), (RunScreen, "run"), (CompareScreen, "compare"))
+
+
+def test_run_screens_bindings_are_declared_in_conf() -> None:
+    # every action of the runs, run and compare screens has a key declared in
+    # conf/tui/default.yaml under the screen's scope, with an id `tui.keymap` remaps
+    config = TuiConfig.load()
+    for screen, scope in RUN_SCREENS:
+        assert scope == screen.SCOPE
+        ours = [c for c in screen.__mro__ if c.__module__.startswith("tui.")]
+        assert not [c for c in ours if vars(c).get("BINDINGS")], "bindings written in code"
+        declared = config.bindings.get(scope) or []
+        assert declared, f"no bindings declared for {scope}"
+        for spec in declared:
+            assert spec.id.startswith(f"{scope}."), spec
+        actions = {spec.action.split("(")[0] for spec in declared}
+        defined = {
+            name.removeprefix("action_")
+            for name in vars(screen)
+            if name.startswith("action_") and callable(getattr(screen, name))
+        }
+        assert defined <= actions, f"{scope}: actions without a declared key: {defined - actions}"
+
+
+async def test_keymap_remaps_a_key_on_the_runs_run_and_compare_screens(runs: Path) -> None:
+    # the real app, its config composed with `tui.keymap` overrides as on the command line
+    from tests.tui.pilot import make_app
+
+    app = make_app(
+        runs / "no-lake",
+        "tui.refresh_s=0.1",
+        "tui.poll_s=0.05",
+        "+tui.keymap.runs.mark=x",
+        "+tui.keymap.run.log=g",
+        "+tui.keymap.compare.next=j",
+        runs=runs,
+    )
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("r")  # app.runs
+        await until(pilot, lambda: isinstance(app.screen, RunsScreen) and app.screen.runs, 5)
+        runs_screen = app.screen
+        await pilot.press("space")  # the default key no longer marks
+        await pilot.pause()
+        assert not runs_screen.marked
+        await pilot.press("x")
+        await until(pilot, lambda: len(runs_screen.marked) == 1)
+        await pilot.press("down", "x")
+        await until(pilot, lambda: len(runs_screen.marked) == 2)
+
+        await pilot.press("enter")  # runs.open
+        await until(pilot, lambda: isinstance(app.screen, RunScreen))
+        log = app.screen.query_one("#run-log", Log)
+        assert log.display
+        await pilot.press("g")
+        await until(pilot, lambda: not log.display)
+        await pilot.press("escape")  # run.back
+        await until(pilot, lambda: app.screen is runs_screen)
+
+        await pilot.press("c")  # runs.compare
+        await until(pilot, lambda: isinstance(app.screen, CompareScreen))
+        compare = app.screen
+        await until(pilot, lambda: compare.overlay is not None and len(compare.overlay.common) > 1)
+        first = compare.metric
+        await pilot.press("n")
+        await pilot.pause(0.2)
+        assert compare.metric == first
+        await pilot.press("j")
+        await until(pilot, lambda: compare.metric != first)

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.widgets import Label, Select, Static
 
+from tui.config import TuiConfig
 from tui.format import literal, printable
 from tui.runs_data import EventTail, fmt_value
-from tui.screens.run import events_path, run_status
-from tui.screens.runs import PollingScreen, conf_get, status_text
-from tui.widgets.plot import PALETTE, LinePlot, plot_specs
+from tui.screens.base import PollingScreen, events_path, run_status
+from tui.widgets.plot import LinePlot, plot_specs
 
 
 @dataclass
@@ -32,36 +30,22 @@ class Overlay:
 class CompareScreen(PollingScreen):
     """Overlay one metric (a Select of the metrics the runs share) for several runs.
 
-    ``config`` keys read: ``plots`` (the first plot's first series is the default
-    metric), ``poll_s`` and ``max_points``.
+    The first series of the config's first plot is the default metric; each run keeps
+    the colour of its place in the list (the plot's ``lineplot--series-<i>`` styles).
     """
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "back", "Back", id="compare.back"),
-        Binding("m", "choose_metric", "Metric", id="compare.metric"),
-        Binding("n", "next_metric(1)", "Next metric", id="compare.next"),
-        Binding("N", "next_metric(-1)", "Previous metric", id="compare.previous"),
-    ]
-    DEFAULT_CSS = """
-    CompareScreen #compare-bar { height: auto; padding: 0 1; }
-    CompareScreen #compare-bar Label { padding: 1 1 0 0; }
-    CompareScreen #compare-metric { width: 48; }
-    CompareScreen #compare-plot { height: 1fr; }
-    CompareScreen #compare-legend { height: auto; max-height: 12; padding: 0 1; }
-    """
+    SCOPE = "compare"
 
-    def __init__(self, run_paths: list[str | Path], config: Any = None) -> None:
-        super().__init__()
-        self.config = config
-        self.poll_s = float(conf_get(config, "poll_s", 0.5)) * 2  # several logs: half as often
-        max_points = int(conf_get(config, "max_points", 4096))
+    def __init__(self, run_paths: list[str | Path], config: TuiConfig) -> None:
+        super().__init__(config)
+        self.poll_s = config.poll_s * 2  # several logs: half as often
+        max_points = config.max_points
         self.labels = _labels([Path(p) for p in run_paths])
         self.tails = {
             label: EventTail(events_path(p), max_points)
             for label, p in zip(self.labels, run_paths, strict=True)
         }
-        self.run_colors = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(self.labels)}
-        series = plot_specs(conf_get(config, "plots", None))[0]["series"]
+        series = plot_specs(config.plots)[0]["series"]
         self.default_metric = series[0] if series else None
         self.metric: str | None = None
         self.overlay: Overlay | None = None
@@ -71,7 +55,7 @@ class CompareScreen(PollingScreen):
         with Horizontal(id="compare-bar"):
             yield Label("metric")
             yield Select([], prompt="metric", allow_blank=True, id="compare-metric")
-        yield LinePlot("", self.labels, colors=self.run_colors, id="compare-plot")
+        yield LinePlot("", self.labels, id="compare-plot")
         yield Static("", id="compare-legend", markup=False)
 
     # -- reading (worker thread) ------------------------------------------------------
@@ -112,12 +96,13 @@ class CompareScreen(PollingScreen):
 
     def _legend(self, overlay: Overlay) -> Text:
         out = Text()
+        plot = self.query_one("#compare-plot", LinePlot)
         for label in self.labels:
             xs, ys = overlay.data.get(label, ([], []))
-            out.append("━━ ", style=self.run_colors[label])
+            out.append("━━ ", style=plot.color(label))
             out.append(printable(label), style="bold")
             out.append("  ")
-            out.append_text(status_text(overlay.status.get(label, "unknown")))
+            out.append_text(self.status_text(overlay.status.get(label, "unknown")))
             if ys:
                 out.append(f"  last {fmt_value(ys[-1])} @ {fmt_value(xs[-1])}", style="dim")
                 out.append(f"  min {fmt_value(min(ys))}  max {fmt_value(max(ys))}", style="dim")

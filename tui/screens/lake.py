@@ -15,7 +15,7 @@ from tui.config import ColumnSpec, TuiConfig
 from tui.format import literal
 from tui.lake_data import DERIVED
 from tui.panels import build_panels
-from tui.screens.base import LakeScreenBase
+from tui.screens.sample import SampleListScreen
 from tui.widgets.datasets import DatasetList
 from tui.widgets.sample_table import SampleTable, StaticRows
 
@@ -74,7 +74,7 @@ def search_rows(view: Any, text: str, k: int, where: str | None, columns: list[s
     return StaticRows([{**by_id[sid], "score": s} for sid, s in hits if sid in by_id])
 
 
-class LakeScreen(LakeScreenBase):
+class LakeScreen(SampleListScreen):
     """Datasets on the left, samples in the middle, panels of the selected sample right."""
 
     SCOPE = "lake"
@@ -110,9 +110,9 @@ class LakeScreen(LakeScreenBase):
         return self.query_one("#samples", SampleTable)
 
     def status(self, text: str, error: bool = False) -> None:
-        """Show a line above the table (errors in red)."""
+        """Show a line above the table (errors styled by ``lake--error``)."""
         widget = self.query_one("#lake-status", Static)
-        widget.update(literal(text, style="bold red" if error else ""))
+        widget.update(literal(text, style=self.style("lake--error") if error else ""))
         widget.set_class(error, "error")
 
     # -- lake -----------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from lake.sql import quote
 from tui.config import ColumnSpec, TuiConfig
 from tui.format import literal, printable
 from tui.panels import build_panels
-from tui.screens.base import LakeScreenBase
 from tui.screens.lake import row_columns
+from tui.screens.sample import SampleListScreen
 from tui.widgets.sample_table import SampleTable
 
 REVIEW_COLUMN = ColumnSpec("review", "review", 16)
@@ -48,7 +48,7 @@ class ReviewRows:
         return out
 
 
-class ReviewScreen(LakeScreenBase):
+class ReviewScreen(SampleListScreen):
     """Checks on the left, their flagged samples (worst first) in the middle."""
 
     SCOPE = "review"
@@ -86,7 +86,7 @@ class ReviewScreen(LakeScreenBase):
         self.load_checks()
 
     def lake_missing(self, error: str) -> None:
-        self.status(literal(error, style="bold red"))
+        self.status(literal(error, style=self.style("lake--error")))
         self.table.set_source(None, message=error)
 
     # -- checks ---------------------------------------------------------------------------
@@ -188,7 +188,9 @@ class ReviewScreen(LakeScreenBase):
         self.app.lake_written()
 
     def on_decision_failed(self, message: str) -> None:
-        self.status(literal(f"could not write the decision: {message}", style="bold red"))
+        self.status(
+            literal(f"could not write the decision: {message}", style=self.style("lake--error"))
+        )
 
     def action_focus_checks(self) -> None:
         """Focus the checks list."""

@@ -5,29 +5,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.widgets import Log, Static
 
-from tui.format import clip, printable
+from tui.config import TuiConfig
+from tui.format import clip, fmt_duration, printable
 from tui.runs_data import EventTail, fmt_value
-from tui.screens.runs import PollingScreen, conf_get, fmt_duration, status_text
+from tui.screens.base import PollingScreen, events_path, run_status
 from tui.widgets.plot import PlotGrid, plot_specs, wanted
-
-
-def events_path(run_path: str | Path) -> Path:
-    """A run folder's ``events.jsonl`` (or the log itself when given)."""
-    path = Path(run_path)
-    return path if path.suffix == ".jsonl" else path / "events.jsonl"
-
-
-def run_status(status: str) -> str:
-    """The run list's word for an events-log status (``started`` is ``running``)."""
-    return "running" if status == "started" else status
 
 
 @dataclass
@@ -47,38 +36,22 @@ class Snapshot:
 
 
 class RunScreen(PollingScreen):
-    """Live view of one run, read from its ``events.jsonl`` every 0.5 s in a thread.
+    """Live view of one run, read from its events log every ``poll_s`` in a thread.
 
-    ``config`` keys read: ``plots`` (``[{title, series}]``), ``poll_s``, ``log_lines``
-    (log tail length) and ``max_points`` (points kept per series).
+    It reads ``plots``, ``log_lines`` (log tail length) and ``max_points`` (points kept
+    per series) of the config.
     """
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "back", "Back", id="run.back"),
-        Binding("l", "toggle_log", "Log", id="run.log"),
-        Binding("p", "toggle_pause", "Pause", id="run.pause"),
-    ]
-    DEFAULT_CSS = """
-    RunScreen #run-head { height: auto; padding: 0 1; background: $panel; }
-    RunScreen #run-notice { height: auto; padding: 0 1; display: none; }
-    RunScreen #run-notice.-warning { background: $warning 25%; }
-    RunScreen #run-error { height: auto; max-height: 4; padding: 0 1; color: $error;
-        display: none; }
-    RunScreen #run-body { height: 1fr; }
-    RunScreen #run-plots { width: 1fr; }
-    RunScreen #run-stats { width: 34; height: 1fr; padding: 0 1; border-left: tall $panel; }
-    RunScreen #run-log { height: 10; border-top: tall $panel; }
-    """
+    SCOPE = "run"
 
-    def __init__(self, run_path: str | Path, config: Any = None) -> None:
-        super().__init__()
+    def __init__(self, run_path: str | Path, config: TuiConfig) -> None:
+        super().__init__(config)
         self.run_path = Path(run_path)
-        self.config = config
-        self.poll_s = float(conf_get(config, "poll_s", 0.5))
-        self.log_n = int(conf_get(config, "log_lines", 200))
-        self.max_chars = int(conf_get(config, "max_text_chars", 20000))
-        self.tail = EventTail(events_path(run_path), int(conf_get(config, "max_points", 4096)))
-        self.specs = plot_specs(conf_get(config, "plots", None))
+        self.poll_s = config.poll_s
+        self.log_n = config.log_lines
+        self.max_chars = config.max_text_chars
+        self.tail = EventTail(events_path(run_path), config.max_points)
+        self.specs = plot_specs(config.plots)
         self.snapshot: Snapshot | None = None
         self.paused = False
         # read-side state, touched only by the (single) worker thread
@@ -163,7 +136,7 @@ class RunScreen(PollingScreen):
             head.append("  reading …", style="dim")
         else:
             head.append("  ")
-            head.append_text(status_text(run_status(snap.status)))
+            head.append_text(self.status_text(run_status(snap.status)))
             experiment = (snap.last.get("status") or {}).get("experiment")
             if experiment:
                 head.append(f"  {printable(experiment)}")

@@ -3,57 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
-from textual.screen import Screen
 from textual.widgets import DataTable, Static
-from textual.worker import Worker, WorkerState
 
-from tui.format import literal, printable
+from tui.config import TuiConfig
+from tui.format import fmt_duration, literal, printable
 from tui.runs_data import RunInfo, list_runs
+from tui.screens.base import PollingScreen
 
-STATUS_STYLE = {
-    "running": ("●", "bold cyan"),
-    "finished": ("✔", "green"),
-    "failed": ("✘", "bold red"),
-    "interrupted": ("◼", "yellow"),
-    "killed": ("✝", "bold magenta"),
-    "unknown": ("?", "dim"),
-}
 COLUMNS = ("", "status", "run", "experiment", "started", "duration", "best")
-
-
-def conf_get(config: Any, key: str, default: Any = None) -> Any:
-    """``config[key]`` of a mapping or ``config.key`` of an object; ``default`` if unset."""
-    if config is None:
-        return default
-    value = config.get(key) if isinstance(config, Mapping) else getattr(config, key, None)
-    return default if value is None else value
-
-
-def status_text(status: str) -> Text:
-    """A run status with its glyph and colour."""
-    glyph, style = STATUS_STYLE.get(status, STATUS_STYLE["unknown"])
-    return Text(f"{glyph} {status}", style=style)
-
-
-def fmt_duration(seconds: float | None) -> str:
-    """``12s``, ``3m 05s``, ``1h 02m``, ``2d 03h``; empty when unknown."""
-    if seconds is None:
-        return ""
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 86400}d {s % 86400 // 3600:02d}h"
 
 
 def fmt_time(ts: float | None) -> str:
@@ -69,86 +31,19 @@ def fmt_best(best: dict | None) -> str:
     return f"{best.get('metric', '')} {best['value']:.4g}{step}".strip()
 
 
-class PollingScreen(Screen):
-    """A screen that reads data in a thread worker every ``poll_s`` seconds, one read
-    at a time, and shows the result on the UI thread; the UI never waits on a read."""
-
-    poll_s: float = 1.0
-
-    def __init__(self, name: str | None = None, id: str | None = None) -> None:
-        super().__init__(name=name, id=id)
-        self._reading = False
-        self._again = False
-
-    def on_mount(self) -> None:
-        self.set_interval(self.poll_s, self.poll)
-        self.poll()
-
-    def on_screen_resume(self) -> None:
-        self.poll()
-
-    def poll(self, force: bool = False) -> None:
-        """Start a read unless one is running (then, with ``force``, read again after)."""
-        if self._reading:
-            self._again |= force
-            return
-        if not (force or self.is_current):
-            return  # a covered screen does not read
-        self._reading = True
-        self.run_worker(self.read, thread=True, group="poll", exit_on_error=False)
-
-    def read(self) -> Any:
-        """Runs in a thread: gather what ``show`` needs (None: nothing new)."""
-        raise NotImplementedError
-
-    def show(self, result: Any) -> None:
-        """Runs on the UI thread with what ``read`` returned."""
-
-    def read_failed(self, error: BaseException) -> None:
-        """Runs on the UI thread when ``read`` raised."""
-        self.notify(printable(f"{type(error).__name__}: {error}"), severity="error", markup=False)
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.worker.group != "poll" or event.state not in (
-            WorkerState.SUCCESS,
-            WorkerState.ERROR,
-            WorkerState.CANCELLED,
-        ):
-            return
-        self._reading = False
-        if event.state == WorkerState.SUCCESS and event.worker.result is not None:
-            self.show(event.worker.result)
-        elif event.state == WorkerState.ERROR and event.worker.error is not None:
-            self.read_failed(event.worker.error)
-        if self._again:
-            self._again = False
-            self.poll(force=True)
-
-
 class RunsScreen(PollingScreen):
-    """Training runs under ``runs_dir``, newest first, refreshed every 2 s.
+    """Training runs under ``runs_dir``, newest first, refreshed every ``refresh_s``.
 
-    ``config`` keys read: ``refresh_s`` (list refresh period) and what the run and
-    compare screens read (``plots``, ``poll_s``, ...), handed on to them.
+    The config is handed on to the run and compare screens it opens.
     """
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "open_run", "Open", id="runs.open"),
-        Binding("space", "toggle_mark", "Mark", id="runs.mark"),
-        Binding("c", "compare", "Compare marked", id="runs.compare"),
-        Binding("r", "refresh", "Refresh", id="runs.refresh"),
-    ]
-    DEFAULT_CSS = """
-    RunsScreen #runs-table { height: 1fr; }
-    RunsScreen #runs-empty { padding: 1 2; height: auto; }
-    RunsScreen #runs-detail { height: auto; max-height: 4; padding: 0 1; color: $text-muted; }
-    """
+    SCOPE = "runs"
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"runs--mark", "runs--marked", "runs--error"}
 
-    def __init__(self, runs_dir: str | Path, config: Any = None) -> None:
-        super().__init__()
+    def __init__(self, runs_dir: str | Path, config: TuiConfig) -> None:
+        super().__init__(config)
         self.runs_dir = Path(runs_dir)
-        self.config = config
-        self.poll_s = float(conf_get(config, "refresh_s", 2.0))
+        self.poll_s = config.refresh_s
         self.runs: dict[str, RunInfo] = {}
         self.marked: set[str] = set()
         self._rows: dict[str, tuple] = {}
@@ -200,8 +95,8 @@ class RunsScreen(PollingScreen):
 
     def _row(self, run: RunInfo) -> tuple:
         return (
-            Text("◆", style="bold magenta") if run.run_id in self.marked else Text(" "),
-            status_text(run.status),
+            Text("◆", style=self.style("runs--mark")) if run.run_id in self.marked else Text(" "),
+            self.status_text(run.status),
             literal(run.run_id),  # Text: DataTable reads a str cell as markup
             literal(run.experiment or ""),
             fmt_time(run.started),
@@ -221,10 +116,13 @@ class RunsScreen(PollingScreen):
         if run is not None:
             text.append(printable(run.path))
             if self.marked:
-                text.append(f"   marked for comparison: {len(self.marked)}", style="magenta")
+                text.append(
+                    f"   marked for comparison: {len(self.marked)}",
+                    style=self.style("runs--marked"),
+                )
             if run.error:
                 text.append("\n")
-                text.append(printable(run.error, multiline=True), style="red")
+                text.append(printable(run.error, multiline=True), style=self.style("runs--error"))
         self.query_one("#runs-detail", Static).update(text)
 
     def current_run_id(self) -> str | None:

@@ -3,8 +3,9 @@ its near-duplicate group and its nearest neighbours by embedding."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
+from rich.style import Style
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -21,10 +22,12 @@ from tui.widgets.tile import Tile
 
 NEIGHBOURS = 8
 TEXT_FIELDS = ("caption", "chosen", "rejected")
+ROLES = ("system", "user", "assistant")  # styled apart: sample--role-<role> in the .tcss
 
 
-def header_text(sample: dict[str, Any]) -> Text:
-    """Identity, label, split, flags, tags (review decisions) and scores of a sample."""
+def header_text(sample: dict[str, Any], flag_style: Style | str = "") -> Text:
+    """Identity, label, split, flags (in ``flag_style``), tags (review decisions) and
+    scores of a sample."""
     text = Text()
     text.append(printable(sample["sample_id"]), style="bold")
     for key in ("dataset", "label", "split"):
@@ -32,7 +35,7 @@ def header_text(sample: dict[str, Any]) -> Text:
         text.append(value_text(sample.get(key)) or "—")
     text.append(f"\n{'flags':<8}", style="bold")
     text.append(
-        value_text(sample.get("flags")) or "none", style="yellow" if sample.get("flags") else ""
+        value_text(sample.get("flags")) or "none", style=flag_style if sample.get("flags") else ""
     )
     for tag in sample.get("tags") or []:  # review decisions read as they are stored
         text.append(f"\n{'tag':<8}", style="bold")
@@ -47,6 +50,11 @@ class SampleScreen(LakeScreenBase):
     """Everything about one sample; ``n``/``p`` step through the rows it was opened from."""
 
     SCOPE = "sample"
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "sample--flags",
+        "sample--role",
+        *(f"sample--role-{role}" for role in ROLES),
+    }
 
     def __init__(
         self,
@@ -112,7 +120,8 @@ class SampleScreen(LakeScreenBase):
             )
             return
         self.sub_title = printable(sample["sample_id"][:16])
-        self.query_one("#sample-header", Static).update(header_text(sample))
+        header = header_text(sample, self.style("sample--flags"))
+        self.query_one("#sample-header", Static).update(header)
         images = self.query_one("#sample-images", HorizontalScroll)
         images.remove_children()
         images.mount_all(
@@ -122,7 +131,10 @@ class SampleScreen(LakeScreenBase):
         )
         images.display = bool(sample.get("media"))
         conversation = self.query_one("#sample-conversation", Static)
-        conversation.update(conversation_text(sample.get("messages")))
+        roles = {role: self.style(f"sample--role-{role}") for role in ROLES}
+        conversation.update(
+            conversation_text(sample.get("messages"), roles, self.style("sample--role"))
+        )
         conversation.border_title = "Conversation"
         conversation.display = bool(sample.get("messages"))
         texts = Text()
@@ -210,3 +222,24 @@ class SampleScreen(LakeScreenBase):
             self.set_focus(tiles.first())
         else:
             self.notify("No duplicates or neighbours to open.")
+
+
+class SampleListScreen(LakeScreenBase):
+    """A lake screen listing samples in ``self.table``; opening a row shows its sample."""
+
+    @property
+    def table(self) -> Any:
+        """The samples table (a ``tui.widgets.sample_table.SampleTable``)."""
+        raise NotImplementedError
+
+    def action_open_sample(self) -> None:
+        """Open the detail screen of the sample under the cursor of ``self.table``."""
+        row = self.table.current_row
+        if row is None:
+            return
+        self.app.push_screen(
+            SampleScreen(row["sample_id"], self.config, self.table.source, self.table.cursor)
+        )
+
+    def on_sample_table_page_failed(self, event: Any) -> None:
+        self.notify(f"{printable(event.error)} (reload to retry)", severity="error", markup=False)

@@ -28,11 +28,8 @@ DEFAULT_PLOTS: list[dict[str, Any]] = [
     {"title": "memory", "series": ["cpu_mem_mb", "gpu_mem_mb"]},
 ]
 
-#: Series colours (Tableau 10): distinct on dark and light themes.
-PALETTE = (
-    "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1",
-    "#76b7b2", "#edc948", "#ff9da7", "#9c755f", "#bab0ac",
-)  # fmt: skip
+#: Series colours: ``LinePlot > .lineplot--series-<i>`` in ``tui/lakeloom.tcss``, i < this.
+SERIES_STYLES = 10
 
 # Braille dot bits by (row, column) inside a 2x4 cell.
 _DOTS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))
@@ -112,12 +109,13 @@ class LinePlot(Widget):
     downsampled to the plot's width when drawn, and redrawn only when it changed.
     """
 
-    DEFAULT_CSS = """
-    LinePlot { height: 1fr; min-height: 5; }
-    LinePlot > .lineplot--axis { color: $text-muted; }
-    LinePlot > .lineplot--title { color: $text; text-style: bold; }
-    """
-    COMPONENT_CLASSES = frozenset({"lineplot--axis", "lineplot--title"})
+    COMPONENT_CLASSES = frozenset(
+        {
+            "lineplot--axis",
+            "lineplot--title",
+            *(f"lineplot--series-{i}" for i in range(SERIES_STYLES)),
+        }
+    )
 
     def __init__(
         self,
@@ -127,7 +125,6 @@ class LinePlot(Widget):
         x_label: str = "step",
         y_label: str = "",
         log_y: bool = False,
-        colors: Mapping[str, str] | None = None,
         max_points: int = 4096,
         name: str | None = None,
         id: str | None = None,
@@ -140,7 +137,6 @@ class LinePlot(Widget):
         self.log_y = log_y
         self.max_points = max(16, int(max_points))
         self._names: list[str] = list(series)
-        self._colors: dict[str, str] = dict(colors or {})
         self._data: dict[str, Series] = {}
         self._version = 0
         self._key: tuple | None = None
@@ -166,20 +162,19 @@ class LinePlot(Widget):
     def series_names(self) -> list[str]:
         return list(self._names)
 
-    def set_series_names(self, names: Sequence[str], colors: Mapping[str, str] | None = None):
-        """Replace the plotted series (and optionally their colours); drops other data."""
+    def set_series_names(self, names: Sequence[str]) -> None:
+        """Replace the plotted series (each drawn in the style of its place); drops other
+        data."""
         self._names = list(names)
-        if colors is not None:
-            self._colors = dict(colors)
         self._data = {k: v for k, v in self._data.items() if k in self._names}
         self._changed()
 
-    def color(self, name: str) -> str:
-        """The colour a series is drawn in."""
-        if name in self._colors:
-            return self._colors[name]
+    def color(self, name: str) -> Style:
+        """The style a series is drawn in: ``lineplot--series-<its place>`` (cycled)."""
         index = self._names.index(name) if name in self._names else len(self._names)
-        return PALETTE[index % len(PALETTE)]
+        return self.get_component_rich_style(
+            f"lineplot--series-{index % SERIES_STYLES}", partial=True
+        )
 
     @property
     def point_count(self) -> int:
@@ -285,7 +280,7 @@ class LinePlot(Widget):
             xs, ys = _thin(*self._data[name], cols)
             self.drawn_points += len(xs)
             _draw(bits, owner, index, xs, ys, (x0, x1), (y0, y1))
-        styles = [base + Style(color=self.color(n)) for n in visible]
+        styles = [base + self.color(n) for n in visible]
         for r in range(rows):
             mark = "┤" if r in labels else "│"
             segments = [Segment(labels.get(r, "").rjust(label_w) + mark, axis)]
@@ -303,7 +298,7 @@ class LinePlot(Widget):
         for n in self._names:
             ys = self._data.get(n, ([], []))[1]
             last = self._y_label(ys[-1]) if ys else "–"
-            segments.append(Segment("  ━ ", base + Style(color=self.color(n))))
+            segments.append(Segment("  ━ ", base + self.color(n)))
             segments.append(Segment(f"{printable(n)} {last}", base))
         return Strip(segments).crop_extend(0, width, base)
 
@@ -415,11 +410,6 @@ def _dot(bits: Grid, owner: Grid, index: int, x: int, y: int) -> None:
 
 class PlotGrid(Widget):
     """The declared plots (``plots: [{title, series}, ...]``) in a two-column grid."""
-
-    DEFAULT_CSS = """
-    PlotGrid { layout: grid; grid-size: 2; grid-gutter: 0 1; height: 1fr; }
-    PlotGrid.-single { grid-size: 1; }
-    """
 
     def __init__(
         self,
