@@ -36,10 +36,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, TextIO
 
 from lake.errors import ConfigError
-from lake.export import Exporter, ExportMedia
+from lake.plugin import Exporter, ExportMedia
 from lake.schema import IMAGE_TOKEN, PLACEHOLDER_RE, PLACEHOLDERS, placeholder_kinds
+from lake.sources import JSON_SUFFIXES  # what the JSON sources read back
 
-JSON_SUFFIXES = (".json", ".jsonl")
 KTO_TAG = "label"  # the field KTO feedback is written to (the sources' kto_tag default)
 DATASET_INFO = "dataset_info.json"  # LLaMA-Factory's dataset registry, beside the data file
 
