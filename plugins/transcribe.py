@@ -34,6 +34,7 @@ import pyarrow as pa
 from lake.cache import ModelCache
 from lake.errors import ConfigError, RejectedInput
 from lake.plugin import Enricher
+from lake.sql import quote
 from plugins.whisper_models import model_owner, resolve_model
 
 log = logging.getLogger("lakeloom.transcribe")
@@ -300,7 +301,10 @@ class ClipTranscript(_WhisperOwned, Enricher):
 
     def where(self) -> str:
         """Clip samples, except those already known to have no audio."""
-        return f"t_start IS NOT NULL AND ({OWNER_COLUMN} IS NULL OR {OWNER_COLUMN} != '{NO_AUDIO}')"
+        return (
+            f"t_start IS NOT NULL AND ({OWNER_COLUMN} IS NULL OR {OWNER_COLUMN} != "
+            f"{quote(NO_AUDIO)})"
+        )
 
     def output_fields(self) -> list[pa.Field]:
         """``samples.transcript`` and its owner column."""

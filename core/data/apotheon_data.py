@@ -30,7 +30,7 @@ from core.data.sampler import ShardedBatchSampler
 from lake.errors import ConfigError
 from lake.runs import EV_CURRICULUM
 from lake.schema import KIND_TAGS
-from lake.sql import and_filters
+from lake.sql import and_filters, quote
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,11 @@ def kind_filter(kinds: Sequence[str]) -> str:
     unknown = set(kinds) - set(KINDS)
     if unknown or not kinds:
         raise ConfigError(f"curriculum kinds must be among {KINDS}, got {list(kinds)}")
-    tagged = ", ".join(f"'{t}'" for t in KIND_TAGS.values())
+    tagged = ", ".join(quote(t) for t in KIND_TAGS.values())
     parts = [
         f"(tags IS NULL OR NOT array_has_any(tags, [{tagged}]))"
         if k == "image"
-        else f"array_has(tags, '{KIND_TAGS[k]}')"
+        else f"array_has(tags, {quote(KIND_TAGS[k])})"
         for k in kinds
     ]
     return "(" + " OR ".join(parts) + ")"

@@ -353,9 +353,8 @@ class LanceSamples(Dataset):
         wanted = sorted({m for ids in media_ids for m in ids or []})
         if not wanted:
             return {c: [[] for _ in media_ids] for c in columns}
-        quoted = ", ".join(f"'{m}'" for m in wanted)
         table = media.to_table(
-            columns=["media_id", *columns, "source_uri"], filter=f"media_id IN ({quoted})",
+            columns=["media_id", *columns, "source_uri"], filter=f"media_id IN {in_list(wanted)}",
             with_row_id=True,
         )  # fmt: skip
         index = {m: i for i, m in enumerate(table.column("media_id").to_pylist())}
