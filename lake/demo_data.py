@@ -48,6 +48,7 @@ from PIL import Image, ImageDraw
 from lake.errors import LakeloomError
 from lake.images import decode_image
 from lake.job import hydra_job
+from lake.schema import IMAGE_TOKEN
 
 GENERATOR = "lakeloom.demo_data"
 VERSION = 1
@@ -264,7 +265,7 @@ def _texts(attrs: dict[str, Any], rng: np.random.Generator) -> tuple[str, list[d
     caption = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))].format(**facts)
     question, answer = QUESTIONS[int(rng.integers(len(QUESTIONS)))]
     conversation = [
-        {"from": "human", "value": f"<image>\n{question}"},
+        {"from": "human", "value": f"{IMAGE_TOKEN}\n{question}"},
         {"from": "gpt", "value": answer.format(**facts)},
     ]
     return caption, conversation

@@ -41,7 +41,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -53,6 +52,7 @@ from lake.cache import ModelCache, resolve_device
 from lake.images import decode_image
 from lake.plugin import Enricher
 from lake.runs import RunDir
+from lake.schema import PLACEHOLDER_RE
 
 log = logging.getLogger("lakeloom.clip_embed")
 
@@ -62,7 +62,6 @@ TEXT_COLUMN = "clip_text"
 TEXT_OWNER = "clip_text_model"
 IMAGE_KINDS = "kind IN ('image', 'frame')"
 DEFAULT_INDEX_MIN_ROWS = 100_000
-_PLACEHOLDER = re.compile(r"<image>|<video>|<audio>")
 
 
 @dataclass(frozen=True)
@@ -377,7 +376,7 @@ def sample_text(caption: str | None, messages: list[dict[str, Any]] | None) -> s
         return caption.strip()
     for msg in messages or []:
         if msg.get("role") == "assistant":
-            text = _PLACEHOLDER.sub("", msg.get("content") or "").strip()
+            text = PLACEHOLDER_RE.sub("", msg.get("content") or "").strip()
             return text or None
     return None
 

@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lake.schema import MEDIA, SAMPLES
+from lake.schema import MEDIA, PLACEHOLDER_RE, SAMPLES
 from lake.sql import in_list, quote
 
 CAPTION_CHARS = 200
@@ -74,7 +74,7 @@ def _first_text(messages: list[dict[str, Any]] | None) -> str | None:
     for m in messages or []:
         role = m.get("role")
         if role in ("user", "assistant") and role not in parts and m.get("content"):
-            parts[role] = " ".join(m["content"].replace("<image>", " ").split())
+            parts[role] = " ".join(PLACEHOLDER_RE.sub(" ", m["content"]).split())
     text = " / ".join(parts[r] for r in ("user", "assistant") if r in parts)
     return text or None
 

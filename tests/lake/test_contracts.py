@@ -328,3 +328,43 @@ def test_review_tag_format_lives_only_in_lake_review() -> None:
             if bad:
                 found.append(f"{rel}:{getattr(node, 'lineno', '?')}: {bad}")
     assert not found, "use lake.review for review tags:\n" + "\n".join(found)
+
+
+# ---- media placeholders: constants of lake.schema only -----------------------------------
+
+#: files whose code may spell a placeholder (the reason is the value)
+PLACEHOLDER_ALLOWED = {
+    "lake/schema.py": "the owner: IMAGE_TOKEN, VIDEO_TOKEN, AUDIO_TOKEN",
+    "core/models/vlm_families.py": "LLaVA's own tokenizer token (model vocabulary), which is "
+    "not the lake's placeholder even though LLaVA spells it the same",
+    "core/models/vlm_tiny.py": "the tiny LLaVA's tokenizer and chat template (model side)",
+}
+
+
+def test_placeholders_are_spelled_only_in_lake_schema() -> None:
+    """Code (docstrings and comments may quote them) takes ``<image>`` / ``<video>`` /
+    ``<audio>`` from lake.schema's constants."""
+    from lake.schema import PLACEHOLDERS
+
+    tokens = tuple(PLACEHOLDERS.values())
+    found = []
+    for path in package_files():
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in PLACEHOLDER_ALLOWED:
+            continue
+        for node in _code_nodes(ast.parse(path.read_text())):
+            text = node.value if isinstance(node, ast.Constant) else None
+            if isinstance(text, str) and any(t in text for t in tokens):
+                found.append(f"{rel}:{node.lineno}: {text!r}")
+    assert not found, "use lake.schema's IMAGE_TOKEN etc.:\n" + "\n".join(found)
+
+
+def test_tui_text_preview_drops_every_placeholder_kind() -> None:
+    from lake.schema import AUDIO_TOKEN, VIDEO_TOKEN
+    from tui.lake_data import _first_text
+
+    messages = [
+        {"role": "user", "content": f"{IMAGE_TOKEN}{VIDEO_TOKEN}\nWhat is {AUDIO_TOKEN} this?"},
+        {"role": "assistant", "content": "a dog"},
+    ]
+    assert _first_text(messages) == "What is this? / a dog"
