@@ -116,19 +116,16 @@ def build_lake(root: Path, n: int) -> str:
 
 
 def tiny_kwargs(family: str) -> dict[str, Any]:
-    """``VlmModule`` arguments of the family's tiny config (sizes and pixel budget)."""
+    """``VlmModule`` arguments of the family's tiny config (over ``conf/model/vlm.yaml``),
+    composed as ``lakeloom train`` would."""
+    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{TINY_CONF[family]}.yaml"))
-    assert isinstance(cfg, dict)
-    return {
-        "family": family,
-        "source": "tiny",
-        "tiny": cfg["tiny"],
-        "min_pixels": cfg.get("min_pixels"),
-        "max_pixels": cfg.get("max_pixels"),
-        "lr": float(cfg.get("lr", 2e-4)),
-    }
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR.parent)):
+        cfg = compose(config_name="train", overrides=[f"model={TINY_CONF[family]}"])
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    assert isinstance(model, dict)
+    return {k: v for k, v in model.items() if not k.startswith("_")} | {"family": family}
 
 
 def real_model(family: str, device: Any, dtype: torch.dtype, shrink: int = 0) -> tuple[Any, Any]:
@@ -225,12 +222,12 @@ def make_module(family: str, args: argparse.Namespace, device: Any, dtype: torch
         "peft": {"method": args.peft},
     }
     if not args.real:
-        module = VlmModule(**tiny_kwargs(family), **kw)
+        module = VlmModule(**(tiny_kwargs(family) | kw))
         return module.to(device=device, dtype=dtype)
     model, processor = real_model(family, device, dtype, args.real_shrink)
     spec = family_spec(family)
     with mock.patch.object(vlm_module, "load_vlm", lambda *a, **k: (model, processor, spec)):
-        module = VlmModule(family=family, source="real", lr=1e-5, **kw)
+        module = VlmModule(**(tiny_kwargs(family) | {"source": "real", "lr": 1e-5} | kw))
     return module.to(device)
 
 

@@ -27,6 +27,20 @@ def jpeg_bytes(
     return out.getvalue()
 
 
+def conf_kwargs(primary: str, node: str, *overrides: str, **values: object) -> dict:
+    """The constructor arguments that ``conf/<primary>.yaml`` (composed with ``overrides``)
+    gives the ``_target_`` at ``node``, resolved, with ``values`` replacing some: tests build
+    config-driven classes from ``conf/``, the one place of their defaults."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module(version_base="1.3", config_module="conf"):
+        cfg = compose(config_name=primary, overrides=list(overrides))
+    kwargs = OmegaConf.to_container(OmegaConf.select(cfg, node), resolve=True)
+    assert isinstance(kwargs, dict), f"{node} of {primary} is not a mapping"
+    return {k: v for k, v in kwargs.items() if not k.startswith("_")} | values
+
+
 def png_bytes(color: tuple[int, int, int], size: tuple[int, int] = (40, 40)) -> bytes:
     """A real PNG of one colour."""
     from PIL import Image

@@ -146,7 +146,7 @@ class ApotheonDataModule(LanceDataModule):
     stage.
     """
 
-    def __init__(self, curriculum: Sequence[Mapping[str, Any]] | None = None, **kw: Any) -> None:
+    def __init__(self, *, curriculum: Sequence[Mapping[str, Any]] | None, **kw: Any) -> None:
         self.stages = parse_curriculum(curriculum)
         self.all_kinds = tuple(k for k in KINDS if any(k in s.kinds for s in self.stages))
         base = kw.pop("where", None)
@@ -158,7 +158,7 @@ class ApotheonDataModule(LanceDataModule):
         self._pending: dict[str, Any] | None = None
         self._logged: str | None = None  # the stage of the last logged switch
 
-    def setup(self, stage: str | None = None) -> None:
+    def select(self) -> None:
         """Select val/test (every kind) and each stage's train samples, once."""
         if self.splits is not None:
             return
@@ -168,7 +168,7 @@ class ApotheonDataModule(LanceDataModule):
         lake = Lake(self.lake_uri)
         samples, media = lake.dataset(SAMPLES), lake.dataset(MEDIA)
         self._audio_of_parent = _audio_tracks(media)
-        super().setup(stage)
+        super().select()
         for st in self.stages:
             where = and_filters(kind_filter(st.kinds), self.base_where)
             sel, _ = select(
@@ -186,14 +186,14 @@ class ApotheonDataModule(LanceDataModule):
 
     def dataset(self, split: str) -> LanceSamples:
         """The train split of the current stage (the first before training), or val/test."""
-        self.setup()
+        self.select()
         if split == "train":
             return self._stage_sets[(self.stage or self.stages[0]).name]
         return super().dataset(split)
 
     def stage_sizes(self) -> dict[str, int]:
         """Train samples per stage."""
-        self.setup()
+        self.select()
         return {name: len(ds) for name, ds in self._stage_sets.items()}
 
     def estimated_stepping_batches(self, trainer: Any) -> float:
@@ -202,7 +202,7 @@ class ApotheonDataModule(LanceDataModule):
         rank, capped by ``limit_train_batches``, over gradient accumulation."""
         if trainer.max_epochs in (None, -1):
             return trainer.estimated_stepping_batches
-        self.setup()
+        self.select()
         limit = trainer.limit_train_batches
         total = 0
         for epoch in range(max(1, trainer.max_epochs)):

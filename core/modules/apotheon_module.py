@@ -26,7 +26,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 
 from core.models.apotheon import (
@@ -43,6 +42,7 @@ from core.models.vlm_load import (
     role_param_groups,
 )
 from core.modules.apotheon_collate import ApotheonCollator, select_rows
+from core.modules.base import LakeloomDataModule, LakeloomModule
 from core.modules.clip_metrics import retrieval_recall
 from core.modules.optim import adamw_warmup_cosine
 from core.modules.slim_checkpoint import TrainableOnlyCheckpoints
@@ -56,27 +56,30 @@ DEFAULT_FREEZE = {"vision": False, "audio": False, "language_model": False}
 LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-class ApotheonModule(TrainableOnlyCheckpoints, L.LightningModule):
+class ApotheonModule(TrainableOnlyCheckpoints, LakeloomModule):
     """Train Apotheon (see the module docstring)."""
 
     def __init__(
         self,
-        config: Mapping[str, Any] | None = None,
-        freeze: Mapping[str, bool] | None = None,
-        peft: Mapping[str, Any] | None = None,
-        lr: float = 1e-3,
-        lrs: Mapping[str, float | None] | None = None,
-        weight_decay: float = 0.0,
-        betas: Sequence[float] = (0.9, 0.999),
-        warmup_steps: int = 0,
-        min_lr_ratio: float = 0.0,
-        max_steps: int | None = None,
-        grad_checkpointing: bool = False,
-        eval_samples: int = 16,
-        max_new_tokens: int = 24,
-        recall_k: Sequence[int] = (1, 5),
-        seed: int = 0,
+        *,
+        config: Mapping[str, Any] | None,
+        freeze: Mapping[str, bool] | None,
+        peft: Mapping[str, Any] | None,
+        lr: float,
+        lrs: Mapping[str, float | None] | None,
+        weight_decay: float,
+        betas: Sequence[float],
+        warmup_steps: int,
+        min_lr_ratio: float,
+        max_steps: int | None,
+        grad_checkpointing: bool,
+        eval_samples: int,
+        max_new_tokens: int,
+        recall_k: Sequence[int],
+        seed: int,
     ) -> None:
+        """Every argument comes from ``conf/model/apotheon.yaml`` (or a file over it): the
+        one place of their defaults."""
         super().__init__()
         self.save_hyperparameters()
         self.cfg = ApotheonConfig.from_dict(config)
@@ -110,11 +113,9 @@ class ApotheonModule(TrainableOnlyCheckpoints, L.LightningModule):
 
     # ---- wiring ---------------------------------------------------------------------------
 
-    def set_label_names(self, names: list[str] | None) -> None:
-        """Unused (targets are text); part of the data-module contract."""
-
-    def make_collator(self) -> ApotheonCollator:
-        """The batch collator for this model's tokenizer and processors (picklable)."""
+    def make_collator(self, train: bool = True) -> ApotheonCollator:
+        """The batch collator for this model's tokenizer and processors (picklable; the
+        same for training and evaluation)."""
         p = self.processors
         return ApotheonCollator(
             p["tokenizer"], p["image_processor"], p["feature_extractor"],
@@ -131,6 +132,7 @@ class ApotheonModule(TrainableOnlyCheckpoints, L.LightningModule):
     def setup(self, stage: str) -> None:
         """Under FSDP, :func:`ready_for_fsdp` (one dtype per FSDP unit, one kind of
         activation checkpointing)."""
+        super().setup(stage)
         strategy = getattr(self._trainer, "strategy", None)
         if _is_fsdp(strategy):
             strategy_checkpoints = bool(getattr(strategy, "_activation_checkpointing_kwargs", None))
@@ -291,8 +293,8 @@ class ApotheonModule(TrainableOnlyCheckpoints, L.LightningModule):
     def _estimated_steps(self) -> float:
         """Optimizer steps of the whole fit: from the data module's curriculum when it
         has one (stages differ in size), else Lightning's estimate."""
-        dm = getattr(self.trainer, "datamodule", None)
-        if hasattr(dm, "estimated_stepping_batches"):
+        dm = self.trainer.datamodule
+        if isinstance(dm, LakeloomDataModule):
             return dm.estimated_stepping_batches(self.trainer)
         return self.trainer.estimated_stepping_batches
 

@@ -23,13 +23,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import open_clip
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from core.models.clip import create_clip, model_config, save_open_clip
-from core.modules.clip_collate import DEFAULT_TEMPLATE, ClipCollator
+from core.modules.base import LakeloomModule
+from core.modules.clip_collate import ClipCollator
 from core.modules.clip_metrics import clip_loss, retrieval_recall, zero_shot_accuracy
 from core.modules.optim import WarmupCosine, decay_groups
 from lake.errors import ConfigError
@@ -38,7 +38,7 @@ from lake.runs import RunDir
 log = logging.getLogger(__name__)
 
 
-class ClipModule(L.LightningModule):
+class ClipModule(LakeloomModule):
     """Train (fine-tune, LiT, or from scratch) any open_clip architecture."""
 
     #: a contrastive loss needs negatives: the data module merges a smaller last train
@@ -47,30 +47,32 @@ class ClipModule(L.LightningModule):
 
     def __init__(
         self,
-        arch: str = "tiny-clip",
-        pretrained: str | None = None,
-        lr: float = 1e-3,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.98),
-        eps: float = 1e-6,
-        warmup_steps: int = 0,
-        max_steps: int | None = None,
-        min_lr_ratio: float = 0.0,
-        lock_image: bool = False,
-        lock_image_unlocked_groups: int = 0,
-        lock_image_freeze_bn_stats: bool = False,
-        lock_text: bool = False,
-        lock_text_unlocked_layers: int = 0,
-        grad_checkpointing: bool = False,
-        init_logit_scale: float | None = None,
-        max_logit_scale: float = 100.0,
-        prompt_template: str = DEFAULT_TEMPLATE,
-        recall_ks: tuple[int, ...] | list[int] = (1, 5),
-        fused_adamw: bool | None = None,
-        drop_high_loss_frac: float = 0.0,
-        drop_high_loss_after_epochs: int = 0,
+        *,
+        arch: str,
+        pretrained: str | None,
+        lr: float,
+        weight_decay: float,
+        betas: tuple[float, float],
+        eps: float,
+        warmup_steps: int,
+        max_steps: int | None,
+        min_lr_ratio: float,
+        lock_image: bool,
+        lock_image_unlocked_groups: int,
+        lock_image_freeze_bn_stats: bool,
+        lock_text: bool,
+        lock_text_unlocked_layers: int,
+        grad_checkpointing: bool,
+        init_logit_scale: float | None,
+        max_logit_scale: float,
+        prompt_template: str,
+        recall_ks: tuple[int, ...] | list[int],
+        fused_adamw: bool | None,
+        drop_high_loss_frac: float,
+        drop_high_loss_after_epochs: int,
     ) -> None:
-        """``max_steps=None`` takes the schedule length from the trainer;
+        """Every argument comes from ``conf/model/clip_tiny.yaml`` (the one place of their
+        defaults); ``max_steps=None`` takes the schedule length from the trainer;
         ``init_logit_scale`` (log of the factor, open_clip default ln(1/0.07)) overrides
         the built or loaded temperature when given; ``fused_adamw=None`` uses torch's fused
         AdamW on CPU and CUDA (8× faster than the default on a 2-core CPU for tiny-clip)."""
@@ -99,7 +101,8 @@ class ClipModule(L.LightningModule):
     # ---- data -------------------------------------------------------------------------
 
     def set_label_names(self, names: list[str] | None) -> None:
-        """Class names for zero-shot accuracy (``None``: use the labels validation sees)."""
+        """Class names for zero-shot accuracy, from the data module (``None`` or empty: use
+        the labels validation sees)."""
         self.label_names = list(names) if names else None
 
     def make_collator(self, train: bool = True) -> ClipCollator:
@@ -282,9 +285,9 @@ class ClipModule(L.LightningModule):
         """Write the model in open_clip's local-dir layout to ``out_dir``."""
         return save_open_clip(self.model, None, out_dir, tokenizer=self.tokenizer)
 
-    def export(self, run_dir: Path) -> None:
+    def export(self, run_dir: str | Path) -> Path:
         """Called by ``core.train`` at the end of a run: writes ``run_dir/open_clip/``."""
-        self.export_open_clip(RunDir(run_dir).open_clip)
+        return self.export_open_clip(RunDir(run_dir).open_clip)
 
 
 def _text_groups(token_batches: list[torch.Tensor]) -> torch.Tensor:

@@ -49,6 +49,7 @@ from core.models.vlm_load import (
     role_param_groups,
     save_processor,
 )
+from core.modules.base import LakeloomModule
 from core.modules.optim import adamw_warmup_cosine
 from core.modules.slim_checkpoint import TrainableOnlyCheckpoints
 from core.modules.vlm_collate import IGNORE, VlmCollator
@@ -65,50 +66,53 @@ MODEL_INPUTS = (
 DEFAULT_FREEZE = {"vision": True, "projector": False, "language_model": False}
 
 
-class VlmModule(TrainableOnlyCheckpoints, L.LightningModule):
+class VlmModule(TrainableOnlyCheckpoints, LakeloomModule):
     """Fine-tune a vision-language model (see the module docstring)."""
 
     def __init__(
         self,
-        family: str = "llava",
-        source: str = "tiny",
-        tiny: Mapping[str, Any] | None = None,
-        revision: str | None = None,
-        trust_remote_code: bool = False,
-        dtype: str | None = None,
-        quantization: str | None = None,
-        allow_cpu_quantization: bool = False,
-        attn_implementation: str | None = None,
-        freeze: Mapping[str, bool] | None = None,
-        peft: Mapping[str, Any] | None = None,
-        lr: float = 2e-4,
-        lrs: Mapping[str, float | None] | None = None,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_steps: int = 0,
-        min_lr_ratio: float = 0.0,
-        max_steps: int | None = None,
-        grad_checkpointing: bool = False,
-        objective: str = "sft",
-        beta: float = 0.1,
-        orpo_lambda: float = 0.1,
-        desirable_weight: float = 1.0,
-        undesirable_weight: float = 1.0,
-        max_length: int = 1024,
-        overlong: str = "skip",
-        pack: bool = False,
-        min_pixels: int | None = None,
-        max_pixels: int | None = None,
-        dataset_pixels: Mapping[str, Mapping[str, int | None]] | None = None,
-        caption_prompt: str = "Describe the image.",
-        on_error: str = "error",
-        video: Mapping[str, Any] | None = None,
-        generate_samples: int = 8,
-        max_new_tokens: int = 32,
-        adapter_every_n_steps: int = 0,
-        init_from: str | None = None,
-        seed: int = 0,
+        *,
+        family: str,
+        source: str,
+        tiny: Mapping[str, Any] | None,
+        revision: str | None,
+        trust_remote_code: bool,
+        dtype: str | None,
+        quantization: str | None,
+        allow_cpu_quantization: bool,
+        attn_implementation: str | None,
+        freeze: Mapping[str, bool] | None,
+        peft: Mapping[str, Any] | None,
+        lr: float,
+        lrs: Mapping[str, float | None] | None,
+        weight_decay: float,
+        betas: tuple[float, float],
+        warmup_steps: int,
+        min_lr_ratio: float,
+        max_steps: int | None,
+        grad_checkpointing: bool,
+        objective: str,
+        beta: float,
+        orpo_lambda: float,
+        desirable_weight: float,
+        undesirable_weight: float,
+        max_length: int,
+        overlong: str,
+        pack: bool,
+        min_pixels: int | None,
+        max_pixels: int | None,
+        dataset_pixels: Mapping[str, Mapping[str, int | None]] | None,
+        caption_prompt: str,
+        on_error: str,
+        video: Mapping[str, Any] | None,
+        generate_samples: int,
+        max_new_tokens: int,
+        adapter_every_n_steps: int,
+        init_from: str | None,
+        seed: int,
     ) -> None:
+        """Every argument comes from ``conf/model/vlm.yaml`` and a family file over it (the
+        one place of their defaults)."""
         super().__init__()
         self.save_hyperparameters()
         if objective not in ("sft", "dpo", "orpo", "kto"):
@@ -161,9 +165,6 @@ class VlmModule(TrainableOnlyCheckpoints, L.LightningModule):
         self._dummy: dict[str, torch.Tensor] | None = None
 
     # ---- wiring ---------------------------------------------------------------------------
-
-    def set_label_names(self, names: list[str] | None) -> None:
-        """Unused (labels are text here); kept for the data-module contract."""
 
     def make_collator(self, train: bool = True) -> VlmCollator:
         """A picklable collator; the eval one also builds generation prompts."""

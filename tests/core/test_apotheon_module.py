@@ -18,6 +18,7 @@ from core.models.apotheon import ApotheonModel
 from core.modules.apotheon_collate import select_rows
 from core.modules.apotheon_module import ApotheonModule, word_error_rate
 from lake.errors import ConfigError
+from tests.conftest import conf_kwargs
 
 CONF = Path(__file__).parents[2] / "conf"
 STAGES = [
@@ -44,6 +45,14 @@ def kinds_of(lake: Path) -> dict[str, str]:
         tags = [t for t in r["tags"] or [] if t.startswith("kind:")]
         out[r["sample_id"]] = tags[0].removeprefix("kind:") if tags else "image"
     return out
+
+
+def apotheon(**kw: Any) -> ApotheonModule:
+    """An ApotheonModule from ``conf/model/apotheon_tiny.yaml`` at the tests' sizes, with
+    ``kw`` replacing some keys."""
+    return ApotheonModule(
+        **conf_kwargs("train", "model", "model=apotheon_tiny", **{"config": TINY} | kw)
+    )
 
 
 def data_module(lake: Path, **kw: Any) -> ApotheonDataModule:
@@ -97,7 +106,7 @@ def test_clip_items_carry_their_videos_audio_cut_to_the_scene(media_lake: Path) 
     # an audio file's transcript comes from its media row (enrich=transcribe writes it there)
     assert all(it["images"] == [] and it["audio"] and it["transcript"] for it in audio)
     assert all(it["audio"] is None for it in frames)
-    module = ApotheonModule(config=TINY)
+    module = apotheon()
     batch = module.make_collator()(clips + audio[:2])
     assert batch["audio_features"].shape[0] == 5
     assert batch["audio_index"].tolist() == [0, 1, 2, 3, 4]
@@ -141,13 +150,13 @@ def test_curriculum_needs_loaders_reloaded_every_epoch(media_lake: Path) -> None
 
 
 def test_frozen_towers_lora_and_per_role_learning_rates(media_lake: Path) -> None:
-    module = ApotheonModule(
-        config=TINY,
+    module = apotheon(
         freeze={"vision": True, "audio": True, "language_model": True},
         peft={"method": "lora", "r": 4, "alpha": 8},
         lr=1e-3,
         lrs={"fusion": 5e-3, "projector": 2e-3},
         max_steps=10,
+        warmup_steps=0,  # the base rates at step 0
     )
     rows = {r["module"]: r for r in _table(module)}
     assert rows["vision"]["trainable"] == rows["audio"]["trainable"] == 0
@@ -178,7 +187,7 @@ def test_lora_export_merges_and_reloads_to_the_same_outputs(
 ) -> None:
     dm = data_module(media_lake)
     dm.setup()
-    module = ApotheonModule(config=TINY, peft={"method": "lora", "r": 4, "alpha": 8}, seed=2)
+    module = apotheon(peft={"method": "lora", "r": 4, "alpha": 8}, seed=2)
     batch = batch_of(module, dm, "train", 8)
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(2):  # LoRA's B starts at zero: train it off zero
@@ -207,7 +216,7 @@ def test_slim_checkpoint_round_trip_gives_identical_outputs(media_lake: Path) ->
     dm = data_module(media_lake)
     dm.setup()
     kw = {"config": TINY, "freeze": {"vision": True, "audio": True}, "seed": 3}
-    module = ApotheonModule(**kw)
+    module = apotheon(**kw)
     batch = batch_of(module, dm, "train", 8)
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
     module(batch).loss.backward()
@@ -216,7 +225,7 @@ def test_slim_checkpoint_round_trip_gives_identical_outputs(media_lake: Path) ->
     module.on_save_checkpoint(ckpt)
     assert ckpt["lakeloom_trainable_only"]
     assert not any(k.startswith(("model.vision.", "model.audio.")) for k in ckpt["state_dict"])
-    fresh = ApotheonModule(**kw)
+    fresh = apotheon(**kw)
     fresh.on_load_checkpoint(ckpt)
     fresh.load_state_dict(ckpt["state_dict"], strict=False)
     module.eval(), fresh.eval()
@@ -224,7 +233,7 @@ def test_slim_checkpoint_round_trip_gives_identical_outputs(media_lake: Path) ->
         a, b = module(batch), fresh(batch)
     assert torch.equal(a.loss, b.loss)
     assert torch.equal(a.caption_logits, b.caption_logits)
-    other = ApotheonModule(config=TINY, seed=3)  # nothing frozen: the slim one lacks tensors
+    other = apotheon(seed=3)  # nothing frozen: the slim one lacks tensors
     with pytest.raises(ConfigError, match="lacks"):
         other.on_load_checkpoint(ckpt)
 
@@ -232,8 +241,8 @@ def test_slim_checkpoint_round_trip_gives_identical_outputs(media_lake: Path) ->
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(media_lake: Path) -> None:
     dm = data_module(media_lake)
     dm.setup()
-    plain = ApotheonModule(config=TINY, seed=1)
-    ckpt = ApotheonModule(config=TINY, seed=1, grad_checkpointing=True)
+    plain = apotheon(seed=1)
+    ckpt = apotheon(seed=1, grad_checkpointing=True)
     assert ckpt.model.fusion.gradient_checkpointing and ckpt.model.lm.is_activation_checkpointing
     batch = batch_of(plain, dm, "train", 8)
     la, lb = plain(batch).loss, ckpt(batch).loss
@@ -407,7 +416,7 @@ def test_fsdp_apotheon_trainer_wraps_every_block(compose) -> None:
     cfg = compose("+experiment=apotheon_tiny", "trainer=fsdp_apotheon")
     policy = instantiate(cfg.trainer.strategy.auto_wrap_policy)
     assert policy == instantiate(cfg.trainer.strategy.activation_checkpointing_policy)
-    model = ApotheonModule(config=TINY).model
+    model = apotheon().model
     blocks = [m for name, m in model.named_modules() if re.search(r"layers\.\d+$", name)]
     n = TINY["fusion"]["layers"] + TINY["vision"]["layers"] + TINY["audio"]["layers"]
     assert len(blocks) == n + TINY["language"]["layers"]
@@ -427,7 +436,7 @@ def test_fsdp_wrapped_module_checkpoints_and_mixed_dtypes(media_lake: Path) -> N
     from tests.core.test_apotheon_model import free_port
 
     def lora_module() -> ApotheonModule:
-        return ApotheonModule(config=TINY, freeze={"vision": True, "audio": True},
+        return apotheon(freeze={"vision": True, "audio": True},
                               peft={"method": "lora", "r": 4}, grad_checkpointing=True)  # fmt: skip
 
     module = lora_module()

@@ -16,6 +16,7 @@ from core.modules.clip_metrics import clip_loss, retrieval_recall, zero_shot_acc
 from core.modules.clip_module import ClipModule
 from core.modules.optim import decay_groups, warmup_cosine
 from lake.demo_data import COLOURS
+from tests.conftest import conf_kwargs
 
 
 def shape_png(shape: str, colour: tuple[int, int, int], size: int = 64) -> bytes:
@@ -73,10 +74,15 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def clip(**values: object) -> ClipModule:
+    """A tiny CLIP from ``conf/model/clip_tiny.yaml`` with ``values`` replacing some keys."""
+    return ClipModule(**conf_kwargs("train", "model", "model=clip_tiny", **values))
+
+
 @pytest.fixture(scope="module")
 def module() -> ClipModule:
     L.seed_everything(0)
-    return ClipModule(arch="tiny-clip")
+    return clip(warmup_steps=0)
 
 
 # ---- collation ------------------------------------------------------------------------
@@ -186,7 +192,7 @@ def test_warmup_cosine_values() -> None:
 
 
 def test_module_scheduler_and_decay_groups() -> None:
-    module = ClipModule(arch="tiny-clip", lr=1.0, warmup_steps=10, max_steps=110)
+    module = clip(lr=1.0, warmup_steps=10, max_steps=110)
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert config["lr_scheduler"]["interval"] == "step"
@@ -217,7 +223,7 @@ def test_module_scheduler_and_decay_groups() -> None:
 
 def test_lock_image_trains_text_only(tmp_path: Path, one_thread: None) -> None:
     L.seed_everything(0)
-    module = ClipModule(arch="tiny-clip", lr=1e-2, lock_image=True)
+    module = clip(lr=1e-2, lock_image=True, warmup_steps=0)
     visual = {n: p.detach().clone() for n, p in module.model.visual.named_parameters()}
     text = {n: p.detach().clone() for n, p in module.model.transformer.named_parameters()}
     assert not any(p.requires_grad for p in module.model.visual.parameters())
@@ -243,7 +249,7 @@ def test_short_overfit_learns_and_exports(tmp_path: Path, one_thread: None) -> N
     from core.models.clip import create_clip, load_from_run
 
     L.seed_everything(0)
-    module = ClipModule(arch="tiny-clip", lr=1e-3, warmup_steps=5, weight_decay=0.0)
+    module = clip(lr=1e-3, warmup_steps=5, weight_decay=0.0)
     samples = shape_samples()
     train = torch.utils.data.DataLoader(
         samples, batch_size=16, shuffle=True, collate_fn=module.make_collator(train=True)

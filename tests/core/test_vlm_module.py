@@ -23,6 +23,7 @@ from core.models.vlm_load import parameter_table
 from core.models.vlm_tiny import build_tiny, save_tiny
 from core.modules.vlm_module import VlmModule
 from lake.errors import ConfigError
+from tests.conftest import conf_kwargs
 
 REPO = Path(__file__).resolve().parents[2]
 FAMILIES = ("llava", "qwen2_vl")
@@ -38,10 +39,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log")
 
 
 def tiny_kwargs(family: str) -> dict[str, Any]:
-    """The VlmModule arguments of ``conf/model/<family>_tiny.yaml`` (without ``vlm.yaml``)."""
-    cfg = OmegaConf.to_container(OmegaConf.load(REPO / f"conf/model/{family}_tiny.yaml"))
-    cfg.pop("defaults")
-    return cfg
+    """The VlmModule arguments of ``conf/model/<family>_tiny.yaml`` (over ``vlm.yaml``)."""
+    return conf_kwargs("train", "model", f"model={family}_tiny")
 
 
 def make(family: str, **kw: Any) -> VlmModule:

@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
 from core.data.apotheon_data import ApotheonDataModule
@@ -30,6 +29,7 @@ from lake.errors import ConfigError
 from lake.schema import MEDIA, MEDIA_SCHEMA, SAMPLES
 from lake.store import Lake
 from lake.synth_video import Segment, write_video
+from tests.conftest import conf_kwargs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,14 +95,18 @@ def lake(tmp_path_factory) -> dict[str, Any]:
     return build_lake(tmp_path_factory.mktemp("video_lake"))
 
 
+def tiny_apotheon() -> Any:
+    """ApotheonModule as ``conf/model/apotheon_tiny.yaml`` at this file's sizes."""
+    from core.modules.apotheon_module import ApotheonModule
+
+    model = conf_kwargs("train", "model", "model=apotheon_tiny", config=APOTHEON_TINY)
+    return ApotheonModule(**model)
+
+
 def tiny_module(family: str, **kw: Any) -> VlmModule:
-    """VlmModule as ``conf/model/<family>_tiny.yaml`` (over ``vlm.yaml``'s video keys)."""
-    base = OmegaConf.to_container(OmegaConf.load(REPO / "conf/model/vlm.yaml"))
+    """VlmModule as ``conf/model/<family>_tiny.yaml`` (over ``vlm.yaml``)."""
     name = "qwen2_vl" if family.startswith("qwen") else family
-    cfg = OmegaConf.to_container(OmegaConf.load(REPO / f"conf/model/{name}_tiny.yaml"))
-    cfg.pop("defaults")
-    args = {"video": base["video"], **cfg, "family": family, **kw}
-    return VlmModule(**args)
+    return VlmModule(**conf_kwargs("train", "model", f"model={name}_tiny", family=family, **kw))
 
 
 def data(lake: dict[str, Any], where: str | None = None, **kw: Any) -> LanceDataModule:
@@ -202,12 +206,12 @@ APOTHEON_TINY: dict[str, Any] = {
 
 
 def test_apotheon_feeds_a_conversations_audio(lake) -> None:
-    from core.modules.apotheon_module import ApotheonModule
 
     dm = ApotheonDataModule(lake_uri=lake["uri"], where="sample_id IN ('snd', 'img')",
-                            batch_size=4, val_fraction=0.0, test_fraction=0.0)  # fmt: skip
+                            curriculum=None, batch_size=4, val_fraction=0.0,
+                            test_fraction=0.0)  # fmt: skip
     dm.setup()
-    module = ApotheonModule(config=APOTHEON_TINY)
+    module = tiny_apotheon()
     collate = module.make_collator()
     dm.set_collator(collate)  # pre-flight passes: Apotheon takes images and audio
     got = items(dm)
@@ -223,10 +227,9 @@ def test_apotheon_feeds_a_conversations_audio(lake) -> None:
 
 
 def test_apotheon_refuses_whole_videos_at_preflight(lake) -> None:
-    from core.modules.apotheon_module import ApotheonModule
 
-    dm = ApotheonDataModule(lake_uri=lake["uri"], batch_size=4, val_fraction=0.0,
+    dm = ApotheonDataModule(lake_uri=lake["uri"], curriculum=None, batch_size=4, val_fraction=0.0,
                             test_fraction=0.0)  # fmt: skip
     dm.setup()
     with pytest.raises(ConfigError, match=r"apotheon cannot take video media: 2 selected"):
-        dm.set_collator(ApotheonModule(config=APOTHEON_TINY).make_collator())
+        dm.set_collator(tiny_apotheon().make_collator())
