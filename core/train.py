@@ -28,7 +28,7 @@ from typing import Any
 
 from lake import runs
 from lake.errors import ConfigError, FileProblem, LakeloomError
-from lake.job import hydra_job, quiet_logs, traceback_locals
+from lake.job import JobResult, hydra_job, quiet_logs, traceback_locals
 
 log = logging.getLogger("lakeloom.train")
 
@@ -114,35 +114,40 @@ def train(cfg: Any) -> dict[str, Any]:
 def _fit_and_test(
     cfg: Any, run: Any, ckpt: Path | None, events: Any, summary: dict, stage: dict[str, bool]
 ) -> None:
-    """Build data, module and Trainer, fit, test; ``stage["fit"]`` turns true as fit begins."""
+    """Instantiate data module, module, callbacks, loggers and Trainer; fit; test the best
+    checkpoint; export. The module and data module wire themselves through the Trainer
+    (:mod:`core.modules.base`); ``stage["fit"]`` turns true once the data module is set
+    up (its selection and collators), and the data sizes go into ``summary`` then."""
     import lightning as L
     from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import LambdaCallback
     from lightning.pytorch.utilities.model_helpers import is_overridden
 
     from core.builders import build_callbacks, build_loggers
     from core.checkpoint import allow_checkpoint_types, check_checkpoint
+    from core.modules.base import LakeloomDataModule, LakeloomModule
 
     quiet_logs()  # Lightning added its own console handler on import
 
     if ckpt:  # Lightning unpickles it: refuse one that could run code, in one line
         check_checkpoint(ckpt)
     L.seed_everything(cfg.seed, workers=True)
-    dm = instantiate(cfg.data)
-    module = _instantiate_model(cfg.model)
-    dm.setup("fit")
-    module.set_label_names(dm.label_names)
-    _set_collators(dm, module)
-    summary["data"] = dm.sizes()
+    dm = _instantiate(cfg.data, LakeloomDataModule, "data")
+    module = _instantiate(cfg.model, LakeloomModule, "model")
     callbacks, ckpt_cb, events_cb = build_callbacks(cfg, run, events)
+
+    def data_ready(*_: Any, **__: Any) -> None:  # Callback.setup: after the data module's
+        stage["fit"] = True
+        summary.setdefault("data", dm.sizes())
+
     trainer = instantiate(
         cfg.trainer,
-        callbacks=callbacks,
+        callbacks=[*callbacks, LambdaCallback(setup=data_ready)],
         logger=build_loggers(cfg) or False,
         default_root_dir=str(run.path),
         use_distributed_sampler=False,  # the data module shards by rank itself
     )
     t_fit = time.perf_counter()
-    stage["fit"] = True
     with allow_checkpoint_types():
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     summary["fit_s"] = round(time.perf_counter() - t_fit, 3)
@@ -161,35 +166,36 @@ def _fit_and_test(
         summary["test_s"] = round(time.perf_counter() - t_test, 3)
         summary["test"] = _strip(events_cb.last.get(runs.EV_TEST))
     # After test() the module holds the best checkpoint's weights (or the last ones).
-    if hasattr(module, "export") and trainer.is_global_zero:
-        module.export(run.path)
+    if trainer.is_global_zero and module.export(run.path) is not None:
         summary["exported"] = True
 
 
-def _instantiate_model(node: Any) -> Any:
-    """``instantiate(cfg.model)``, but a lakeloom error from the module's constructor (a
-    refused ``pretrained`` / ``init_from`` checkpoint) comes out as itself, one line,
-    not inside Hydra's multi-line ``InstantiationException``."""
+def _instantiate(node: Any, kind: type, key: str) -> Any:
+    """``instantiate(cfg.<key>)``, refused in one line unless it is a ``kind`` (the
+    contract of :mod:`core.modules.base`); a lakeloom error from the constructor (a refused
+    ``pretrained`` / ``init_from`` checkpoint) comes out as itself, one line, not inside
+    Hydra's multi-line ``InstantiationException``."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     try:
-        return instantiate(node)
+        obj = instantiate(node)
     except InstantiationException as exc:
         if isinstance(exc.__cause__, LakeloomError):
             raise exc.__cause__ from None
         raise
+    if not isinstance(obj, kind):
+        raise ConfigError(
+            f"{key}._target_ {node._target_} is not a {kind.__module__}.{kind.__name__}"
+        )
+    return obj
 
 
-def _set_collators(dm: Any, module: Any) -> None:
-    """``make_collator()`` for all loaders; ``make_collator(train=False)`` for val/test
-    when the module's ``make_collator`` takes a ``train`` flag."""
-    import inspect
-
-    if "train" in inspect.signature(module.make_collator).parameters:
-        dm.set_collator(module.make_collator(train=True), module.make_collator(train=False))
-    else:
-        dm.set_collator(module.make_collator())
+def monitored_metric(summary: dict[str, Any]) -> float | None:
+    """The best value of ``checkpoint.monitor`` in a run summary (None: no monitor, or
+    never logged): what ``main`` returns for a Hydra ``--multirun`` sweeper to optimise."""
+    best = summary.get("best")
+    return None if best is None else best.get("value")
 
 
 def _finish(run: Any, events: Any, summary: dict, t0: float, rank_zero: bool) -> None:
@@ -295,8 +301,9 @@ def _checkpoint_in(tb: Any) -> str | None:
 
 
 @hydra_job("train")
-def main(cfg: Any) -> int:
-    """Hydra entry point: train and print where the run is."""
+def main(cfg: Any) -> JobResult:
+    """Hydra entry point: train, print where the run is; the exit code comes with the
+    monitored metric (:func:`monitored_metric`), which the Hydra app returns."""
     if cfg.get("model") is None or cfg.get("data") is None:
         raise ConfigError("train needs model= and data= config groups")
     try:
@@ -312,7 +319,7 @@ def main(cfg: Any) -> int:
     if summary.get("train_loss"):
         first, last = summary["train_loss"]
         print(f"train loss {first:.3f} (first logged) -> {last:.3f} (last)")
-    return EXIT_CODES.get(summary["status"], 1)
+    return JobResult(EXIT_CODES.get(summary["status"], 1), monitored_metric(summary))
 
 
 if __name__ == "__main__":

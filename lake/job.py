@@ -66,6 +66,15 @@ class RunContext:
         }
 
 
+@dataclass(frozen=True)
+class JobResult:
+    """What a job function may return to :func:`hydra_job`: its exit ``code`` and a
+    ``value`` the Hydra app returns (a ``--multirun`` sweeper optimises it)."""
+
+    code: int
+    value: Any = None
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM arrived during a job: it unwinds like Ctrl-C, so the run records
     ``interrupted`` (see :func:`run_record`)."""
@@ -277,8 +286,11 @@ def quiet_logs() -> None:
                 handler.addFilter(_QUIET)
 
 
-def hydra_job(config_name: str) -> Callable[[Callable[[Any], int | None]], Callable[[], None]]:
-    """Make ``fn(cfg) -> exit code`` a Hydra app reading ``conf/<config_name>.yaml``.
+def hydra_job(
+    config_name: str,
+) -> Callable[[Callable[[Any], int | JobResult | None]], Callable[[], Any]]:
+    """Make ``fn(cfg) -> exit code`` (or a :class:`JobResult`, whose value the Hydra app
+    returns) a Hydra app reading ``conf/<config_name>.yaml``; ``main.__wrapped__`` is ``fn``.
 
     Adds the config search path of third-party plugins, and turns lakeloom errors (and
     the file errors :func:`file_problem` recognises: OSError, a corrupt lake) into a
@@ -287,14 +299,19 @@ def hydra_job(config_name: str) -> Callable[[Callable[[Any], int | None]], Calla
     traceback is printed above that line.
     """
 
-    def wrap(fn: Callable[[Any], int | None]) -> Callable[[], None]:
+    def wrap(fn: Callable[[Any], int | JobResult | None]) -> Callable[[], Any]:
         import hydra
 
         @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)
-        def hydra_entry(cfg: Any) -> None:
+        def hydra_entry(cfg: Any) -> Any:
             quiet_logs()
+            value = None
             try:
-                code = fn(cfg) or 0
+                result = fn(cfg)
+                if isinstance(result, JobResult):
+                    code, value = result.code, result.value
+                else:
+                    code = result or 0
             except ConfigError as exc:
                 _debug_traceback()
                 print(f"lakeloom: invalid configuration: {exc}", file=sys.stderr)
@@ -322,9 +339,10 @@ def hydra_job(config_name: str) -> Callable[[Callable[[Any], int | None]], Calla
                 code = 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
             if code:
                 sys.exit(code)
+            return value
 
         @functools.wraps(fn)
-        def main() -> None:
+        def main() -> Any:
             # LAKELOOM_CONFIG_DIR: read conf/ from that folder instead of the installed
             # package (a copy of the project, e.g. a DVC pipeline run elsewhere)
             folder = os.environ.get("LAKELOOM_CONFIG_DIR")
@@ -333,7 +351,7 @@ def hydra_job(config_name: str) -> Callable[[Callable[[Any], int | None]], Calla
             extra = config_search_path()
             if extra and not any(a.startswith("hydra.searchpath") for a in sys.argv):
                 sys.argv.append(f"hydra.searchpath=[{','.join(extra)}]")
-            hydra_entry()
+            return hydra_entry()
 
         return main
 

@@ -1,15 +1,17 @@
 """``LanceDataModule``: the lake's samples of a split, with their media, for Lightning.
 
-Selection (``setup``) scans only id columns of ``samples`` (filtered by ``where`` and
-``datasets``) and ``media_id`` of ``media``, pinning both table versions, and keeps per
-split the sample row ids and their media row ids (numpy arrays, a few bytes per sample).
+Selection (``select``, run by ``setup``) scans only id columns of ``samples`` (filtered by
+``where`` and ``datasets``) and ``media_id`` of ``media``, pinning both table versions, and
+keeps per split the sample row ids and their media row ids (numpy arrays, a few bytes per
+sample).
 Splits come from ``samples.split`` where set; samples without one are assigned by a
 deterministic hash of their ``sample_id`` (``val_fraction`` / ``test_fraction``; see
 :func:`core.data.lance_dataset.hash_split`) until ``lakeloom split`` has written splits.
 
 Loading reads whole batches (a batch sampler plus ``__getitems__``), opens Lance lazily in
 each worker process, and starts workers with ``spawn`` (Lance is not fork-safe). The
-collator, set by the model through :meth:`set_collator`, decodes in the workers. Batches
+collator, taken in ``setup`` from the Trainer's module (``make_collator``, the contract of
+:mod:`core.modules.base`) or given with :meth:`set_collator`, decodes in the workers. Batches
 are sharded by rank (deterministic, like ``DistributedSampler``) and the training
 loader's position is saved in checkpoints, so a resumed run continues where it stopped.
 ``shuffle_block`` > 0 switches to block reads: the sampler shuffles blocks of that many
@@ -22,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import lightning as L
 import numpy as np
 import pyarrow as pa
 import torch
@@ -32,11 +33,10 @@ from core.data.collate import collate_samples
 from core.data.lance_dataset import SPLITS, LanceSamples, Selection, select
 from core.data.loader import StatefulLoader
 from core.data.sampler import ShardedBatchSampler
+from core.modules.base import Collator, LakeloomDataModule
 
-Collator = Callable[[list[dict[str, Any]]], Any]
 
-
-class LanceDataModule(L.LightningDataModule):
+class LanceDataModule(LakeloomDataModule):
     """Train/val/test loaders over a lakeloom lake (see the module docstring)."""
 
     def __init__(
@@ -96,6 +96,7 @@ class LanceDataModule(L.LightningDataModule):
         self.splits: dict[str, LanceSamples] | None = None
         self._labels: list[str] = []
         self._collator_filter: Callable[[list[str]], str | None] | None = None
+        self._collator_given = False  # set_collator was called: setup keeps it
 
     # -- contract with the modules ------------------------------------------------------
     def set_collator(self, fn: Collator, eval_fn: Collator | None = None) -> None:
@@ -103,6 +104,7 @@ class LanceDataModule(L.LightningDataModule):
         given, is used for the val and test loaders (e.g. without augmentation). A
         collator with a ``sample_filter(columns)`` method narrows the selection to the
         samples it trains on (e.g. SFT leaves out ``feedback = false`` answers)."""
+        self._collator_given = True
         self.collate_fn = fn
         self.eval_collate_fn = eval_fn
         self._media_checked = False
@@ -115,11 +117,23 @@ class LanceDataModule(L.LightningDataModule):
     @property
     def label_names(self) -> list[str]:
         """Sorted distinct non-null labels of the selected samples (all splits)."""
-        self.setup()
+        self.select()
         return list(self._labels)
 
-    # -- selection ------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
+        """Select the samples (:meth:`select`); attached to a Trainer, take the collators
+        from its module once, unless :meth:`set_collator` gave some (a collator's
+        ``sample_filter`` then narrows the selection)."""
+        self.select()
+        if self._collator_given:
+            return
+        collators = self.module_collators()
+        if collators is not None:
+            self.set_collator(*collators)
+            self.select()
+
+    # -- selection ------------------------------------------------------------------------
+    def select(self) -> None:
         """Select the samples of every split once (id columns only)."""
         if self.splits is not None:
             return
@@ -203,7 +217,7 @@ class LanceDataModule(L.LightningDataModule):
         """The dataset of one split (``train``, ``val`` or ``test``)."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-        self.setup()
+        self.select()
         assert self.splits is not None
         return self.splits[split]
 
