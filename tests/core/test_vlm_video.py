@@ -206,7 +206,6 @@ APOTHEON_TINY: dict[str, Any] = {
 
 
 def test_apotheon_feeds_a_conversations_audio(lake) -> None:
-
     dm = ApotheonDataModule(lake_uri=lake["uri"], where="sample_id IN ('snd', 'img')",
                             curriculum=None, batch_size=4, val_fraction=0.0,
                             test_fraction=0.0)  # fmt: skip
@@ -227,7 +226,6 @@ def test_apotheon_feeds_a_conversations_audio(lake) -> None:
 
 
 def test_apotheon_refuses_whole_videos_at_preflight(lake) -> None:
-
     dm = ApotheonDataModule(lake_uri=lake["uri"], curriculum=None, batch_size=4, val_fraction=0.0,
                             test_fraction=0.0)  # fmt: skip
     dm.setup()
