@@ -33,7 +33,7 @@ import av
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lake.synth_video import PALETTE, SHAPE_COLOURS, SHAPES, Segment, write_video
-from lake.video import VideoSettings, analyze_video
+from lake.video import analyze_video, conf_settings
 
 
 def make_clip(path: Path, seconds: float, fps: int, size: tuple[int, int]) -> dict:
@@ -69,7 +69,7 @@ def floor(path: Path) -> tuple[float, int]:
 def ours(path: Path) -> tuple[float, object]:
     """Seconds and result of analyze_video with default settings."""
     t0 = time.perf_counter()
-    result = analyze_video(path, VideoSettings())
+    result = analyze_video(path, conf_settings())
     return time.perf_counter() - t0, result
 
 
@@ -104,7 +104,7 @@ def main() -> None:
         t0 = time.perf_counter()
         truth = make_clip(clip, args.seconds, args.fps, size)
         gen_s = time.perf_counter() - t0
-        analyze_video(clip)  # warm-up: imports, page cache
+        analyze_video(clip, conf_settings())  # warm-up: imports, page cache
 
         floor_s, frames = min(floor(clip) for _ in range(args.repeat))
         runs = [ours(clip) for _ in range(args.repeat)]

@@ -18,7 +18,6 @@ import tempfile
 from abc import abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import fields
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 from urllib.parse import urlparse
@@ -66,7 +65,8 @@ class JsonRecordsSource(Source):
     :meth:`media_in_order`) go through the analysis of the ``video`` and ``audio``
     sources: a video becomes its ``video`` media row (blob-stored when ``store_video``,
     else referenced), with its kept frames and 16 kHz mono audio track attached
-    (``parent_id`` = the video; ``video_analysis`` overrides ``lake.video.VideoSettings``);
+    (``parent_id`` = the video; ``video_analysis`` overrides ``analysis:`` of
+    ``conf/source/video.yaml``);
     an audio file becomes an ``audio`` row, mono at ``audio_rate`` Hz in ``audio_format``.
     """
 
@@ -86,15 +86,10 @@ class JsonRecordsSource(Source):
         super().__init__(path, **kwargs)
         self.image_folder = image_folder or None
         from lake.audio import check_format
-        from lake.video import VideoSettings
+        from lake.video import conf_settings
 
-        known = {f.name for f in fields(VideoSettings)}
-        options = dict(video_analysis or {})
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown video_analysis option(s) {unknown}; known: {sorted(known)}")
         self.store_video = bool(store_video)
-        self.video_settings = VideoSettings(**options)
+        self.video_settings = conf_settings("video_analysis", **dict(video_analysis or {}))
         self.audio_rate = int(audio_rate)
         self.audio_format = audio_format
         check_format(audio_format)

@@ -28,9 +28,9 @@ from __future__ import annotations
 import io
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,7 @@ ADAPTIVE_WINDOW = 2  # AdaptiveDetector's window_width (frames each side); its d
 PROBE_PACKETS = 300  # packets probe_video reads for frame timing and keyframe spacing
 VFR_TOLERANCE = 0.1  # a frame duration this far off the median counts as irregular...
 VFR_SHARE = 0.05  # ...and this share of them makes a video VFR (one dropped frame does not)
+VIDEO_CONF = Path(__file__).resolve().parents[1] / "conf" / "source" / "video.yaml"  # analysis:
 # leading bytes of video containers: such a file that will not open is corrupt, not alien
 _SIGNATURES: tuple[bytes, ...] = (b"\x1aE\xdf\xa3", b"OggS", b"FLV", b"\x00\x00\x01\xba")
 _MP4_BOXES: tuple[bytes, ...] = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
@@ -93,26 +94,28 @@ class VideoRejected(Exception):
 
 @dataclass(frozen=True)
 class VideoSettings:
-    """How videos are analysed; mirrored 1:1 by ``analysis:`` in ``conf/source/video.yaml``."""
+    """How videos are analysed. The values live in ``analysis:`` of
+    ``conf/source/video.yaml`` (the one place of their defaults, see :func:`conf_settings`);
+    the fields mirror its keys 1:1 and have no defaults of their own."""
 
-    detector: str = "content"  # content | adaptive | none (PySceneDetect detector)
-    threshold: float = 27.0  # ContentDetector: HSV change score that makes a cut
-    adaptive_threshold: float = 3.0  # AdaptiveDetector: score / rolling average for a cut
-    min_scene_len_s: float = 0.5  # no cut closer than this to the previous one
-    detect_width: int = 256  # frames are downscaled (swscale) to this width for detection
-    sample_fps: float = 2.0  # candidate frames per second
-    motion_threshold: float = 3.0  # mean colour difference (0-255) to the last kept frame
-    dedupe_hamming: int = 4  # phash distance at or below which a kept frame is a duplicate
-    frame_max_side: int = 512  # kept frames are stored as JPEG at most this side
-    jpeg_quality: int = 90  # JPEG quality of kept frames (1-100)
-    thumb_size: int = 128  # longest side of a kept frame's thumbnail
-    thumb_quality: int = 85  # JPEG quality of thumbnails (1-100)
-    threads: str | int = "AUTO"  # PyAV thread_type (AUTO|FRAME|SLICE|NONE) or a thread count
-    audio: bool = True  # extract the audio track
-    audio_rate: int = 16000  # sample rate of the extracted mono audio
-    audio_format: str = "flac"  # flac | wav
-    max_duration_s: float | None = None  # reject longer videos
-    max_corrupt_share: float = 0.01  # reject when more frames than this decode as corrupt
+    detector: str  # content | adaptive | none (PySceneDetect detector)
+    threshold: float  # ContentDetector: HSV change score that makes a cut
+    adaptive_threshold: float  # AdaptiveDetector: score / rolling average for a cut
+    min_scene_len_s: float  # no cut closer than this to the previous one
+    detect_width: int  # frames are downscaled (swscale) to this width for detection
+    sample_fps: float  # candidate frames per second
+    motion_threshold: float  # mean colour difference (0-255) to the last kept frame
+    dedupe_hamming: int  # phash distance at or below which a kept frame is a duplicate
+    frame_max_side: int  # kept frames are stored as JPEG at most this side
+    jpeg_quality: int  # JPEG quality of kept frames (1-100)
+    thumb_size: int  # longest side of a kept frame's thumbnail
+    thumb_quality: int  # JPEG quality of thumbnails (1-100)
+    threads: str | int  # PyAV thread_type (AUTO|FRAME|SLICE|NONE) or a thread count
+    audio: bool  # extract the audio track
+    audio_rate: int  # sample rate of the extracted mono audio
+    audio_format: str  # flac | wav
+    max_duration_s: float | None  # reject longer videos
+    max_corrupt_share: float  # reject when more frames than this decode as corrupt
 
     def __post_init__(self) -> None:
         problems = []
@@ -136,6 +139,27 @@ class VideoSettings:
             problems.append(str(exc))
         if problems:
             raise ValueError("invalid VideoSettings: " + "; ".join(problems))
+
+
+def video_settings(options: Mapping[str, Any], what: str = "video analysis") -> VideoSettings:
+    """``VideoSettings`` of exactly its keys; an unknown or missing key fails by name."""
+    known = {f.name for f in fields(VideoSettings)}
+    unknown, missing = sorted(set(options) - known), sorted(known - set(options))
+    if unknown:
+        raise ValueError(f"unknown {what} option(s) {unknown}; known: {sorted(known)}")
+    if missing:
+        raise ValueError(f"missing {what} option(s) {missing} (see {VIDEO_CONF})")
+    return VideoSettings(**options)
+
+
+def conf_settings(what: str = "video analysis", **overrides: Any) -> VideoSettings:
+    """``analysis:`` of ``conf/source/video.yaml`` with ``overrides``: for readers of videos
+    whose config holds overrides only (the JSON sources' ``video_analysis``), benchmarks."""
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.to_container(OmegaConf.load(VIDEO_CONF).analysis, resolve=True)
+    assert isinstance(base, dict)
+    return video_settings({**base, **overrides}, what)
 
 
 @dataclass(frozen=True)
@@ -580,14 +604,14 @@ def _threads(vstream, threads: str | int) -> dict[str, Any]:
     return {"thread_type": "AUTO", "thread_count": int(threads)}
 
 
-def analyze_video(path: str | Path, settings: VideoSettings | None = None) -> VideoAnalysis:
+def analyze_video(path: str | Path, settings: VideoSettings) -> VideoAnalysis:
     """Probe, detect scenes, sample and dedupe frames, and extract audio in one decode pass.
 
     Raises VideoRejected (message = reason) for a zero-length, truncated or corrupt file,
     a file that is not a video, one without a video stream, an unsupported codec, or one
     longer than ``settings.max_duration_s``. A video without audio is fine (audio None).
     """
-    s = settings or VideoSettings()
+    s = settings
     path = Path(path)
     started = time.perf_counter()
     probe = probe_video(path, s.max_duration_s)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -108,9 +109,7 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-def _vad_options(params: Any) -> dict[str, Any] | None:
-    if params is None:
-        return None
+def _vad_options(params: Any) -> dict[str, Any]:
     from faster_whisper.vad import VadOptions
 
     options = {str(k): v for k, v in dict(params).items()}
@@ -157,11 +156,14 @@ class TranscribeEnricher(_WhisperOwned, Enricher):
         language: str | None = None,
         beam_size: int = 5,
         vad_filter: bool = True,
-        vad_parameters: Any = None,
+        *,
+        vad_parameters: Mapping[str, Any],
         no_speech_threshold: float = 0.6,
         log_prob_threshold: float | None = -1.0,
         cpu_threads: int = 0,
     ) -> None:
+        """``vad_parameters``: ``faster_whisper.vad.VadOptions`` fields, from
+        ``conf/enrich/transcribe.yaml`` (the one place of their values)."""
         self.model = str(model)
         self.device = device
         self.compute_type = compute_type

@@ -13,7 +13,7 @@ time range in ``t_start`` / ``t_end``).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,10 @@ def _analyse(
 
     The file must resolve inside ``root`` (None: anywhere), be a regular file and hold at
     most ``limit`` bytes (:func:`lake.sources.checked_file`)."""
-    from lake.video import VideoSettings
+    from lake.video import video_settings
 
     rel, full, options, root, limit = task
-    return analyse_file(rel, full, VideoSettings(**options), root, limit)
+    return analyse_file(rel, full, video_settings(options), root, limit)
 
 
 class VideoSource(Source):
@@ -53,11 +53,14 @@ class VideoSource(Source):
         frame_samples: bool = True,
         clip_samples: bool = True,
         workers: int | str = "auto",
-        analysis: dict[str, Any] | None = None,
+        *,
+        analysis: dict[str, Any],
         **kwargs: bool,
     ) -> None:
+        """``analysis``: every key of ``analysis:`` in ``conf/source/video.yaml`` (the one
+        place of its values; :class:`lake.video.VideoSettings` has no defaults)."""
         super().__init__(path, **kwargs)
-        from lake.video import VideoSettings
+        from lake.video import video_settings
 
         self.store_video = bool(store_video)
         self.frame_samples = bool(frame_samples)
@@ -65,12 +68,7 @@ class VideoSource(Source):
         if not (self.frame_samples or self.clip_samples):
             raise ValueError("video source: frame_samples and clip_samples are both false")
         self.workers = workers
-        known = {f.name for f in fields(VideoSettings)}
-        options = dict(analysis or {})
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown video analysis option(s) {unknown}; known: {sorted(known)}")
-        self.settings = VideoSettings(**options)
+        self.settings = video_settings(dict(analysis))
 
     def params(self) -> dict[str, object]:
         """Options recorded in provenance (the analysis settings included)."""

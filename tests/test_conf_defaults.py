@@ -24,12 +24,6 @@ RUNNER_KEYS = {
     ("tui.screens.", "title"): "tui.config reads a screen's title for the command palette",
     ("tui.screens.", "description"): "tui.config reads a screen's description likewise",
 }
-#: known second defaults not yet removed (None there means "the built-in settings", which
-#: are a copy of the YAML's dict); remove an entry with the code default it excuses
-PENDING = {
-    ("plugins.video.VideoSource", "analysis"): "lake.video.VideoSettings field defaults",
-    ("plugins.transcribe.TranscribeEnricher", "vad_parameters"): "faster-whisper's VAD defaults",
-}
 #: packages whose signatures must not carry a second, different default
 OWN = ("core.", "lake.", "plugins.", "tui.")
 
@@ -124,7 +118,6 @@ def _problems() -> list[str]:
                         not values_are_defaults
                         or not target.startswith(OWN)
                         or default is inspect.Parameter.empty
-                        or (target, key) in PENDING
                     ):
                         continue
                     value = _value(cfg, f"{path}.{key}" if path else key)

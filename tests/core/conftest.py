@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from tests.conftest import jpeg_bytes, png_bytes
+from tests.conftest import conf_kwargs, jpeg_bytes, png_bytes
 
 TEST_CONF = Path(__file__).parent / "conf"
 
@@ -196,7 +196,8 @@ def media_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     videos = base / "videos"
     write_video(videos / "v.mp4", [Segment(1.6, bg, shape, fg, "moving", hz)
                                     for bg, shape, fg, hz, _ in scenes])  # fmt: skip
-    ingest(VideoSource(videos, workers=0), lake, "clips", settings)
+    source = VideoSource(**conf_kwargs("ingest", "source", "source=video", path=videos, workers=0))
+    ingest(source, lake, "clips", settings)
 
     tones = base / "tones"
     tones.mkdir()

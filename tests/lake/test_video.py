@@ -15,6 +15,7 @@ from PIL import Image
 from lake.audio import decode_pcm
 from lake.synth_video import Segment, demo_videos, write_video
 from lake.video import VideoRejected, VideoSettings, analyze_video, probe_video
+from tests.conftest import conf_kwargs
 
 NAVY, CREAM, GREEN, CRIMSON = (20, 30, 90), (235, 225, 200), (30, 120, 50), (170, 30, 40)
 WHITE, BLACK = (250, 250, 250), (10, 10, 10)
@@ -34,6 +35,11 @@ FLASH = [  # cuts closer than min_scene_len: the detectors merge them and report
     Segment(0.2, CRIMSON, "square", BLACK),
     Segment(2.0, CREAM, "circle", BLACK, "moving"),
 ]
+
+
+def settings(**values: object) -> VideoSettings:
+    """``analysis:`` of ``conf/source/video.yaml``, ``values`` replacing some."""
+    return VideoSettings(**conf_kwargs("ingest", "source.analysis", "source=video", **values))
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +64,13 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, di
 
 @pytest.fixture(scope="module")
 def cuts_analysis(videos):
-    return analyze_video(videos["cuts"][0], VideoSettings())
+    return analyze_video(videos["cuts"][0], settings())
 
 
 @pytest.mark.parametrize("detector", ["content", "adaptive"])
 def test_planted_cuts_found_within_one_frame(videos, detector: str) -> None:
     path, truth = videos["cuts"]
-    result = analyze_video(path, VideoSettings(detector=detector))
+    result = analyze_video(path, settings(detector=detector))
     assert len(result.scenes) == len(truth["segments"])
     for scene, seg in zip(result.scenes, truth["segments"], strict=True):
         assert abs(scene.first_frame - seg["first_frame"]) <= 1
@@ -83,7 +89,7 @@ def test_cuts_match_pyscenedetects_own_pipeline(videos, detector: str) -> None:
     from scenedetect import AdaptiveDetector, ContentDetector, detect
 
     path = videos["flash"][0]
-    result = analyze_video(path, VideoSettings(detector=detector))
+    result = analyze_video(path, settings(detector=detector))
     own = (
         ContentDetector(threshold=27.0, min_scene_len=0.5)
         if detector == "content"
@@ -142,14 +148,14 @@ def test_kept_frames_are_jpegs_with_phash_and_thumb(cuts_analysis) -> None:
 
 
 def test_frame_max_side_scales_kept_frames(videos) -> None:
-    result = analyze_video(videos["cuts"][0], VideoSettings(frame_max_side=160, audio=False))
+    result = analyze_video(videos["cuts"][0], settings(frame_max_side=160, audio=False))
     assert {(f.width, f.height) for f in result.frames} == {(160, 120)}
     assert result.audio is None and "audio_extract" not in dict(result.steps)
 
 
 def test_static_duplicates_dropped_by_phash(videos) -> None:
     path, truth = videos["return"]
-    result = analyze_video(path)
+    result = analyze_video(path, settings())
     assert [s.first_frame for s in result.scenes[1:]] == [c["frame"] for c in truth["cuts"]]
     assert len(result.frames) == 2  # the return to scene A adds no frame
     assert result.stats["dropped_duplicate"] == 1
@@ -171,7 +177,7 @@ def test_audio_extracted_with_the_video(cuts_analysis, videos) -> None:
 
 
 def test_bytes_are_deterministic(videos, cuts_analysis) -> None:
-    again = analyze_video(videos["cuts"][0], VideoSettings())
+    again = analyze_video(videos["cuts"][0], settings())
     assert [f.jpeg for f in again.frames] == [f.jpeg for f in cuts_analysis.frames]
     assert [f.thumb for f in again.frames] == [f.thumb for f in cuts_analysis.frames]
     assert again.audio.data == cuts_analysis.audio.data
@@ -180,7 +186,7 @@ def test_bytes_are_deterministic(videos, cuts_analysis) -> None:
 
 def test_vfr_timestamps_come_from_pts(videos) -> None:
     path, truth = videos["vfr"]
-    result = analyze_video(path)
+    result = analyze_video(path, settings())
     assert result.probe.vfr and probe_video(path).vfr
     with av.open(str(path)) as c:  # independent read of every frame's time
         times = [float(f.pts * f.time_base) for f in c.decode(video=0)]
@@ -199,7 +205,7 @@ def test_rotated_video_frames_are_upright(videos, name: str, rotation: int) -> N
     path = videos[name][0]
     probe = probe_video(path)
     assert probe.rotation == rotation and (probe.width, probe.height) == (240, 320)
-    result = analyze_video(path)
+    result = analyze_video(path, settings())
     frame = result.frames[0]
     assert (frame.width, frame.height) == (240, 320)
     ours = np.asarray(Image.open(io.BytesIO(frame.jpeg)).convert("RGB"), dtype=np.float32)
@@ -216,7 +222,7 @@ def test_rotated_video_frames_are_upright(videos, name: str, rotation: int) -> N
 
 def test_detector_none_decodes_only_keyframes(videos) -> None:
     path, truth = videos["gop"]
-    result = analyze_video(path, VideoSettings(detector="none"))
+    result = analyze_video(path, settings(detector="none"))
     assert result.steps[0][1]["mode"].startswith("keyframes")
     with av.open(str(path)) as c:
         keys = [float(p.pts * p.time_base) for p in c.demux(video=0) if p.is_keyframe]
@@ -317,28 +323,28 @@ def _text(tmp: Path) -> Path:
 def test_bad_input_rejected_with_reason(tmp_path: Path, videos, make, reason: str) -> None:
     path = make(tmp_path, videos)
     with pytest.raises(VideoRejected) as err:
-        analyze_video(path)
+        analyze_video(path, settings())
     assert str(err.value).startswith(reason), str(err.value)
 
 
 def test_too_long_rejected(videos) -> None:
     path = videos["cuts"][0]
     with pytest.raises(VideoRejected, match=r"^too long: 8\.0 s > max_duration_s 5"):
-        analyze_video(path, VideoSettings(max_duration_s=5))
+        analyze_video(path, settings(max_duration_s=5))
     with pytest.raises(VideoRejected, match="too long"):
         probe_video(path, max_duration_s=5)
 
 
 def test_video_without_audio_is_fine(videos) -> None:
-    result = analyze_video(videos["return"][0])
+    result = analyze_video(videos["return"][0], settings())
     assert result.audio is None and result.probe.audio_streams == 0
 
 
 def test_settings_are_validated() -> None:
     with pytest.raises(ValueError, match="detector must be one of"):
-        VideoSettings(detector="histogram")
+        settings(detector="histogram")
     with pytest.raises(ValueError, match="audio format"):
-        VideoSettings(audio_format="mp3")
+        settings(audio_format="mp3")
 
 
 def test_demo_videos_have_findable_planted_truth(tmp_path: Path) -> None:
@@ -349,7 +355,7 @@ def test_demo_videos_have_findable_planted_truth(tmp_path: Path) -> None:
     ]
     for name, video in truth["videos"].items():
         assert 4.0 <= video["duration_s"] <= 10.5 and len(video["segments"]) >= 2
-        result = analyze_video(tmp_path / "demo" / name)
+        result = analyze_video(tmp_path / "demo" / name, settings())
         found = [s.first_frame for s in result.scenes[1:]]
         planted = [c["frame"] for c in video["cuts"]]
         assert len(found) == len(planted) and all(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lake.records import Location, Reject, SourceRecord
-from lake.video import VideoSettings
+from lake.video import conf_settings
 from plugins.llava import LlavaSource
 from tests.conftest import jpeg_bytes, png_bytes
 
@@ -187,7 +187,7 @@ def test_config_instantiates_source(root: Path) -> None:
         "image_folder": None,
         "kto_tag": "label",
         "store_video": True,
-        "video_analysis": asdict(VideoSettings()),
+        "video_analysis": asdict(conf_settings()),
         "audio_rate": 16000,
         "audio_format": "flac",
     }

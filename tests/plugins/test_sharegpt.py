@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lake.records import Location, Reject, SourceRecord
-from lake.video import VideoSettings
+from lake.video import conf_settings
 from plugins.sharegpt import ShareGPTSource
 from tests.conftest import jpeg_bytes, png_bytes
 
@@ -214,7 +214,7 @@ def test_config_instantiates_source(root: Path) -> None:
         "system_tag": "system",
         "kto_tag": "label",
         "store_video": True,
-        "video_analysis": asdict(VideoSettings()),
+        "video_analysis": asdict(conf_settings()),
         "audio_rate": 16000,
         "audio_format": "flac",
     }

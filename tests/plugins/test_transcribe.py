@@ -21,6 +21,7 @@ from lake.errors import ConfigError, RejectedInput
 from lake.store import Lake
 from plugins.transcribe import NO_AUDIO, ClipTranscript, TranscribeEnricher
 from plugins.whisper_models import default_model_dir, file_sha256
+from tests.conftest import conf_kwargs
 
 SENTENCE = "the quick brown fox jumps over the lazy dog"
 RATE = 16000
@@ -109,7 +110,9 @@ def run(enricher: Any, lake: Lake, **kw: Any) -> Any:
 
 
 def transcriber(**kw: Any) -> TranscribeEnricher:
-    return TranscribeEnricher(model="tiny.en", device="cpu", cpu_threads=2, **kw)
+    """The audio step of ``conf/enrich/transcribe.yaml`` on CPU, ``kw`` replacing values."""
+    conf = conf_kwargs("enrich", "enrich.steps.audio", "enrich=transcribe")
+    return TranscribeEnricher(**conf | {"device": "cpu", "cpu_threads": 2} | kw)
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +198,7 @@ def test_owner_and_provenance(transcribed: dict[str, Any]) -> None:
     lake, owner = transcribed["lake"], transcribed["owner"]
     sha12 = file_sha256(default_model_dir() / "model.bin")[:12]
     assert owner == f"faster-whisper:tiny.en:{sha12}"
-    assert TranscribeEnricher(model="default").owner() == owner
+    assert transcriber(model="default").owner() == owner
     schema = lake.table("media").schema
     assert schema.field("transcript_segments").type.value_type.field("no_speech_prob").type == (
         pa.float32()
@@ -334,4 +337,4 @@ def test_config_instantiates_both_steps() -> None:
     }
     assert audio.owner() == clips.owner()
     with pytest.raises(ConfigError, match="unknown vad_parameters min_speech"):
-        TranscribeEnricher(vad_parameters={"min_speech": 1})
+        transcriber(vad_parameters={"min_speech": 1})

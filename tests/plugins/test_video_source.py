@@ -22,9 +22,17 @@ from lake.store import Lake
 from lake.synth_video import Segment, write_video
 from plugins.audio import AudioSource
 from plugins.video import VideoSource
+from tests.conftest import conf_kwargs
 
 QUIET = IngestSettings(progress=False)
 RED, BLUE, GREEN, GREY = (200, 30, 30), (30, 30, 200), (30, 160, 60), (90, 90, 90)
+
+
+def video_source(path: Path, **values: object) -> VideoSource:
+    """The source ``conf/source/video.yaml`` builds, inline (no workers), ``values`` replacing."""
+    return VideoSource(
+        **conf_kwargs("ingest", "source", "source=video", path=path, workers=0, **values)
+    )
 
 
 def _segments() -> list[Segment]:
@@ -53,7 +61,7 @@ def video_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def video_lake(video_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Lake, Path]:
     lake = Lake(tmp_path_factory.mktemp("vlake") / "lake")
     rejects = video_folder.parent / "video_rejects.jsonl"
-    ingest(VideoSource(video_folder, workers=0), lake, settings=QUIET, rejects_path=rejects)
+    ingest(video_source(video_folder), lake, settings=QUIET, rejects_path=rejects)
     return lake, rejects
 
 
@@ -153,13 +161,11 @@ def test_a_frame_traces_back_to_the_second_of_its_video(video_lake) -> None:
 def test_reingest_converges_and_reference_mode(video_lake, video_folder, tmp_path) -> None:
     lake, _ = video_lake
     before = lake.current_versions()
-    again = ingest(VideoSource(video_folder, workers=0), lake, settings=QUIET)
+    again = ingest(video_source(video_folder), lake, settings=QUIET)
     assert (again.new_samples, again.new_media) == (0, 0)
     assert lake.current_versions() == before
     ref_lake = Lake(tmp_path / "ref")
-    ingest(
-        VideoSource(video_folder / "a.mp4", store_video=False, workers=0), ref_lake, settings=QUIET
-    )
+    ingest(video_source(video_folder / "a.mp4", store_video=False), ref_lake, settings=QUIET)
     (video,) = _rows(ref_lake, "media", "kind = 'video'")
     assert video["source_uri"] == "a.mp4" and ref_lake.open_blob("media", video["media_id"]) is None
     same = {r["media_id"] for r in _rows(ref_lake, "media", "kind = 'frame'")}

@@ -14,7 +14,6 @@ import pytest
 from lake.enrich import enrich
 from lake.errors import ConfigError
 from lake.store import Lake
-from plugins.transcribe import TranscribeEnricher
 from plugins.whisper_models import (
     cli,
     convert_whisper,
@@ -23,7 +22,7 @@ from plugins.whisper_models import (
     model_owner,
     resolve_model,
 )
-from tests.plugins.test_transcribe import audio_table, silence, wav_bytes
+from tests.plugins.test_transcribe import audio_table, silence, transcriber, wav_bytes
 
 RATE = 16000
 
@@ -125,9 +124,7 @@ def test_enricher_with_the_converted_model(tiny: dict[str, Path], speech, tmp_pa
     out = tiny["out"]
     lake = Lake(tmp_path / "lake")
     lake.insert_new("media", audio_table([{"bytes": wav_bytes(speech)}]))
-    enricher = TranscribeEnricher(
-        model=str(out), device="cpu", beam_size=1, log_prob_threshold=None, cpu_threads=2
-    )
+    enricher = transcriber(model=str(out), beam_size=1, log_prob_threshold=None)
     owner = enricher.owner()
     assert owner == f"faster-whisper:tiny-ft:{file_sha256(out / 'model.bin')[:12]}"
     assert owner == model_owner(out)
@@ -141,7 +138,7 @@ def test_enricher_with_the_converted_model(tiny: dict[str, Path], speech, tmp_pa
         assert 0.0 <= s["start"] <= s["end"] <= duration
     # the bundled tiny.en is another model: its rows are refused without reembed
     with pytest.raises(ConfigError, match="reembed"):
-        enrich(TranscribeEnricher(device="cpu"), lake, progress=False)
+        enrich(transcriber(), lake, progress=False)
 
 
 def test_quantized_overwrite_is_another_owner(tiny: dict[str, Path]) -> None:
@@ -199,7 +196,7 @@ def test_resolution_errors(tiny: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not available offline"):
         resolve_model("small.en")  # a real name, never downloaded here
     with pytest.raises(ConfigError, match="not available offline"):
-        TranscribeEnricher(model="small.en").owner()
+        transcriber(model="small.en").owner()
 
 
 def test_conversion_input_errors(tiny: dict[str, Path], tmp_path: Path) -> None:
@@ -220,7 +217,7 @@ def test_conversion_input_errors(tiny: dict[str, Path], tmp_path: Path) -> None:
 def test_enricher_columns_are_typed(tmp_path: Path) -> None:
     lake = Lake(tmp_path / "lake")
     lake.insert_new("media", pa.table({"media_id": ["x"], "kind": ["image"]}))
-    report = enrich(TranscribeEnricher(device="cpu"), lake, progress=False)
+    report = enrich(transcriber(), lake, progress=False)
     assert (report.todo, report.done) == (0, 0)  # images are out of scope; no model load
     schema = lake.table("media").schema
     assert schema.field("transcript_language").type == pa.string()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import conf_kwargs
 from tests.tui.pilot import SIZE, make_app, type_into, until
 from tui.screens.sample import SampleScreen
 from tui.widgets.sample_table import SampleTable
@@ -37,8 +38,15 @@ def video_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     write_video(root / "videos" / "fox.mp4", segments, speech=speech, speech_at=2.5)
     lake = Lake(root / "lake")
-    ingest(VideoSource(root / "videos", workers=0), lake, settings=IngestSettings(progress=False))
-    enrich(TranscribeEnricher(), lake, progress=False)
+    source = VideoSource(
+        **conf_kwargs("ingest", "source", "source=video", path=root / "videos", workers=0)
+    )
+    ingest(source, lake, settings=IngestSettings(progress=False))
+    enrich(
+        TranscribeEnricher(**conf_kwargs("enrich", "enrich.steps.audio", "enrich=transcribe")),
+        lake,
+        progress=False,
+    )
     enrich(ClipTranscript(), lake, progress=False)
     return root / "lake"
 
