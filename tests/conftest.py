@@ -50,6 +50,24 @@ def png_bytes(color: tuple[int, int, int], size: tuple[int, int] = (40, 40)) -> 
     return out.getvalue()
 
 
+def slow_ingest_command(tmp_path: Path) -> tuple[list[str], Path]:
+    """``python -m lake.ingest`` of 400 small images in many small commits (a job slow
+    enough to be killed or stopped mid-run), and the lake it writes."""
+    import sys
+
+    src = tmp_path / "many" / "c"
+    src.mkdir(parents=True)
+    for i in range(400):
+        (src / f"{i:04d}.jpg").write_bytes(jpeg_bytes((i % 256, (7 * i) % 256, 9), (32, 32)))
+    uri = tmp_path / "lake"
+    cmd = [
+        sys.executable, "-m", "lake.ingest", f"source.path={src.parent}", f"lake.uri={uri}",
+        f"lake.reports={tmp_path / 'reports'}", "ingest.workers=0", "ingest.chunk_size=10",
+        "ingest.write_batch=20", "ingest.progress=false",
+    ]  # fmt: skip
+    return cmd, uri
+
+
 @pytest.fixture
 def class_folder(tmp_path: Path) -> Path:
     """``pets/{cat,dog}/*``: 4 cats (JPEG), 3 dogs (PNG) and one byte-identical copy."""

@@ -27,7 +27,7 @@ from lake.sql import and_filters, check_clause
 from lake.store import Lake
 from plugins.exporters import ClipPairsCsvExporter
 from plugins.image_folder import ImageFolderSource
-from tests.conftest import REPO, jpeg_bytes
+from tests.conftest import REPO, jpeg_bytes, slow_ingest_command
 
 QUIET = IngestSettings(workers=0, progress=False)
 ESCAPE = "1=0) OR (1=1"  # closes the scope's parenthesis, ORs everything back in
@@ -190,16 +190,7 @@ def _kill_when(cmd: list[str], ready: callable, timeout: float = 90) -> None:  #
 
 
 def test_killed_ingest_reads_killed(tmp_path: Path) -> None:
-    src = tmp_path / "many" / "c"
-    src.mkdir(parents=True)
-    for i in range(400):
-        (src / f"{i:04d}.jpg").write_bytes(jpeg_bytes((i % 256, (7 * i) % 256, 9), (32, 32)))
-    uri = tmp_path / "lake"
-    cmd = [
-        sys.executable, "-m", "lake.ingest", f"source.path={src.parent}", f"lake.uri={uri}",
-        f"lake.reports={tmp_path / 'reports'}", "ingest.workers=0", "ingest.chunk_size=10",
-        "ingest.write_batch=20", "ingest.progress=false",
-    ]  # fmt: skip
+    cmd, uri = slow_ingest_command(tmp_path)
     # a committed version, not just the folder (killed before its first manifest, the
     # table is listed but cannot be opened)
     _kill_when(cmd, lambda: any((uri / "media.lance" / "_versions").glob("*.manifest")))
@@ -214,7 +205,7 @@ def test_killed_ingest_reads_killed(tmp_path: Path) -> None:
     ]
     assert "killed" in line.split()
     # the next job that writes records it
-    ingest(ImageFolderSource(src.parent), lake, "many", QUIET)
+    ingest(ImageFolderSource(tmp_path / "many"), lake, "many", QUIET)
     rows = {r["run_id"]: r["status"] for r in lake.dataset(RUNS).to_table().to_pylist()}
     assert rows.pop(stored["run_id"]) == "killed" and list(rows.values()) == ["finished"]
 

@@ -19,7 +19,7 @@ from lake.lock import writer_lock
 from lake.schema import RUNS
 from lake.store import Lake
 from plugins.image_folder import ImageFolderSource
-from tests.conftest import REPO, jpeg_bytes
+from tests.conftest import REPO, slow_ingest_command
 
 QUIET = IngestSettings(workers=0, progress=False)
 
@@ -52,16 +52,7 @@ def test_failed_export_records_failed_with_its_one_line_reason(
 
 
 def test_sigterm_during_ingest_records_interrupted(tmp_path: Path) -> None:
-    src = tmp_path / "many" / "c"
-    src.mkdir(parents=True)
-    for i in range(400):
-        (src / f"{i:04d}.jpg").write_bytes(jpeg_bytes((i % 256, (7 * i) % 256, 9), (32, 32)))
-    uri = tmp_path / "lake"
-    cmd = [
-        sys.executable, "-m", "lake.ingest", f"source.path={src.parent}", f"lake.uri={uri}",
-        f"lake.reports={tmp_path / 'reports'}", "ingest.workers=0", "ingest.chunk_size=10",
-        "ingest.write_batch=20", "ingest.progress=false",
-    ]  # fmt: skip
+    cmd, uri = slow_ingest_command(tmp_path)
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 90
     while proc.poll() is None and not (uri / "media.lance").exists():
