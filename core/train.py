@@ -18,7 +18,6 @@ Heavy imports (torch, lightning) happen inside :func:`train`, so importing this 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -55,7 +54,7 @@ def train(cfg: Any) -> dict[str, Any]:
     )  # fmt: skip
     # a resume of a finished run that does not finish leaves its summary alone (the
     # attempt is in the events log)
-    keep_summary = bool(ckpt) and _summary_status(run.summary) == runs.FINISHED
+    keep_summary = bool(ckpt) and _summary_status(run) == runs.FINISHED
     fresh = rank_zero and not ckpt and not run.path.exists()  # this call creates the folder
     made_root = not run.path.parent.exists()
     with open_dict(cfg):
@@ -124,13 +123,11 @@ def _fit_and_test(
     from lightning.pytorch.utilities.model_helpers import is_overridden
 
     from core.builders import build_callbacks, build_loggers
-    from core.checkpoint import allow_checkpoint_types, check_checkpoint
+    from core.checkpoint import allow_checkpoint_types  # ckpt: vetted by resolve_run
     from core.modules.base import LakeloomDataModule, LakeloomModule
 
     quiet_logs()  # Lightning added its own console handler on import
 
-    if ckpt:  # Lightning unpickles it: refuse one that could run code, in one line
-        check_checkpoint(ckpt)
     L.seed_everything(cfg.seed, workers=True)
     dm = _instantiate(cfg.data, LakeloomDataModule, "data")
     module = _instantiate(cfg.model, LakeloomModule, "model")
@@ -207,11 +204,11 @@ def _finish(run: Any, events: Any, summary: dict, t0: float, rank_zero: bool) ->
         runs.write_summary(run, summary)
 
 
-def _summary_status(path: Path) -> str | None:
+def _summary_status(run: runs.RunDir) -> str | None:
     """The ``status`` of a run's ``summary.json`` (None: none or unreadable)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("status")
-    except (OSError, ValueError, AttributeError):
+        return (runs.read_summary(run) or {}).get("status")
+    except (OSError, ValueError):
         return None
 
 

@@ -442,7 +442,7 @@ def _compact(
     return out
 
 
-def _version_files(folder: Path, ds: Any, version: int) -> set[str]:
+def _version_files(ds: Any, version: int) -> set[str]:
     """Data and deletion files (paths relative to the table) that one version reads."""
     out: set[str] = set()
     for frag in ds.checkout_version(version).get_fragments():
@@ -527,7 +527,7 @@ def predict(
     """
     folder = Path(lake.uri) / f"{name}.lance"
     latest = int(ds.version)
-    files = {v: _version_files(folder, ds, v) for v in {*remove, *kept, latest}}
+    files = {v: _version_files(ds, v) for v in {*remove, *kept, latest}}
     rewritten = {
         f"data/{f.path}"
         for frag in ds.get_fragments()
@@ -626,7 +626,7 @@ def compact_table(
         measured = {"added": 0, "transient": 0, "versions": 1, "fragments": before["fragments"]}
         if compacts and (dry_run or guess["held_by"]):
             measured = _measure_compaction(ds, opts)
-            guess = predict(lake, name, ds, rewrite, remove, kept, measured["added"])
+            guess["bytes_added"] = measured["added"]  # all the measurement changes
         # the compaction's own intermediate versions go in this run only with retention 0
         transient = compacts and not skip_cleanup and float(retention_days) == 0
         if transient:

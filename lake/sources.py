@@ -313,7 +313,7 @@ def iter_json_records(
     malformed one is one Reject naming the line of the error); a too deeply nested element
     is a Reject at its row and the other elements still come.
     """
-    rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+    rel = relative_name(path, root)
     with path.open("rb") as fh:
         head = fh.read(4096).removeprefix(BOM).lstrip()
     if head.startswith(b"["):
@@ -350,16 +350,24 @@ def iter_json_records(
                 yield location, obj
 
 
+FIRST_LINE_BYTES = 1 << 20
+
+
 def _one_object_over_lines(path: Path, head: bytes) -> bool:
     """Whether the file is one pretty-printed JSON object (not JSON lines): its first line
     is no JSON value, and the whole file, spanning several lines, is one object."""
-    first = head.split(b"\n", 1)[0]
     if b"\n" in head.strip():
-        try:
-            json.loads(first)
-            return False
-        except (ValueError, RecursionError):
-            pass
+        first = head.split(b"\n", 1)[0]
+    else:  # a first line longer than the head: read that line (bounded), not the file
+        with path.open("rb") as fh:
+            first = fh.readline(FIRST_LINE_BYTES).removeprefix(BOM)
+        if len(first) >= FIRST_LINE_BYTES:
+            return False  # a pretty-printed object does not open with a 1 MiB line
+    try:
+        json.loads(first)
+        return False  # JSON lines
+    except (ValueError, RecursionError):
+        pass
     data = path.read_bytes().removeprefix(BOM).strip()
     if b"\n" not in data:
         return False

@@ -29,7 +29,7 @@ from lake.errors import (
     is_lance_error,
     lance_cause,
 )
-from lake.lock import writer_lock
+from lake.lock import local_path, writer_lock
 from lake.schema import KEYS, MEDIA, RUNS, SAMPLES, SCHEMAS
 from lake.sql import quote
 
@@ -62,9 +62,8 @@ class Lake:
 
     def _missing_folder(self) -> bool:
         """Whether this is a local lake whose folder does not exist (object storage: False)."""
-        if "://" in self.uri and not self.uri.startswith("file://"):
-            return False
-        return not Path(self.uri.removeprefix("file://")).expanduser().exists()
+        folder = local_path(self.uri)
+        return folder is not None and not folder.expanduser().exists()
 
     # -- tables -------------------------------------------------------------------------
     def table_names(self) -> list[str]:
@@ -103,7 +102,7 @@ class Lake:
 
     def _newest_manifest(self, name: str) -> str:
         """The table's newest manifest file (what opening it reads), else its folder."""
-        folder = Path(self.uri) / f"{name}.lance"
+        folder = (local_path(self.uri) or Path(self.uri)) / f"{name}.lance"
         manifests = list((folder / "_versions").glob("*.manifest"))
         if not manifests:
             return str(folder)

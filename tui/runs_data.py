@@ -296,15 +296,15 @@ class _Run:
         duration = None
         if status == runs.STARTED:
             idle = now - scan.reader.mtime
-            if runs.effective_status(scan.status) == runs.KILLED:
-                status, end = runs.KILLED, scan.last_t
+            status = started_status(scan.status, idle, stale_after_s)
+            if status == runs.KILLED:
+                end = scan.last_t
                 error = _gone(scan.status)
-            elif runs.is_alive(scan.status) is None and idle > stale_after_s:
-                status = runs.INTERRUPTED
+            elif status == runs.INTERRUPTED:
                 error = f"no final status and no events for {_ago(idle)} (process killed?)"
                 end = scan.last_t
             else:
-                status, end = runs.RUNNING, now
+                end = now
             duration = end - started if end is not None and started is not None else None
         elif status in FINAL:
             if scan.last_t is not None and started is not None:
@@ -345,6 +345,18 @@ class _Run:
 
 def _join(error: Any, notes: list[str]) -> str | None:
     return "; ".join(([str(error)] if error else []) + notes) or None
+
+
+def started_status(event: dict, idle_s: float, stale_after_s: float) -> str:
+    """Status of a run whose last status event is ``started``: ``killed`` when its process
+    is gone, ``interrupted`` when it cannot be checked (other host, no pid) and its log has
+    been silent for ``stale_after_s``, else ``running``; the process is checked once."""
+    alive = runs.is_alive(event)
+    if alive is False:
+        return runs.KILLED
+    if alive is None and idle_s > stale_after_s:
+        return runs.INTERRUPTED
+    return runs.RUNNING
 
 
 def _gone(event: dict[str, Any]) -> str:
@@ -483,11 +495,8 @@ class EventTail:
         poll, is ``interrupted``)."""
         if self._status != runs.STARTED:
             return self._status if self._status in FINAL else runs.UNKNOWN
-        if runs.effective_status(self._status_event) == runs.KILLED:
-            return runs.KILLED
-        unknown = runs.is_alive(self._status_event) is None
-        stale = time.time() - self._reader.mtime > self.stale_after_s
-        return runs.INTERRUPTED if unknown and stale else runs.RUNNING
+        idle = time.time() - self._reader.mtime
+        return started_status(self._status_event, idle, self.stale_after_s)
 
     @property
     def mtime(self) -> float:
