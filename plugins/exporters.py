@@ -67,6 +67,11 @@ def media_by_kind(messages: list[dict[str, str]], paths: list[str]) -> dict[str,
     return out
 
 
+def media_columns(messages: list[dict[str, str]], paths: list[str]) -> dict[str, list[str]]:
+    """``images`` / ``videos`` / ``audios`` lists of a record, the non-empty ones only."""
+    return {f"{kind}s": found for kind, found in media_by_kind(messages, paths).items() if found}
+
+
 def _pair(row: dict[str, Any]) -> tuple[str, str] | None:
     """The preference pair when both answers are non-blank strings (as the sources need)."""
     chosen, rejected = row.get("chosen"), row.get("rejected")
@@ -269,9 +274,7 @@ class ShareGPTExporter(JsonExporter):
     def record(self, row: dict[str, Any], paths: list[str]) -> dict[str, Any]:
         """One ShareGPT object."""
         obj: dict[str, Any] = {self.messages_key: self.turns(row)}
-        for kind, found in media_by_kind(self.conversation(row), paths).items():
-            if found:
-                obj[f"{kind}s"] = found
+        obj |= media_columns(self.conversation(row), paths)
         pair = _pair(row)
         if pair:
             tag = self.tags["assistant"]
@@ -464,9 +467,7 @@ class MessagesExporter(JsonExporter):
             return self._swift(row, messages, paths)
         if self.style == "text":
             obj: dict[str, Any] = {self.messages_key: messages}
-            for kind, found in media_by_kind(messages, paths).items():
-                if found:
-                    obj[f"{kind}s"] = found
+            obj |= media_columns(messages, paths)
             return obj
         left = list(paths)
         out = [
@@ -489,9 +490,7 @@ class MessagesExporter(JsonExporter):
         if pair:
             messages = [*messages, {"role": "assistant", "content": pair[0]}]
         obj: dict[str, Any] = {self.messages_key: messages}
-        for kind, found in media_by_kind(messages, paths).items():
-            if found:
-                obj[f"{kind}s"] = found
+        obj |= media_columns(messages, paths)
         if pair:
             obj["rejected_response"] = pair[1]
         if row.get("feedback") is not None:
