@@ -15,10 +15,12 @@ import pyarrow as pa
 MEDIA = "media"
 SAMPLES = "samples"
 RUNS = "runs"
+PROGRESS = "progress"
 
 MEDIA_KEY = "media_id"
 SAMPLE_KEY = "sample_id"
 RUN_KEY = "run_id"
+PROGRESS_KEY = "progress_id"
 
 MEDIA_KINDS = ("image", "frame", "audio", "video")
 
@@ -132,8 +134,41 @@ RUNS_SCHEMA = pa.schema(
     ]
 )
 
-SCHEMAS: dict[str, pa.Schema] = {MEDIA: MEDIA_SCHEMA, SAMPLES: SAMPLES_SCHEMA, RUNS: RUNS_SCHEMA}
-KEYS: dict[str, str] = {MEDIA: MEDIA_KEY, SAMPLES: SAMPLE_KEY, RUNS: RUN_KEY}
+# Progress of the distributed jobs (executor=ray): one row per stage of a job (``unit`` =
+# "", ``total`` = rows planned) and one per unit of work done (a fragment, a file shard).
+# ``backfill`` names the work independently of the run (table, plugin, its version, model,
+# scope), so a run resumed after a kill finds what an earlier run finished and skips it.
+PROGRESS_SCHEMA = pa.schema(
+    [
+        pa.field(PROGRESS_KEY, pa.string(), nullable=False),  # f"{backfill}/{unit}"
+        pa.field("backfill", pa.string()),
+        pa.field("run_id", pa.string()),
+        pa.field("job", pa.string()),  # ingest | enrich | check
+        pa.field("stage", pa.string()),  # e.g. enrich:clip_image
+        pa.field("unit", pa.string()),  # "" (the stage itself) | fragment:12 | shard:3
+        pa.field("status", pa.string()),  # running | done | failed | committed
+        pa.field("rows", pa.int64()),  # rows this unit wrote (stage row: rows done so far)
+        pa.field("total", pa.int64()),  # stage row: rows planned
+        pa.field("node", pa.string()),  # Ray node id that did the unit
+        pa.field("attempts", pa.int32()),  # tries (1 = no retry)
+        pa.field("seconds", pa.float64()),
+        pa.field("error", pa.string()),
+        pa.field("updated_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    MEDIA: MEDIA_SCHEMA,
+    SAMPLES: SAMPLES_SCHEMA,
+    RUNS: RUNS_SCHEMA,
+    PROGRESS: PROGRESS_SCHEMA,
+}
+KEYS: dict[str, str] = {
+    MEDIA: MEDIA_KEY,
+    SAMPLES: SAMPLE_KEY,
+    RUNS: RUN_KEY,
+    PROGRESS: PROGRESS_KEY,
+}
 
 # One line per column, rendered into the README by `lakeloom schema --markdown`.
 COLUMN_DOCS: dict[str, dict[str, str]] = {

@@ -47,8 +47,12 @@ class Lake:
     so a job that fails on a missing lake leaves no empty lake behind.
     """
 
-    def __init__(self, uri: str | Path = DEFAULT_URI) -> None:
+    def __init__(
+        self, uri: str | Path = DEFAULT_URI, storage_options: dict[str, str] | None = None
+    ) -> None:
         self.uri = str(uri)
+        # object storage settings (endpoint, keys, ...): passed to every open of the lake
+        self.storage_options: dict[str, str] = dict(storage_options or {})
         self._db: Any = None
 
     @property
@@ -57,7 +61,7 @@ class Lake:
         if self._db is None:
             import lancedb  # ~3 s import: keep `lakeloom --help` fast
 
-            self._db = lancedb.connect(self.uri)
+            self._db = lancedb.connect(self.uri, storage_options=self.storage_options or None)
         return self._db
 
     def _missing_folder(self) -> bool:
