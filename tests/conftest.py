@@ -95,3 +95,25 @@ def lake(tmp_path: Path):
 def anyio_backend() -> str:
     """Textual Pilot tests run on asyncio."""
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory):
+    """A SeaweedFS S3 server on 127.0.0.1 for the whole session (``.endpoint``,
+    ``.storage_options``, ``.uri(name)``), stopped by its PID at the end."""
+    from tests.s3_server import start_s3_server
+
+    server = start_s3_server(tmp_path_factory.mktemp("s3"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["local", "s3"])
+def lake_uri(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """``(uri, storage_options)`` of a fresh lake: a local folder, then one on the S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "lake"), {}
+    server = request.getfixturevalue("s3")
+    return server.uri("lake"), server.storage_options
