@@ -29,10 +29,10 @@ from lake.sources import (
     JSON_SUFFIXES,
     RECORD_ERRORS,
     ReadKeys,
+    ShareGPTLayout,
     analyse_file,
     audio_media,
     canonical_messages,
-    canonical_role,
     check_feedback,
     checked_file,
     confined_root,
@@ -71,6 +71,7 @@ class JsonRecordsSource(Source):
     """
 
     step: ClassVar[str]
+    kto_tag: str | None = None  # the field of KTO feedback (set by sources that read it)
     AV_CACHE: ClassVar[int] = 8  # analysed videos / audio kept for records that repeat them
 
     def __init__(
@@ -192,6 +193,34 @@ class JsonRecordsSource(Source):
             attached.extend(a for a in extra if a.media_id not in known)
         return media, attached
 
+    def conversation_record(
+        self,
+        obj: dict[str, object],
+        location: Location,
+        messages: list[dict[str, str]],
+        refs: dict[str, list[object]],
+        pair: tuple[str | None, str | None],
+        rejected_media: list[MediaRef] | None = None,
+        **details: str,
+    ) -> SourceRecord:
+        """The record of a conversation: its media in placeholder order, the preference
+        ``pair`` (chosen, rejected) and the KTO feedback of ``kto_tag`` (checked against
+        the pair); ``details`` go into the parse step's parameters."""
+        media, attached = self.media_in_order(messages, refs)
+        feedback = feedback_value(obj, self.kto_tag)
+        check_feedback(messages, feedback, pair[0] is not None)
+        return SourceRecord(
+            location=location,
+            media=media,
+            attached=attached,
+            messages=messages,
+            chosen=pair[0],
+            rejected=pair[1],
+            rejected_media=rejected_media,
+            feedback=feedback,
+            steps=[(self.step, {"format": self.name, **details})],
+        )
+
     def _analysed(self, kind: str, ref: object) -> tuple[MediaRef, list[MediaRef]]:
         """A video or audio reference resolved and analysed (cached by resolved file)."""
         m = resolve_media(self.root, self._prefixed(ref), self.policy, kind)
@@ -267,50 +296,25 @@ class ConversationSource(JsonRecordsSource):
     def __init__(
         self,
         path: str | Path,
-        messages_key: str = "conversations",
-        role_key: str = "from",
-        content_key: str = "value",
-        user_tag: str = "human",
-        assistant_tag: str = "gpt",
-        system_tag: str = "system",
         image_folder: str | None = None,
         kto_tag: str | None = "label",
         **kwargs: Any,
     ) -> None:
+        # the layout keys (messages_key, role_key, ... system_tag: lake.sources.ShareGPTLayout)
+        self.layout = ShareGPTLayout.take(kwargs)
         super().__init__(path, image_folder=image_folder, **kwargs)
         self.kto_tag = kto_tag or None
-        self.messages_key = messages_key
-        self.role_key = role_key
-        self.content_key = content_key
-        self.user_tag = user_tag
-        self.assistant_tag = assistant_tag
-        self.system_tag = system_tag
 
     def params(self) -> dict[str, object]:
         """Options recorded in provenance."""
-        return {
-            **super().params(),
-            "messages_key": self.messages_key,
-            "role_key": self.role_key,
-            "content_key": self.content_key,
-            "user_tag": self.user_tag,
-            "assistant_tag": self.assistant_tag,
-            "system_tag": self.system_tag,
-            "kto_tag": self.kto_tag,
-        }
-
-    def role(self, tag: object) -> str:
-        """Canonical role of a turn's tag: a configured tag first, then the aliases."""
-        tags = {self.user_tag: "user", self.assistant_tag: "assistant", self.system_tag: "system"}
-        if isinstance(tag, str) and tag in tags:
-            return tags[tag]
-        return canonical_role(tag)
+        return {**super().params(), **self.layout.options(), "kto_tag": self.kto_tag}
 
     def parse(self, obj: dict[str, object], location: Location) -> SourceRecord:
         """One ShareGPT record -> canonical messages, media and preference pair."""
-        conv = require(obj, self.messages_key)
+        layout = self.layout
+        conv = require(obj, layout.messages_key)
         if not isinstance(conv, list):
-            raise RejectedInput(f"{self.messages_key!r} must be a list, got {json_type(conv)}")
+            raise RejectedInput(f"{layout.messages_key!r} must be a list, got {json_type(conv)}")
         turns: list[tuple[object, object]] = []
         system = obj.get("system")
         if system is not None and not isinstance(system, str):
@@ -320,28 +324,15 @@ class ConversationSource(JsonRecordsSource):
         for i, turn in enumerate(conv):
             if not isinstance(turn, dict):
                 raise RejectedInput(f"turn {i} must be an object, got {json_type(turn)}")
-            for key in (self.role_key, self.content_key):
+            for key in (layout.role_key, layout.content_key):
                 if key not in turn:
                     raise RejectedInput(f"turn {i}: missing field {key!r}")
-            turns.append((self.role(turn[self.role_key]), turn[self.content_key]))
+            turns.append((layout.role(turn[layout.role_key]), turn[layout.content_key]))
         refs = {kind: media_list(obj, kind) for kind in ("image", "video", "audio")}
         messages = canonical_messages(
             turns, len(refs["image"]), len(refs["video"]), len(refs["audio"])
         )
-        chosen, rejected = self._preference(obj)
-        feedback = feedback_value(obj, self.kto_tag)
-        check_feedback(messages, feedback, chosen is not None)
-        media, attached = self.media_in_order(messages, refs)
-        return SourceRecord(
-            location=location,
-            media=media,
-            attached=attached,
-            messages=messages,
-            chosen=chosen,
-            rejected=rejected,
-            feedback=feedback,
-            steps=[(self.step, {"format": self.name})],
-        )
+        return self.conversation_record(obj, location, messages, refs, self._preference(obj))
 
     def _preference(self, obj: dict[str, object]) -> tuple[str | None, str | None]:
         has = [k for k in ("chosen", "rejected") if obj.get(k) is not None]
@@ -353,12 +344,13 @@ class ConversationSource(JsonRecordsSource):
         return self._answer(obj["chosen"], "chosen"), self._answer(obj["rejected"], "rejected")
 
     def _answer(self, value: object, key: str) -> str:
+        layout = self.layout
         if isinstance(value, dict):
-            if self.content_key not in value:
-                raise RejectedInput(f"{key!r}: missing field {self.content_key!r}")
-            if self.role_key in value:
-                self.role(value[self.role_key])
-            value = value[self.content_key]
+            if layout.content_key not in value:
+                raise RejectedInput(f"{key!r}: missing field {layout.content_key!r}")
+            if layout.role_key in value:
+                layout.role(value[layout.role_key])
+            value = value[layout.content_key]
         if not isinstance(value, str) or not value.strip():
             raise RejectedInput(f"{key!r} must be a non-empty string or turn object")
         return value

@@ -211,6 +211,46 @@ def canonical_role(role: object) -> str:
     return ROLE_ALIASES[role.lower()]
 
 
+@dataclass(frozen=True)
+class ShareGPTLayout:
+    """The keys and role tags of a ShareGPT file: what the ``sharegpt`` source reads and the
+    ``sharegpt`` exporter writes, defined once so that a file written is read back.
+
+    The defaults are ShareGPT's (and LLaVA's) standard layout, the values of
+    ``conf/source/sharegpt.yaml`` and ``conf/export/sharegpt.yaml`` (a test pins them).
+    """
+
+    messages_key: str = "conversations"
+    role_key: str = "from"
+    content_key: str = "value"
+    user_tag: str = "human"
+    assistant_tag: str = "gpt"
+    system_tag: str = "system"
+
+    @classmethod
+    def take(cls, options: dict[str, Any]) -> ShareGPTLayout:
+        """The layout named by the layout keys of ``options``, removing them from it."""
+        keys = [f for f in cls.__dataclass_fields__ if f in options]
+        return cls(**{k: options.pop(k) for k in keys})
+
+    def options(self) -> dict[str, str]:
+        """The layout as the source's / exporter's config keys."""
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+    def tag(self, role: str) -> str:
+        """The tag written for a canonical role (user | assistant | system)."""
+        return {"user": self.user_tag, "assistant": self.assistant_tag, "system": self.system_tag}[
+            role
+        ]
+
+    def role(self, tag: object) -> str:
+        """Canonical role of a turn's tag: a configured tag first, then the standard aliases."""
+        tags = {self.user_tag: "user", self.assistant_tag: "assistant", self.system_tag: "system"}
+        if isinstance(tag, str) and tag in tags:
+            return tags[tag]
+        return canonical_role(tag)
+
+
 def canonical_messages(
     turns: Iterable[tuple[object, object]], n_images: int, n_videos: int = 0, n_audios: int = 0
 ) -> list[dict[str, str]]:

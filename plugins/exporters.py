@@ -38,7 +38,7 @@ from typing import Any, ClassVar, TextIO
 from lake.errors import ConfigError
 from lake.plugin import Exporter, ExportMedia
 from lake.schema import IMAGE_TOKEN, PLACEHOLDER_RE, PLACEHOLDERS, placeholder_kinds
-from lake.sources import JSON_SUFFIXES  # what the JSON sources read back
+from lake.sources import JSON_SUFFIXES, ShareGPTLayout  # what the JSON sources read back
 
 KTO_TAG = "label"  # the field KTO feedback is written to (the sources' kto_tag default)
 DATASET_INFO = "dataset_info.json"  # LLaMA-Factory's dataset registry, beside the data file
@@ -233,21 +233,11 @@ class ShareGPTExporter(JsonExporter):
     carries_feedback: bool = True
 
     def __init__(
-        self,
-        file: str = "sharegpt.json",
-        messages_key: str = "conversations",
-        role_key: str = "from",
-        content_key: str = "value",
-        user_tag: str = "human",
-        assistant_tag: str = "gpt",
-        system_tag: str = "system",
-        caption_prompt: str | None = None,
+        self, file: str = "sharegpt.json", caption_prompt: str | None = None, **layout: str
     ) -> None:
         super().__init__(file, caption_prompt)
-        self.messages_key = messages_key
-        self.role_key = role_key
-        self.content_key = content_key
-        self.tags = {"user": user_tag, "assistant": assistant_tag, "system": system_tag}
+        # messages_key, role_key, ... system_tag: lake.sources.ShareGPTLayout (TypeError on others)
+        self.layout = ShareGPTLayout(**layout)
 
     def params(self) -> dict[str, Any]:
         """Options recorded in the manifest."""
@@ -255,31 +245,26 @@ class ShareGPTExporter(JsonExporter):
 
     def source_options(self) -> dict[str, Any]:
         """The ``sharegpt`` source options that read these keys and tags."""
-        return {
-            "messages_key": self.messages_key,
-            "role_key": self.role_key,
-            "content_key": self.content_key,
-            "user_tag": self.tags["user"],
-            "assistant_tag": self.tags["assistant"],
-            "system_tag": self.tags["system"],
-        }
+        return self.layout.options()
 
     def turns(self, row: dict[str, Any]) -> list[dict[str, str]]:
         """The conversation as ``{role_key: tag, content_key: text}`` turns."""
+        layout = self.layout
         return [
-            {self.role_key: self.tags[m["role"]], self.content_key: m["content"]}
+            {layout.role_key: layout.tag(m["role"]), layout.content_key: m["content"]}
             for m in self.conversation(row)
         ]
 
     def record(self, row: dict[str, Any], paths: list[str]) -> dict[str, Any]:
         """One ShareGPT object."""
-        obj: dict[str, Any] = {self.messages_key: self.turns(row)}
+        layout = self.layout
+        obj: dict[str, Any] = {layout.messages_key: self.turns(row)}
         obj |= media_columns(self.conversation(row), paths)
         pair = _pair(row)
         if pair:
-            tag = self.tags["assistant"]
-            obj["chosen"] = {self.role_key: tag, self.content_key: pair[0]}
-            obj["rejected"] = {self.role_key: tag, self.content_key: pair[1]}
+            tag = layout.assistant_tag
+            obj["chosen"] = {layout.role_key: tag, layout.content_key: pair[0]}
+            obj["rejected"] = {layout.role_key: tag, layout.content_key: pair[1]}
         return self._feedback(obj, row)
 
     def _feedback(self, obj: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
@@ -314,7 +299,8 @@ class ShareGPTExporter(JsonExporter):
         columns for the media, pairs (``ranking``, when every sample is a pair) and KTO
         feedback (``kto_tag``), tags for the role and content keys."""
         seen = self._seen
-        columns: dict[str, str] = {"messages": self.messages_key}
+        layout = self.layout
+        columns: dict[str, str] = {"messages": layout.messages_key}
         for kind in ("images", "videos", "audios"):
             key = kind if seen[kind] else kind[:-1] if seen[kind[:-1]] else None
             if key:
@@ -327,11 +313,11 @@ class ShareGPTExporter(JsonExporter):
             columns["kto_tag"] = KTO_TAG
         entry["columns"] = columns
         entry["tags"] = {
-            "role_tag": self.role_key,
-            "content_tag": self.content_key,
-            "user_tag": self.tags["user"],
-            "assistant_tag": self.tags["assistant"],
-            "system_tag": self.tags["system"],
+            "role_tag": layout.role_key,
+            "content_tag": layout.content_key,
+            "user_tag": layout.user_tag,
+            "assistant_tag": layout.assistant_tag,
+            "system_tag": layout.system_tag,
         }
         return entry
 

@@ -29,5 +29,5 @@ class LlavaSource(ConversationSource):
 
     def params(self) -> dict[str, object]:
         """Options recorded in provenance (the fixed LLaVA keys are left out)."""
-        fixed = ("messages_key", "role_key", "content_key", "user_tag", "assistant_tag")
-        return {k: v for k, v in super().params().items() if k not in (*fixed, "system_tag")}
+        fixed = self.layout.options()
+        return {k: v for k, v in super().params().items() if k not in fixed}

@@ -41,8 +41,6 @@ from lake.schema import PLACEHOLDERS, placeholder_kinds
 from lake.sources import (
     canonical_messages,
     canonical_role,
-    check_feedback,
-    feedback_value,
     flatten_parts,
     json_type,
     media_list,
@@ -129,22 +127,15 @@ class MessagesSource(JsonRecordsSource):
         messages = canonical_messages(
             turns, len(refs["image"]), len(refs["video"]), len(refs["audio"])
         )
-        media, attached = self.media_in_order(messages, refs)
         messages, chosen, rejected, rejected_images = swift_pair(obj, messages)
-        feedback = feedback_value(obj, self.kto_tag)
-        check_feedback(messages, feedback, chosen is not None)
-        return SourceRecord(
-            location=location,
-            media=media,
-            attached=attached,
-            messages=messages,
-            chosen=chosen,
-            rejected=rejected,
-            rejected_media=None if rejected_images is None else self.media(rejected_images),
-            feedback=feedback,
-            steps=[
-                (self.step, {"format": self.name, "content": "parts" if uses_parts else "text"})
-            ],
+        return self.conversation_record(
+            obj,
+            location,
+            messages,
+            refs,
+            (chosen, rejected),
+            None if rejected_images is None else self.media(rejected_images),
+            content="parts" if uses_parts else "text",
         )
 
 

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from lake.records import Location, Reject, SourceRecord
+from lake.sources import ShareGPTLayout
 from lake.video import conf_settings
+from plugins.exporters import ShareGPTExporter
 from plugins.sharegpt import ShareGPTSource
-from tests.conftest import jpeg_bytes, png_bytes
+from tests.conftest import conf_kwargs, jpeg_bytes, png_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -218,3 +220,20 @@ def test_config_instantiates_source(root: Path) -> None:
         "audio_rate": 16000,
         "audio_format": "flac",
     }
+
+
+def test_one_layout_for_the_source_and_the_exporter() -> None:
+    """The ShareGPT keys and tags are defined once (lake.sources.ShareGPTLayout): its
+    defaults are the values of both config files, and the exporter writes what the source
+    reads for any layout."""
+    fields = ShareGPTLayout().options()
+    source = conf_kwargs("ingest", "source", "source=sharegpt", path="x")
+    export = conf_kwargs("export", "export", "export=sharegpt")
+    assert {k: source[k] for k in fields} == fields
+    assert {k: export[k] for k in fields} == fields
+    custom = {"messages_key": "turns", "role_key": "who", "user_tag": "q", "assistant_tag": "a"}
+    exporter = ShareGPTExporter(**custom)
+    assert ShareGPTSource("x", **custom).layout == exporter.layout
+    assert exporter.source_options() == ShareGPTLayout(**custom).options()
+    with pytest.raises(TypeError):
+        ShareGPTExporter(message_key="typo")
