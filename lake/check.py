@@ -268,7 +268,7 @@ def format_report(report: dict[str, Any]) -> str:
 def main(cfg: Any) -> int:
     """Hydra entry point: run the configured checks and write the reports."""
     ctx = RunContext.from_config("check", cfg)
-    lake = Lake(cfg.lake.uri)
+    lake = Lake.from_config(cfg.lake)
     where = scope(cfg.get("where"), cfg.get("dataset"))
     checks = build_checks(cfg.check)
     with run_record(lake, ctx, {"check": cfg.check.name, "where": where}):

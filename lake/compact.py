@@ -871,7 +871,7 @@ def main(cfg: Any) -> int:
     """Hydra entry point: compact the lake, remove old versions, print and record a report."""
     c = cfg.compact
     ctx = RunContext.from_config("compact", cfg)
-    lake = Lake(cfg.lake.uri)
+    lake = Lake.from_config(cfg.lake)
     if not lake.table_names():
         raise ConfigError(f"lake {lake.uri} has no tables")
     dry_run = bool(c.dry_run)

@@ -32,7 +32,7 @@ def main(cfg: Any) -> int:
     datasets = dict(cfg.datasets.items())
     if not speech["files"] and datasets.pop("speech", None) is not None:
         print(f"demo speech: not ingesting dataset `speech` ({speech.get('skipped')})")
-    lake = Lake(cfg.lake.uri)
+    lake = Lake.from_config(cfg.lake)
     settings = settings_from_config(cfg)
     for dataset, source_cfg in datasets.items():
         ctx = RunContext.from_config("ingest", cfg)

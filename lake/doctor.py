@@ -150,7 +150,7 @@ def main(cfg: Any) -> int:
     """Hydra entry point: report duplicate keys and repair them unless dry-run."""
     d = cfg.doctor
     dry_run = bool(d.dry_run)
-    lake = Lake(cfg.lake.uri)
+    lake = Lake.from_config(cfg.lake)
     if not lake.present():  # nothing to examine: a mistyped path, not a healthy lake
         raise LakeNotFoundError(f"no lake at {cfg.lake.uri}")
     ctx = RunContext.from_config("doctor", cfg)

@@ -139,7 +139,7 @@ def main(cfg: Any) -> int:
     from hydra.utils import instantiate
 
     ctx = RunContext.from_config("enrich", cfg)
-    lake = Lake(cfg.lake.uri)
+    lake = Lake.from_config(cfg.lake)
     if not lake.present():  # before loading any model
         raise LakeNotFoundError(f"no lake at {cfg.lake.uri}: ingest something first")
     with run_record(lake, ctx, {"enrich": cfg.enrich.name}):

@@ -497,7 +497,7 @@ def main(cfg: Any) -> int:
         raise ConfigError("out=DIR is required: the folder to write the export into")
     ctx = RunContext.from_config("export", cfg)
     exporter = build_exporter(cfg.export)
-    lake = Lake(cfg.lake.uri)
+    lake = Lake.from_config(cfg.lake)
     split = None if cfg.get("split") is None else str(cfg.split)
     asked = {"exporter": cfg.export.get("name"), "out": str(cfg.out), "split": split}
     asked |= {"where": cfg.get("where"), "dataset": cfg.get("dataset")}

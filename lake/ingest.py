@@ -702,7 +702,7 @@ def main(cfg: Any) -> int:
     ctx = RunContext.from_config("ingest", cfg)
     source = build_source(cfg.source)
     dataset = cfg.dataset or source.default_dataset()
-    lake = Lake(cfg.lake.uri)
+    lake = Lake.from_config(cfg.lake)
     rejects = Path(cfg.lake.reports) / "rejects" / f"{dataset}.jsonl"
     report = ingest(source, lake, dataset, settings_from_config(cfg), ctx, rejects)
     print(report.summary())

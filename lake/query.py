@@ -200,7 +200,7 @@ def run_query(cfg: Any) -> list[Hit]:
     """Embed the configured query and search (the job without the printing)."""
     if bool(cfg.text) == bool(cfg.image):
         raise ConfigError('give exactly one of text="..." or image=PATH')
-    lake = Lake(cfg.lake.uri)
+    lake = Lake.from_config(cfg.lake)
     model = {k: v for k, v in dict(cfg.model).items() if v is not None}
     embedder = load_embedder(lake, cfg.plugin, **model)
     if cfg.text:

@@ -456,7 +456,7 @@ def main(cfg: Any) -> int:
     from lake.check import scope
 
     ctx = RunContext.from_config("split", cfg)
-    lake = Lake(cfg.lake.uri)
+    lake = Lake.from_config(cfg.lake)
     s = cfg.split
     where = scope(cfg.get("where"), cfg.get("dataset"))
     oversample = OmegaConf.to_container(s.oversample, resolve=True) if s.oversample else {}

@@ -41,7 +41,7 @@ def format_stats(stats: dict[str, Any], uri: str) -> str:
 @hydra_job("stats")
 def main(cfg: Any) -> int:
     """Print the lake's counts."""
-    lake = Lake(cfg.lake.uri)
+    lake = Lake.from_config(cfg.lake)
     if not lake.present():
         raise LakeNotFoundError(f"no lake at {cfg.lake.uri}: ingest something first")
     stats = lake_stats(lake)

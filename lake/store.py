@@ -32,6 +32,8 @@ from lake.errors import (
 from lake.lock import local_path, writer_lock
 from lake.schema import KEYS, MEDIA, RUNS, SAMPLES, SCHEMAS
 from lake.sql import quote
+from lake.storage import guard_metadata_service, is_s3
+from lake.storage import storage_options as configured_storage_options
 
 DEFAULT_URI = "data/lake"
 
@@ -54,6 +56,13 @@ class Lake:
         # object storage settings (endpoint, keys, ...): passed to every open of the lake
         self.storage_options: dict[str, str] = dict(storage_options or {})
         self._db: Any = None
+        guard_metadata_service(self.uri)
+
+    @classmethod
+    def from_config(cls, lake_cfg: Any) -> Lake:
+        """The lake of a job's ``lake`` config group: ``uri`` and ``storage_options``
+        (over the AWS environment variables for ``s3://``, see :mod:`lake.storage`)."""
+        return cls(lake_cfg.uri, configured_storage_options(lake_cfg))
 
     @property
     def db(self) -> Any:
@@ -61,6 +70,10 @@ class Lake:
         if self._db is None:
             import lancedb  # ~3 s import: keep `lakeloom --help` fast
 
+            if is_s3(self.uri):  # no keys: fail here, never ask the metadata service
+                configured_storage_options(
+                    {"uri": self.uri, "storage_options": self.storage_options}
+                )
             self._db = lancedb.connect(self.uri, storage_options=self.storage_options or None)
         return self._db
 

@@ -45,7 +45,7 @@ def format_runs(lake: Lake) -> str:
 def main(cfg: Any) -> int:
     """Print the version history, then the runs."""
     tables = [cfg.table] if cfg.table else [MEDIA, SAMPLES, RUNS]
-    lake = Lake(cfg.lake.uri)
+    lake = Lake.from_config(cfg.lake)
     print(format_versions(lake, tables))
     if RUNS in tables and lake.exists(RUNS):
         print(format_runs(lake))
