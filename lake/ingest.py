@@ -274,11 +274,16 @@ class _Writer:
             self.prov_index[id(value)] = i
         return i
 
-    def add(self, media_rows: list[dict[str, Any]], sample_row: dict[str, Any]) -> None:
+    def add_media(self, media_rows: list[dict[str, Any]]) -> None:
+        """Buffer media rows (no flush: :meth:`add` flushes with the sample)."""
         for row in media_rows:
             for k, v in row.items():
                 self.media[k].append(v)
             self.buffered_bytes += len(row["bytes"] or b"") + len(row["blob"] or b"")
+
+    def add(self, media_rows: list[dict[str, Any]], sample_row: dict[str, Any]) -> None:
+        """Buffer one accepted sample and its new media; flush a full batch."""
+        self.add_media(media_rows)
         for k, v in sample_row.items():
             self.samples[k].append(v)
         if (
@@ -287,7 +292,8 @@ class _Writer:
         ):
             self.flush()
 
-    def _table(self, cols: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
+    def table(self, cols: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
+        """The buffered rows ``cols`` (provenance as indices) as a table of ``schema``."""
         n = len(cols[schema.names[0]])
         provs = pa.array(self.provs, type=schema.field("provenance").type)
         arrays = []
@@ -302,15 +308,19 @@ class _Writer:
 
     def flush(self) -> None:
         if self.media["media_id"]:
-            self.new_media += self.lake.insert_new(MEDIA, self._table(self.media, MEDIA_SCHEMA))
+            self.new_media += self.lake.insert_new(MEDIA, self.table(self.media, MEDIA_SCHEMA))
         if self.samples["sample_id"]:
             self.new_samples += self.lake.insert_new(
-                SAMPLES, self._table(self.samples, SAMPLES_SCHEMA)
+                SAMPLES, self.table(self.samples, SAMPLES_SCHEMA)
             )
         self.media = {k: [] for k in self.media}
         self.samples = {k: [] for k in self.samples}
         self.provs, self.prov_index = [], {}
         self.buffered_bytes = 0
+
+    def commit(self) -> None:
+        """End of the run: write what is buffered (a staging writer commits here)."""
+        self.flush()
 
 
 def ingest(
@@ -320,17 +330,24 @@ def ingest(
     settings: IngestSettings | None = None,
     ctx: RunContext | None = None,
     rejects_path: str | Path | None = None,
+    executor: Any = None,
 ) -> IngestReport:
     """Ingest every record of ``source`` into ``lake``; return the counts.
 
     ``rejects_path`` receives one JSON line per rejected record (source file, line or
     row, reason); it is rewritten by each run, so it always describes the last run.
+    ``executor`` (``conf/executor``): ``name: ray`` runs the media work on Ray
+    (:mod:`lake.ray_ingest`); None or ``local`` runs it here.
     """
     settings = settings or IngestSettings()
     ctx = ctx or RunContext("ingest", provenance.new_run_id("ingest"), "", "")
     dataset = dataset or source.default_dataset()
     inputs = {"source": source.name, "dataset": dataset, **source.params()}
     with run_record(lake, ctx, inputs, creates=True):
+        if executor is not None and executor.get("name") == "ray":
+            from lake.ray_ingest import ray_ingest
+
+            return ray_ingest(source, lake, dataset, settings, ctx, rejects_path, executor)
         return _ingest(source, lake, dataset, settings, ctx, rejects_path)
 
 
@@ -341,8 +358,14 @@ def _ingest(
     settings: IngestSettings,
     ctx: RunContext,
     rejects_path: str | Path | None,
+    process: Any = None,
+    writer: _Writer | None = None,
 ) -> IngestReport:
-    """:func:`ingest`'s work inside its run record; records ``finished`` last."""
+    """:func:`ingest`'s work inside its run record; records ``finished`` last.
+
+    ``process(feeder, consume)`` replaces the local image workers and ``writer`` the
+    lake writer (the Ray executor stages rows and commits them once).
+    """
     report = IngestReport(ctx.run_id, dataset)
     started = time.perf_counter()
 
@@ -353,27 +376,13 @@ def _ingest(
     total = source.count()
     workers = _worker_count(settings, total) if source.decodes_images else 0
     feeder = _Feeder(source, present_media, settings.chunk_size)
-    writer = _Writer(lake, settings.write_batch)
+    writer = writer or _Writer(lake, settings.write_batch)
     rejects = _RejectsFile(rejects_path)
     report.rejects_path = str(rejects_path) if rejects_path else None
     status: dict[str, ImageInfo | str] = {}
     written_media: set[str] = set()
     orphans: dict[str, tuple[bytes | None, MediaRef]] = {}
-    media_steps = provenance.steps(
-        ("read", {}),
-        (
-            "decode_verify",
-            {"max_pixels": settings.image.max_pixels, "formats": list(settings.image.formats)},
-        ),
-        ("phash", {"algo": "imagehash.phash", "hash_size": 8, "exif_transpose": True}),
-        (
-            "thumbnail",
-            {"max_side": settings.image.thumb_size, "quality": settings.image.thumb_quality},
-        ),
-    )
-    media_prov = provenance.record(
-        source.name, source.version, ctx.config_hash, ctx.run_id, media_steps
-    )
+    media_prov = image_provenance(source, ctx, settings.image)
     seen_samples: set[str] = set()
     bar = _progress(settings.progress, total, dataset)
 
@@ -446,12 +455,14 @@ def _ingest(
             bar.update(len(staged.items))
 
     try:
-        if workers == 0:
+        if process is not None:
+            process(feeder, consume)
+        elif workers == 0:
             for task in feeder.tasks():
                 consume(*_process_chunk_inline(task, settings.image))
         else:
             _run_pool(feeder, consume, workers, settings.image, inflight=2 * workers + 2)
-        writer.flush()
+        writer.commit()
     finally:
         rejects.close()
         if bar is not None:
@@ -470,6 +481,23 @@ def _ingest(
         )
     )
     return report
+
+
+def image_provenance(source: Source, ctx: RunContext, image: ImageSettings) -> dict[str, Any]:
+    """Provenance of the images a run decodes, measures, phashes and thumbnails."""
+    steps = provenance.steps(
+        ("read", {}),
+        (
+            "decode_verify",
+            {"max_pixels": image.max_pixels, "formats": list(image.formats)},
+        ),
+        ("phash", {"algo": "imagehash.phash", "hash_size": 8, "exif_transpose": True}),
+        (
+            "thumbnail",
+            {"max_side": image.thumb_size, "quality": image.thumb_quality},
+        ),
+    )
+    return provenance.record(source.name, source.version, ctx.config_hash, ctx.run_id, steps)
 
 
 def _dataset_keys(lake: Lake, dataset: str) -> set[str]:
@@ -704,7 +732,7 @@ def main(cfg: Any) -> int:
     dataset = cfg.dataset or source.default_dataset()
     lake = Lake.from_config(cfg.lake)
     rejects = Path(cfg.lake.reports) / "rejects" / f"{dataset}.jsonl"
-    report = ingest(source, lake, dataset, settings_from_config(cfg), ctx, rejects)
+    report = ingest(source, lake, dataset, settings_from_config(cfg), ctx, rejects, cfg.executor)
     print(report.summary())
     if report.ingested == 0:
         print("lakeloom: nothing could be ingested", flush=True)

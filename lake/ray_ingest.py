@@ -1,0 +1,259 @@
+"""Ingest on Ray (``lakeloom ingest executor=ray``).
+
+The runner of :mod:`lake.ingest` runs unchanged on the driver: the source parses its
+input there (every built-in source reads its records in one pass: cheap next to the
+media work), records are read, hashed, deduplicated, checked and turned into sample rows
+in source order, and rejects go to the same report with the same messages. What costs —
+decoding, verifying, measuring, phashing and thumbnailing each new image — runs in Ray
+tasks, which also build the media rows (the runner's own ``_media_row``) and write them
+as Lance fragments into a staging dataset next to the lake. The driver stages its own
+rows (samples, media its source analysed) the same way and, at the end, commits once:
+one merge-insert of the staged media (those an accepted sample uses) and one of the
+staged samples, media first. Keys are content hashes and the merge inserts only missing
+keys, so a re-run adds nothing and a run killed at any point converges when re-run
+(before the commit nothing reached the lake; between the two merges the samples are
+missing and the re-run adds them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+from collections import deque
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lake.images import ImageInfo, ImageSettings
+from lake.ingest import (
+    IngestReport,
+    IngestSettings,
+    _Feeder,
+    _ingest,
+    _media_row,
+    _process_chunk_inline,
+    _Writer,
+    image_provenance,
+)
+from lake.job import RunContext
+from lake.lock import local_path
+from lake.plugin import Source
+from lake.ray_runtime import ray_session
+from lake.records import MediaRef
+from lake.runs import FINAL, effective_status
+from lake.schema import MEDIA, MEDIA_SCHEMA, SAMPLES, SAMPLES_SCHEMA
+from lake.store import Lake, is_blob
+
+STAGING_SUFFIX = ".staging"
+
+
+def _plain(schema: pa.Schema) -> pa.Schema:
+    """``schema`` without blob encoding: staged videos read back as bytes, not descriptors."""
+    return pa.schema([pa.field(f.name, f.type, f.nullable) if is_blob(f) else f for f in schema])
+
+
+STAGED_MEDIA = _plain(MEDIA_SCHEMA)
+STAGED_SAMPLES = _plain(SAMPLES_SCHEMA)
+
+
+def staging_root(lake: Lake) -> str:
+    """The folder next to the lake that holds the staging datasets of Ray ingests."""
+    return lake.uri.rstrip("/") + STAGING_SUFFIX
+
+
+def _write_fragments(
+    table: pa.Table, uri: str, storage_options: dict[str, str] | None
+) -> list[str]:
+    """Write ``table`` as uncommitted fragments of ``uri``; their metadata as JSON."""
+    from lance.fragment import write_fragments
+
+    if table.num_rows == 0:
+        return []
+    frags = write_fragments(table, uri, schema=table.schema, storage_options=storage_options)
+    return [json.dumps(f.to_json()) for f in frags]
+
+
+def stage_images(
+    task: tuple[int, list[tuple[str, bytes]]],
+    refs: dict[str, MediaRef],
+    image: ImageSettings,
+    media_prov: dict[str, Any],
+    uri: str,
+    storage_options: dict[str, str] | None,
+) -> tuple[int, list[tuple[str, Any]], list[str]]:
+    """Ray task: process one chunk's new images as the local workers do, write their media
+    rows as staging fragments; return the results (without thumbnails) and the fragments."""
+    idx, results = _process_chunk_inline(task, image)
+    data = dict(task[1])
+    rows = _Writer(None, 0)  # type: ignore[arg-type]  # a row buffer only: never flushed
+    prov = rows.prov(media_prov)
+    light: list[tuple[str, Any]] = []
+    for mid, res in results:
+        if isinstance(res, ImageInfo):
+            rows.add_media([_media_row(mid, data[mid], refs[mid], res, prov)])
+            res = dataclasses.replace(res, thumb=None)  # the driver needs the verdict only
+        light.append((mid, res))
+    frags = _write_fragments(rows.table(rows.media, STAGED_MEDIA), uri, storage_options)
+    return idx, light, frags
+
+
+class StagingWriter(_Writer):
+    """The ingest writer for Ray: rows go to staging fragments, the lake gets one commit.
+
+    Image media rows were staged by the Ray tasks; the driver's copy of such a row only
+    marks it used (a decoded image whose records were all rejected is staged but never
+    committed, as the local writer never writes it).
+    """
+
+    def __init__(self, lake: Lake, write_batch: int, staging: str) -> None:
+        super().__init__(lake, write_batch)
+        self.staging = staging
+        self.media_uri = f"{staging}/{MEDIA}.lance"
+        self.samples_uri = f"{staging}/{SAMPLES}.lance"
+        self.fragments: dict[str, list[str]] = {self.media_uri: [], self.samples_uri: []}
+        self.worker_media: set[str] = set()  # media ids the Ray tasks staged
+        self.keep: set[str] = set()  # staged media ids an accepted sample uses
+
+    def add(self, media_rows: list[dict[str, Any]], sample_row: dict[str, Any]) -> None:
+        """Buffer a sample and the media rows the Ray tasks did not stage already."""
+        self.keep.update(r["media_id"] for r in media_rows)
+        own = [r for r in media_rows if r["media_id"] not in self.worker_media]
+        super().add(own, sample_row)
+
+    def flush(self) -> None:
+        """Write the buffered rows as staging fragments (nothing reaches the lake)."""
+        so = self.lake.storage_options or None
+        if self.media["media_id"]:
+            table = self.table(self.media, STAGED_MEDIA)
+            self.fragments[self.media_uri] += _write_fragments(table, self.media_uri, so)
+        if self.samples["sample_id"]:
+            table = self.table(self.samples, STAGED_SAMPLES)
+            self.fragments[self.samples_uri] += _write_fragments(table, self.samples_uri, so)
+        self.media = {k: [] for k in self.media}
+        self.samples = {k: [] for k in self.samples}
+        self.provs, self.prov_index = [], {}
+        self.buffered_bytes = 0
+
+    def commit(self) -> None:
+        """Commit the staged fragments, then merge-insert them into the lake, media first."""
+        self.flush()
+        media = self._staged(self.media_uri, STAGED_MEDIA)
+        if media.num_rows:
+            used = pc.is_in(
+                media.column("media_id"), value_set=pa.array(sorted(self.keep), pa.string())
+            )
+            self.new_media += self.lake.insert_new(MEDIA, media.filter(used))
+        samples = self._staged(self.samples_uri, STAGED_SAMPLES)
+        self.new_samples += self.lake.insert_new(SAMPLES, samples)
+
+    def _staged(self, uri: str, schema: pa.Schema) -> pa.Table:
+        import lance
+        from lance.fragment import FragmentMetadata
+
+        frags = [FragmentMetadata.from_json(f) for f in self.fragments[uri]]
+        if not frags:
+            return schema.empty_table()
+        so = self.lake.storage_options or None
+        op = lance.LanceOperation.Overwrite(schema, frags)
+        return lance.LanceDataset.commit(uri, op, storage_options=so).to_table()
+
+
+def _ray_process(
+    ray: Any,
+    executor: Any,
+    writer: StagingWriter,
+    image: ImageSettings,
+    media_prov: dict[str, Any],
+) -> Callable[[_Feeder, Callable[..., None]], None]:
+    """The runner's ``process``: each chunk's new images in a Ray task, consumed in order."""
+    task_fn = ray.remote(stage_images).options(
+        num_cpus=float(executor["cpus_per_actor"]),
+        max_retries=int(executor["max_retries"]),
+    )
+    inflight = 2 * int(executor["actors"]) + 2
+    so = writer.lake.storage_options or None
+    image_ref = ray.put(image)
+    prov_ref = ray.put(media_prov)
+
+    def process(feeder: _Feeder, consume: Callable[..., None]) -> None:
+        pending: deque = deque()
+
+        def take() -> None:
+            idx, results, frags = ray.get(pending.popleft())
+            writer.fragments[writer.media_uri] += frags
+            writer.worker_media.update(m for m, r in results if isinstance(r, ImageInfo))
+            consume(idx, results)
+
+        for idx, work in feeder.tasks():
+            new = feeder.staged[idx].new_media
+            refs = {m: dataclasses.replace(new[m][1], data=None) for m, _ in work}
+            task = (idx, work)
+            pending.append(task_fn.remote(task, refs, image_ref, prov_ref, writer.media_uri, so))
+            if len(pending) >= inflight:
+                take()
+        while pending:
+            take()
+
+    return process
+
+
+def clear_stale_staging(lake: Lake) -> None:
+    """Remove the staging folders of Ray ingests that ended without cleaning up (killed)."""
+    root = local_path(staging_root(lake))
+    if root is None or not root.is_dir():
+        return
+    runs = {r.get("run_id"): r for r in lake.runs()}
+    for folder in root.iterdir():
+        run = runs.get(folder.name)
+        if run is None or effective_status(run) in FINAL:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove(staging: str, lake: Lake) -> None:
+    folder = local_path(staging)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the last staging folder takes its parent along
+            folder.parent.rmdir()
+        return
+    import lance  # object storage: drop the staged rows' files through Lance itself
+
+    for name in (MEDIA, SAMPLES):
+        try:
+            ds = lance.dataset(f"{staging}/{name}.lance", storage_options=lake.storage_options)
+        except (ValueError, OSError):
+            continue
+        ds.delete("true")
+        ds.cleanup_old_versions(older_than=timedelta(0), delete_unverified=True)
+
+
+def ray_ingest(
+    source: Source,
+    lake: Lake,
+    dataset: str,
+    settings: IngestSettings,
+    ctx: RunContext,
+    rejects_path: Any,
+    executor: Any,
+) -> IngestReport:
+    """:func:`lake.ingest.ingest` with the image work and the row writing on Ray."""
+    clear_stale_staging(lake)
+    staging = f"{staging_root(lake)}/{ctx.run_id}"
+    writer = StagingWriter(lake, settings.write_batch, staging)
+    media_prov = image_provenance(source, ctx, settings.image)
+    try:
+        with ray_session(
+            str(executor["address"]),
+            executor["num_cpus"],
+            executor["num_gpus"],
+            executor["temp_dir"],
+        ) as ray:
+            process = _ray_process(ray, executor, writer, settings.image, media_prov)
+            return _ingest(source, lake, dataset, settings, ctx, rejects_path, process, writer)
+    finally:
+        _remove(staging, lake)

@@ -1,0 +1,189 @@
+"""Ingest on Ray (``executor=ray``) equals the local executor row for row, adds nothing when
+re-run, and converges after a SIGKILL; every Ray test runs under an alarm."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lake.ingest import IngestSettings, ingest
+from lake.store import Lake
+from tests.conftest import jpeg_bytes, slow_ingest_command
+
+pytestmark = pytest.mark.slow
+
+QUIET = IngestSettings(progress=False, chunk_size=3, workers=0)
+RUN_SPECIFIC = ("run_id", "created_at")  # provenance fields that differ between two runs
+
+
+def executor_config(*overrides: str) -> Any:
+    """The composed ``executor=ray`` node of ``conf/ingest.yaml``."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(version_base="1.3", config_module="conf"):
+        cfg = compose(config_name="ingest", overrides=["executor=ray", *overrides])
+    return cfg.executor
+
+
+@pytest.fixture(scope="module")
+def ray_env() -> Iterator[Any]:
+    """One private loopback Ray (2 CPUs) for the module; its temp folder is removed after
+    (under the system temp dir: Ray's socket paths must stay under 108 bytes)."""
+    from lake.ray_runtime import ray_session
+
+    with ray_session(num_cpus=2) as ray:
+        yield ray
+
+
+@pytest.fixture(autouse=True)
+def alarm() -> Iterator[None]:
+    """Fail a test that runs past 240 s instead of hanging (a Ray job that cannot place
+    its tasks waits for ever)."""
+
+    def fail(signum: int, frame: object) -> None:
+        raise TimeoutError("Ray test ran past 240 s")
+
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(240)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def rows(lake: Lake, name: str) -> list[dict[str, Any]]:
+    """Every row of ``name`` by key, run-specific provenance fields dropped."""
+    from lake.schema import KEYS
+
+    out = []
+    for row in lake.dataset(name).to_table().to_pylist():
+        for field in RUN_SPECIFIC:
+            row["provenance"].pop(field)
+        out.append(row)
+    return sorted(out, key=lambda r: r[KEYS[name]])
+
+
+def assert_same_lake(a: Lake, b: Lake) -> None:
+    """media and samples equal row for row, every column compared."""
+    for name in ("media", "samples"):
+        ra, rb = rows(a, name), rows(b, name)
+        assert len(ra) == len(rb), name
+        for x, y in zip(ra, rb, strict=True):
+            assert x == y, (name, {k for k in x if x[k] != y.get(k)})
+
+
+def both(tmp_path: Path, make_source: Any, ray_env: Any) -> tuple[Any, Any, Lake, Lake]:
+    """Ingest one source locally and on Ray into two lakes; return both reports and lakes."""
+    local, on_ray = Lake(tmp_path / "local"), Lake(tmp_path / "ray")
+    r1 = ingest(make_source(), local, settings=QUIET, rejects_path=tmp_path / "r-local.jsonl")
+    r2 = ingest(
+        make_source(),
+        on_ray,
+        settings=QUIET,
+        rejects_path=tmp_path / "r-ray.jsonl",
+        executor=executor_config(),
+    )
+    return r1, r2, local, on_ray
+
+
+def test_image_folder_on_ray_equals_local_and_rerun_adds_nothing(
+    class_folder: Path, tmp_path: Path, ray_env: Any
+) -> None:
+    from plugins.image_folder import ImageFolderSource
+
+    (class_folder / "dog" / "broken.png").write_bytes(b"\x89PNG broken")
+    r1, r2, local, on_ray = both(tmp_path, lambda: ImageFolderSource(class_folder), ray_env)
+    assert (r2.records, r2.new_samples, r2.new_media, r2.rejected) == (9, 8, 7, 1)
+    assert r2.counts() | {"seconds": 0, "images_per_s": 0} == r1.counts() | {
+        "seconds": 0,
+        "images_per_s": 0,
+    }
+    assert_same_lake(local, on_ray)
+    assert (tmp_path / "r-ray.jsonl").read_text() == (tmp_path / "r-local.jsonl").read_text()
+    assert not any((tmp_path / "ray.staging").glob("ingest-*"))  # staging removed
+
+    versions = on_ray.current_versions()
+    again = ingest(
+        ImageFolderSource(class_folder), on_ray, settings=QUIET, executor=executor_config()
+    )
+    assert (again.new_samples, again.new_media, again.present_samples) == (0, 0, 8)
+    assert on_ray.current_versions() == versions
+
+
+def test_llava_with_bad_lines_on_ray_equals_local_rejects_included(
+    tmp_path: Path, ray_env: Any
+) -> None:
+    from plugins.llava import LlavaSource
+
+    root = tmp_path / "conv"
+    root.mkdir()
+    for i in range(6):
+        (root / f"{i}.jpg").write_bytes(jpeg_bytes((30 * i, 200, 0)))
+    (root / "bad.jpg").write_bytes(b"\xff\xd8\xff broken")
+    conv = lambda n: [  # noqa: E731
+        {"from": "human", "value": "<image>" * n + " describe"},
+        {"from": "gpt", "value": "a picture"},
+    ]
+    lines = [
+        {"id": "1", "images": ["0.jpg", "bad.jpg"], "conversations": conv(2)},
+        {"id": "2", "image": "1.jpg", "conversations": conv(1)},
+        "{not json",
+        {"id": "4", "images": ["0.jpg", "2.jpg"], "conversations": conv(2)},
+        {"id": "5", "image": "missing.jpg", "conversations": conv(1)},
+        {"id": "6", "image": "3.jpg", "conversations": conv(1)},
+        {"id": "7", "image": "4.jpg", "conversations": []},
+        {"id": "8", "image": "5.jpg", "conversations": conv(1)},
+    ]
+    (root / "data.jsonl").write_text(
+        "\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n"
+    )
+    r1, r2, local, on_ray = both(tmp_path, lambda: LlavaSource(root / "data.jsonl"), ray_env)
+    assert r2.rejected == r1.rejected >= 3 and r2.new_samples == r1.new_samples >= 4
+    assert_same_lake(local, on_ray)
+    got = (tmp_path / "r-ray.jsonl").read_text()
+    assert got == (tmp_path / "r-local.jsonl").read_text()
+    assert [json.loads(x)["line"] for x in got.splitlines()][:2] == [1, 3]
+
+
+def test_killed_ray_ingest_converges_when_rerun(tmp_path: Path, ray_env: Any) -> None:
+    cmd, uri = slow_ingest_command(tmp_path)
+    ray_tmp = tempfile.mkdtemp(prefix="llr-")  # short: Ray's socket paths stay < 108 bytes
+    cmd = [*cmd, "executor=ray", "executor.num_cpus=1", f"executor.temp_dir={ray_tmp}"]
+    cmd = [c.replace("ingest.chunk_size=10", "ingest.chunk_size=4") for c in cmd]
+    staged = Path(f"{uri}.staging")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(list(staged.glob("ingest-*/media.lance/data/*.lance"))) >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the ingest ended before it could be killed"
+    finally:
+        # the driver and the private Ray it started share its session: kill that group
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    lake = Lake(uri)
+    assert lake.count("samples") == 0  # nothing reached the lake before the commit
+    src = Path(cmd[3].split("=", 1)[1])
+    from plugins.image_folder import ImageFolderSource
+
+    report = ingest(ImageFolderSource(src), lake, settings=QUIET, executor=executor_config())
+    assert report.new_samples == 400
+    assert not list(staged.glob("ingest-*"))  # the killed run's staging is cleared
+    clean = Lake(tmp_path / "clean")
+    ingest(ImageFolderSource(src), clean, settings=QUIET)
+    assert_same_lake(clean, lake)
