@@ -45,6 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lake.storage import storage_options
 from lake.store import Lake
 
 CAPTION = "caption_mismatch"
@@ -217,7 +218,7 @@ def evaluate(
     ``shapes_llava`` has them (its text is the conversation's answer).
     """
     truth = json.loads((demo / "ground_truth.json").read_text())
-    lake = Lake(lake_uri)
+    lake = Lake(lake_uri, storage_options({"uri": lake_uri}))  # s3://: keys from AWS_*
     have = {f.name for f in lake.table("samples").schema}
     need = [f"check_{CAPTION}_score", f"check_{DUPLICATES}_group"]
     missing = [c for c in need if c not in have]

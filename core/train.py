@@ -27,7 +27,14 @@ from typing import Any
 
 from lake import runs
 from lake.errors import ConfigError, FileProblem, LakeloomError
-from lake.job import JobResult, hydra_job, quiet_logs, traceback_locals
+from lake.job import (
+    JobResult,
+    config_yaml,
+    hydra_job,
+    quiet_logs,
+    redact_secrets,
+    traceback_locals,
+)
 
 log = logging.getLogger("lakeloom.train")
 
@@ -43,7 +50,7 @@ def train(cfg: Any) -> dict[str, Any]:
     ``fit`` begins (a config error, a missing lake, an empty selection) never started: its
     folder is removed and the error (or interrupt) re-raised, so only real runs are listed.
     """
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import open_dict
 
     from core.run import resolve_run
 
@@ -65,7 +72,7 @@ def train(cfg: Any) -> dict[str, Any]:
         os.environ["LAKELOOM_RUN_ID"] = run.run_id  # DDP workers re-run this script
     changes = _config_changes(run.config, cfg) if ckpt else {}
     if rank_zero and not ckpt:
-        run.config.write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+        run.config.write_text(config_yaml(cfg), encoding="utf-8")  # credentials masked
     events = runs.EventLog(run.events, enabled=rank_zero)
     events.write(
         runs.EV_STATUS,
@@ -98,7 +105,9 @@ def train(cfg: Any) -> dict[str, Any]:
                     run.path.parent.rmdir()
             raise
         summary["status"] = runs.INTERRUPTED if _is_interrupt(exc) else runs.FAILED
-        summary["error"] = f"{type(exc).__name__}: {exc}"
+        summary["error"] = redact_secrets(
+            f"{type(exc).__name__}: {exc}", (cfg.get("lake") or {}).get("storage_options")
+        )
         events.write(runs.EV_STATUS, status=summary["status"], error=summary["error"])
         _finish(run, events, summary, t0, rank_zero and not keep_summary)
         if summary["status"] == runs.FAILED:
@@ -129,7 +138,10 @@ def _fit_and_test(
     quiet_logs()  # Lightning added its own console handler on import
 
     L.seed_everything(cfg.seed, workers=True)
-    dm = _instantiate(cfg.data, LakeloomDataModule, "data")
+    # the lake's storage options (credentials from config or AWS_* variables) go to the
+    # data module as an argument, never into the resolved config
+    lake_data = {"storage_options": dm_options(cfg)} if "lake_uri" in cfg.data else {}
+    dm = _instantiate(cfg.data, LakeloomDataModule, "data", **lake_data)
     module = _instantiate(cfg.model, LakeloomModule, "model")
     callbacks, ckpt_cb, events_cb = build_callbacks(cfg, run, events)
 
@@ -167,7 +179,17 @@ def _fit_and_test(
         summary["exported"] = True
 
 
-def _instantiate(node: Any, kind: type, key: str) -> Any:
+def dm_options(cfg: Any) -> dict[str, str]:
+    """Storage options of the lake the data module reads (``data.lake_uri``, else
+    ``lake.uri``), from ``lake.storage_options`` over the ``AWS_*`` variables."""
+    from lake.storage import storage_options
+
+    lake = cfg.get("lake") or {}
+    uri = (cfg.get("data") or {}).get("lake_uri") or lake.get("uri")
+    return storage_options({"uri": uri, "storage_options": lake.get("storage_options")})
+
+
+def _instantiate(node: Any, kind: type, key: str, **kw: Any) -> Any:
     """``instantiate(cfg.<key>)``, refused in one line unless it is a ``kind`` (the
     contract of :mod:`core.modules.base`); a lakeloom error from the constructor (a refused
     ``pretrained`` / ``init_from`` checkpoint) comes out as itself, one line, not inside
@@ -176,7 +198,7 @@ def _instantiate(node: Any, kind: type, key: str) -> Any:
     from hydra.utils import instantiate
 
     try:
-        obj = instantiate(node)
+        obj = instantiate(node, **kw)
     except InstantiationException as exc:
         if isinstance(exc.__cause__, LakeloomError):
             raise exc.__cause__ from None
@@ -236,7 +258,8 @@ def _config_changes(saved: Path, cfg: Any) -> dict[str, Any]:
     if not saved.is_file():
         return {}
     old = _flatten(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
-    new = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    # compared as saved: credentials masked (a new key is no config change to report)
+    new = _flatten(OmegaConf.to_container(OmegaConf.create(config_yaml(cfg)), resolve=True))
     ignore = {"resume", "run_id", "run_dir", "ckpt"}
     keys = (old.keys() | new.keys()) - ignore
     return {k: [old.get(k), new.get(k)] for k in sorted(keys) if old.get(k) != new.get(k)}

@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from lake import provenance, runs
 from lake.errors import ConfigError, FileProblem, LakeloomError, is_lance_error, lance_cause
 from lake.plugin import config_search_path
+from lake.storage import redact, redact_text
 
 if TYPE_CHECKING:
     from lake.store import Lake
@@ -26,6 +27,31 @@ if TYPE_CHECKING:
 log = logging.getLogger("lakeloom")
 
 CONFIG_PATH = "pkg://conf"
+
+
+def config_yaml(cfg: Any) -> str:
+    """The resolved config as YAML, every credential (``lake.storage_options`` secrets, any
+    nested ``aws_secret_access_key`` ...) replaced by ``***``: what run records and a run's
+    ``config.yaml`` hold."""
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+    return OmegaConf.to_yaml(OmegaConf.create(redact(plain)))
+
+
+def redact_secrets(text: str, options: Mapping[str, Any] | None = None) -> str:
+    """``text`` with the secret values of ``options`` and of the ``AWS_*`` environment
+    variables replaced by ``***`` (an error message of a library may echo them)."""
+    return redact_text(text, {**os.environ, **(options or {})})
+
+
+def _cfg_storage_options(cfg: Any) -> dict[str, Any]:
+    """``lake.storage_options`` of a job config as given (empty when absent or unreadable)."""
+    try:
+        given = cfg.lake.storage_options
+        return {str(k): v for k, v in (given or {}).items()}
+    except Exception:  # a job without a lake (or an unresolvable one)
+        return {}
 
 
 @dataclass
@@ -41,11 +67,10 @@ class RunContext:
     @classmethod
     def from_config(cls, job: str, cfg: Any) -> RunContext:
         """Build the context from a Hydra config (resolving it validates interpolations)."""
-        from omegaconf import OmegaConf
         from omegaconf.errors import OmegaConfBaseException
 
         try:
-            yaml = OmegaConf.to_yaml(cfg, resolve=True)
+            yaml = config_yaml(cfg)
         except OmegaConfBaseException as exc:
             raise ConfigError(str(exc)) from exc
         return cls(job, provenance.new_run_id(job), yaml, provenance.config_hash(yaml))
@@ -177,7 +202,7 @@ def run_record(
             yield
         except BaseException as exc:
             status = runs.INTERRUPTED if isinstance(exc, KeyboardInterrupt) else runs.FAILED
-            reason = error_line(exc, lake.uri)
+            reason = redact_secrets(error_line(exc, lake.uri), lake.storage_options)
             try:
                 if lake.present():
                     lake.record_run(ctx.record(status, inputs=inputs, error=reason))
@@ -240,9 +265,9 @@ def _lake_uri(cfg: Any) -> str | None:
         return None
 
 
-def _debug_traceback() -> None:
+def _debug_traceback(options: Mapping[str, Any] | None = None) -> None:
     if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
-        traceback.print_exc()
+        print(redact_secrets(traceback.format_exc(), options), end="", file=sys.stderr)
 
 
 class _QuietFilter(logging.Filter):
@@ -306,6 +331,10 @@ def hydra_job(
         def hydra_entry(cfg: Any) -> Any:
             quiet_logs()
             value = None
+
+            def say(text: str) -> str:  # a library's message may echo the lake's keys
+                return "lakeloom: " + redact_secrets(text, _cfg_storage_options(cfg))
+
             try:
                 result = fn(cfg)
                 if isinstance(result, JobResult):
@@ -313,28 +342,26 @@ def hydra_job(
                 else:
                     code = result or 0
             except ConfigError as exc:
-                _debug_traceback()
-                print(f"lakeloom: invalid configuration: {exc}", file=sys.stderr)
+                _debug_traceback(_cfg_storage_options(cfg))
+                print(say(f"invalid configuration: {exc}"), file=sys.stderr)
                 code = 2
             except LakeloomError as exc:
-                _debug_traceback()
-                print(f"lakeloom: {exc}", file=sys.stderr)
+                _debug_traceback(_cfg_storage_options(cfg))
+                print(say(str(exc)), file=sys.stderr)
                 code = 1
             except Exception as exc:
                 if _is_omegaconf_error(exc):  # e.g. a required key left ??? (source.path)
-                    _debug_traceback()
-                    print(
-                        f"lakeloom: invalid configuration: {config_problem(exc)}", file=sys.stderr
-                    )
+                    _debug_traceback(_cfg_storage_options(cfg))
+                    print(say(f"invalid configuration: {config_problem(exc)}"), file=sys.stderr)
                     sys.exit(2)
                 problem = file_problem(exc, _lake_uri(cfg))
                 if problem is None:
                     raise
-                _debug_traceback()
-                print(f"lakeloom: {problem}", file=sys.stderr)
+                _debug_traceback(_cfg_storage_options(cfg))
+                print(say(str(problem)), file=sys.stderr)
                 code = 1
             except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM in a run_record block
-                _debug_traceback()
+                _debug_traceback(_cfg_storage_options(cfg))
                 print(f"lakeloom: {error_line(exc)}", file=sys.stderr)
                 code = 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
             if code:

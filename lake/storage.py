@@ -108,6 +108,16 @@ def check_credentials(uri: str, options: Mapping[str, str]) -> None:
     )
 
 
+def join_uri(base: object, *parts: str) -> str:
+    """``base`` joined with ``parts`` by ``/``: for a URI (``s3://bucket/prefix``) without
+    pathlib, which would collapse ``//``; for a local path as :class:`pathlib.Path` does."""
+    if "://" not in str(base):
+        from pathlib import Path
+
+        return str(Path(str(base)).joinpath(*parts))
+    return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
+
+
 def guard_metadata_service(uri: object) -> None:
     """Before opening an ``s3://`` lake, forbid the AWS metadata-service credential lookup."""
     if is_s3(uri):
@@ -139,3 +149,63 @@ def redact_text(text: str, options: Mapping[str, Any] | None) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, MASK)
     return text
+
+
+def join(uri: str, *parts: str) -> str:
+    """``uri`` with path ``parts`` appended (``/``-separated for every scheme)."""
+    return "/".join([str(uri).rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def filesystem(uri: str, options: Mapping[str, str] | None = None) -> tuple[Any, str]:
+    """A pyarrow filesystem reaching ``uri`` and the path of ``uri`` inside it.
+
+    ``s3://`` gets an ``S3FileSystem`` built from the same storage options Lance gets
+    (endpoint, keys, region); other object stores use pyarrow's defaults for their scheme.
+    """
+    import pyarrow.fs as pafs
+
+    if not is_remote(uri):
+        parsed = urlparse(str(uri))
+        path = parsed.path if parsed.scheme == "file" else str(uri)
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    if not is_s3(uri):
+        fs, path = pafs.FileSystem.from_uri(str(uri))
+        return fs, path
+    opts = dict(options or {})
+    check_credentials(str(uri), opts)
+    kwargs: dict[str, Any] = {
+        "access_key": opts.get("aws_access_key_id") or opts.get("access_key_id"),
+        "secret_key": opts.get("aws_secret_access_key") or opts.get("secret_access_key"),
+        "session_token": opts.get("aws_session_token") or opts.get("session_token"),
+        "region": opts.get("region") or opts.get("aws_region") or "us-east-1",
+    }
+    endpoint = opts.get("endpoint") or opts.get("aws_endpoint")
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or endpoint
+        kwargs["scheme"] = parsed.scheme or "https"
+    parsed = urlparse(str(uri))
+    return pafs.S3FileSystem(**kwargs), f"{parsed.netloc}{parsed.path}".rstrip("/")
+
+
+def file_sizes(uri: str, options: Mapping[str, str] | None = None) -> dict[str, int]:
+    """Every file under ``uri`` (recursive) -> its size in bytes, by ``/``-relative path;
+    empty when ``uri`` does not exist. One listing, also on object storage."""
+    import pyarrow.fs as pafs
+
+    fs, base = filesystem(uri, options)
+    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+    out: dict[str, int] = {}
+    for info in fs.get_file_info(selector):
+        if info.type == pafs.FileType.File:
+            out[info.path[len(base) :].lstrip("/")] = int(info.size or 0)
+    return out
+
+
+def remove_tree(uri: str, options: Mapping[str, str] | None = None) -> None:
+    """Delete ``uri`` and everything under it (nothing when it does not exist)."""
+    import pyarrow.fs as pafs
+
+    fs, base = filesystem(uri, options)
+    if fs.get_file_info(base).type != pafs.FileType.NotFound:
+        fs.delete_dir(base)

@@ -130,6 +130,7 @@ class LakeloomApp(App):
     @work(thread=True, group="lake", exclusive=True, exit_on_error=False)
     def open_lake(self) -> None:
         """Open (or re-pin) the lake view; never raises into the UI."""
+        from lake.storage import redact_text
         from tui.lake_data import LakeUnavailable, LakeView
 
         view, error = self.view, None
@@ -139,13 +140,15 @@ class LakeloomApp(App):
                     self.config.lake_uri,
                     page_cache=self.config.page_cache,
                     model=self.config.search_model,
+                    storage_options=self.config.storage_options,
                 )
             else:
                 view.refresh()
         except LakeUnavailable as exc:
             view, error = None, str(exc)
         except Exception as exc:  # a damaged lake: say what, keep the runs screens usable
-            view, error = None, f"cannot open the lake at {self.config.lake_uri}: {exc}"
+            reason = redact_text(str(exc), self.config.storage_options)  # may echo keys
+            view, error = None, f"cannot open the lake at {self.config.lake_uri}: {reason}"
         self.call_from_thread(self._lake_opened, view, error)
 
     def _lake_opened(self, view: LakeView | None, error: str | None) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lake.storage import storage_options
 from tui.format import printable
 
 GRAPHICS = ("auto", "halfblock", "kitty", "sixel")
@@ -81,6 +82,9 @@ class TuiConfig:
     """Everything the app reads from the job config."""
 
     lake_uri: str = "data/lake"
+    # an s3:// lake's settings (lake.storage_options over AWS_*): kept out of repr, they
+    # hold credentials
+    storage_options: dict[str, str] = field(default_factory=dict, repr=False)
     runs_dir: str = "runs"
     graphics: str = "auto"
     theme: str = "textual-dark"
@@ -134,6 +138,7 @@ class TuiConfig:
             )
         return cls(
             lake_uri=str((cfg.get("lake") or {}).get("uri", "data/lake")),
+            storage_options=storage_options(cfg.get("lake") or {}),
             runs_dir=str(cfg.get("runs_dir", "runs")),
             graphics=graphics,
             theme=str(tui.get("theme", "textual-dark")),

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from lake.schema import MEDIA, PLACEHOLDER_RE, SAMPLES
 from lake.sql import in_list, quote
+from lake.storage import is_remote, join_uri, redact_text
 
 CAPTION_CHARS = 200
 DERIVED = {"n_media": ["media_ids"], "media_id": ["media_ids"], "caption": ["caption", "messages"]}
@@ -186,19 +187,22 @@ class LakeView:
     """A lake opened for browsing, pinned at the current versions of its tables."""
 
     def __init__(
-        self, lake_uri: str | Path, page_cache: int = 64, model: dict[str, Any] | None = None
+        self,
+        lake_uri: str | Path,
+        page_cache: int = 64,
+        model: dict[str, Any] | None = None,
+        storage_options: dict[str, str] | None = None,
     ) -> None:
-        """``model``: options of the CLIP model for text search (e.g. ``pretrained``)."""
+        """``model``: options of the CLIP model for text search (e.g. ``pretrained``);
+        ``storage_options``: those of a lake on object storage (see :mod:`lake.storage`)."""
         import lance
 
         self.uri = str(lake_uri)
         self.page_cache = page_cache
         self.model = {"device": "cpu", **(model or {})}
-        root = Path(self.uri)
-        if not (root / f"{SAMPLES}.lance").is_dir():
-            raise LakeUnavailable(
-                f"no lake at {self.uri}: create one with `lakeloom demo` or pass lake.uri=..."
-            )
+        self.storage_options = dict(storage_options or {})
+        if not is_remote(self.uri) and not (Path(self.uri) / f"{SAMPLES}.lance").is_dir():
+            raise LakeUnavailable(self._no_lake())
         self._lance = lance
         self._lock = threading.Lock()
         self._embedder: Any = None
@@ -206,15 +210,32 @@ class LakeView:
         self._pin()
 
     # -- versions -------------------------------------------------------------------------
-    def _pin(self) -> None:
-        root = Path(self.uri)
+    def _no_lake(self) -> str:
+        return f"no lake at {self.uri}: create one with `lakeloom demo` or pass lake.uri=..."
+
+    def _open(self, table: str) -> Any:
+        """The pylance dataset of ``table`` at its latest version (None: no such table)."""
+        uri = join_uri(self.uri, f"{table}.lance")
+        if not is_remote(self.uri) and not Path(uri).is_dir():
+            return None
         try:
-            self._samples = self._lance.dataset(str(root / f"{SAMPLES}.lance"))
+            return self._lance.dataset(uri, storage_options=self.storage_options or None)
         except (ValueError, OSError) as exc:
-            msg = f"cannot open the lake at {self.uri}: {readable_error(exc)}"
-            raise LakeUnavailable(msg) from None
-        media = root / f"{MEDIA}.lance"
-        self._media = self._lance.dataset(str(media)) if media.is_dir() else None
+            if is_remote(self.uri) and "not found" in str(exc).lower():
+                return None  # object storage has no folders to look for first
+            raise
+
+    def _pin(self) -> None:
+        try:
+            samples = self._open(SAMPLES)
+        except (ValueError, OSError) as exc:
+            # a library's message may echo the storage options: never show their secrets
+            reason = redact_text(readable_error(exc), self.storage_options)
+            raise LakeUnavailable(f"cannot open the lake at {self.uri}: {reason}") from None
+        if samples is None:
+            raise LakeUnavailable(self._no_lake())
+        self._samples = samples
+        self._media = self._open(MEDIA)
         self.version: int = int(self._samples.version)
         self.columns: list[str] = list(self._samples.schema.names)
         self._rowids: OrderedDict[str, int] = OrderedDict()
@@ -402,7 +423,7 @@ class LakeView:
         if self._lake is None:
             from lake.store import Lake
 
-            self._lake = Lake(self.uri)
+            self._lake = Lake(self.uri, self.storage_options)
         return self._lake
 
     def search_text(

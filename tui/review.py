@@ -33,6 +33,7 @@ def decide(
     check: str,
     decision: str,
     who: str | None = None,
+    storage_options: dict[str, str] | None = None,
 ) -> int:
     """Record ``decision`` on ``check`` for the samples; return the rows written.
 
@@ -48,7 +49,7 @@ def decide(
         return 0
     from lake.store import Lake  # lancedb: a 3-7 s import, kept off the UI's start path
 
-    lake = Lake(lake_uri)
+    lake = Lake(lake_uri, storage_options)
     where = f"sample_id IN {in_list(ids)}"
     rows = lake.dataset(SAMPLES).to_table(columns=["sample_id", "tags"], filter=where)
     if rows.num_rows == 0:

@@ -163,9 +163,8 @@ class ApotheonDataModule(LanceDataModule):
         if self.splits is not None:
             return
         from lake.schema import MEDIA, SAMPLES
-        from lake.store import Lake
 
-        lake = Lake(self.lake_uri)
+        lake = self.lake()
         samples, media = lake.dataset(SAMPLES), lake.dataset(MEDIA)
         self._audio_of_parent = _audio_tracks(media)
         super().select()
@@ -181,7 +180,7 @@ class ApotheonDataModule(LanceDataModule):
         return ApotheonSamples(
             samples.uri, samples.version, media.uri, media.version, sel, self.media_read,
             read_block=self.shuffle_block, cache_blocks=2 * self.shuffle_window,
-            audio_of_parent=self._audio_of_parent,
+            audio_of_parent=self._audio_of_parent, storage_options=self.storage_options,
         )  # fmt: skip
 
     def dataset(self, split: str) -> LanceSamples:

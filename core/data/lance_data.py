@@ -21,7 +21,7 @@ and caches whole blocks (``bench/loader.py`` measures both ways).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -63,11 +63,15 @@ class LanceDataModule(LakeloomDataModule):
         persistent_workers: bool = True,
         prefetch_factor: int | None = 2,
         pin_memory: bool = False,
+        storage_options: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         if multiprocessing_context == "fork":
             raise ValueError("Lance is not fork-safe: use 'spawn' or 'forkserver'")
         self.lake_uri = str(lake_uri)
+        # object storage settings of an s3:// lake (core.train passes them from the `lake`
+        # config, over the AWS_* variables): every open, the loader workers' included
+        self.storage_options = dict(storage_options or {})
         self.where = where
         self.datasets = list(datasets) if datasets else None
         self.batch_size = batch_size
@@ -140,9 +144,8 @@ class LanceDataModule(LakeloomDataModule):
         from lake.errors import ConfigError
         from lake.schema import MEDIA, SAMPLES
         from lake.sql import and_filters
-        from lake.store import Lake
 
-        lake = Lake(self.lake_uri)
+        lake = self.lake()
         samples, media = lake.dataset(SAMPLES), lake.dataset(MEDIA)
         narrow = self._collator_filter(samples.schema.names) if self._collator_filter else None
         try:
@@ -159,6 +162,12 @@ class LanceDataModule(LakeloomDataModule):
         self.splits = {name: self._dataset(samples, media, sel) for name, sel in selections.items()}
         self.check_media_kinds()
 
+    def lake(self) -> Any:
+        """The lake this module reads (a :class:`lake.store.Lake` with its storage options)."""
+        from lake.store import Lake
+
+        return Lake(self.lake_uri, self.storage_options)
+
     def check_media_kinds(self) -> None:
         """Pre-flight: refuse, in one line, selected samples holding media of a kind the
         collator's model cannot take (``accepted_kinds``: e.g. LLaVA and ``<video>``),
@@ -169,10 +178,9 @@ class LanceDataModule(LakeloomDataModule):
         from lake.errors import ConfigError
         from lake.schema import MEDIA, MEDIA_KINDS, SAMPLES
         from lake.sql import in_list
-        from lake.store import Lake
 
         other = [k for k in MEDIA_KINDS if k not in accepted]
-        lake = Lake(self.lake_uri)
+        lake = self.lake()
         media = lake.dataset(MEDIA, self.splits["train"].media_version)
         bad = media.to_table(columns=["kind"], filter=f"kind IN {in_list(other)}",
                              with_row_id=True)  # fmt: skip
@@ -210,7 +218,7 @@ class LanceDataModule(LakeloomDataModule):
         return LanceSamples(
             samples.uri, samples.version, media.uri, media.version, sel, self.media_read,
             read_block=self.shuffle_block, cache_blocks=2 * self.shuffle_window,
-            media_root=self.media_root,
+            media_root=self.media_root, storage_options=self.storage_options,
         )  # fmt: skip
 
     def dataset(self, split: str) -> LanceSamples:

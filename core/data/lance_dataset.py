@@ -193,6 +193,7 @@ class LanceSamples(Dataset):
         read_block: int = 0,
         cache_blocks: int = 8,
         media_root: str | None = None,
+        storage_options: dict[str, str] | None = None,
     ) -> None:
         if media_read not in ("rowid", "filter"):
             raise ValueError(f"media_read must be 'rowid' or 'filter', not {media_read!r}")
@@ -205,6 +206,9 @@ class LanceSamples(Dataset):
         self.read_block = read_block
         self.cache_blocks = cache_blocks
         self.media_root = media_root
+        # object storage settings (credentials included): pickled with the dataset, so each
+        # worker process opens the lake with them (they never go to disk or a log)
+        self.storage_options = dict(storage_options or {})
         self._handles: tuple[Any, Any] | None = None
         self._blocks: OrderedDict[int, list[dict[str, Any]]] = OrderedDict()
 
@@ -221,9 +225,12 @@ class LanceSamples(Dataset):
         if self._handles is None:
             import lance
 
+            options = self.storage_options or None
             self._handles = (
-                lance.dataset(self.samples_uri, version=self.samples_version),
-                lance.dataset(self.media_uri, version=self.media_version),
+                lance.dataset(
+                    self.samples_uri, version=self.samples_version, storage_options=options
+                ),
+                lance.dataset(self.media_uri, version=self.media_version, storage_options=options),
             )
         return self._handles
 

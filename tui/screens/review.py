@@ -169,7 +169,10 @@ class ReviewScreen(SampleListScreen):
         """Write the decision tag to the lake."""
         from tui.review import decide
 
-        written = decide(self.view.uri, [sample_id], check, decision, who=self.config.who)
+        written = decide(
+            self.view.uri, [sample_id], check, decision, who=self.config.who,
+            storage_options=self.view.storage_options,
+        )  # fmt: skip
         return sample_id, decision, written, cursor
 
     def on_decision_done(self, result: tuple[str, str, int, int]) -> None:
