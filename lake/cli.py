@@ -16,6 +16,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "ingest": ("lake.ingest", "ingest a source into the lake: source=NAME source.path=PATH"),
     "stats": ("lake.stats", "row counts per table, dataset and media kind"),
     "versions": ("lake.versions", "list lake versions and the runs that tagged them"),
+    "jobs": ("lake.jobs_cmd", "jobs and their state, per stage and node: [run=ID] [format=json]"),
     "check": ("lake.check", "run consistency checks: [check=NAME] [where=SQL] [dataset=NAME]"),
     "split": ("lake.split", "stratified train/val/test splits: [split.seed=N] [where=SQL]"),
     "train": (

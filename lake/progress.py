@@ -134,6 +134,11 @@ def stages(lake: Any) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["updated_at"], reverse=True)
 
 
+def run_rows(lake: Any, run_id: str | None = None) -> list[dict[str, Any]]:
+    """Every row (stage and unit rows) that run ``run_id`` wrote last, or every row."""
+    return _read(lake, None if run_id is None else f"run_id = {quote(run_id)}")
+
+
 def stage(lake: Any, backfill: str) -> dict[str, Any] | None:
     """The stage row of one backfill, or None."""
     rows = _read(lake, f"progress_id = {quote(progress_id(backfill, STAGE_UNIT))}")
