@@ -8,6 +8,7 @@ run resumed after a crash only does the remaining work; rows produced by another
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -48,17 +49,25 @@ class EnrichReport:
         )
 
 
-def enrich(
-    enricher: Enricher,
-    lake: Lake,
-    batch_size: int = 256,
-    write_batch: int = 4096,
-    reembed: bool = False,
-    ctx: RunContext | None = None,
-    progress: bool = True,
-) -> EnrichReport:
-    """Run one enricher over its table; return the counts."""
-    ctx = ctx or RunContext("enrich", provenance.new_run_id("enrich"), "", "")
+@dataclass(frozen=True)
+class Plan:
+    """What an enricher has to do on its table: owner, filters and counts."""
+
+    table: str
+    key: str
+    owner: str
+    owner_column: str
+    scope: str | None
+    todo_filter: str
+    todo: int
+    skipped: int
+
+
+def plan(enricher: Enricher, lake: Lake, reembed: bool = False) -> Plan:
+    """Prepare the enricher, add its output columns and count the rows it has to do.
+
+    Raises ConfigError when rows hold another owner's outputs and ``reembed`` is off.
+    """
     table, key = enricher.table, KEYS[enricher.table]
     if not lake.exists(table):  # before any write: a missing lake stays missing
         raise LakeNotFoundError(f"table {table!r} does not exist in lake {lake.uri}")
@@ -74,28 +83,57 @@ def enrich(
         )
     pending = f"{oc} IS NULL" if not reembed else f"{oc} IS NULL OR {oc} != {quote(owner)}"
     todo_filter = and_filters(scope, pending)
-    report = EnrichReport(enricher.name, table, owner, todo=lake.count(table, todo_filter))
-    report.skipped = lake.count(table, scope) - report.todo
+    todo = lake.count(table, todo_filter)
+    skipped = lake.count(table, scope) - todo
+    return Plan(table, key, owner, oc, scope, todo_filter, todo, skipped)
+
+
+def input_columns(enricher: Enricher, key: str) -> list[str]:
+    """The columns an enricher's batches are read with: key, inputs, provenance."""
+    return list(dict.fromkeys([key, *enricher.inputs, "provenance"]))
+
+
+def enrichment_step(enricher: Enricher, owner: str, run_id: str) -> dict[str, str]:
+    """The provenance step an enricher appends to every row it writes."""
+    params = {"owner": owner, "version": enricher.version, "run_id": run_id}
+    return {"name": enricher.name, "params": json.dumps(params)}
+
+
+def enriched(enricher: Enricher, rows: pa.Table, key: str, step: dict[str, str]) -> pa.Table:
+    """The enricher's outputs for ``rows`` (key + inputs + provenance) with their provenance."""
+    out = enricher.process(rows)
+    return out.append_column("provenance", _with_step(rows, out, key, step))
+
+
+def enrich(
+    enricher: Enricher,
+    lake: Lake,
+    batch_size: int = 256,
+    write_batch: int = 4096,
+    reembed: bool = False,
+    ctx: RunContext | None = None,
+    progress: bool = True,
+) -> EnrichReport:
+    """Run one enricher over its table in this process; return the counts."""
+    ctx = ctx or RunContext("enrich", provenance.new_run_id("enrich"), "", "")
+    work = plan(enricher, lake, reembed)
+    table, key = work.table, work.key
+    report = EnrichReport(enricher.name, table, work.owner, todo=work.todo, skipped=work.skipped)
     started = time.perf_counter()
     if report.todo:
         enricher.setup()
-        step = {
-            "name": enricher.name,
-            "params": json.dumps(
-                {"owner": owner, "version": enricher.version, "run_id": ctx.run_id}
-            ),
-        }
+        step = enrichment_step(enricher, work.owner, ctx.run_id)
         bar = _progress(progress, report.todo, f"{enricher.name}")
         pinned = lake.dataset(table)  # scan one version while writing new ones
-        columns = list(dict.fromkeys([key, *enricher.inputs, "provenance"]))
+        columns = input_columns(enricher, key)
         buffer: list[pa.Table] = []
         buffered = 0
-        for batch in pinned.to_batches(columns=columns, filter=todo_filter, batch_size=batch_size):
+        for batch in pinned.to_batches(
+            columns=columns, filter=work.todo_filter, batch_size=batch_size
+        ):
             if batch.num_rows == 0:
                 continue
-            rows = pa.Table.from_batches([batch])
-            out = enricher.process(rows)
-            out = out.append_column("provenance", _with_step(rows, out, key, step))
+            out = enriched(enricher, pa.Table.from_batches([batch]), key, step)
             buffer.append(out)
             buffered += out.num_rows
             if bar is not None:
@@ -142,14 +180,24 @@ def main(cfg: Any) -> int:
     lake = Lake.from_config(cfg.lake)
     if not lake.present():  # before loading any model
         raise LakeNotFoundError(f"no lake at {cfg.lake.uri}: ingest something first")
-    with run_record(lake, ctx, {"enrich": cfg.enrich.name}):
+    with contextlib.ExitStack() as stack, run_record(lake, ctx, {"enrich": cfg.enrich.name}):
+        on_ray = None
+        if cfg.get("executor", {}).get("name") == "ray":  # the Ray code lives in its module
+            from lake.ray_enrich import on_ray_from_config
+
+            on_ray = stack.enter_context(on_ray_from_config(lake, cfg.executor))
         reports = []
         for name, node in cfg.enrich.steps.items():
             enricher = instantiate(node)
             if not isinstance(enricher, Enricher):
                 raise ConfigError(f"enrich step {name}: {node.get('_target_')} is not an Enricher")
             e = cfg.enrich
-            report = enrich(enricher, lake, e.batch_size, e.write_batch, e.reembed, ctx, e.progress)
+            if on_ray is not None:
+                report = on_ray(enricher, node, e.reembed, ctx)
+            else:
+                report = enrich(
+                    enricher, lake, e.batch_size, e.write_batch, e.reembed, ctx, e.progress
+                )
             print(report.summary())
             reports.append(report.__dict__)
         versions = lake.tag(ctx.run_id)
