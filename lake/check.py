@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,31 @@ def score_column(name: str) -> str:
 def group_column(name: str) -> str:
     """Column holding check ``name``'s group id."""
     return f"check_{name}_group"
+
+
+class LocalPasses:
+    """Where a check runs its row-wise heavy pass (``check.passes``): here, in one call.
+
+    A check calls :meth:`map_rows` with a picklable batch function; under
+    ``executor=ray`` :class:`lake.ray_check.RayPasses` runs the same function as a Ray Data
+    stage, so the results are the same.
+    """
+
+    def map_rows(
+        self,
+        lake: Lake,
+        table: str,
+        columns: list[str],
+        key: str,
+        ids: list[str],
+        fn: Callable[[pa.Table], pa.Table],
+        stage: str,
+    ) -> pa.Table:
+        """``fn`` over the rows of ``table`` (``columns``) whose ``key`` is in ``ids``."""
+        rows = lake.dataset(table).to_table(
+            columns=columns, filter=pc.field(key).isin(pa.array(ids, pa.string()))
+        )
+        return fn(rows)
 
 
 def _grouped(check: Check, result: pa.Table) -> bool:
@@ -272,7 +298,13 @@ def main(cfg: Any) -> int:
     where = scope(cfg.get("where"), cfg.get("dataset"))
     checks = build_checks(cfg.check)
     with run_record(lake, ctx, {"check": cfg.check.name, "where": where}):
-        report = run_checks(lake, checks, where, cfg.lake.reports, ctx, int(cfg.check.worst))
+        args = (lake, checks, where, cfg.lake.reports, ctx, int(cfg.check.worst))
+        if cfg.executor.name == "ray":
+            from lake.ray_check import run_checks_ray
+
+            report = run_checks_ray(*args, executor=cfg.executor)
+        else:
+            report = run_checks(*args)
         print(format_report(report))
         print(f"reports: {Path(cfg.lake.reports) / 'checks.md'}, checks.json")
         versions = lake.tag(ctx.run_id)

@@ -8,6 +8,7 @@ Candidates come from perceptual-hash banding (:func:`phash_pairs`) and embedding
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -15,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
+from lake.check import LocalPasses
 from lake.images import decode_image
 from lake.plugin import Check
 from plugins.checks.common import (
@@ -200,6 +202,21 @@ def thumb_stack(
     return out, ok
 
 
+def thumb_views_batch(
+    rows: pa.Table, size: int, scales: Iterable[float], anchors: Iterable[float]
+) -> pa.Table:
+    """:func:`thumb_stack` as a batch function (``media_id``, ``thumb`` in): ``media_id``,
+    ``views`` (the row's uint8 views as bytes) and ``ok`` out."""
+    views, ok = thumb_stack(rows.column("thumb").to_pylist(), size, scales, anchors)
+    return pa.table(
+        {
+            "media_id": rows.column("media_id"),
+            "views": pa.array([v.tobytes() for v in views], pa.large_binary()),
+            "ok": pa.array(ok, pa.bool_()),
+        }
+    )
+
+
 def thumb_similarity(
     views: np.ndarray, i: np.ndarray, j: np.ndarray, batch_size: int = 4096
 ) -> np.ndarray:
@@ -315,6 +332,8 @@ class Duplicates(Check):
     name: ClassVar[str] = "duplicates"
     version: ClassVar[str] = "0.2.0"
     has_groups: ClassVar[bool] = True
+    # where the thumbnail pass runs (executor=ray swaps in lake.ray_check.RayPasses)
+    passes: Any = LocalPasses()
 
     def __init__(
         self,
@@ -500,7 +519,8 @@ class Duplicates(Check):
         return best
 
     def _thumbs(self, lake: Any, media_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Views (:func:`thumb_stack`) of ``media_ids``' thumbnails, each decoded once."""
+        """Views (:func:`thumb_stack`) of ``media_ids``' thumbnails, each decoded once: the
+        check's heavy pass, run through ``self.passes`` (here, or a Ray Data stage)."""
         n = len(media_ids)
         if (
             self.thumb_min_similarity is None
@@ -508,19 +528,28 @@ class Duplicates(Check):
             or "thumb" not in table_columns(lake, "media")
         ):
             return np.zeros((n, 0, 3, 0, 0), np.uint8), np.zeros(n, dtype=bool)
+        fn = partial(
+            thumb_views_batch,
+            size=self.thumb_size,
+            scales=self.thumb_scales,
+            anchors=self.thumb_anchors,
+        )
+        out = self.passes.map_rows(
+            lake, "media", ["media_id", "thumb"], "media_id", media_ids, fn, "thumbs"
+        )
         ids = pa.array(media_ids, pa.string())
-        table = lake.dataset("media").to_table(
-            columns=["media_id", "thumb"], filter=pc.field("media_id").isin(ids)
-        )
-        at = pc.index_in(ids, value_set=table.column("media_id").combine_chunks())
+        at = pc.index_in(ids, value_set=out.column("media_id").combine_chunks())
         at = np.asarray(pc.fill_null(at, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
-        blobs = table.column("thumb").to_pylist()
-        return thumb_stack(
-            [blobs[a] if a >= 0 else None for a in at],
-            self.thumb_size,
-            self.thumb_scales,
-            self.thumb_anchors,
-        )
+        shape = (len(thumb_views(self.thumb_scales, self.thumb_anchors)), 3, self.thumb_size)
+        views = np.zeros((n, *shape, self.thumb_size), np.uint8)
+        ok = np.zeros(n, dtype=bool)
+        blobs = out.column("views").to_pylist()
+        flags = out.column("ok").to_pylist()
+        for r, a in enumerate(at.tolist()):
+            if a >= 0 and flags[a]:
+                views[r] = np.frombuffer(blobs[a], np.uint8).reshape(views.shape[1:])
+                ok[r] = True
+        return views, ok
 
     def _edges(
         self,

@@ -1,0 +1,97 @@
+"""The checks with ``executor=ray`` (heavy passes as Ray Data stages) equal the local
+executor: flags, scores, groups and reports; every Ray test runs under an alarm."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lake import progress
+from lake.check import run_checks
+from lake.ray_check import run_checks_ray
+from lake.store import Lake
+from tests.checks_data import build_lake, build_thumb_lake, conf_check
+
+pytestmark = pytest.mark.slow
+
+CHECKS = ("caption_mismatch", "label_conflict", "duplicates", "outliers")
+
+
+def executor_config(*overrides: str) -> Any:
+    """The composed ``executor=ray`` node of ``conf/check.yaml``."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(version_base="1.3", config_module="conf"):
+        cfg = compose(config_name="check", overrides=["executor=ray", *overrides])
+    return cfg.executor
+
+
+@pytest.fixture(scope="module")
+def ray_env() -> Iterator[Any]:
+    """One private loopback Ray (2 CPUs) for the module, shut down and removed after."""
+    from lake.ray_runtime import ray_session
+
+    with ray_session(num_cpus=2) as ray:
+        yield ray
+
+
+@pytest.fixture(autouse=True)
+def alarm() -> Iterator[None]:
+    """Fail a test that runs past 240 s instead of hanging."""
+
+    def fail(signum: int, frame: object) -> None:
+        raise TimeoutError("Ray test ran past 240 s")
+
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(240)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def planted(path: Path) -> Lake:
+    """The check tests' planted lake plus the thumbnail dataset (duplicates verify pixels)."""
+    lake = build_lake(Lake(path))
+    return build_thumb_lake(lake)
+
+
+def without_timing(report: dict[str, Any]) -> dict[str, Any]:
+    """A report without what differs between two runs (lake path, seconds)."""
+    out = {k: v for k, v in report.items() if k != "lake"}
+    out["checks"] = {
+        n: {k: v for k, v in s.items() if k != "seconds"} for n, s in report["checks"].items()
+    }
+    return out
+
+
+def test_checks_on_ray_equal_local(tmp_path: Path, ray_env: Any) -> None:
+    local, on_ray = planted(tmp_path / "local"), planted(tmp_path / "ray")
+    r1 = run_checks(local, {n: conf_check(n) for n in CHECKS}, reports=tmp_path / "rep-local")
+    checks = {n: conf_check(n) for n in CHECKS}
+    r2 = run_checks_ray(
+        on_ray, checks, None, tmp_path / "rep-ray", None, 10, executor=executor_config()
+    )
+    assert without_timing(r2) == without_timing(r1)
+    assert r2["checks"]["duplicates"]["flagged"] > 0
+    a = sorted(local.dataset("samples").to_table().to_pylist(), key=lambda r: r["sample_id"])
+    b = sorted(on_ray.dataset("samples").to_table().to_pylist(), key=lambda r: r["sample_id"])
+    assert a == b  # flags, check_*_score, check_duplicates_group, clip_score: every column
+    dup = json.loads((tmp_path / "rep-ray" / "duplicates.json").read_text())
+    assert dup == json.loads((tmp_path / "rep-local" / "duplicates.json").read_text())
+    md = [
+        (tmp_path / f"rep-{k}" / "checks.md").read_text().splitlines()[3:] for k in ("local", "ray")
+    ]
+    assert md[0] == md[1]
+    # the thumbnail pass ran as a Ray stage and recorded its progress; the check object
+    # got its local pass back
+    stages = [s for s in progress.stages(on_ray) if s["stage"] == "check:thumbs"]
+    assert [(s["status"], s["job"]) for s in stages] == [(progress.COMMITTED, "check")]
+    assert stages[0]["rows"] == stages[0]["total"] > 0
+    assert "passes" not in checks["duplicates"].__dict__
