@@ -68,6 +68,7 @@ from typing import Any
 from lake.errors import ConfigError, LakeloomError
 from lake.job import RunContext, hydra_job, run_record
 from lake.schema import MEDIA, RUNS, SAMPLES
+from lake.storage import file_sizes, is_remote, join, remove_tree
 from lake.store import Lake
 
 log = logging.getLogger("lakeloom.compact")
@@ -77,6 +78,7 @@ LANCE_DEFAULT_ROWS_PER_FRAGMENT = 1024 * 1024
 
 _U64_MAX = 2**64 - 1
 _MANIFEST = re.compile(r"^(?P<table>[^/]+)\.lance/_versions/(?P<stem>\d+)\.manifest$")
+_OWN_MANIFEST = re.compile(r"^_versions/(?P<stem>\d+)\.manifest$")
 _ANY_MANIFEST = re.compile(r"(?:^|/)_versions/(?P<stem>\d+)\.manifest$")
 
 
@@ -367,13 +369,14 @@ def dvc_referenced_versions(
 
 
 # -- compaction and cleanup --------------------------------------------------------------------
-def _disk_bytes(folder: Path) -> int:
-    total = 0
-    for base, _dirs, files in os.walk(folder):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.stat(os.path.join(base, name)).st_size
-    return total
+def _table_uri(lake: Lake, name: str) -> str:
+    return join(lake.uri, f"{name}.lance")
+
+
+def _listing(lake: Lake, name: str) -> dict[str, int]:
+    """Every file of table ``name`` (path relative to the table -> bytes): one listing,
+    on local disk or object storage alike."""
+    return file_sizes(_table_uri(lake, name), lake.storage_options)
 
 
 def _latest(lake: Lake, name: str) -> Any:
@@ -390,7 +393,7 @@ def _table_state(lake: Lake, name: str) -> dict[str, Any]:
         "versions": len(ds.versions()),
         "fragments": len(ds.get_fragments()),
         "rows": int(ds.count_rows()),
-        "bytes": _disk_bytes(Path(lake.uri) / f"{name}.lance"),
+        "bytes": sum(_listing(lake, name).values()),
     }
 
 
@@ -404,7 +407,11 @@ def _compaction_options(
 
 
 def _compact(
-    ds: Any, opts: dict[str, Any], dry_run: bool, optimize_indices: bool
+    ds: Any,
+    opts: dict[str, Any],
+    dry_run: bool,
+    optimize_indices: bool,
+    storage_options: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     from lance.optimize import Compaction
 
@@ -435,7 +442,7 @@ def _compact(
     if optimize_indices and metrics.fragments_removed:
         from lance import dataset as open_dataset
 
-        fresh = open_dataset(ds.uri)
+        fresh = open_dataset(ds.uri, storage_options=storage_options or None)
         if fresh.describe_indices():
             fresh.optimize.optimize_indices()
             out["indices_optimized"] = True
@@ -453,12 +460,12 @@ def _version_files(ds: Any, version: int) -> set[str]:
     return out
 
 
-def _own_files(folder: Path, ds: Any, version: int) -> set[str]:
-    """The manifest and transaction file of one version."""
+def _own_files(listing: Mapping[str, int], ds: Any, version: int) -> set[str]:
+    """The manifest and transaction file of one version (``listing``: the table's files)."""
     out = {
-        f"_versions/{p.name}"
-        for p in (folder / "_versions").glob("*.manifest")
-        if manifest_version(p.stem) == version
+        rel
+        for rel in listing
+        if (m := _OWN_MANIFEST.match(rel)) and manifest_version(m["stem"]) == version
     }
     with contextlib.suppress(Exception):  # a version written without a transaction file
         txn = ds.read_transaction(version)
@@ -467,39 +474,55 @@ def _own_files(folder: Path, ds: Any, version: int) -> set[str]:
     return out
 
 
-def _sizes(folder: Path, paths: Iterable[str]) -> int:
-    total = 0
-    for rel in paths:
-        with contextlib.suppress(OSError):
-            total += (folder / rel).stat().st_size
-    return total
+def _sizes(listing: Mapping[str, int], paths: Iterable[str]) -> int:
+    return sum(listing.get(rel, 0) for rel in paths)
 
 
-def _measure_compaction(ds: Any, opts: dict[str, Any]) -> dict[str, int]:
+@contextlib.contextmanager
+def _scratch(lake: Lake) -> Iterator[str]:
+    """A throwaway folder for a clone: the system temp folder for a local lake; on object
+    storage a prefix inside the lake (a clone must reach the table's files), removed after."""
+    import tempfile
+    import uuid
+
+    if not is_remote(lake.uri):
+        with tempfile.TemporaryDirectory(prefix="lakeloom-compact-") as tmp:
+            yield tmp
+        return
+    # no ".lance" suffix: LanceDB never lists it as a table while it exists
+    tmp = join(lake.uri, f"_lakeloom_tmp/compact-{uuid.uuid4().hex}")
+    try:
+        yield tmp
+    finally:
+        remove_tree(tmp, lake.storage_options)
+
+
+def _measure_compaction(ds: Any, opts: dict[str, Any], lake: Lake) -> dict[str, int]:
     """What the compaction adds, measured on a throwaway shallow clone.
 
-    The clone (in the system temp folder) reads the table's files in place and receives
+    The clone (see :func:`_scratch`) reads the table's files in place and receives
     the compacted files, manifests and transactions, so their sizes are exact; the table
     itself is not touched. It costs what the compaction's writes cost. Lance commits the
     compaction as two versions (fragment ids reserved, then the rewrite): ``transient`` is
     the manifest and transaction of every version but the last, which the cleanup removes.
     """
-    import tempfile
-
     import lance
 
-    with tempfile.TemporaryDirectory(prefix="lakeloom-compact-") as tmp:
-        target = Path(tmp) / "clone.lance"
-        ds.checkout_version(int(ds.version)).shallow_clone(str(target), int(ds.version))
-        before = {p: p.stat().st_size for p in target.rglob("*") if p.is_file()}
-        first = int(lance.dataset(str(target)).version)
-        lance.dataset(str(target)).optimize.compact_files(**opts)
-        clone = lance.dataset(str(target))
-        after = {p: p.stat().st_size for p in target.rglob("*") if p.is_file()}
+    so = lake.storage_options or None
+    with _scratch(lake) as tmp:
+        target = join(tmp, "clone.lance")
+        ds.checkout_version(int(ds.version)).shallow_clone(
+            target, int(ds.version), storage_options=so
+        )
+        before = file_sizes(target, so)
+        first = int(lance.dataset(target, storage_options=so).version)
+        lance.dataset(target, storage_options=so).optimize.compact_files(**opts)
+        clone = lance.dataset(target, storage_options=so)
+        after = file_sizes(target, so)
         added = sum(size for p, size in after.items() if p not in before)
         added += sum(after[p] - before[p] for p in before if p in after)
         middle = range(first + 1, int(clone.version))
-        transient = _sizes(target, {f for v in middle for f in _own_files(target, clone, v)})
+        transient = _sizes(after, {f for v in middle for f in _own_files(after, clone, v)})
         return {
             "added": added,
             "transient": transient,
@@ -525,7 +548,7 @@ def predict(
     read: a file that a ``kept`` version (tagged, DVC-referenced, younger than the
     retention) still reads stays, and that is how a compaction can grow a table.
     """
-    folder = Path(lake.uri) / f"{name}.lance"
+    listing = _listing(lake, name)
     latest = int(ds.version)
     files = {v: _version_files(ds, v) for v in {*remove, *kept, latest}}
     rewritten = {
@@ -545,14 +568,16 @@ def predict(
         keep |= files[v]
     gone: set[str] = set()
     for v in remove:
-        gone |= (files[v] - keep) | _own_files(folder, ds, v)
-    held = {v: _sizes(folder, files[v] & rewritten) for v in kept if files[v] & rewritten}
-    removed = _sizes(folder, gone)
+        gone |= (files[v] - keep) | _own_files(listing, ds, v)
+    held = {v: _sizes(listing, files[v] & rewritten) for v in kept if files[v] & rewritten}
+    removed = _sizes(listing, gone)
     return {
         "bytes_added": int(added) if rewrite else 0,
         "bytes_removed": removed,
         "held_by": held,  # version -> bytes of rewritten fragments it keeps on disk
-        "held_bytes": _sizes(folder, rewritten & set().union(*[files[v] for v in held] or [set()])),
+        "held_bytes": _sizes(
+            listing, rewritten & set().union(*[files[v] for v in held] or [set()])
+        ),
     }
 
 
@@ -625,7 +650,7 @@ def compact_table(
         guess = predict(lake, name, ds, rewrite, remove, kept, 0)
         measured = {"added": 0, "transient": 0, "versions": 1, "fragments": before["fragments"]}
         if compacts and (dry_run or guess["held_by"]):
-            measured = _measure_compaction(ds, opts)
+            measured = _measure_compaction(ds, opts, lake)
             guess["bytes_added"] = measured["added"]  # all the measurement changes
         # the compaction's own intermediate versions go in this run only with retention 0
         transient = compacts and not skip_cleanup and float(retention_days) == 0
@@ -659,7 +684,7 @@ def compact_table(
         if dry_run or not compacts:
             compaction = dict(plan) if compacts else {"skipped": True, **plan}
         else:
-            compaction = _compact(ds, opts, False, optimize_indices)
+            compaction = _compact(ds, opts, False, optimize_indices, lake.storage_options)
         ds = _latest(lake, name)  # after compaction
         if not dry_run and compacts and not skip_cleanup:
             # the versions the compaction committed before its last one (reserved ids)
@@ -884,8 +909,8 @@ def main(cfg: Any) -> int:
             scan_cache=bool(c.dvc_cache),
             heads_only=str(c.dvc_versions) == "head",
         )
-        if c.keep_dvc
-        else DvcRefs(None)
+        if c.keep_dvc and not is_remote(lake.uri)
+        else DvcRefs(None)  # DVC tracks local lake folders: a lake on object storage has none
     )
     # a dry run writes nothing, not even its run record
     with (

@@ -25,6 +25,7 @@ from lake import runs as runs_mod
 from lake.errors import (
     ConfigError,
     FileProblem,
+    LakeloomError,
     LakeNotFoundError,
     is_lance_error,
     lance_cause,
@@ -32,7 +33,7 @@ from lake.errors import (
 from lake.lock import local_path, writer_lock
 from lake.schema import KEYS, MEDIA, RUNS, SAMPLES, SCHEMAS
 from lake.sql import quote
-from lake.storage import guard_metadata_service, is_s3
+from lake.storage import filesystem, guard_metadata_service, is_s3, join
 from lake.storage import storage_options as configured_storage_options
 
 DEFAULT_URI = "data/lake"
@@ -119,11 +120,20 @@ class Lake:
 
     def _newest_manifest(self, name: str) -> str:
         """The table's newest manifest file (what opening it reads), else its folder."""
-        folder = (local_path(self.uri) or Path(self.uri)) / f"{name}.lance"
-        manifests = list((folder / "_versions").glob("*.manifest"))
+        import pyarrow.fs as pafs
+
+        local = local_path(self.uri)
+        folder = join(str(local) if local is not None else self.uri, f"{name}.lance")
+        try:  # one listing, on local disk or object storage alike
+            fs, base = filesystem(join(folder, "_versions"), self.storage_options)
+            found = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        except (OSError, LakeloomError):
+            return folder
+        manifests = [i for i in found if i.base_name.endswith(".manifest")]
         if not manifests:
-            return str(folder)
-        return str(max(manifests, key=lambda p: p.stat().st_mtime_ns))
+            return folder
+        newest = max(manifests, key=lambda i: i.mtime_ns or 0)
+        return join(folder, "_versions", newest.base_name)
 
     def ensure(self, name: str) -> Any:
         """Open a table, creating it empty with its schema when missing.

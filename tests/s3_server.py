@@ -111,7 +111,7 @@ class S3Server:
             str(weed_binary()), "mini", f"-dir={self.root / 'data'}",
             "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.config={config}", f"-bucket={BUCKET}",
             "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.telemetry=false",
+            "-master.telemetry=false", "-volume.preStopSeconds=0",
             f"-filer.localSocket={self.root / 'filer.sock'}",
             f"-s3.localSocket={self.root / 's3.sock'}",
             f"-admin.dataDir={self.root / 'admin'}",
