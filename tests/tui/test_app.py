@@ -48,7 +48,7 @@ def lake_copy(tui_lake: Path, tmp_path: Path) -> Path:
 # -- config ---------------------------------------------------------------------------------
 def test_config_declares_everything_and_every_binding_has_an_id() -> None:
     config = TuiConfig.load()
-    assert list(config.screens) == ["lake", "review", "runs"]
+    assert list(config.screens) == ["lake", "review", "runs", "jobs"]
     assert config.screens["runs"].args == {"runs_dir": "runs"}
     assert [c.field for c in config.columns][:3] == ["dataset", "label", "caption"]
     assert {p.name for p in config.panels} >= {"preview", "summary", "provenance"}
