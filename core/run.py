@@ -33,14 +33,18 @@ def resolve_run(
 
     A new run gets ``run_id`` or a fresh ``train-<time>-<hex>`` id. Processes other than
     rank zero (DDP workers re-running the script) join rank zero's run through the
-    ``LAKELOOM_RUN_ID`` environment variable it sets. ``resume`` with no id takes the
-    newest run of ``experiment`` (its saved ``experiment_name``) that has a checkpoint.
+    ``LAKELOOM_RUN_ID`` environment variable it sets, or, launched on other nodes by
+    torchrun / SLURM / by hand, through the same ``run_id`` (the folder may exist then).
+    ``resume`` with no id takes the newest run of ``experiment`` (its saved
+    ``experiment_name``) that has a checkpoint.
     The checkpoint is ``ckpt`` when given (a path, a file name in the run's
     ``checkpoints/``, or ``step-N``), else ``last.ckpt``, or, when that is missing or
     unreadable, the newest intact ``step-*.ckpt`` (a warning names the ones skipped).
     """
     root = Path(runs_dir)
-    joined = None if rank_zero else os.environ.get("LAKELOOM_RUN_ID")
+    # a worker joins rank zero's run: the id rank zero put in the environment (its own
+    # DDP children), else run_id= (a launcher's process on another node: same command)
+    joined = None if rank_zero else os.environ.get("LAKELOOM_RUN_ID") or run_id
     run_id = joined or run_id
     if resume:
         run = RunDir(root / run_id) if run_id else _newest_run(root, experiment)

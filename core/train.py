@@ -248,7 +248,10 @@ def _is_interrupt(exc: BaseException) -> bool:
 
 
 def _rank_zero() -> bool:
-    return all(int(os.environ.get(k, 0)) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    """Whether this process is global rank 0, read before the Trainer exists: torchrun
+    sets RANK, Lightning's own launcher LOCAL_RANK / NODE_RANK, SLURM's srun SLURM_PROCID."""
+    keys = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+    return all(int(os.environ.get(k, 0)) == 0 for k in keys)
 
 
 def _config_changes(saved: Path, cfg: Any) -> dict[str, Any]:
@@ -333,6 +336,8 @@ def main(cfg: Any) -> JobResult:
         if problem is None:
             raise
         raise problem from exc
+    if not _rank_zero():  # the run is rank zero's to report (another node: another id)
+        return JobResult(EXIT_CODES.get(summary["status"], 1), None)
     print(
         f"run {summary['run_id']}: {summary['status']} -> {Path(cfg.runs_dir) / summary['run_id']}"
     )
