@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from lake import provenance, runs
 from lake.errors import ConfigError, FileProblem, LakeloomError, is_lance_error, lance_cause
 from lake.plugin import config_search_path
-from lake.storage import redact, redact_text
+from lake.storage import SECRET_KEYS, redact, redact_text
 
 if TYPE_CHECKING:
     from lake.store import Lake
@@ -52,6 +52,18 @@ def _cfg_storage_options(cfg: Any) -> dict[str, Any]:
         return {str(k): v for k, v in (given or {}).items()}
     except Exception:  # a job without a lake (or an unresolvable one)
         return {}
+
+
+def _secret_overrides() -> bool:
+    """Whether the running Hydra job's command-line overrides set a credential."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except Exception:  # not inside a Hydra job
+        return False
+    names = (o.split("=", 1)[0].rsplit(".", 1)[-1] for o in overrides)
+    return any(n in SECRET_KEYS or n.lower() in SECRET_KEYS for n in names)
 
 
 @dataclass
@@ -356,7 +368,12 @@ def hydra_job(
                     sys.exit(2)
                 problem = file_problem(exc, _lake_uri(cfg))
                 if problem is None:
-                    raise
+                    if not _secret_overrides():
+                        raise
+                    # Hydra would log the command's overrides with the error, keys included
+                    options = _cfg_storage_options(cfg)
+                    print(redact_secrets(traceback.format_exc(), options), file=sys.stderr)
+                    sys.exit(1)
                 _debug_traceback(_cfg_storage_options(cfg))
                 print(say(str(problem)), file=sys.stderr)
                 code = 1
