@@ -56,6 +56,18 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def admin_ports(taken: set[int]) -> tuple[int, int]:
+    """A free port ``p`` below 55536 whose ``p + 10000`` is free too (and not in ``taken``)."""
+    for _ in range(200):
+        (port,) = free_ports(1)
+        if port + 10000 > 65535 or {port, port + 10000} & taken:
+            continue
+        with contextlib.suppress(OSError), socket.socket() as probe:
+            probe.bind(("127.0.0.1", port + 10000))
+            return port, port + 10000
+    raise RuntimeError("no free port pair p, p + 10000 on 127.0.0.1 for weed's admin server")
+
+
 @dataclass
 class S3Server:
     """One running ``weed mini``: its endpoint, keys and a fresh lake URI per call."""
@@ -144,11 +156,13 @@ class S3Server:
         )
 
     def stop(self) -> None:
-        """SIGTERM by PID, SIGKILL after a grace period."""
+        """SIGINT by PID, SIGKILL after a grace period."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.send_signal(signal.SIGTERM)
+        # weed mini shuts down in ~1 s on SIGINT (its Ctrl+C path); on SIGTERM it sat
+        # past a 10 s grace period after a lake had been written
+        proc.send_signal(signal.SIGINT)
         try:
             proc.wait(timeout=STOP_GRACE_S)
         except subprocess.TimeoutExpired:
@@ -168,6 +182,9 @@ def start_s3_server(root: Path, attempts: int = 2) -> S3Server:
     error: Exception | None = None
     for attempt in range(attempts):
         ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
+        # weed's maintenance worker dials the admin server at admin.port + 10000 whatever
+        # admin.port.grpc says (seen: "address 68701: invalid port"), so keep that pair
+        ports["admin.port"], ports["admin.port.grpc"] = admin_ports(set(ports.values()))
         server = S3Server(root / f"try{attempt}", ports)
         try:
             return server.start()
