@@ -166,7 +166,7 @@ def enrich_on_ray(
     if prior is not None and prior["status"] == progress.COMMITTED:
         progress.forget_units(lake, bid)  # finished work starting over: new fragments
     db = _staging_db(lake)
-    done = _done_units(lake, bid, set(db.table_names()))
+    done = _done_units(lake, bid, set(db.list_tables().tables))
     if not work.todo and not done:
         enricher.finish(lake)
         report.seconds = time.perf_counter() - started
@@ -239,7 +239,7 @@ def enrich_on_ray(
     progress.record_units(lake, bid, ctx.run_id, JOB, stage_name,
                           [{**u, "status": progress.COMMITTED} for u in committed])  # fmt: skip
     stage(progress.COMMITTED)
-    for name in db.table_names():
+    for name in db.list_tables().tables:
         if name.startswith(f"{bid}-"):
             db.drop_table(name)
     enricher.finish(lake)
@@ -297,7 +297,7 @@ def _outputs(
 
 def _commit(lake: Lake, work: Plan, bid: str, db: Any) -> int:
     """Write every staged row of the backfill that is still todo, in one commit."""
-    names = [n for n in db.table_names() if n.startswith(f"{bid}-")]
+    names = [n for n in db.list_tables().tables if n.startswith(f"{bid}-")]
     if not names:
         return 0
     staged = pa.concat_tables([db.open_table(n).to_arrow() for n in names])
