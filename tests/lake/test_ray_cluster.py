@@ -72,7 +72,9 @@ export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token} PYTHONPATH={REPO}
 {ray} start --head --port={PORT} --num-cpus=1 --include-dashboard=false \\
     --temp-dir={ray_dir / "t"} --disable-usage-stats || exit 11
 {ray} start --address=127.0.0.1:{PORT} --num-cpus=1 --disable-usage-stats || exit 12
-timeout 240 {on_cluster}
+# the driver starts the stage only once both actors are up, so a fast first actor
+# cannot take every batch before the other node's actor is ready
+RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S=120 timeout 240 {on_cluster}
 rc=$?
 {ray} stop --force > /dev/null 2>&1  # every Ray process here, and only here
 exit $rc
