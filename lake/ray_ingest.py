@@ -6,13 +6,15 @@ media work), records are read, hashed, deduplicated, checked and turned into sam
 in source order, and rejects go to the same report with the same messages. What costs —
 decoding, verifying, measuring, phashing and thumbnailing each new image — runs in Ray
 tasks, which also build the media rows (the runner's own ``_media_row``) and write them
-as Lance fragments into a staging dataset next to the lake. The driver stages its own
-rows (samples, media its source analysed) the same way and, at the end, commits once:
+as Lance fragments into a staging dataset in the lake's ``_staging`` folder. The driver
+stages its own rows (samples, media its source analysed) the same way and, at the end, commits once:
 one merge-insert of the staged media (those an accepted sample uses) and one of the
 staged samples, media first. Keys are content hashes and the merge inserts only missing
 keys, so a re-run adds nothing and a run killed at any point converges when re-run
 (before the commit nothing reached the lake; between the two merges the samples are
-missing and the re-run adds them).
+missing and the re-run adds them). Progress goes to the ``progress`` table
+(:mod:`lake.progress`): a stage row ``ingest:media`` (records done of the source's count)
+and one unit row per chunk (``shard:<n>``, its new images, the Ray node that did it).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import shutil
+import time
 from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
@@ -29,6 +32,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lake import progress
 from lake.images import ImageInfo, ImageSettings
 from lake.ingest import (
     IngestReport,
@@ -43,13 +47,15 @@ from lake.ingest import (
 from lake.job import RunContext
 from lake.lock import local_path
 from lake.plugin import Source
+from lake.ray_enrich import STAGING
 from lake.ray_runtime import ray_session
 from lake.records import MediaRef
 from lake.runs import FINAL, effective_status
 from lake.schema import MEDIA, MEDIA_SCHEMA, SAMPLES, SAMPLES_SCHEMA
 from lake.store import Lake, is_blob
 
-STAGING_SUFFIX = ".staging"
+JOB = "ingest"
+RUN_PREFIX = "ingest-"  # run ids of ingest jobs: their staging folders
 
 
 def _plain(schema: pa.Schema) -> pa.Schema:
@@ -62,8 +68,8 @@ STAGED_SAMPLES = _plain(SAMPLES_SCHEMA)
 
 
 def staging_root(lake: Lake) -> str:
-    """The folder next to the lake that holds the staging datasets of Ray ingests."""
-    return lake.uri.rstrip("/") + STAGING_SUFFIX
+    """The lake's staging folder (shared with the Ray enrich runner; no table lives there)."""
+    return f"{lake.uri.rstrip('/')}/{STAGING}"
 
 
 def _write_fragments(
@@ -85,9 +91,10 @@ def stage_images(
     media_prov: dict[str, Any],
     uri: str,
     storage_options: dict[str, str] | None,
-) -> tuple[int, list[tuple[str, Any]], list[str]]:
+) -> tuple[int, list[tuple[str, Any]], list[str], str]:
     """Ray task: process one chunk's new images as the local workers do, write their media
-    rows as staging fragments; return the results (without thumbnails) and the fragments."""
+    rows as staging fragments; return the results (without thumbnails), the fragments and
+    the Ray node id."""
     idx, results = _process_chunk_inline(task, image)
     data = dict(task[1])
     rows = _Writer(None, 0)  # type: ignore[arg-type]  # a row buffer only: never flushed
@@ -99,7 +106,9 @@ def stage_images(
             res = dataclasses.replace(res, thumb=None)  # the driver needs the verdict only
         light.append((mid, res))
     frags = _write_fragments(rows.table(rows.media, STAGED_MEDIA), uri, storage_options)
-    return idx, light, frags
+    import ray
+
+    return idx, light, frags, ray.get_runtime_context().get_node_id()
 
 
 class StagingWriter(_Writer):
@@ -163,12 +172,48 @@ class StagingWriter(_Writer):
         return lance.LanceDataset.commit(uri, op, storage_options=so).to_table()
 
 
+class IngestProgress:
+    """The ingest's progress rows: written every ``every_s`` seconds and at the end."""
+
+    stage = f"{JOB}:media"
+
+    def __init__(self, lake: Lake, run_id: str, total: int | None, every_s: float = 5.0):
+        self.lake, self.run_id, self.total = lake, run_id, total or 0
+        self.backfill = progress.backfill_id(job=JOB, stage=self.stage, run=run_id)
+        self.every_s = every_s
+        self.started = self.last = time.perf_counter()
+        self.records = 0
+        self.units: list[dict[str, Any]] = []
+        self.write(progress.RUNNING)
+
+    def unit(self, idx: int, records: int, images: int, node: str) -> None:
+        """One chunk consumed; write the rows when ``every_s`` has passed."""
+        self.records += records
+        self.units.append({"unit": f"shard:{idx}", "status": progress.DONE, "rows": images,
+                           "node": node, "attempts": 1})  # fmt: skip
+        if time.perf_counter() - self.last >= self.every_s:
+            self.write(progress.RUNNING)
+
+    def write(self, status: str, error: str | None = None) -> None:
+        """The stage row and the unit rows gathered since the last write."""
+        seconds = time.perf_counter() - self.started
+        if self.units:
+            progress.record_units(self.lake, self.backfill, self.run_id, JOB, self.stage,
+                                  self.units)  # fmt: skip
+            self.units = []
+        total = max(self.total, self.records)
+        progress.record_stage(self.lake, self.backfill, self.run_id, JOB, self.stage, status,
+                              self.records, total, seconds, error)  # fmt: skip
+        self.last = time.perf_counter()
+
+
 def _ray_process(
     ray: Any,
     executor: Any,
     writer: StagingWriter,
     image: ImageSettings,
     media_prov: dict[str, Any],
+    tracker: IngestProgress,
 ) -> Callable[[_Feeder, Callable[..., None]], None]:
     """The runner's ``process``: each chunk's new images in a Ray task, consumed in order."""
     task_fn = ray.remote(stage_images).options(
@@ -184,10 +229,13 @@ def _ray_process(
         pending: deque = deque()
 
         def take() -> None:
-            idx, results, frags = ray.get(pending.popleft())
+            idx, results, frags, node = ray.get(pending.popleft())
             writer.fragments[writer.media_uri] += frags
-            writer.worker_media.update(m for m, r in results if isinstance(r, ImageInfo))
+            images = [m for m, r in results if isinstance(r, ImageInfo)]
+            writer.worker_media.update(images)
+            records = len(feeder.staged[idx].items)
             consume(idx, results)
+            tracker.unit(idx, records, len(images), node)
 
         for idx, work in feeder.tasks():
             new = feeder.staged[idx].new_media
@@ -208,7 +256,7 @@ def clear_stale_staging(lake: Lake) -> None:
     if root is None or not root.is_dir():
         return
     runs = {r.get("run_id"): r for r in lake.runs()}
-    for folder in root.iterdir():
+    for folder in root.glob(f"{RUN_PREFIX}*"):
         run = runs.get(folder.name)
         if run is None or effective_status(run) in FINAL:
             shutil.rmtree(folder, ignore_errors=True)
@@ -246,6 +294,7 @@ def ray_ingest(
     staging = f"{staging_root(lake)}/{ctx.run_id}"
     writer = StagingWriter(lake, settings.write_batch, staging)
     media_prov = image_provenance(source, ctx, settings.image)
+    tracker = IngestProgress(lake, ctx.run_id, source.count())
     try:
         with ray_session(
             str(executor["address"]),
@@ -253,7 +302,12 @@ def ray_ingest(
             executor["num_gpus"],
             executor["temp_dir"],
         ) as ray:
-            process = _ray_process(ray, executor, writer, settings.image, media_prov)
-            return _ingest(source, lake, dataset, settings, ctx, rejects_path, process, writer)
+            process = _ray_process(ray, executor, writer, settings.image, media_prov, tracker)
+            report = _ingest(source, lake, dataset, settings, ctx, rejects_path, process, writer)
+    except BaseException as exc:
+        tracker.write(progress.FAILED, f"{type(exc).__name__}: {exc}"[:500])
+        raise
     finally:
         _remove(staging, lake)
+    tracker.write(progress.COMMITTED)
+    return report

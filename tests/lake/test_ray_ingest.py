@@ -3,6 +3,7 @@ re-run, and converges after a SIGKILL; every Ray test runs under an alarm."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from lake import progress
 from lake.ingest import IngestSettings, ingest
 from lake.store import Lake
 from tests.conftest import jpeg_bytes, slow_ingest_command
@@ -60,6 +62,30 @@ def alarm() -> Iterator[None]:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def kill_leftovers(marker: str, wait_s: float = 30) -> None:
+    """SIGKILL, by pid, the processes of a killed job's private Ray still running (its
+    workers sit in their own process groups and rename themselves ``ray::...``): those whose
+    environment holds ``LAKELOOM_TEST_MARK=<marker>``, set by this test for the job."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                environ = (proc / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"LAKELOOM_TEST_MARK={marker}".encode() in environ:
+                found.append(int(proc.name))
+        if not found:
+            return
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
 
 
 def rows(lake: Lake, name: str) -> list[dict[str, Any]]:
@@ -111,7 +137,11 @@ def test_image_folder_on_ray_equals_local_and_rerun_adds_nothing(
     }
     assert_same_lake(local, on_ray)
     assert (tmp_path / "r-ray.jsonl").read_text() == (tmp_path / "r-local.jsonl").read_text()
-    assert not any((tmp_path / "ray.staging").glob("ingest-*"))  # staging removed
+    assert not any((tmp_path / "ray" / "_staging").glob("ingest-*"))  # staging removed
+    stage = next(s for s in progress.run_rows(on_ray, r2.run_id) if s["unit"] == "")
+    assert (stage["stage"], stage["status"], stage["rows"]) == ("ingest:media", "committed", 9)
+    units = [u for u in progress.run_rows(on_ray, r2.run_id) if u["unit"].startswith("shard:")]
+    assert sum(u["rows"] for u in units) == r2.images_processed and units[0]["node"]
 
     versions = on_ray.current_versions()
     again = ingest(
@@ -161,8 +191,8 @@ def test_killed_ray_ingest_converges_when_rerun(tmp_path: Path, ray_env: Any) ->
     ray_tmp = tempfile.mkdtemp(prefix="llr-")  # short: Ray's socket paths stay < 108 bytes
     cmd = [*cmd, "executor=ray", "executor.num_cpus=1", f"executor.temp_dir={ray_tmp}"]
     cmd = [c.replace("ingest.chunk_size=10", "ingest.chunk_size=4") for c in cmd]
-    staged = Path(f"{uri}.staging")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    staged = Path(uri) / "_staging"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "LAKELOOM_TEST_MARK": ray_tmp}
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 180
@@ -175,15 +205,17 @@ def test_killed_ray_ingest_converges_when_rerun(tmp_path: Path, ray_env: Any) ->
         # the driver and the private Ray it started share its session: kill that group
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        kill_leftovers(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     lake = Lake(uri)
     assert lake.count("samples") == 0  # nothing reached the lake before the commit
     src = Path(cmd[3].split("=", 1)[1])
     from plugins.image_folder import ImageFolderSource
 
-    report = ingest(ImageFolderSource(src), lake, settings=QUIET, executor=executor_config())
+    big = IngestSettings(progress=False, chunk_size=50, workers=0)
+    report = ingest(ImageFolderSource(src), lake, settings=big, executor=executor_config())
     assert report.new_samples == 400
     assert not list(staged.glob("ingest-*"))  # the killed run's staging is cleared
     clean = Lake(tmp_path / "clean")
-    ingest(ImageFolderSource(src), clean, settings=QUIET)
+    ingest(ImageFolderSource(src), clean, settings=big)
     assert_same_lake(clean, lake)
