@@ -95,3 +95,16 @@ def test_checks_on_ray_equal_local(tmp_path: Path, ray_env: Any) -> None:
     assert [(s["status"], s["job"]) for s in stages] == [(progress.COMMITTED, "check")]
     assert stages[0]["rows"] == stages[0]["total"] > 0
     assert "passes" not in checks["duplicates"].__dict__
+
+
+def test_checks_on_ray_over_an_s3_lake_equal_local(tmp_path: Path, ray_env: Any, s3: Any) -> None:
+    local = planted(tmp_path / "local")
+    remote = build_thumb_lake(build_lake(Lake(s3.uri("checks"), s3.storage_options)))
+    r1 = run_checks(local, {"duplicates": conf_check("duplicates")})
+    r2 = run_checks_ray(
+        remote, {"duplicates": conf_check("duplicates")}, None, None, None, 10, executor_config()
+    )
+    assert without_timing(r2) == without_timing(r1)
+    a = sorted(local.dataset("samples").to_table().to_pylist(), key=lambda r: r["sample_id"])
+    b = sorted(remote.dataset("samples").to_table().to_pylist(), key=lambda r: r["sample_id"])
+    assert a == b

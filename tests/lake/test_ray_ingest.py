@@ -219,3 +219,22 @@ def test_killed_ray_ingest_converges_when_rerun(tmp_path: Path, ray_env: Any) ->
     clean = Lake(tmp_path / "clean")
     ingest(ImageFolderSource(src), clean, settings=big)
     assert_same_lake(clean, lake)
+
+
+def test_ray_ingest_into_s3_lake_equals_local(
+    class_folder: Path, tmp_path: Path, ray_env: Any, s3: Any
+) -> None:
+    from plugins.image_folder import ImageFolderSource
+
+    local = Lake(tmp_path / "local")
+    ingest(ImageFolderSource(class_folder), local, settings=QUIET)
+    remote = Lake(s3.uri(f"ray-ingest-{tmp_path.name}"), s3.storage_options)
+    report = ingest(
+        ImageFolderSource(class_folder), remote, settings=QUIET, executor=executor_config()
+    )
+    assert (report.new_samples, report.new_media) == (8, 7)
+    assert_same_lake(local, remote)
+    again = ingest(
+        ImageFolderSource(class_folder), remote, settings=QUIET, executor=executor_config()
+    )
+    assert (again.new_samples, again.new_media) == (0, 0)
