@@ -4,7 +4,10 @@ executor: flags, scores, groups and reports; every Ray test runs under an alarm.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from lake.check import run_checks
 from lake.ray_check import run_checks_ray
 from lake.store import Lake
 from tests.checks_data import build_lake, build_thumb_lake, conf_check
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -108,3 +112,27 @@ def test_checks_on_ray_over_an_s3_lake_equal_local(tmp_path: Path, ray_env: Any,
     a = sorted(local.dataset("samples").to_table().to_pylist(), key=lambda r: r["sample_id"])
     b = sorted(remote.dataset("samples").to_table().to_pylist(), key=lambda r: r["sample_id"])
     assert a == b
+
+
+def test_check_job_with_executor_ray_through_the_cli(tmp_path: Path) -> None:
+    local, on_ray = planted(tmp_path / "local"), planted(tmp_path / "ray")
+    run_checks(local, {"duplicates": conf_check("duplicates")})
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "lake.cli", "check", f"lake.uri={on_ray.uri}",
+            f"lake.reports={tmp_path / 'out'}", "executor=ray", "executor.num_cpus=2",
+            *(f"check.checks.{n}=null" for n in CHECKS if n != "duplicates"),
+        ],
+        capture_output=True, text=True, cwd=REPO, timeout=200,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "duplicates" in proc.stdout
+    a = sorted(local.dataset("samples").to_table().to_pylist(), key=lambda r: r["sample_id"])
+    b = sorted(
+        Lake(on_ray.uri).dataset("samples").to_table().to_pylist(), key=lambda r: r["sample_id"]
+    )
+    assert a == b
+    run = [r for r in Lake(on_ray.uri).runs() if r["job"] == "check"]
+    assert run[-1]["status"] == "finished"
+    assert any(s["stage"] == "check:thumbs" for s in progress.stages(Lake(on_ray.uri)))
