@@ -238,3 +238,28 @@ def test_ray_ingest_into_s3_lake_equals_local(
         ImageFolderSource(class_folder), remote, settings=QUIET, executor=executor_config()
     )
     assert (again.new_samples, again.new_media) == (0, 0)
+
+
+def test_audio_source_on_ray_equals_local(tmp_path: Path, ray_env: Any) -> None:
+    """A source that analyses its own media (audio): its rows are staged by the driver."""
+    import numpy as np
+
+    from lake.audio import encode_pcm
+    from plugins.audio import AudioSource
+    from tests.conftest import conf_kwargs
+
+    tones = tmp_path / "tones"
+    tones.mkdir()
+    t = np.arange(8000) / 16000
+    for k, hz in enumerate([220, 440, 880, 220]):
+        pcm = (0.3 * np.sin(2 * np.pi * hz * t + k) * 32767).astype(np.int16)
+        (tones / f"tone_{k}.wav").write_bytes(encode_pcm(pcm, 16000, "wav"))
+    (tones / "broken.wav").write_bytes(b"RIFF not audio")
+
+    def source() -> AudioSource:
+        return AudioSource(**conf_kwargs("ingest", "source", "source=audio", path=tones, workers=0))
+
+    r1, r2, local, on_ray = both(tmp_path, source, ray_env)
+    assert r2.new_media == r1.new_media >= 4 and r2.rejected == r1.rejected == 1
+    assert_same_lake(local, on_ray)
+    assert (tmp_path / "r-ray.jsonl").read_text() == (tmp_path / "r-local.jsonl").read_text()
