@@ -6,7 +6,8 @@ same function runs as a Ray Data stage: lance-ray reads the rows (read tasks ask
 ``read_cpus``: below a node's free CPUs, or the stage never starts), ``map_batches`` with a
 class UDF on an actor pool (``actors`` x ``cpus_per_actor`` / ``gpus_per_actor``), and the
 driver collects the small results and keeps the check's light logic (grouping, flags,
-reports), so flags, scores and reports equal the local executor's.
+reports), so flags, scores and reports equal the local executor's. ``executor.stages.<pass>``
+overrides the resources of one pass (the duplicates check's is ``thumbs``).
 
 Built-in passes: the duplicates check's thumbnail decoding (every candidate media's
 thumbnail decoded into zoomed RGB views). The other built-in checks work on matrices of
@@ -27,6 +28,7 @@ from lake import progress
 from lake.check import run_checks
 from lake.job import RunContext
 from lake.plugin import Check
+from lake.ray_enrich import settings_for
 from lake.ray_runtime import ray_session
 from lake.sql import in_list
 from lake.store import Lake
@@ -41,13 +43,6 @@ class BatchUDF:
     def __call__(self, batch: pa.Table) -> pa.Table:
         """The batch function on one batch."""
         return self.fn(batch)
-
-
-def stage_settings(executor: Any, stage: str) -> dict[str, Any]:
-    """The executor's resources with ``executor.stages[stage]`` overrides applied."""
-    keys = ("read_cpus", "actors", "cpus_per_actor", "gpus_per_actor", "batch_size")
-    base = {k: executor[k] for k in keys}
-    return {**base, **dict((executor["stages"] or {}).get(stage) or {})}
 
 
 class RayPasses:
@@ -73,7 +68,7 @@ class RayPasses:
         from ray.data import ActorPoolStrategy
 
         name = f"check:{stage}"
-        s = stage_settings(self.executor, stage)
+        s = settings_for(self.executor, stage)
         backfill = progress.backfill_id(job="check", stage=name, run=self.run_id)
         progress.record_stage(lake, backfill, self.run_id, "check", name, "running", 0, len(ids))
         started = time.perf_counter()
@@ -82,18 +77,18 @@ class RayPasses:
             columns=columns,
             filter=f"{key} IN {in_list(ids)}",
             storage_options=lake.storage_options or None,
-            ray_remote_args={"num_cpus": float(s["read_cpus"])},
+            ray_remote_args={"num_cpus": float(s.read_cpus)},
         )
-        gpus = float(s["gpus_per_actor"] or 0)
+        gpus = float(s.gpus_per_actor or 0)
         ds = ds.map_batches(
             BatchUDF,
             fn_constructor_args=(fn,),
             batch_format="pyarrow",
-            batch_size=int(s["batch_size"]),
-            compute=ActorPoolStrategy(size=int(s["actors"])),
-            num_cpus=float(s["cpus_per_actor"]),
+            batch_size=int(s.batch_size),
+            compute=ActorPoolStrategy(size=int(s.actors)),
+            num_cpus=float(s.cpus_per_actor),
             **({"num_gpus": gpus} if gpus else {}),
-            max_restarts=int(self.executor["max_retries"]),
+            max_restarts=int(s.max_retries),
         )
         parts = [self.ray.get(ref) for ref in ds.to_arrow_refs()]
         parts = [p for p in parts if p.num_rows]

@@ -47,7 +47,7 @@ from lake.ingest import (
 from lake.job import RunContext
 from lake.lock import local_path
 from lake.plugin import Source
-from lake.ray_enrich import STAGING
+from lake.ray_enrich import STAGING, settings_for
 from lake.ray_runtime import ray_session
 from lake.records import MediaRef
 from lake.runs import FINAL, effective_status
@@ -216,11 +216,11 @@ def _ray_process(
     tracker: IngestProgress,
 ) -> Callable[[_Feeder, Callable[..., None]], None]:
     """The runner's ``process``: each chunk's new images in a Ray task, consumed in order."""
+    s = settings_for(executor, JOB)
     task_fn = ray.remote(stage_images).options(
-        num_cpus=float(executor["cpus_per_actor"]),
-        max_retries=int(executor["max_retries"]),
+        num_cpus=float(s.cpus_per_actor), max_retries=int(s.max_retries)
     )
-    inflight = 2 * int(executor["actors"]) + 2
+    inflight = 2 * int(s.actors) + 2  # tasks in flight: ``actors`` busy, as many queued
     so = writer.lake.storage_options or None
     image_ref = ray.put(image)
     prov_ref = ray.put(media_prov)
