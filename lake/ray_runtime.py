@@ -18,6 +18,7 @@ and leaves it running.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -30,6 +31,13 @@ LOCAL = "local"
 
 # Set for the private local Ray (its daemons inherit the environment).
 _LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+@functools.cache
+def _process_token() -> str:
+    """One auth token per process: Ray caches the token it read in the process, so every
+    private session of a process (tests, benches run several) must use the same one."""
+    return secrets.token_hex(32)
 
 
 @contextlib.contextmanager
@@ -55,7 +63,7 @@ def ray_session(
             token = os.path.join(folder, "auth_token")
             fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_hex(32))
+                fh.write(_process_token())
             env = {**_LOCAL_ENV, "RAY_AUTH_TOKEN_PATH": token}
             saved = {k: os.environ.get(k) for k in env}
             os.environ.update(env)
