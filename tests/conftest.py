@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,60 @@ def conf_kwargs(primary: str, node: str, *overrides: str, **values: object) -> d
     kwargs = OmegaConf.to_container(OmegaConf.select(cfg, node), resolve=True)
     assert isinstance(kwargs, dict), f"{node} of {primary} is not a mapping"
     return {k: v for k, v in kwargs.items() if not k.startswith("_")} | values
+
+
+def non_loopback_listeners() -> list[str]:
+    """Listening TCP sockets of this process and its descendants that are not on a loopback
+    address, as ``"pid (command) address:port"``."""
+    import ipaddress
+
+    import psutil
+
+    found = []
+    for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            conns = proc.net_connections(kind="tcp")
+            name = " ".join(proc.cmdline())[:120]
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        for c in conns:
+            if c.status != psutil.CONN_LISTEN:
+                continue
+            ip = ipaddress.ip_address(c.laddr.ip)
+            if ip.version == 6 and ip.ipv4_mapped:
+                ip = ip.ipv4_mapped
+            if not ip.is_loopback:
+                found.append(f"{proc.pid} ({name}) {c.laddr.ip}:{c.laddr.port}")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only() -> Iterator[None]:
+    """Network safety, after every test: nothing the test session started listens on an
+    address other than loopback (servers bind 127.0.0.1; see README, Security)."""
+    yield
+    bad = non_loopback_listeners()
+    assert not bad, f"listening beyond loopback: {bad}"
+
+
+@contextlib.contextmanager
+def gloo_world_of_one(folder: Path) -> Iterator[None]:
+    """A real gloo process group of world size 1 for FSDP tests, rendezvous through a file
+    store in ``folder``: a ``tcp://`` init starts a TCPStore that listens on every
+    interface (``::``), which a test must never open."""
+    import torch.distributed as dist
+
+    saved = os.environ.get("GLOO_SOCKET_IFNAME")
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # gloo's own sockets on loopback
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+        if saved is None:
+            os.environ.pop("GLOO_SOCKET_IFNAME", None)
+        else:
+            os.environ["GLOO_SOCKET_IFNAME"] = saved
 
 
 def png_bytes(color: tuple[int, int, int], size: tuple[int, int] = (40, 40)) -> bytes:

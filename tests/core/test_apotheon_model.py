@@ -14,7 +14,6 @@ import io
 import itertools
 import json
 import math
-import socket
 from typing import Any
 
 import numpy as np
@@ -34,6 +33,7 @@ from core.models.apotheon import (
 )
 from core.modules.apotheon_collate import SAMPLE_RATE, ApotheonCollator
 from lake.audio import decode_pcm, encode_pcm
+from tests.conftest import gloo_world_of_one
 
 # ---- media and items ----------------------------------------------------------------------
 
@@ -383,14 +383,7 @@ def test_save_then_load_gives_identical_outputs(model, collate, processors, tmp_
 # ---- 5. FSDP ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_fsdp_wraps_every_block_and_trains(collate) -> None:
-    import torch.distributed as dist
+def test_fsdp_wraps_every_block_and_trains(collate, tmp_path) -> None:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
     from transformers.models.clip.modeling_clip import CLIPEncoderLayer
@@ -407,10 +400,7 @@ def test_fsdp_wraps_every_block_and_trains(collate) -> None:
     assert all(isinstance(b, tuple(classes)) for b in blocks)
     ids = {id(b) for b in blocks}
 
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
-    )
-    try:
+    with gloo_world_of_one(tmp_path):
         with pytest.warns(UserWarning, match="NO_SHARD"):  # world size 1
             wrapped = FSDP(
                 model, auto_wrap_policy=ModuleWrapPolicy(classes),
@@ -432,8 +422,6 @@ def test_fsdp_wraps_every_block_and_trains(collate) -> None:
             opt.step()
             losses.append(float(out.loss.detach()))
         assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
-    finally:
-        dist.destroy_process_group()
 
 
 # ---- 6. towers from local checkpoint directories ----------------------------------------

@@ -423,17 +423,16 @@ def test_fsdp_apotheon_trainer_wraps_every_block(compose) -> None:
     assert all(isinstance(b, tuple(policy)) for b in blocks)
 
 
-def test_fsdp_wrapped_module_checkpoints_and_mixed_dtypes(media_lake: Path) -> None:
+def test_fsdp_wrapped_module_checkpoints_and_mixed_dtypes(media_lake: Path, tmp_path: Path) -> None:
     """Real FSDP (gloo, world size 1): a bfloat16 language model with LoRA beside float32
     towers cannot be flattened until :func:`ready_for_fsdp`; after wrapping, slim
     checkpoints still keep every trained tensor (FSDP's wrapper names cleaned)."""
-    import torch.distributed as dist
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
     from core.models.apotheon import fsdp_wrap_classes
     from core.modules.apotheon_module import ready_for_fsdp
-    from tests.core.test_apotheon_model import free_port
+    from tests.conftest import gloo_world_of_one
 
     def lora_module() -> ApotheonModule:
         return apotheon(freeze={"vision": True, "audio": True},
@@ -446,9 +445,7 @@ def test_fsdp_wrapped_module_checkpoints_and_mixed_dtypes(media_lake: Path) -> N
             p.data = p.data.float()  # peft keeps adapters in float32
     trained = {f"model.{n}" for n, p in module.model.named_parameters() if p.requires_grad}
     policy = ModuleWrapPolicy(fsdp_wrap_classes())
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
-                            world_size=1)  # fmt: skip
-    try:
+    with gloo_world_of_one(tmp_path):
         with pytest.raises(ValueError, match="uniform dtype"):
             FSDP(module.model, auto_wrap_policy=policy, device_id=torch.device("cpu"),
                  use_orig_params=True)  # fmt: skip
@@ -465,5 +462,3 @@ def test_fsdp_wrapped_module_checkpoints_and_mixed_dtypes(media_lake: Path) -> N
         assert ckpt["lakeloom_trainable_only"]
         assert trained <= set(ckpt["state_dict"])  # fusion layers and LoRA factors kept
         assert not any(k.startswith("model.vision.") for k in ckpt["state_dict"])
-    finally:
-        dist.destroy_process_group()
