@@ -28,6 +28,7 @@ from typing import Any
 from lake import runs as run_words
 from lake.errors import ConfigError, LakeNotFoundError
 from lake.progress import COMMITTED, DONE, FAILED, run_rows
+from lake.runs import fmt_duration
 from lake.store import Lake
 
 FORMATS = ("text", "json")
@@ -239,16 +240,6 @@ def fmt_rate(rate: float | None) -> str:
     return "" if rate is None else f"{rate:,.3g}" if rate < 1000 else f"{rate:,.0f}"
 
 
-def fmt_seconds(seconds: float | None) -> str:
-    """``1h02m``, ``3m05s``, ``12s`` (blank when unknown)."""
-    if seconds is None:
-        return ""
-    s = round(seconds)
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
 def short_node(node: str) -> str:
     """A node id for a table cell: Ray's 56-hex ids cut to their first 12 characters."""
     return node if len(node) <= 28 else node[:12] + "…"
@@ -270,7 +261,7 @@ def format_jobs(jobs: list[JobFigures]) -> str:
     for j in jobs:
         lines.append(
             f"{j.run_id:<{width}}{j.job:<9}{j.status:<12}{_when(j.started_at):<21}"
-            f"{fmt_seconds(j.duration_s):>7}{fmt_rows(j.rows, j.total):>20}{fmt_rate(j.rate):>9}"
+            f"{fmt_duration(j.duration_s):>7}{fmt_rows(j.rows, j.total):>20}{fmt_rate(j.rate):>9}"
             f"{'' if j.rows is None else j.failures:>6}{'' if j.rows is None else j.retries:>6}"
         )
     return "\n".join(lines)
@@ -282,7 +273,7 @@ def format_job(job: JobFigures) -> str:
         f"run     {job.run_id}",
         f"job     {job.job}",
         f"status  {job.status}",
-        f"started {_when(job.started_at)} UTC   time {fmt_seconds(job.duration_s)}",
+        f"started {_when(job.started_at)} UTC   time {fmt_duration(job.duration_s)}",
     ]
     if job.error:
         lines.append(f"error   {job.error}")

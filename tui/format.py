@@ -22,6 +22,8 @@ from typing import Any
 from rich.style import Style
 from rich.text import Text
 
+from lake.runs import fmt_duration as fmt_duration  # owned by lake.runs; re-exported
+
 
 def _visible_table(multiline: bool) -> dict[int, str]:
     table = {c: chr(0x2400 + c) for c in range(0x20)}  # Unicode control pictures ␀..␟
@@ -152,17 +154,3 @@ def conversation_text(
         text.append(f"{printable(m.get('content') or '', multiline=True).strip()}\n\n")
     text.rstrip()
     return text
-
-
-def fmt_duration(seconds: float | None) -> str:
-    """``12s``, ``3m 05s``, ``1h 02m``, ``2d 03h``; empty when unknown."""
-    if seconds is None:
-        return ""
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 86400}d {s % 86400 // 3600:02d}h"

@@ -135,7 +135,7 @@ def test_text_tables(jobs_lake: Lake) -> None:
         "enrich-killed", "enrich", "killed", "2025-03-01", "13:00:00", "8s", "100/1,000",
         "12.5", "0", "0",
     ]  # fmt: skip
-    assert listing[2].split()[-5:] == ["1m40s", "600/800", "6", "1", "3"]
+    assert listing[2].split()[-6:] == ["1m", "40s", "600/800", "6", "1", "3"]
     assert listing[3].split()[:3] == ["ingest-old", "ingest", "finished"]
     assert len(listing[3].split()) == 6  # no progress: no rows, rate, failures, retries
     detail = format_job(job_detail(jobs_lake, "enrich-done", now=NOW)).splitlines()
