@@ -137,7 +137,7 @@ def test_text_tables(jobs_lake: Lake) -> None:
     ]  # fmt: skip
     assert listing[2].split()[-6:] == ["1m", "40s", "600/800", "6", "1", "3"]
     assert listing[3].split()[:3] == ["ingest-old", "ingest", "finished"]
-    assert len(listing[3].split()) == 6  # no progress: no rows, rate, failures, retries
+    assert len(listing[3].split()) == 7  # no progress: no rows, rate, failures, retries
     detail = format_job(job_detail(jobs_lake, "enrich-done", now=NOW)).splitlines()
     stage = next(line for line in detail if line.strip().startswith("enrich:phash"))
     assert stage.split() == ["enrich:phash", "committed", "600/800", "20", "3/4", "1", "3"]
