@@ -65,11 +65,18 @@ def vector_matrix(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarr
 
 
 def media_rows(lake: Any, columns: list[str], ids: pa.Array) -> tuple[pa.Table, np.ndarray]:
-    """Media rows (``columns`` only) for ``ids``; returns (table, row index per id, -1 absent)."""
+    """Media rows (``columns`` only) for ``ids``; returns (table, row index per id, -1 absent).
+
+    Streamed in batches, each filtered as it arrives, so media that are not wanted never
+    stay in memory (at a million media the whole table would not need to be held)."""
     cols = list(dict.fromkeys(["media_id", *columns]))
     wanted = pc.unique(ids.filter(pc.is_valid(ids)))
-    table = lake.dataset("media").to_table(columns=cols)
-    table = table.filter(pc.is_in(table.column("media_id"), value_set=wanted))
+    dataset = lake.dataset("media")
+    parts = [
+        batch.filter(pc.is_in(batch.column("media_id"), value_set=wanted))
+        for batch in dataset.to_batches(columns=cols)
+    ]
+    table = pa.Table.from_batches(parts) if parts else dataset.to_table(columns=cols, limit=0)
     idx = pc.index_in(ids, value_set=table.column("media_id").combine_chunks())
     return table, np.asarray(pc.fill_null(idx, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
 

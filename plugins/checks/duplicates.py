@@ -1,12 +1,14 @@
 """Check plugin ``duplicates``: exact and near duplicates, grouped around a representative.
 
-Candidates come from perceptual-hash banding (:func:`phash_pairs`) and embedding k-NN
+Candidates come from perceptual-hash multi-index hashing (:func:`phash_pairs`) and embedding k-NN
 (:func:`knn_pairs`, :func:`lance_knn_pairs`); thumbnails verify them
 (:func:`thumb_stack`, :func:`thumb_similarity`); :func:`greedy_groups` builds the groups.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterable
 from functools import partial
 from typing import Any, ClassVar
@@ -30,53 +32,153 @@ from plugins.checks.common import (
     table_columns,
 )
 
+_MAX_KEY_BITS = 22  # widest block key: its dense count table is 2^22 int64 (32 MiB)
 
-def _match(keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All (i, j) with ``keys[j] == query[i]``, without comparing all pairs (sort + search)."""
-    order = np.argsort(keys, kind="stable")
-    sk = keys[order]
-    lo = np.searchsorted(sk, query, "left")
-    hi = np.searchsorted(sk, query, "right")
-    counts = hi - lo
-    i = np.repeat(np.arange(len(query)), counts)
-    starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
-    j = order[starts + np.arange(counts.sum())]
-    return i, j
+
+def _block_plan(
+    n: int, radius: int, blocks: int | None = None
+) -> list[tuple[int, int, int]] | None:
+    """Blocks ``(bit offset, width, threshold)`` of multi-index hashing for ``n`` hashes within
+    ``radius`` bits, or None when comparing all pairs is cheaper.
+
+    Generalised pigeonhole: with blocks whose thresholds sum to at least ``radius - m + 1``,
+    every pair within ``radius`` bits has some block within its threshold, so probing each
+    block's keys within its threshold finds every pair. The plan minimises the estimated
+    work on uniform hashes: ``probes x n`` table look-ups plus ``probes x n^2 / 2^(width+1)``
+    candidates, against ``n^2 / 2`` for all pairs. ``blocks`` forces the number of blocks.
+    """
+    best: tuple[float, list[tuple[int, int, int]] | None] = (n * (n - 1) / 2.0, None)
+    choices = range(3, max(3, min(radius + 1, 12)) + 1) if blocks is None else [blocks]
+    if blocks is not None:
+        best = (math.inf, None)
+    for m in choices:
+        widths = [64 // m + (1 if b < 64 % m else 0) for b in range(m)]
+        if max(widths) > _MAX_KEY_BITS:
+            continue
+        total = max(0, radius - m + 1)
+        thresholds = [total // m + (1 if b < total % m else 0) for b in range(m)]
+        cost, offset, plan = 0.0, 0, []
+        for w, t in zip(widths, thresholds, strict=True):
+            probes = sum(math.comb(w, k) for k in range(t + 1))
+            cost += probes * (n + n * n / 2.0 ** (w + 1))
+            plan.append((offset, w, t))
+            offset += w
+        if cost < best[0]:
+            best = (cost, plan)
+    return best[1]
+
+
+def _bit_masks(width: int, radius: int) -> np.ndarray:
+    """Every ``width``-bit mask with at most ``radius`` bits set, fewest bits first."""
+    masks = [0]
+    for k in range(1, radius + 1):
+        masks += [sum(1 << b for b in bits) for bits in itertools.combinations(range(width), k)]
+    return np.asarray(masks, dtype=np.int64)
+
+
+def _block_dist(x: np.ndarray, offset: int, width: int) -> np.ndarray:
+    """Hamming distance inside one block of the XORs ``x``."""
+    return np.bitwise_count((x >> np.uint64(offset)) & np.uint64((1 << width) - 1))
 
 
 def phash_pairs(
-    hashes: np.ndarray, max_distance: int, bands: int = 4, probe_radius: int = 1
+    hashes: np.ndarray,
+    max_distance: int,
+    memory_budget_mb: float | None = None,
+    bucket_cap: int | None = None,
+    blocks: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs (i < j) of 64-bit hashes within ``max_distance`` bits, found by banding.
+    """Every pair (i < j) of 64-bit hashes within ``max_distance`` bits: (i, j, distance).
 
-    The hash is split into ``bands`` bands; two hashes are candidates when some band is
-    equal, or (``probe_radius=1``) differs in one bit. By pigeonhole, 4 bands with radius 1
-    find every pair within 7 bits (radius 0: within 3); larger distances are found when
-    their differences are unevenly spread over the bands. Candidates are then checked with
-    the exact Hamming distance (``np.bitwise_count``). Returns (i, j, distance).
+    Multi-index hashing (:func:`_block_plan`): per block, the hashes are sorted by the
+    block's key once and a dense count table gives each key's run, so a probe (a key XOR a
+    mask within the block's threshold) costs one look-up per hash; the candidates it finds
+    are checked with the exact distance and those beyond ``max_distance`` are dropped as
+    they are found, in chunks of at most ``memory_budget_mb`` (None: one chunk). A pair is
+    kept only by the first block within its threshold, so no pair is reported twice and no
+    global deduplication is needed. Small or wide searches compare all pairs in blocks.
+
+    ``bucket_cap`` bounds degenerate input (many equal keys, e.g. blank images): within a
+    run of equal keys each hash is compared with at most the next ``bucket_cap`` hashes, and
+    a probe into a larger run reads only its first ``bucket_cap`` hashes; pairs in such
+    runs may then be missed, never invented. None: no cap (exact). ``blocks`` forces the
+    number of blocks (None: the cheapest plan, which may be all pairs).
     """
     h = np.asarray(hashes, dtype=np.uint64)
     n = len(h)
+    empty = np.zeros(0, np.int64)
     if n < 2:
-        empty = np.zeros(0, np.int64)
         return empty, empty, empty
-    width = 64 // bands
-    mask = np.uint64((1 << width) - 1)
-    found = []
-    for b in range(bands):
-        key = (h >> np.uint64(b * width)) & mask
-        probes = [np.uint64(0)]
-        if probe_radius >= 1:
-            probes += [np.uint64(1 << k) for k in range(width)]
-        for p in probes:
-            i, j = _match(key, key ^ p)
-            keep = i < j
-            found.append(i[keep].astype(np.int64) * n + j[keep])
-    codes = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
-    i, j = codes // n, codes % n
-    dist = np.bitwise_count(h[i] ^ h[j]).astype(np.int64)
-    keep = dist <= max_distance
-    return i[keep], j[keep], dist[keep]
+    per_pair = 48  # bytes a candidate costs while it is checked (indices, XOR, distance, masks)
+    chunk = max(1, int(memory_budget_mb * 2**20 / per_pair)) if memory_budget_mb else 1 << 62
+    cap = int(bucket_cap) if bucket_cap else n
+    plan = _block_plan(n, int(max_distance), blocks)
+    found_i: list[np.ndarray] = []
+    found_j: list[np.ndarray] = []
+    found_d: list[np.ndarray] = []
+
+    def keep(a: np.ndarray, b: np.ndarray, hs: np.ndarray, order: np.ndarray, k: int) -> None:
+        x = hs[a] ^ hs[b]
+        d = np.bitwise_count(x).astype(np.int64)
+        ok = d <= max_distance
+        if plan is not None:
+            for off, w, t in plan[:k]:  # found by an earlier block already
+                ok &= _block_dist(x, off, w) > t
+        i, j = order[a[ok]], order[b[ok]]
+        found_i.append(np.minimum(i, j))
+        found_j.append(np.maximum(i, j))
+        found_d.append(d[ok])
+
+    if plan is None:  # all pairs, a block of rows at a time
+        rows = max(1, min(n, chunk // n))
+        ident = np.arange(n, dtype=np.int64)
+        for a0 in range(0, n - 1, rows):
+            a = np.arange(a0, min(a0 + rows, n - 1), dtype=np.int64)
+            starts = a + 1
+            counts = n - starts
+            ra = np.repeat(a, counts)
+            rb = np.arange(counts.sum(), dtype=np.int64) - np.repeat(
+                np.cumsum(counts) - counts, counts
+            )
+            keep(ra, np.repeat(starts, counts) + rb, h, ident, 0)
+    else:
+        for k, (off, w, t) in enumerate(plan):
+            key = ((h >> np.uint64(off)) & np.uint64((1 << w) - 1)).astype(np.int64)
+            order = np.argsort(key, kind="stable")
+            sk, hs = key[order], h[order]
+            counts = np.bincount(sk, minlength=1 << w)
+            starts = np.cumsum(counts) - counts
+            pos = np.arange(n, dtype=np.int64)
+            side: dict[int, np.ndarray] = {}  # highest bit of a mask -> hashes with it clear
+            for p in _bit_masks(w, t).tolist():
+                if p == 0:  # the same key: the next hashes of the run, at most cap of them
+                    q, c, first = pos, np.minimum(starts[sk] + counts[sk] - pos - 1, cap), pos + 1
+                else:  # the other key (each unordered pair from its smaller key's side)
+                    top = p.bit_length() - 1
+                    if top not in side:
+                        side[top] = pos[(sk & (1 << top)) == 0]
+                    q = side[top]
+                    tk = sk[q] ^ p
+                    c, first = np.minimum(counts[tk], cap), starts[tk]
+                nz = np.flatnonzero(c)
+                if not len(nz):
+                    continue
+                q, c, first = q[nz], c[nz], first[nz]
+                ends = np.cumsum(c)
+                lo = 0
+                while lo < len(q):  # chunks of at most `chunk` candidates
+                    base = ends[lo - 1] if lo else 0
+                    hi = max(lo + 1, int(np.searchsorted(ends, base + chunk, "right")))
+                    cc = c[lo:hi]
+                    a = np.repeat(q[lo:hi], cc)
+                    off_in = np.arange(cc.sum(), dtype=np.int64) - np.repeat(np.cumsum(cc) - cc, cc)
+                    keep(a, np.repeat(first[lo:hi], cc) + off_in, hs, order, k)
+                    lo = hi
+    if not found_i:
+        return empty, empty, empty
+    i, j, d = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_d)
+    srt = np.lexsort((j, i))
+    return i[srt], j[srt], d[srt]
 
 
 def knn_pairs(
@@ -119,6 +221,7 @@ def lance_knn_pairs(
     nprobes: int = 64,
     refine_factor: int = 10,
     batch_size: int = 256,
+    queries: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Like :func:`knn_pairs`, through LanceDB vector search on ``media.clip_image``.
 
@@ -126,15 +229,17 @@ def lance_knn_pairs(
     ``nprobes`` and ``refine_factor`` (see DESIGN.md: measure against exact search when
     choosing them); without one, LanceDB searches exactly. Neighbours outside
     ``media_ids`` (other datasets) are dropped, so ``2k + 1`` neighbours are asked for.
+    ``queries``: the rows searched from (None: all; a sample measures recall and time).
     """
     n = len(media_ids)
     where = {m: i for i, m in enumerate(media_ids)}
     tbl = lake.table("media")
+    rows = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
     found_i, found_j, found_s = [], [], []
-    for a in range(0, n, batch_size):
-        b = min(a + batch_size, n)
+    for a in range(0, len(rows), batch_size):
+        b = min(a + batch_size, len(rows))
         query = (
-            tbl.search(list(x[a:b].astype(np.float32)), vector_column_name=IMAGE_VEC)
+            tbl.search(list(x[rows[a:b]].astype(np.float32)), vector_column_name=IMAGE_VEC)
             .distance_type("cosine")
             .limit(2 * k + 1)
             .nprobes(nprobes)
@@ -142,7 +247,7 @@ def lance_knn_pairs(
             .select(["media_id", "_distance"])
         )
         res = query.to_arrow()
-        qi = res.column("query_index").to_numpy() + a
+        qi = rows[res.column("query_index").to_numpy() + a]
         js = np.array([where.get(m, -1) for m in res.column("media_id").to_pylist()])
         cos = 1.0 - res.column("_distance").to_numpy(zero_copy_only=False)
         keep = (js >= 0) & (js != qi) & (cos >= min_cosine)
@@ -307,7 +412,8 @@ class Duplicates(Check):
 
     - exact duplicates: samples whose first media is the same ``media_id`` (same bytes);
     - near duplicates between distinct media, in two stages. Candidates, never all pairs:
-      perceptual-hash Hamming distance <= ``candidate_distance`` (banding with probes, see
+      perceptual-hash Hamming distance <= ``candidate_distance`` (multi-index hashing within
+      ``memory_budget_mb``, runs of equal keys capped at ``bucket_cap``, see
       :func:`phash_pairs`) and each media's ``knn`` nearest embeddings with cosine >=
       ``candidate_cosine`` (exact search in batches; LanceDB vector search, with
       ``nprobes`` / ``refine_factor``, above ``ann_above`` distinct media). Verification,
@@ -342,8 +448,8 @@ class Duplicates(Check):
         phash_min_cosine: float | None,
         min_cosine: float | None,
         knn: int,
-        bands: int,
-        probe_radius: int,
+        memory_budget_mb: float,
+        bucket_cap: int,
         complete_link: bool,
         ann_above: int,
         nprobes: int,
@@ -369,8 +475,8 @@ class Duplicates(Check):
         self.phash_min_cosine = None if phash_min_cosine is None else float(phash_min_cosine)
         self.min_cosine = None if min_cosine is None else float(min_cosine)
         self.knn = int(knn)
-        self.bands = int(bands)
-        self.probe_radius = int(probe_radius)
+        self.memory_budget_mb = float(memory_budget_mb)
+        self.bucket_cap = int(bucket_cap)
         self.complete_link = bool(complete_link)
         self.batch_size = int(batch_size)
         self.report_groups = int(report_groups)
@@ -385,8 +491,8 @@ class Duplicates(Check):
             "phash_min_cosine": self.phash_min_cosine,
             "min_cosine": self.min_cosine,
             "knn": self.knn,
-            "bands": self.bands,
-            "probe_radius": self.probe_radius,
+            "memory_budget_mb": self.memory_budget_mb,
+            "bucket_cap": self.bucket_cap,
             "complete_link": self.complete_link,
             "ann_above": self.ann_above,
             "candidate_distance": self.candidate_distance,
@@ -569,7 +675,7 @@ class Duplicates(Check):
         cosine: dict[int, float] = {}
         keep = np.flatnonzero(has_hash)
         max_d = max(self.phash_max_distance, self.candidate_distance if verify else 0)
-        i, j, d = phash_pairs(hashes[keep], max_d, self.bands, self.probe_radius)
+        i, j, d = phash_pairs(hashes[keep], max_d, self.memory_budget_mb, self.bucket_cap)
         i, j = keep[i], keep[j]
         dist.update(zip((i * n + j).tolist(), d.tolist(), strict=True))
         floors = [
@@ -584,7 +690,10 @@ class Duplicates(Check):
                     self.refine_factor,
                 )  # fmt: skip
             else:
-                a, b, c = knn_pairs(vecs[rows], min(floors), self.knn, self.batch_size)
+                # a block of batch x n similarities costs ~16 bytes an entry (argpartition)
+                fit = int(self.memory_budget_mb * 2**20 / (16 * len(rows)))
+                batch = max(1, min(self.batch_size, fit))
+                a, b, c = knn_pairs(vecs[rows], min(floors), self.knn, batch)
             x, y = rows[a], rows[b]
             lo, hi = np.minimum(x, y), np.maximum(x, y)
             cosine.update(zip((lo * n + hi).tolist(), c.tolist(), strict=True))
