@@ -16,7 +16,9 @@ are sharded by rank (deterministic, like ``DistributedSampler``) and the trainin
 loader's position is saved in checkpoints, so a resumed run continues where it stopped.
 ``shuffle_block`` > 0 switches to block reads: the sampler shuffles blocks of that many
 consecutive samples and mixes ``shuffle_window`` blocks at a time, and the dataset reads
-and caches whole blocks (``bench/loader.py`` measures both ways).
+and caches whole blocks (``bench/loader.py`` measures both ways). ``pack_plan`` (with a
+packing collator) makes each train batch ``packs_per_batch`` packs of a plan made for the
+whole epoch from the samples' stored token counts (:mod:`core.data.packing`).
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class LanceDataModule(LakeloomDataModule):
         read_ahead: bool = True,
         group_by_length: int = 0,
         length_image_tokens: int = 256,
+        pack_plan: bool = False,
+        packs_per_batch: int = 1,
         multiprocessing_context: str = "spawn",
         persistent_workers: bool = True,
         prefetch_factor: int | None = 2,
@@ -91,6 +95,9 @@ class LanceDataModule(LakeloomDataModule):
         self.group_by_length = group_by_length
         self.length_image_tokens = length_image_tokens
         self._lengths: dict[str, Any] = {}
+        self.pack_plan = pack_plan
+        self.packs_per_batch = packs_per_batch
+        self._token_counts: dict[str, np.ndarray] = {}
         self.multiprocessing_context = multiprocessing_context
         self.persistent_workers = persistent_workers
         self.prefetch_factor = prefetch_factor
@@ -265,20 +272,23 @@ class LanceDataModule(LakeloomDataModule):
         grouped = train and self.group_by_length > 0
         if grouped and split not in self._lengths:
             self._lengths[split] = ds.estimate_lengths(self.length_image_tokens)
-        sampler = ShardedBatchSampler(
-            len(ds),
-            self.batch_size if train else self.eval_batch_size,
-            shuffle=train and self.shuffle,
-            seed=self.seed,
-            rank=rank,
-            world_size=world_size,
-            drop_last=train and self.drop_last,
-            shuffle_block=self.shuffle_block,
-            shuffle_window=self.shuffle_window,
-            lengths=self._lengths.get(split) if grouped else None,
-            group_by_length=self.group_by_length if grouped else 0,
-            min_batch=self._min_batch() if train else 1,
-        )
+        if train and self.pack_plan:
+            sampler: ShardedBatchSampler = self._packed_sampler(split, rank, world_size)
+        else:
+            sampler = ShardedBatchSampler(
+                len(ds),
+                self.batch_size if train else self.eval_batch_size,
+                shuffle=train and self.shuffle,
+                seed=self.seed,
+                rank=rank,
+                world_size=world_size,
+                drop_last=train and self.drop_last,
+                shuffle_block=self.shuffle_block,
+                shuffle_window=self.shuffle_window,
+                lengths=self._lengths.get(split) if grouped else None,
+                group_by_length=self.group_by_length if grouped else 0,
+                min_batch=self._min_batch() if train else 1,
+            )
         if train:
             # Lightning creates a loader's iterator (with workers: draws its first batches)
             # before it calls set_epoch, so a loader built mid-fit (reload, resume) starts
@@ -304,6 +314,57 @@ class LanceDataModule(LakeloomDataModule):
             pin_memory=self.pin_memory,
             **workers,
         )
+
+    def _packed_sampler(self, split: str, rank: int, world_size: int) -> ShardedBatchSampler:
+        """Batches of planned packs (``pack_plan``) from the stored token counts."""
+        from core.data.packing import PackedBatchSampler
+
+        fn: Any = self.collate_fn
+        if not getattr(fn, "pack", False):
+            from lake.errors import ConfigError
+
+            raise ConfigError("data.pack_plan plans packs for a packing model: set model.pack=true")
+        if split not in self._token_counts:
+            self._token_counts[split] = self.token_counts(split)
+        return PackedBatchSampler(
+            self._token_counts[split], int(fn.max_length), self.packs_per_batch,
+            shuffle=self.shuffle, seed=self.seed, rank=rank, world_size=world_size,
+            drop_last=self.drop_last,
+        )  # fmt: skip
+
+    def token_counts(self, split: str) -> np.ndarray:
+        """Per position of ``split``, the token count the collator's settings give (the
+        ``plugins.token_count`` enricher's ``samples.tokens_<family>``, read when its owner
+        is this collator's); an over-long sample is cut to ``max_length`` when the
+        collator truncates. Raises when a selected sample has no such count."""
+        from core.data.packing import count_column, count_owner, read_counts
+        from lake.errors import ConfigError
+        from lake.schema import SAMPLES
+
+        fn: Any = self.collate_fn
+        ds = self.dataset(split)
+        column, owner_column = count_column(fn.family)
+        owner = count_owner(fn)
+        samples = self.lake().dataset(SAMPLES, ds.samples_version)
+        ids, counts, rowids = read_counts(samples, column, owner_column, owner)
+        by_row = np.argsort(rowids)
+        wanted = ds.selection.sample_rows
+        at = np.clip(np.searchsorted(rowids[by_row], wanted), 0, max(len(rowids) - 1, 0))
+        found = rowids[by_row][at] == wanted if len(rowids) else np.zeros(len(wanted), bool)
+        out = np.where(found, counts[by_row][at] if len(rowids) else 0, 0)
+        missing = np.flatnonzero(out <= 0)
+        if len(missing):
+            some = [str(ids[int(by_row[at[i]])]) for i in missing[:3] if found[i]]
+            raise ConfigError(
+                f"{len(missing)} of {len(out)} {split} sample(s) have no token count by "
+                f"{owner} in samples.{column} ({', '.join(some) or 'not counted'}): run "
+                f"lakeloom enrich enrich=tokens with the model's family, source and pixel "
+                "budget (video and audio samples are not counted: leave them out with "
+                "data.where)"
+            )
+        if fn.overlong == "truncate_text":
+            out = np.minimum(out, int(fn.max_length))
+        return out
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, sharded, resumable loader over the train split."""

@@ -156,9 +156,9 @@ class PixelBudget:
     min_pixels: int | None = None
     max_pixels: int | None = None
 
-    def fit(self, image: Image.Image) -> Image.Image:
-        """The image resized (aspect kept, bicubic) into the budget; itself if inside."""
-        w, h = image.size
+    def size(self, w: int, h: int) -> tuple[int, int]:
+        """The ``(width, height)`` an image of ``w`` x ``h`` gets in the budget (aspect
+        kept); its own size if inside (token counts are planned from this, no decode)."""
         area = w * h
         scale = 1.0
         if self.max_pixels and area > self.max_pixels:
@@ -166,10 +166,17 @@ class PixelBudget:
         elif self.min_pixels and area < self.min_pixels:
             scale = math.sqrt(self.min_pixels / area)
         if scale == 1.0:
-            return image
+            return w, h
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         if self.max_pixels and size[0] * size[1] > self.max_pixels:  # rounding overshoot
             size = (max(1, math.floor(w * scale)), max(1, math.floor(h * scale)))
+        return size
+
+    def fit(self, image: Image.Image) -> Image.Image:
+        """The image resized (aspect kept, bicubic) into the budget; itself if inside."""
+        size = self.size(*image.size)
+        if size == image.size:
+            return image
         return image.resize(size, Image.Resampling.BICUBIC)
 
 
@@ -603,19 +610,27 @@ class VlmCollator:
             batch["references"] = references
         return batch
 
-    def _sample(self, sample: Mapping[str, Any]) -> Any:
+    def sft_conversation(self, sample: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The conversation an SFT row renders (a preference pair's chosen answer in place
+        of its last turn); :mod:`core.data.packing` counts tokens from it."""
         conv = to_conversation(sample, self.caption_prompt)
-        images = self.images(sample)
-        if self.objective == "dpo":
-            return self._pair(sample, conv, images)
-        if self.objective == "kto":
-            return self._feedback(sample, conv, images)
-        if sample.get("feedback") is not None and not sample["feedback"]:
-            return "undesirable answer (feedback = false): never an SFT target"
         chosen = sample.get("chosen")
         if isinstance(chosen, str) and chosen.strip():
             # a preference pair teaches its chosen answer only, whatever messages end with
             conv = [*_prompt_only(conv), _assistant(chosen)]
+        return conv
+
+    def _sample(self, sample: Mapping[str, Any]) -> Any:
+        if self.objective in ("dpo", "kto"):
+            conv = to_conversation(sample, self.caption_prompt)
+            images = self.images(sample)
+            if self.objective == "dpo":
+                return self._pair(sample, conv, images)
+            return self._feedback(sample, conv, images)
+        conv = self.sft_conversation(sample)
+        images = self.images(sample)
+        if sample.get("feedback") is not None and not sample["feedback"]:
+            return "undesirable answer (feedback = false): never an SFT target"
         if not any(_text(m).strip() for m in conv if m["role"] == "assistant"):
             # an empty answer would still label the template's end-of-turn token
             raise SampleError(f"{_where(sample)}: no assistant text to train on")
