@@ -41,6 +41,7 @@ JOBS: dict[str, tuple[str, str]] = {
         "browse the lake and training runs in the terminal: [lake.uri=] [runs_dir=] "
         "| tui serve [port=8000]",
     ),
+    "why": ("lake.why", "why is this row here: lineage of a sample or media id [format=json]"),
     "plugins": ("lake.plugins_cmd", "list installed plugins"),
     "schema": ("lake.schema_cmd", "print the lake schema as Markdown"),
 }

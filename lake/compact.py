@@ -67,6 +67,7 @@ from typing import Any
 
 from lake.errors import ConfigError, LakeloomError
 from lake.job import RunContext, hydra_job, run_record
+from lake.lineage import ensure_indexes
 from lake.schema import MEDIA, RUNS, SAMPLES
 from lake.storage import file_sizes, is_remote, join, remove_tree
 from lake.store import Lake
@@ -945,6 +946,9 @@ def _compact_and_record(cfg: Any, lake: Lake, ctx: RunContext, refs: DvcRefs, dr
     }
     print(format_report(report))
     if not dry_run:
+        indexes = ensure_indexes(lake)  # lakes ingested before the key indexes existed
+        if indexes:
+            print("indexes: " + ", ".join(f"{k} {v}" for k, v in indexes.items()))
         versions = lake.tag(ctx.run_id)
         counts = {
             n: {

@@ -72,3 +72,11 @@ def is_lance_error(exc: BaseException) -> bool:
     """Whether ``exc`` was raised by Lance / LanceDB (their errors are plain RuntimeErrors)."""
     text = str(exc)
     return "lance error" in text or "LanceError" in text or ".rs:" in text
+
+
+class UnknownIdError(LakeloomError):
+    """No row of the lake has the id asked about (``lakeloom why``: exit status 2)."""
+
+    def __init__(self, row_id: str, uri: str) -> None:
+        super().__init__(f"no sample or media with id {row_id!r} in lake {uri}")
+        self.row_id = row_id

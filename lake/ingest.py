@@ -31,6 +31,7 @@ from lake import ids, provenance, sql
 from lake.errors import ConfigError, RejectedInput
 from lake.images import ImageInfo, ImageRejected, ImageSettings, process_image
 from lake.job import RunContext, hydra_job, run_record
+from lake.lineage import ensure_indexes
 from lake.plugin import Source
 from lake.records import MediaMeta, MediaRef, Reject, SourceRecord
 from lake.schema import MEDIA, MEDIA_SCHEMA, SAMPLE_KEY, SAMPLES, SAMPLES_SCHEMA
@@ -471,6 +472,7 @@ def _ingest(
     report.new_samples = writer.new_samples
     report.present_samples += len(seen_samples) - writer.new_samples  # lost races: counted once
     report.seconds = time.perf_counter() - started
+    ensure_indexes(lake)  # key lookups (`lakeloom why`, the TUI's sample) read through them
     versions = lake.tag(ctx.run_id)
     lake.record_run(
         ctx.record(

@@ -367,6 +367,13 @@ class LakeView:
         row["media"] = self._media_rows(row.get("media_ids") or [])
         return row
 
+    def lineage(self, row_id: str, runs_dir: str | None = None) -> dict[str, Any]:
+        """:func:`lake.lineage.lineage` of a sample or media at the pinned versions."""
+        from lake.lineage import Tables, lineage
+
+        tables = Tables(self.uri, self.storage_options, self._samples, self._media)
+        return lineage(tables, row_id, runs_dir=runs_dir)
+
     def _media_rows(self, media_ids: list[str]) -> list[dict[str, Any]]:
         if not media_ids or self._media is None:
             return []

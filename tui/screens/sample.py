@@ -1,5 +1,6 @@
 """One sample in full: images, conversation, text fields, scores, flags, provenance,
-its near-duplicate group and its nearest neighbours by embedding."""
+its lineage (``lakeloom why``), its near-duplicate group and its nearest neighbours by
+embedding."""
 
 from __future__ import annotations
 
@@ -93,9 +94,15 @@ class SampleScreen(LakeScreenBase):
     def load_sample(self, sample_id: str) -> dict[str, Any] | None:
         """The sample with its media rows (long texts cut here, off the UI thread)."""
         try:
-            return clip_sample(self.view.sample(sample_id), self.config.max_text_chars)
+            sample = clip_sample(self.view.sample(sample_id), self.config.max_text_chars)
         except KeyError:
             return None
+        if any("lineage" in p.fields for p in self.config.panels_for(self.SCOPE)):
+            try:
+                sample["lineage"] = self.view.lineage(sample_id, self.config.runs_dir)
+            except Exception as exc:  # the rest of the screen still shows
+                sample["lineage"] = {"error": f"{type(exc).__name__}: {exc}"}
+        return sample
 
     @work(thread=True, name="related", group="related", exclusive=True, exit_on_error=False)
     def load_related(self, sample_id: str) -> tuple[list, list, dict[str, bytes]]:
