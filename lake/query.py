@@ -5,9 +5,10 @@ value of ``media.clip_image_model``; several models, or none, is an error), thro
 enricher plugin that made the vectors (found in the ``lakeloom.plugins`` entry points:
 ``lake`` never imports ``plugins``). The ``k`` media nearest by cosine on
 ``media.clip_image`` are found with a LanceDB vector search (exact below the index size,
-IVF_PQ with ``nprobes`` and ``refine_factor`` above it), then the samples using those
-media are listed, optionally restricted by a SQL ``where`` on ``samples`` and a
-``dataset``. Scores are cosine similarities (1 - cosine distance).
+IVF_PQ with ``nprobes`` and ``refine_factor`` above it), optionally of one media ``kind``;
+then the samples using those media are listed, optionally restricted by a SQL ``where``
+on ``samples`` and a ``dataset`` (post-filtered with over-fetch). Scores are cosine
+similarities (1 - cosine distance). ``bench/vectors.py`` measures the settings.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from lake.errors import ConfigError
 from lake.job import hydra_job
 from lake.plugin import PLUGIN_GROUP, load_class
+from lake.query_cache import VectorCache
 from lake.schema import MEDIA, SAMPLES
 from lake.sql import and_filters, filter_error, in_list, quote
 from lake.store import Lake
@@ -92,6 +94,99 @@ def _sample_filter(where: str | None, dataset: str | None) -> str | None:
     return and_filters(where, f"dataset = {quote(dataset)}" if dataset else None)
 
 
+def media_query(
+    lake: Lake,
+    vector: np.ndarray,
+    limit: int,
+    nprobes: int | None,
+    refine_factor: int | None,
+    where: str | None = None,
+) -> Any:
+    """The LanceDB vector query on ``media.clip_image`` (cosine), ready to run.
+
+    ``where`` is a prefilter on ``media`` columns (``kind = 'frame'``): cheap with the
+    scalar index :func:`plugins.clip_embed.build_index` puts on ``kind``. There is no
+    ``clip_image IS NOT NULL`` filter: as a prefilter it made LanceDB read the whole
+    vector column on every query (2.4 s at 1M rows); media without a vector are not in
+    the index, and unindexed ones come back with a null distance, dropped by the caller.
+    """
+    query = (
+        lake.table(MEDIA)
+        .search(np.asarray(vector, np.float32), vector_column_name=IMAGE_COLUMN)
+        .distance_type("cosine")
+        .select(["media_id", "_distance"])
+        .limit(limit)
+    )
+    if where:
+        query = query.where(where, prefilter=True)
+    if nprobes:
+        query = query.nprobes(nprobes)
+    if refine_factor:
+        query = query.refine_factor(refine_factor)
+    return query
+
+
+def _nearest(
+    lake: Lake,
+    vector: np.ndarray,
+    limit: int,
+    nprobes: int | None,
+    refine_factor: int | None,
+    where: str | None,
+) -> tuple[list[str], list[float]]:
+    found = media_query(lake, vector, limit, nprobes, refine_factor, where).to_arrow()
+    media, scores = [], []
+    for m, d in zip(
+        found.column("media_id").to_pylist(), found.column("_distance").to_pylist(), strict=True
+    ):
+        if d is not None and d == d:  # null / NaN: a media without a vector
+            media.append(m)
+            scores.append(1.0 - float(d))
+    return media, scores
+
+
+def _samples_using(
+    lake: Lake, media: list[str], sample_filter: str | None
+) -> dict[str, list[dict[str, Any]]]:
+    """The samples (matching ``sample_filter``) that use each of ``media``."""
+    if not media:
+        return {}
+    using = f"array_has_any(media_ids, [{', '.join(map(quote, media))}])"
+    filt = and_filters(using, sample_filter)
+    try:
+        rows = lake.dataset(SAMPLES).to_table(columns=SAMPLE_COLUMNS, filter=filt).to_pylist()
+    except (ValueError, OSError) as exc:  # Lance reports a bad filter as either
+        raise filter_error("query where filter", sample_filter, exc) from exc
+    wanted = set(media)
+    by_media: dict[str, list[dict[str, Any]]] = {}
+    for s in sorted(rows, key=lambda s: s["sample_id"]):
+        for m in dict.fromkeys(s["media_ids"] or []):
+            if m in wanted:
+                by_media.setdefault(m, []).append(s)
+    return by_media
+
+
+def _prefiltered(
+    lake: Lake,
+    vector: np.ndarray,
+    k: int,
+    sample_filter: str,
+    media_where: str | None,
+    nprobes: int | None,
+    refine_factor: int | None,
+) -> tuple[list[str], list[float]]:
+    """Search only the media of matching samples (for a filter too selective to over-fetch)."""
+    try:
+        allowed = lake.dataset(SAMPLES).to_table(columns=["media_ids"], filter=sample_filter)
+    except (ValueError, OSError) as exc:
+        raise filter_error("query where filter", sample_filter, exc) from exc
+    ids = sorted({m for ms in allowed.column("media_ids").to_pylist() for m in ms or []})
+    if not ids:
+        return [], []
+    where = and_filters(media_where, f"media_id IN {in_list(ids)}")
+    return _nearest(lake, vector, k, nprobes, refine_factor, where)
+
+
 def search(
     lake: Lake,
     vector: np.ndarray,
@@ -99,50 +194,46 @@ def search(
     where: str | None = None,
     dataset: str | None = None,
     nprobes: int | None = 20,
-    refine_factor: int | None = 10,
+    refine_factor: int | None = 50,
+    kind: str | None = None,
+    overfetch: int = 4,
+    max_fetch: int = 2560,
 ) -> list[Hit]:
     """The samples using the ``k`` media nearest to ``vector`` (cosine), best first.
 
-    With ``where`` / ``dataset`` only media used by matching samples are searched
-    (prefilter), and only matching samples are listed.
+    ``kind`` (``image`` | ``frame``) prefilters ``media``. ``where`` / ``dataset`` filter
+    ``samples``: the nearest media are post-filtered, fetching ``overfetch`` times more
+    (repeatedly, up to ``max_fetch``) until ``k`` of them are used by matching samples;
+    a filter too selective for that searches only the media of matching samples. The
+    exact re-ranking stays at ``k * refine_factor`` candidates whatever the fetch size.
+    Ranks count the media that matched, 1..k; each lists every matching sample using it.
     """
     sample_filter = _sample_filter(where, dataset)
-    media_filter = f"{IMAGE_COLUMN} IS NOT NULL"
-    if sample_filter:
-        try:
-            allowed = lake.dataset(SAMPLES).to_table(columns=["media_ids"], filter=sample_filter)
-        except (ValueError, OSError) as exc:  # Lance reports a bad filter as either
-            raise filter_error("query where filter", sample_filter, exc) from exc
-        ids = sorted({m for ms in allowed.column("media_ids").to_pylist() for m in ms or []})
-        if not ids:
-            return []
-        media_filter += f" AND media_id IN {in_list(ids)}"
-    query = (
-        lake.table(MEDIA)
-        .search(np.asarray(vector, np.float32), vector_column_name=IMAGE_COLUMN)
-        .distance_type("cosine")
-        .where(media_filter, prefilter=True)
-        .select(["media_id", "_distance"])
-        .limit(k)
-    )
-    if nprobes:
-        query = query.nprobes(nprobes)
-    if refine_factor:
-        query = query.refine_factor(refine_factor)
-    found = query.to_arrow()
-    media = found.column("media_id").to_pylist()
-    scores = [1.0 - float(d) for d in found.column("_distance").to_pylist()]
-    if not media:
-        return []
-    using = f"array_has_any(media_ids, [{', '.join(map(quote, media))}])"
-    filt = and_filters(using, sample_filter)
-    samples = lake.dataset(SAMPLES).to_table(columns=SAMPLE_COLUMNS, filter=filt).to_pylist()
-    by_media: dict[str, list[dict[str, Any]]] = {}
-    for s in sorted(samples, key=lambda s: s["sample_id"]):
-        for m in dict.fromkeys(s["media_ids"] or []):
-            by_media.setdefault(m, []).append(s)
-    hits = []
-    for rank, (m, score) in enumerate(zip(media, scores, strict=True), start=1):
+    media_where = f"kind = {quote(kind)}" if kind else None
+    budget = k * refine_factor if refine_factor else 0
+    fetch = k * overfetch if sample_filter else k
+    while True:
+        refine = max(1, -(-budget // fetch)) if budget else None  # ceil: >= k * refine_factor
+        media, scores = _nearest(lake, vector, fetch, nprobes, refine, media_where)
+        by_media = _samples_using(lake, media, sample_filter)
+        matched = sum(m in by_media for m in media)
+        if not sample_filter or matched >= k or len(media) < fetch:
+            break
+        if fetch >= max_fetch:
+            media, scores = _prefiltered(
+                lake, vector, k, sample_filter, media_where, nprobes, refine_factor
+            )
+            by_media = _samples_using(lake, media, sample_filter)
+            break
+        fetch = min(fetch * overfetch, max_fetch)
+    hits: list[Hit] = []
+    rank = 0
+    for m, score in zip(media, scores, strict=True):
+        if sample_filter and m not in by_media:
+            continue
+        rank += 1
+        if rank > k:
+            break
         for s in by_media.get(m, []):
             hits.append(
                 Hit(rank, score, m, s["sample_id"], s["dataset"], s["caption"], s["label"],
@@ -151,36 +242,67 @@ def search(
     return hits
 
 
+def _exact_top(lake: Lake, queries: np.ndarray, k: int, batch_rows: int = 65536) -> list[list[str]]:
+    """Exact cosine top-``k`` media ids of each query, in one streamed pass over the vectors."""
+    q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    best_s = np.full((len(q), 0), -np.inf, np.float32)
+    best_id = np.empty((len(q), 0), object)
+    scanner = lake.dataset(MEDIA).to_batches(
+        columns=["media_id", IMAGE_COLUMN], filter=f"{IMAGE_COLUMN} IS NOT NULL",
+        batch_size=batch_rows,
+    )  # fmt: skip
+    for batch in scanner:
+        if batch.num_rows == 0:
+            continue
+        vecs = batch.column(IMAGE_COLUMN)
+        x = vecs.values.to_numpy(zero_copy_only=False).reshape(len(vecs), -1)
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        ids = np.asarray(batch.column("media_id").to_pylist(), object)
+        sims = q @ x.T.astype(np.float32)
+        top = np.argpartition(-sims, min(k, sims.shape[1]) - 1, axis=1)[:, :k]
+        all_s = np.concatenate([best_s, np.take_along_axis(sims, top, axis=1)], axis=1)
+        all_id = np.concatenate([best_id, ids[top]], axis=1)
+        keep = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
+        best_s = np.take_along_axis(all_s, keep, axis=1)
+        best_id = np.take_along_axis(all_id, keep, axis=1)
+    return [list(row) for row in best_id]
+
+
 def index_recall(
     lake: Lake,
     queries: int = 100,
     k: int = 10,
-    nprobes: int = 20,
-    refine_factor: int | None = 10,
+    nprobes: int | None = 20,
+    refine_factor: int | None = 50,
     seed: int = 0,
 ) -> float:
-    """Recall@k of the (indexed) search against exact search, with stored vectors as queries.
+    """Recall@k of the indexed search against exact search, on a sample of stored vectors.
 
-    Use it to choose ``nprobes`` / ``refine_factor`` and the index parameters.
+    Each query is a stored vector; its own row is left out of both answers (else every
+    query would find itself). The exact answer comes from one streamed numpy pass over
+    the vectors, the approximate one from a query built afresh (LanceDB query builders
+    mutate themselves: sharing one would make the "approximate" query exact too). Use it
+    to choose ``nprobes`` / ``refine_factor`` and the index parameters.
     """
-    tbl = lake.table(MEDIA)
-    vecs = lake.dataset(MEDIA).to_table(
-        columns=[IMAGE_COLUMN], filter=f"{IMAGE_COLUMN} IS NOT NULL"
-    )
-    matrix = np.stack(vecs.column(IMAGE_COLUMN).to_numpy(zero_copy_only=False))
+    ds = lake.dataset(MEDIA)
+    n = ds.count_rows()
+    if n == 0:
+        return 1.0
     rng = np.random.default_rng(seed)
-    picks = rng.choice(len(matrix), size=min(queries, len(matrix)), replace=False)
+    picks = np.sort(rng.choice(n, size=min(n, 2 * queries), replace=False))
+    rows = ds.take(picks, columns=["media_id", IMAGE_COLUMN]).to_pylist()
+    rows = [r for r in rows if r[IMAGE_COLUMN] is not None][:queries]
+    if not rows:
+        return 1.0
+    matrix = np.asarray([r[IMAGE_COLUMN] for r in rows], np.float32)
+    truth = _exact_top(lake, matrix, k + 1)
     total = 0.0
-    for i in picks:
-        base = tbl.search(matrix[i], vector_column_name=IMAGE_COLUMN).distance_type("cosine")
-        exact = base.bypass_vector_index().select(["media_id"]).limit(k).to_arrow()
-        approx = base.nprobes(nprobes)
-        if refine_factor:
-            approx = approx.refine_factor(refine_factor)
-        got = approx.select(["media_id"]).limit(k).to_arrow()
-        truth = set(exact.column("media_id").to_pylist())
-        total += len(truth & set(got.column("media_id").to_pylist())) / max(1, len(truth))
-    return total / max(1, len(picks))
+    for row, vec, exact in zip(rows, matrix, truth, strict=True):
+        want = [m for m in exact if m != row["media_id"]][:k]
+        got, _ = _nearest(lake, vec, k + 1, nprobes, refine_factor, None)
+        got = [m for m in got if m != row["media_id"]][:k]
+        total += len(set(want) & set(got)) / max(1, len(want))
+    return total / len(rows)
 
 
 def format_hits(hits: list[Hit]) -> str:
@@ -202,15 +324,26 @@ def run_query(cfg: Any) -> list[Hit]:
         raise ConfigError('give exactly one of text="..." or image=PATH')
     lake = Lake.from_config(cfg.lake)
     model = {k: v for k, v in dict(cfg.model).items() if v is not None}
-    embedder = load_embedder(lake, cfg.plugin, **model)
     if cfg.text:
-        vector = embedder.embed_texts([str(cfg.text)])[0]
+        kind, query = "text", str(cfg.text).encode()
     else:
         path = Path(cfg.image)
         if not path.is_file():
             raise ConfigError(f"query image not found: {path}")
-        vector = embedder.embed_images([path.read_bytes()])[0]
-    return search(lake, vector, int(cfg.k), cfg.where, cfg.dataset, cfg.nprobes, cfg.refine_factor)
+        kind, query = "image", path.read_bytes()
+    cache = VectorCache(cfg.get("vector_cache"))
+    owner = lake_model(lake)
+    # only a model checked against this owner id put vectors under it (below)
+    vector = cache.get(owner, kind, query)
+    if vector is None:
+        embedder = load_embedder(lake, cfg.plugin, **model)
+        embed = embedder.embed_texts if kind == "text" else embedder.embed_images
+        vector = embed([str(cfg.text) if kind == "text" else query])[0]
+        cache.put(owner, kind, query, vector)
+    return search(
+        lake, vector, int(cfg.k), cfg.where, cfg.dataset, cfg.nprobes, cfg.refine_factor,
+        kind=cfg.get("kind"), overfetch=int(cfg.overfetch), max_fetch=int(cfg.max_fetch),
+    )  # fmt: skip
 
 
 @hydra_job("query")

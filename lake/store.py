@@ -85,10 +85,31 @@ class Lake:
 
     # -- tables -------------------------------------------------------------------------
     def table_names(self) -> list[str]:
-        """Names of the tables that exist."""
-        if self._db is None and self._missing_folder():
-            return []  # connecting would create the folder
-        return list(self.db.list_tables().tables)
+        """Names of the tables that exist (the lake's ``<name>.lance`` folders).
+
+        Listed with pyarrow rather than asked of LanceDB, whose import (~2 s) light
+        readers such as ``lakeloom stats`` never pay; finding out creates nothing.
+        """
+        import pyarrow.fs as pafs
+
+        if self._missing_folder():
+            return []
+        fs, base = filesystem(self._local_or_uri(), self.storage_options)
+        found = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        names = [
+            i.base_name.removesuffix(".lance")
+            for i in found
+            if i.type == pafs.FileType.Directory and i.base_name.endswith(".lance")
+        ]
+        return sorted(names)
+
+    def _local_or_uri(self) -> str:
+        local = local_path(self.uri)
+        return str(local.expanduser()) if local is not None else self.uri
+
+    def _table_uri(self, name: str) -> str:
+        """Where table ``name``'s Lance dataset lives."""
+        return join(self._local_or_uri(), f"{name}.lance")
 
     def present(self) -> bool:
         """Whether the lake exists, i.e. holds a table (finding out creates nothing)."""
@@ -176,8 +197,25 @@ class Lake:
         return ds.take_blobs(column, ids=[rows.column("_rowid")[0].as_py()])[0]
 
     def dataset(self, name: str, version: int | str | None = None) -> Any:
-        """The pylance dataset behind a table (for scans with projection and filters)."""
-        return self.table(name, version).to_lance()
+        """The pylance dataset behind a table (for scans with projection and filters),
+        optionally at an earlier version number or tag.
+
+        Opened with pylance directly (the light read path: no LanceDB import), with the
+        lake's storage options; the same errors as :meth:`table`.
+        """
+        import lance
+
+        if not self.exists(name):
+            raise LakeNotFoundError(f"table {name!r} does not exist in lake {self.uri}")
+        try:
+            ds = lance.dataset(self._table_uri(name), storage_options=self.storage_options or None)
+        except (RuntimeError, OSError, ValueError) as exc:
+            if not is_lance_error(exc):
+                raise
+            raise FileProblem(
+                self._newest_manifest(name), f"table {name} cannot be read: {lance_cause(exc)}"
+            ) from exc
+        return ds if version is None else ds.checkout_version(version)
 
     # -- reads ----------------------------------------------------------------------------
     def keys(self, name: str) -> set[str]:
@@ -192,7 +230,7 @@ class Lake:
         """Row count of a table (0 when missing), optionally filtered."""
         if not self.exists(name):
             return 0
-        return self.table(name).count_rows(where)
+        return int(self.dataset(name).count_rows(filter=where))
 
     def value_counts(self, name: str, column: str) -> dict[str, int]:
         """Rows per distinct value of ``column``, reading only that column."""
@@ -285,12 +323,12 @@ class Lake:
     # -- versions -------------------------------------------------------------------------
     def versions(self, name: str) -> list[dict[str, Any]]:
         """Versions of a table, oldest first, with their timestamp, row count and tags."""
-        tbl = self.table(name)
+        ds = self.dataset(name)
         tags: dict[int, list[str]] = {}
-        for tag, info in tbl.tags.list().items():
+        for tag, info in ds.tags.list().items():
             tags.setdefault(int(info["version"]), []).append(tag)
         out = []
-        for v in tbl.list_versions():
+        for v in ds.versions():
             meta = v.get("metadata", {})
             out.append(
                 {
@@ -316,7 +354,7 @@ class Lake:
 
     def current_versions(self) -> dict[str, int]:
         """Current version of every data table."""
-        return {n: int(self.table(n).version) for n in (MEDIA, SAMPLES) if self.exists(n)}
+        return {n: int(self.dataset(n).version) for n in (MEDIA, SAMPLES) if self.exists(n)}
 
     # -- runs -----------------------------------------------------------------------------
     def record_run(self, run: dict[str, Any]) -> None:
