@@ -304,12 +304,18 @@ class ClipImageEmbedder(_ClipEnricher):
         index_min_rows: int = DEFAULT_INDEX_MIN_ROWS,
         index_partitions: int | None = None,
         index_sub_vectors: int | None = None,
+        index_max_partitions: int = 256,
+        index_sample_rate: int = 256,
+        index_max_iterations: int = 50,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.index_min_rows = int(index_min_rows)
         self.index_partitions = index_partitions
         self.index_sub_vectors = index_sub_vectors
+        self.index_max_partitions = int(index_max_partitions)
+        self.index_sample_rate = int(index_sample_rate)
+        self.index_max_iterations = int(index_max_iterations)
 
     def where(self) -> str:
         """Only images and frames (not audio or whole videos)."""
@@ -334,6 +340,9 @@ class ClipImageEmbedder(_ClipEnricher):
             min_rows=self.index_min_rows,
             num_partitions=self.index_partitions,
             num_sub_vectors=self.index_sub_vectors,
+            max_partitions=self.index_max_partitions,
+            sample_rate=self.index_sample_rate,
+            max_iterations=self.index_max_iterations,
         )
 
 
@@ -400,22 +409,58 @@ def _has_index(tbl: Any, column: str) -> bool:
     return any(column in (idx.columns or []) for idx in tbl.list_indices())
 
 
+# Scalar indexes that keep the query path's filters off full scans: the media kind
+# prefilter, and the lookup of the samples using the nearest media (array_has_any) with
+# their dataset filter. Lance scans rows added after an index was built, so they stay exact.
+SCALAR_INDEXES = {
+    "media": {"kind": "Bitmap"},
+    "samples": {"media_ids": "LabelList", "dataset": "Bitmap"},
+}
+
+
+def _scalar_indexes(lake: Any) -> None:
+    from lancedb import index
+
+    for name, columns in SCALAR_INDEXES.items():
+        if not lake.exists(name):
+            continue
+        tbl = lake.table(name)
+        for column, kind in columns.items():
+            if column in tbl.schema.names and not _has_index(tbl, column):
+                tbl.create_index(column, config=getattr(index, kind)())
+
+
+def index_partitions(rows: int, max_partitions: int) -> int:
+    """IVF partitions for ``rows`` vectors: sqrt(rows), at most ``max_partitions``.
+
+    Above 256 partitions Lance trains a hierarchical k-means whose small sub-problems
+    leave clusters empty (hundreds of "KMeans: more than 10% of clusters are empty"
+    warnings at 1M rows) and take most of the build time; ``bench/vectors.py`` measures it.
+    """
+    return max(1, min(int(math.sqrt(rows)), max_partitions))
+
+
 def build_index(
     lake: Any,
     min_rows: int = DEFAULT_INDEX_MIN_ROWS,
     num_partitions: int | None = None,
     num_sub_vectors: int | None = None,
     column: str = IMAGE_COLUMN,
+    max_partitions: int = 256,
+    sample_rate: int = 256,
+    max_iterations: int = 50,
 ) -> str:
     """Create a cosine IVF_PQ index on ``media.<column>`` when enough rows are embedded.
 
     Returns what was done: ``"skipped"`` (fewer than ``min_rows`` vectors), ``"created"``
     or ``"updated"`` (an existing index extended to rows added since). Defaults:
-    ``num_partitions`` ~ sqrt(rows) (each partition a few hundred to a few thousand
-    vectors), ``num_sub_vectors`` = dim / 8 (8 dims per code byte: better recall than
-    lancedb's dim / 16 for a 2x larger index). Queries refine PQ distances with exact
-    ones (``refine_factor``), see ``lake.query``; measure recall with
-    :func:`lake.query.index_recall` when changing these.
+    ``num_partitions`` = :func:`index_partitions`, ``num_sub_vectors`` = dim / 8 (8 dims
+    per code byte: better recall than lancedb's dim / 16 for a 2x larger index);
+    ``sample_rate`` vectors per partition train the k-means, for at most ``max_iterations``.
+    The scalar indexes the query path filters with (:data:`SCALAR_INDEXES`) come with it.
+    Queries refine PQ distances with exact ones (``refine_factor``), see ``lake.query``;
+    measure recall with :func:`lake.query.index_recall` or ``bench/vectors.py`` when
+    changing these.
     """
     tbl = lake.table("media")
     if column not in tbl.schema.names:
@@ -425,19 +470,25 @@ def build_index(
         return "skipped"
     if _has_index(tbl, column):
         with lake.lock():  # an index commit is a lake write too (lake/lock.py)
-            lake.dataset("media").optimize.optimize_indices()  # add rows embedded since
+            _scalar_indexes(lake)
+            for name in SCALAR_INDEXES:  # add rows embedded since to every index
+                if lake.exists(name):
+                    lake.dataset(name).optimize.optimize_indices()
         return "updated"
     dim = tbl.schema.field(column).type.list_size
-    parts = num_partitions or max(1, int(math.sqrt(rows)))
+    parts = num_partitions or index_partitions(rows, max_partitions)
     subs = num_sub_vectors or next(
         s for s in (dim // 8, dim // 4, dim // 2, 1) if s and dim % s == 0
     )
     log.info("building IVF_PQ(cosine) on media.%s: %d rows, %d/%d", column, rows, parts, subs)
     from lancedb.index import IvfPq
 
+    config = IvfPq(
+        distance_type="cosine", num_partitions=parts, num_sub_vectors=subs,
+        sample_rate=sample_rate, max_iterations=max_iterations,
+    )  # fmt: skip
     with lake.lock():
-        lake.table("media").create_index(
-            column,  # the unified API: column first, then an index config
-            config=IvfPq(distance_type="cosine", num_partitions=parts, num_sub_vectors=subs),
-        )
+        # the unified API: column first, then an index config
+        lake.table("media").create_index(column, config=config)
+        _scalar_indexes(lake)
     return "created"

@@ -72,8 +72,11 @@ def test_image_query_finds_itself(clip_base, embedded: Lake) -> None:  # noqa: F
             "dataset": None,
             "plugin": TARGET,
             "model": {"arch": None, "pretrained": clip_base["m1"], "run": None, "device": "cpu"},
+            "kind": None,
             "nprobes": 20,
-            "refine_factor": 10,
+            "refine_factor": 50,
+            "overfetch": 4,
+            "max_fetch": 2560,
         }
     )
     hits = run_query(cfg)
