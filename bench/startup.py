@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -113,6 +114,9 @@ def timed(cmd: list[str]) -> float:
 def paint(cmd: list[str], marker: str) -> float:
     """Seconds from spawning ``cmd`` in a 200 x 50 pty until ``marker`` is on screen."""
     import pexpect
+
+    # pexpect forks and at once execs the command: Lance's fork warning does not apply
+    warnings.filterwarnings("ignore", "lance is not fork-safe")
 
     t0 = time.perf_counter()
     child = pexpect.spawn(
