@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from lake.check import LocalPasses
+from lake.errors import ConfigError
 from lake.images import decode_image
 from lake.plugin import Check
 from plugins.checks.common import (
@@ -206,6 +207,82 @@ def knn_pairs(
         found_i.append(rows[keep])
         found_j.append(top.ravel()[keep])
         found_s.append(s.ravel()[keep])
+    i, j, s = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    codes, first = np.unique(lo * n + hi, return_index=True)
+    return codes // n, codes % n, s[first].astype(np.float32)
+
+
+def partitioned_knn_pairs(
+    x: np.ndarray,
+    min_cosine: float,
+    k: int,
+    probes: int,
+    memory_budget_mb: float,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like :func:`knn_pairs` for large ``n``: exact similarities inside coarse partitions.
+
+    A spherical k-means on a sample makes ``sqrt(n)`` centroids (an IVF coarse quantiser);
+    each row is searched against the rows that have its nearest centroid among their
+    ``probes`` nearest, so a near duplicate (cosine close to 1) is missed only when the two
+    fall on different sides of a partition border more than ``probes`` deep. Work is about
+    ``n x probes x sqrt(n)`` dot products instead of ``n^2``; blocks of queries stay within
+    ``memory_budget_mb``. Returns (i, j, cosine) like :func:`knn_pairs`.
+    """
+    n = len(x)
+    parts = max(1, int(np.sqrt(n)))
+    if n < 2 or parts < 4:
+        return knn_pairs(x, min_cosine, k, max(1, int(memory_budget_mb * 2**20 / (16 * n))))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    sample = x[rng.choice(n, size=min(n, 64 * parts), replace=False)]
+    cent = sample[rng.choice(len(sample), size=parts, replace=False)].copy()
+    block = max(1, int(memory_budget_mb * 2**20 / (8 * parts)))  # rows x parts sims + ids
+    for _ in range(10):
+        near = np.concatenate(
+            [np.argmax(sample[a : a + block] @ cent.T, 1) for a in range(0, len(sample), block)]
+        )
+        sums = np.zeros_like(cent)
+        np.add.at(sums, near, sample)
+        empty = np.bincount(near, minlength=parts) == 0
+        sums[empty] = cent[empty]  # an empty cluster keeps its centroid
+        cent = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    probes = min(probes, parts)
+    assign = np.empty((n, probes), np.int64)
+    for a in range(0, n, block):
+        s = x[a : a + block] @ cent.T
+        top = np.argpartition(-s, probes - 1, 1)[:, :probes]
+        order = np.argsort(-np.take_along_axis(s, top, 1), 1)
+        assign[a : a + block] = np.take_along_axis(top, order, 1)
+    primary = assign[:, 0]
+    q_order = np.argsort(primary, kind="stable")
+    q_bounds = np.searchsorted(primary[q_order], np.arange(parts + 1))
+    flat = assign.ravel()
+    d_order = np.argsort(flat, kind="stable")
+    d_bounds = np.searchsorted(flat[d_order], np.arange(parts + 1))
+    d_rows = d_order // probes
+    found_i, found_j, found_s = [], [], []
+    for p in range(parts):
+        queries = q_order[q_bounds[p] : q_bounds[p + 1]]
+        data = d_rows[d_bounds[p] : d_bounds[p + 1]]
+        if not len(queries) or len(data) < 2:
+            continue
+        kk = min(k + 1, len(data))
+        step = max(1, int(memory_budget_mb * 2**20 / (16 * len(data))))
+        for a in range(0, len(queries), step):
+            qs = queries[a : a + step]
+            sims = x[qs] @ x[data].T
+            sims[data[None, :] == qs[:, None]] = -np.inf
+            top = np.argpartition(-sims, kk - 1, 1)[:, :kk]
+            s = np.take_along_axis(sims, top, 1).ravel()
+            keep = s >= min_cosine
+            found_i.append(np.repeat(qs, kk)[keep])
+            found_j.append(data[top.ravel()[keep]])
+            found_s.append(s[keep])
+    if not found_i:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, np.float32)
     i, j, s = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
     lo, hi = np.minimum(i, j), np.maximum(i, j)
     codes, first = np.unique(lo * n + hi, return_index=True)
@@ -415,8 +492,10 @@ class Duplicates(Check):
       perceptual-hash Hamming distance <= ``candidate_distance`` (multi-index hashing within
       ``memory_budget_mb``, runs of equal keys capped at ``bucket_cap``, see
       :func:`phash_pairs`) and each media's ``knn`` nearest embeddings with cosine >=
-      ``candidate_cosine`` (exact search in batches; LanceDB vector search, with
-      ``nprobes`` / ``refine_factor``, above ``ann_above`` distinct media). Verification,
+      ``candidate_cosine`` (exact search in batches within ``memory_budget_mb``; above
+      ``ann_above`` distinct media, ``ann: partitioned`` searches inside coarse k-means
+      partitions (:func:`partitioned_knn_pairs`, ``partition_probes`` deep) and ``ann:
+      lance`` through LanceDB's vector index with ``nprobes`` / ``refine_factor``). Verification,
       when both media have a decodable ``media.thumb``: the thumbnails, decoded once per
       run to ``thumb_size`` px RGB views at the zooms ``thumb_scales``, must reach a
       concordance >= ``thumb_min_similarity`` (:func:`thumb_similarity`). Hashes and
@@ -452,6 +531,8 @@ class Duplicates(Check):
         bucket_cap: int,
         complete_link: bool,
         ann_above: int,
+        ann: str,
+        partition_probes: int,
         nprobes: int,
         refine_factor: int,
         candidate_distance: int,
@@ -481,6 +562,10 @@ class Duplicates(Check):
         self.batch_size = int(batch_size)
         self.report_groups = int(report_groups)
         self.ann_above = int(ann_above)
+        if ann not in ("partitioned", "lance"):
+            raise ConfigError(f"check.checks.duplicates.ann: {ann!r} is not partitioned or lance")
+        self.ann = ann
+        self.partition_probes = int(partition_probes)
         self.nprobes = int(nprobes)
         self.refine_factor = int(refine_factor)
 
@@ -495,6 +580,8 @@ class Duplicates(Check):
             "bucket_cap": self.bucket_cap,
             "complete_link": self.complete_link,
             "ann_above": self.ann_above,
+            "ann": self.ann,
+            "partition_probes": self.partition_probes,
             "candidate_distance": self.candidate_distance,
             "candidate_cosine": self.candidate_cosine,
             "thumb_min_similarity": self.thumb_min_similarity,
@@ -683,7 +770,12 @@ class Duplicates(Check):
         ]
         if floors and has_vec.sum() >= 2:
             rows = np.flatnonzero(has_vec)
-            if len(rows) > self.ann_above:
+            if len(rows) > self.ann_above and self.ann == "partitioned":
+                a, b, c = partitioned_knn_pairs(
+                    vecs[rows], min(floors), self.knn, self.partition_probes,
+                    self.memory_budget_mb,
+                )  # fmt: skip
+            elif len(rows) > self.ann_above:
                 mids = [str(media[int(h)]) for h in head[rows]]
                 a, b, c = lance_knn_pairs(
                     lake, mids, vecs[rows], min(floors), self.knn, self.nprobes,

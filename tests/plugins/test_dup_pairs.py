@@ -8,7 +8,13 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from plugins.checks.duplicates import _block_plan, greedy_groups, phash_pairs
+from plugins.checks.duplicates import (
+    _block_plan,
+    greedy_groups,
+    knn_pairs,
+    partitioned_knn_pairs,
+    phash_pairs,
+)
 
 
 def planted_hashes(n: int, seed: int) -> np.ndarray:
@@ -90,3 +96,19 @@ def test_memory_budget_chunks_the_candidates() -> None:
     whole, whole_peak = peak(None)
     assert small == whole == want
     assert small_peak < whole_peak / 2
+
+
+def test_partitioned_knn_finds_the_near_copies_exact_search_finds() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 32))
+    x = centres[rng.integers(0, 40, size=3000)] + 0.5 * rng.normal(size=(3000, 32))
+    x[2500:] = x[:500] + 0.02 * rng.normal(size=(500, 32))  # 500 near copies
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    i, j, s = partitioned_knn_pairs(x, 0.97, k=5, probes=2, memory_budget_mb=0.5)
+    ei, ej, _ = knn_pairs(x, 0.97, k=5, batch_size=256)
+    found = set(zip(i.tolist(), j.tolist(), strict=True))
+    exact = set(zip(ei.tolist(), ej.tolist(), strict=True))
+    assert {(a, a + 2500) for a in range(500)} <= exact
+    assert len(found & exact) >= 0.99 * len(exact)
+    assert np.allclose(s, np.einsum("ij,ij->i", x[i], x[j]), atol=1e-5)
+    assert (i < j).all() and (s >= 0.97).all()
