@@ -104,8 +104,8 @@ def media_query(
 ) -> Any:
     """The LanceDB vector query on ``media.clip_image`` (cosine), ready to run.
 
-    ``where`` is a prefilter on ``media`` columns (``kind = 'frame'``): cheap with the
-    scalar index :func:`plugins.clip_embed.build_index` puts on ``kind``. There is no
+    ``where`` is a prefilter on ``media`` columns (``kind = 'frame'``; a scan of that
+    small column, measured cheaper than a scalar index by ``bench/vectors.py``). There is no
     ``clip_image IS NOT NULL`` filter: as a prefilter it made LanceDB read the whole
     vector column on every query (2.4 s at 1M rows); media without a vector are not in
     the index, and unindexed ones come back with a null distance, dropped by the caller.

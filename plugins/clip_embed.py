@@ -409,27 +409,6 @@ def _has_index(tbl: Any, column: str) -> bool:
     return any(column in (idx.columns or []) for idx in tbl.list_indices())
 
 
-# Scalar indexes that keep the query path's filters off full scans: the media kind
-# prefilter, and the lookup of the samples using the nearest media (array_has_any) with
-# their dataset filter. Lance scans rows added after an index was built, so they stay exact.
-SCALAR_INDEXES = {
-    "media": {"kind": "Bitmap"},
-    "samples": {"media_ids": "LabelList", "dataset": "Bitmap"},
-}
-
-
-def _scalar_indexes(lake: Any) -> None:
-    from lancedb import index
-
-    for name, columns in SCALAR_INDEXES.items():
-        if not lake.exists(name):
-            continue
-        tbl = lake.table(name)
-        for column, kind in columns.items():
-            if column in tbl.schema.names and not _has_index(tbl, column):
-                tbl.create_index(column, config=getattr(index, kind)())
-
-
 def index_partitions(rows: int, max_partitions: int) -> int:
     """IVF partitions for ``rows`` vectors: sqrt(rows), at most ``max_partitions``.
 
@@ -457,7 +436,9 @@ def build_index(
     ``num_partitions`` = :func:`index_partitions`, ``num_sub_vectors`` = dim / 8 (8 dims
     per code byte: better recall than lancedb's dim / 16 for a 2x larger index);
     ``sample_rate`` vectors per partition train the k-means, for at most ``max_iterations``.
-    The scalar indexes the query path filters with (:data:`SCALAR_INDEXES`) come with it.
+    No scalar indexes on the filter columns: ``bench/vectors.py`` measured the filtered
+    query path 4-7x slower with them (the query opens the dataset afresh, so each query
+    reloads them), post-filtering with over-fetch needs none.
     Queries refine PQ distances with exact ones (``refine_factor``), see ``lake.query``;
     measure recall with :func:`lake.query.index_recall` or ``bench/vectors.py`` when
     changing these.
@@ -470,10 +451,7 @@ def build_index(
         return "skipped"
     if _has_index(tbl, column):
         with lake.lock():  # an index commit is a lake write too (lake/lock.py)
-            _scalar_indexes(lake)
-            for name in SCALAR_INDEXES:  # add rows embedded since to every index
-                if lake.exists(name):
-                    lake.dataset(name).optimize.optimize_indices()
+            lake.dataset("media").optimize.optimize_indices()  # add rows embedded since
         return "updated"
     dim = tbl.schema.field(column).type.list_size
     parts = num_partitions or index_partitions(rows, max_partitions)
@@ -490,5 +468,4 @@ def build_index(
     with lake.lock():
         # the unified API: column first, then an index config
         lake.table("media").create_index(column, config=config)
-        _scalar_indexes(lake)
     return "created"
