@@ -199,13 +199,11 @@ def clustered(n: int, dim: int = 512, seed: int = 0) -> tuple[np.ndarray, np.nda
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(1000, dim)).astype(np.float32)
     x = centres[rng.integers(0, 1000, size=n)]
-    x += (
-        0.6
-        * np.linalg.norm(centres, axis=1).mean()
-        / np.sqrt(dim)
-        * rng.normal(size=(n, dim)).astype(np.float32)
-    )
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    scale = 0.6 * np.linalg.norm(centres, axis=1).mean() / np.sqrt(dim)
+    for a in range(0, n, 65536):  # in blocks: the data's own peak stays near its size
+        b = min(a + 65536, n)
+        x[a:b] += scale * rng.normal(size=(b - a, dim)).astype(np.float32)
+        x[a:b] /= np.linalg.norm(x[a:b], axis=1, keepdims=True)
     m = n // 100
     idx = rng.permutation(n)
     src, dst = idx[:m], idx[m : 2 * m]
