@@ -209,6 +209,11 @@ def search(
     Ranks count the media that matched, 1..k; each lists every matching sample using it.
     """
     sample_filter = _sample_filter(where, dataset)
+    if sample_filter:
+        try:  # a bad filter is named before any search (a limit-1 read: no scan)
+            lake.dataset(SAMPLES).to_table(columns=[], filter=sample_filter, limit=1)
+        except (ValueError, OSError) as exc:
+            raise filter_error("query where filter", sample_filter, exc) from exc
     media_where = f"kind = {quote(kind)}" if kind else None
     budget = k * refine_factor if refine_factor else 0
     fetch = k * overfetch if sample_filter else k

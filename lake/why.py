@@ -53,7 +53,7 @@ def as_overrides(args: list[str]) -> list[str]:
     out, given = [], False
     for arg in args:
         if not given and "=" not in arg and not arg.startswith(("-", "+", "~")):
-            out.append(f"id='{arg}'")
+            out.append(f"id={json.dumps(arg)}")
             given = True
         else:
             out.append(arg)
