@@ -314,6 +314,10 @@ class _Writer:
             self.new_samples += self.lake.insert_new(
                 SAMPLES, self.table(self.samples, SAMPLES_SCHEMA)
             )
+        self.clear()
+
+    def clear(self) -> None:
+        """Empty the buffers (after they were written)."""
         self.media = {k: [] for k in self.media}
         self.samples = {k: [] for k in self.samples}
         self.provs, self.prov_index = [], {}

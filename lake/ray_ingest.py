@@ -143,10 +143,7 @@ class StagingWriter(_Writer):
         if self.samples["sample_id"]:
             table = self.table(self.samples, STAGED_SAMPLES)
             self.fragments[self.samples_uri] += _write_fragments(table, self.samples_uri, so)
-        self.media = {k: [] for k in self.media}
-        self.samples = {k: [] for k in self.samples}
-        self.provs, self.prov_index = [], {}
-        self.buffered_bytes = 0
+        self.clear()
 
     def commit(self) -> None:
         """Commit the staged fragments, then merge-insert them into the lake, media first."""

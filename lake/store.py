@@ -14,7 +14,7 @@ where no lock exists (object storage).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -125,19 +125,24 @@ class Lake:
 
     def table(self, name: str, version: int | str | None = None) -> Any:
         """Open a table, optionally at an earlier version number or tag."""
+        tbl = self._open(name, lambda: self.db.open_table(name))
+        if version is not None:
+            tbl.checkout(version)
+        return tbl
+
+    def _open(self, name: str, opener: Callable[[], Any]) -> Any:
+        """``opener()`` for an existing table; an unreadable table is a FileProblem naming
+        its newest manifest."""
         if not self.exists(name):
             raise LakeNotFoundError(f"table {name!r} does not exist in lake {self.uri}")
         try:
-            tbl = self.db.open_table(name)
+            return opener()
         except (RuntimeError, OSError, ValueError) as exc:
             if not is_lance_error(exc):
                 raise
             raise FileProblem(
                 self._newest_manifest(name), f"table {name} cannot be read: {lance_cause(exc)}"
             ) from exc
-        if version is not None:
-            tbl.checkout(version)
-        return tbl
 
     def _newest_manifest(self, name: str) -> str:
         """The table's newest manifest file (what opening it reads), else its folder."""
@@ -205,16 +210,8 @@ class Lake:
         """
         import lance
 
-        if not self.exists(name):
-            raise LakeNotFoundError(f"table {name!r} does not exist in lake {self.uri}")
-        try:
-            ds = lance.dataset(self._table_uri(name), storage_options=self.storage_options or None)
-        except (RuntimeError, OSError, ValueError) as exc:
-            if not is_lance_error(exc):
-                raise
-            raise FileProblem(
-                self._newest_manifest(name), f"table {name} cannot be read: {lance_cause(exc)}"
-            ) from exc
+        uri, options = self._table_uri(name), self.storage_options or None
+        ds = self._open(name, lambda: lance.dataset(uri, storage_options=options))
         return ds if version is None else ds.checkout_version(version)
 
     # -- reads ----------------------------------------------------------------------------

@@ -161,6 +161,7 @@ class PollingScreen(ConfiguredScreen):
         super().__init__(config)
         self._reading = False
         self._again = False
+        self._rows: dict[str, tuple] = {}  # what show_rows shows
 
     def on_mount(self) -> None:
         self.set_interval(self.poll_s, self.poll)
@@ -205,6 +206,25 @@ class PollingScreen(ConfiguredScreen):
         if self._again:
             self._again = False
             self.poll(force=True)
+
+    def show_rows(
+        self, table: Any, rows: dict[str, tuple], columns: list[str], current: str | None
+    ) -> None:
+        """Show keyed ``rows`` in ``table``: with the same keys as last time only the changed
+        cells are updated (no flicker, cursor kept), else the table is rebuilt with the
+        cursor back on ``current``; ``columns`` are the table's column keys."""
+        if list(rows) == list(self._rows):
+            for key, row in rows.items():
+                for column, old, new in zip(columns, self._rows[key], row, strict=True):
+                    if old != new:
+                        table.update_cell(key, column, new)
+        else:
+            table.clear()
+            for key, row in rows.items():
+                table.add_row(*row, key=key)
+            if current in rows:
+                table.move_cursor(row=table.get_row_index(current))
+        self._rows = rows
 
     def status_text(self, status: str) -> Text:
         """A run status with its glyph, styled by ``run--<status>`` in the stylesheet."""

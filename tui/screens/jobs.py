@@ -40,7 +40,6 @@ class JobsScreen(PollingScreen):
         self.poll_s = config.refresh_s
         self.source = JobsSource(config.lake_uri, config.storage_options)
         self.jobs: dict[str, JobFigures] = {}
-        self._rows: dict[str, tuple] = {}
 
     def compose(self) -> ComposeResult:
         yield Static(f"Reading the jobs of {printable(self.source.uri)} …", id="jobs-empty",
@@ -78,19 +77,7 @@ class JobsScreen(PollingScreen):
             return
         empty.display, table.display = False, True
         rows = {j.run_id: self._row(j) for j in result.jobs}
-        if list(rows) == list(self._rows):
-            for run_id, row in rows.items():
-                for column, old, new in zip(JOB_COLUMNS, self._rows[run_id], row, strict=True):
-                    if old != new:
-                        table.update_cell(run_id, column, new)
-        else:
-            current = self.current_run_id()
-            table.clear()
-            for run_id, row in rows.items():
-                table.add_row(*row, key=run_id)
-            if current in rows:
-                table.move_cursor(row=table.get_row_index(current))
-        self._rows = rows
+        self.show_rows(table, rows, list(JOB_COLUMNS), self.current_run_id())
         self._detail()
 
     # -- cells ------------------------------------------------------------------------

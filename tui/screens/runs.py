@@ -46,7 +46,6 @@ class RunsScreen(PollingScreen):
         self.poll_s = config.refresh_s
         self.runs: dict[str, RunInfo] = {}
         self.marked: set[str] = set()
-        self._rows: dict[str, tuple] = {}
 
     def compose(self) -> ComposeResult:
         yield Static(f"Reading {printable(self.runs_dir)} …", id="runs-empty", markup=False)
@@ -78,19 +77,7 @@ class RunsScreen(PollingScreen):
             return
         empty.display, table.display = False, True
         rows = {r.run_id: self._row(r) for r in runs}
-        if list(rows) == list(self._rows):
-            for run_id, row in rows.items():
-                for column, old, new in zip(COLUMNS, self._rows[run_id], row, strict=True):
-                    if old != new:
-                        table.update_cell(run_id, column or "mark", new)
-        else:
-            current = self.current_run_id()
-            table.clear()
-            for run_id, row in rows.items():
-                table.add_row(*row, key=run_id)
-            if current in rows:
-                table.move_cursor(row=table.get_row_index(current))
-        self._rows = rows
+        self.show_rows(table, rows, [c or "mark" for c in COLUMNS], self.current_run_id())
         self._detail()
 
     def _row(self, run: RunInfo) -> tuple:
