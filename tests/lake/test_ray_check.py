@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,44 +18,11 @@ from lake.ray_check import run_checks_ray
 from lake.store import Lake
 from tests.checks_data import build_lake, build_thumb_lake, conf_check
 from tests.conftest import REPO
+from tests.ray_support import executor_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_alarm")]
 
 CHECKS = ("caption_mismatch", "label_conflict", "duplicates", "outliers")
-
-
-def executor_config(*overrides: str) -> Any:
-    """The composed ``executor=ray`` node of ``conf/check.yaml``."""
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module(version_base="1.3", config_module="conf"):
-        cfg = compose(config_name="check", overrides=["executor=ray", *overrides])
-    return cfg.executor
-
-
-@pytest.fixture(scope="module")
-def ray_env() -> Iterator[Any]:
-    """One private loopback Ray (2 CPUs) for the module, shut down and removed after."""
-    from lake.ray_runtime import ray_session
-
-    with ray_session(num_cpus=2) as ray:
-        yield ray
-
-
-@pytest.fixture(autouse=True)
-def alarm() -> Iterator[None]:
-    """Fail a test that runs past 240 s instead of hanging."""
-
-    def fail(signum: int, frame: object) -> None:
-        raise TimeoutError("Ray test ran past 240 s")
-
-    previous = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(240)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def planted(path: Path) -> Lake:
@@ -80,7 +45,15 @@ def test_checks_on_ray_equal_local(tmp_path: Path, ray_env: Any) -> None:
     r1 = run_checks(local, {n: conf_check(n) for n in CHECKS}, reports=tmp_path / "rep-local")
     checks = {n: conf_check(n) for n in CHECKS}
     r2 = run_checks_ray(
-        on_ray, checks, None, tmp_path / "rep-ray", None, 10, executor=executor_config()
+        on_ray,
+        checks,
+        None,
+        tmp_path / "rep-ray",
+        None,
+        10,
+        executor=executor_config(
+            "check",
+        ),
     )
     assert without_timing(r2) == without_timing(r1)
     assert r2["checks"]["duplicates"]["flagged"] > 0
@@ -106,7 +79,15 @@ def test_checks_on_ray_over_an_s3_lake_equal_local(tmp_path: Path, ray_env: Any,
     remote = build_thumb_lake(build_lake(Lake(s3.uri("checks"), s3.storage_options)))
     r1 = run_checks(local, {"duplicates": conf_check("duplicates")})
     r2 = run_checks_ray(
-        remote, {"duplicates": conf_check("duplicates")}, None, None, None, 10, executor_config()
+        remote,
+        {"duplicates": conf_check("duplicates")},
+        None,
+        None,
+        None,
+        10,
+        executor_config(
+            "check",
+        ),
     )
     assert without_timing(r2) == without_timing(r1)
     a = sorted(local.dataset("samples").to_table().to_pylist(), key=lambda r: r["sample_id"])

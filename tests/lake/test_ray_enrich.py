@@ -16,7 +16,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from plugins.phash import PhashThumbnail
 from tests.conftest import conf_kwargs, jpeg_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("ray_alarm")
 
 
 @functools.cache
@@ -116,36 +116,6 @@ def step_names(lake: Lake, table: str) -> list[list[str]]:
     """The provenance steps of every row, by name (run ids differ between runs)."""
     prov = lake.dataset(table).to_table(columns=["provenance"]).column("provenance")
     return sorted([s["name"] for s in (p or {}).get("steps") or []] for p in prov.to_pylist())
-
-
-@pytest.fixture(scope="module")
-def ray_env() -> Iterator[Any]:
-    """One private single-node Ray for the module; workers import ``tests`` and ``plugins``."""
-    from lake.ray_runtime import ray_session
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get(
-            "PYTHONPATH")])))  # fmt: skip
-        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        with ray_session(num_cpus=2) as ray:  # a short temp path: Ray's sockets live there
-            ray.data.DataContext.get_current().enable_progress_bars = False
-            yield ray
-
-
-@pytest.fixture(autouse=True)
-def alarm() -> Iterator[None]:
-    """Fail a hung Ray job instead of waiting for ever (SCALE.md G1)."""
-
-    def hung(*_: Any) -> None:
-        raise TimeoutError("Ray test ran over 240 s")
-
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(240)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def test_progress_rows_read_back(tmp_path: Path) -> None:

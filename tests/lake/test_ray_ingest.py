@@ -11,7 +11,6 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,47 +20,12 @@ from lake import progress
 from lake.ingest import IngestSettings, ingest
 from lake.store import Lake
 from tests.conftest import jpeg_bytes, slow_ingest_command
+from tests.ray_support import executor_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_alarm")]
 
 QUIET = IngestSettings(progress=False, chunk_size=3, workers=0)
 RUN_SPECIFIC = ("run_id", "created_at")  # provenance fields that differ between two runs
-
-
-def executor_config(*overrides: str) -> Any:
-    """The composed ``executor=ray`` node of ``conf/ingest.yaml``."""
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module(version_base="1.3", config_module="conf"):
-        cfg = compose(config_name="ingest", overrides=["executor=ray", *overrides])
-    return cfg.executor
-
-
-@pytest.fixture(scope="module")
-def ray_env() -> Iterator[Any]:
-    """One private loopback Ray (2 CPUs) for the module; its temp folder is removed after
-    (under the system temp dir: Ray's socket paths must stay under 108 bytes)."""
-    from lake.ray_runtime import ray_session
-
-    with ray_session(num_cpus=2) as ray:
-        yield ray
-
-
-@pytest.fixture(autouse=True)
-def alarm() -> Iterator[None]:
-    """Fail a test that runs past 240 s instead of hanging (a Ray job that cannot place
-    its tasks waits for ever)."""
-
-    def fail(signum: int, frame: object) -> None:
-        raise TimeoutError("Ray test ran past 240 s")
-
-    previous = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(240)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def kill_leftovers(marker: str, wait_s: float = 30) -> None:
@@ -118,7 +82,9 @@ def both(tmp_path: Path, make_source: Any, ray_env: Any) -> tuple[Any, Any, Lake
         on_ray,
         settings=QUIET,
         rejects_path=tmp_path / "r-ray.jsonl",
-        executor=executor_config(),
+        executor=executor_config(
+            "ingest",
+        ),
     )
     return r1, r2, local, on_ray
 
@@ -145,7 +111,12 @@ def test_image_folder_on_ray_equals_local_and_rerun_adds_nothing(
 
     versions = on_ray.current_versions()
     again = ingest(
-        ImageFolderSource(class_folder), on_ray, settings=QUIET, executor=executor_config()
+        ImageFolderSource(class_folder),
+        on_ray,
+        settings=QUIET,
+        executor=executor_config(
+            "ingest",
+        ),
     )
     assert (again.new_samples, again.new_media, again.present_samples) == (0, 0, 8)
     assert on_ray.current_versions() == versions
@@ -213,7 +184,14 @@ def test_killed_ray_ingest_converges_when_rerun(tmp_path: Path, ray_env: Any) ->
     from plugins.image_folder import ImageFolderSource
 
     big = IngestSettings(progress=False, chunk_size=50, workers=0)
-    report = ingest(ImageFolderSource(src), lake, settings=big, executor=executor_config())
+    report = ingest(
+        ImageFolderSource(src),
+        lake,
+        settings=big,
+        executor=executor_config(
+            "ingest",
+        ),
+    )
     assert report.new_samples == 400
     assert not list(staged.glob("ingest-*"))  # the killed run's staging is cleared
     clean = Lake(tmp_path / "clean")
@@ -230,12 +208,22 @@ def test_ray_ingest_into_s3_lake_equals_local(
     ingest(ImageFolderSource(class_folder), local, settings=QUIET)
     remote = Lake(s3.uri(f"ray-ingest-{tmp_path.name}"), s3.storage_options)
     report = ingest(
-        ImageFolderSource(class_folder), remote, settings=QUIET, executor=executor_config()
+        ImageFolderSource(class_folder),
+        remote,
+        settings=QUIET,
+        executor=executor_config(
+            "ingest",
+        ),
     )
     assert (report.new_samples, report.new_media) == (8, 7)
     assert_same_lake(local, remote)
     again = ingest(
-        ImageFolderSource(class_folder), remote, settings=QUIET, executor=executor_config()
+        ImageFolderSource(class_folder),
+        remote,
+        settings=QUIET,
+        executor=executor_config(
+            "ingest",
+        ),
     )
     assert (again.new_samples, again.new_media) == (0, 0)
 
