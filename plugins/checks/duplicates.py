@@ -213,6 +213,20 @@ def knn_pairs(
     return codes // n, codes % n, s[first].astype(np.float32)
 
 
+def unique_pairs(
+    found_i: list[np.ndarray], found_j: list[np.ndarray], found_s: list[np.ndarray], n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Found (i, j, similarity) chunks of ``n`` items as unique pairs ``i < j`` (the first
+    similarity of each pair kept)."""
+    if not found_i:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, np.float32)
+    i, j, s = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    codes, first = np.unique(lo * n + hi, return_index=True)
+    return codes // n, codes % n, s[first].astype(np.float32)
+
+
 def partitioned_knn_pairs(
     x: np.ndarray,
     min_cosine: float,
@@ -280,13 +294,7 @@ def partitioned_knn_pairs(
             found_i.append(np.repeat(qs, kk)[keep])
             found_j.append(data[top.ravel()[keep]])
             found_s.append(s[keep])
-    if not found_i:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, np.zeros(0, np.float32)
-    i, j, s = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
-    lo, hi = np.minimum(i, j), np.maximum(i, j)
-    codes, first = np.unique(lo * n + hi, return_index=True)
-    return codes // n, codes % n, s[first].astype(np.float32)
+    return unique_pairs(found_i, found_j, found_s, n)
 
 
 def lance_knn_pairs(
@@ -331,13 +339,7 @@ def lance_knn_pairs(
         found_i.append(qi[keep])
         found_j.append(js[keep])
         found_s.append(cos[keep])
-    if not found_i:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, np.zeros(0, np.float32)
-    i, j, s = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
-    lo, hi = np.minimum(i, j), np.maximum(i, j)
-    codes, first = np.unique(lo * n + hi, return_index=True)
-    return codes // n, codes % n, s[first].astype(np.float32)
+    return unique_pairs(found_i, found_j, found_s, n)
 
 
 def thumb_views(

@@ -232,3 +232,19 @@ def media_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "sample_id": ids, "caption": captions, "transcript": pa.array(transcripts, pa.string()),
     }))  # fmt: skip
     return base / "lake"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """``tiny(family)`` -> (model, processor), each family built once per test module."""
+    from core.models.vlm_tiny import build_tiny
+
+    cache: dict[str, tuple] = {}
+
+    def get(name: str):
+        if name not in cache:
+            model, processor = build_tiny(name, {}, seed=0)
+            cache[name] = (model.eval().float(), processor)
+        return cache[name]
+
+    return get

@@ -98,22 +98,6 @@ def test_sampler_shards_packs_and_resumes():
     assert list(r0) != b0 and len(list(r0)) == len(b0)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    """``tiny(family)`` -> (model, processor), each family built once per module."""
-    from core.models.vlm_tiny import build_tiny
-
-    cache: dict[str, tuple] = {}
-
-    def get(name: str):
-        if name not in cache:
-            model, processor = build_tiny(name, {}, seed=0)
-            cache[name] = (model.eval().float(), processor)
-        return cache[name]
-
-    return get
-
-
 def mixed() -> list[dict]:
     """The collate tests' single / multi / text-only samples and a few more sizes."""
     out = [single(), multi(), text_only()]

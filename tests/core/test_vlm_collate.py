@@ -16,27 +16,12 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from core.models.vlm_families import family
-from core.models.vlm_tiny import build_tiny
 from core.modules.vlm_collate import IGNORE, SampleError, VlmCollator, pack_first_fit
 
 FAMILIES = ("llava", "qwen2_vl")
 
 
 # ---- fixtures and helpers -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    """``tiny(family)`` -> (model, processor), each family built once per module."""
-    cache: dict[str, tuple] = {}
-
-    def get(name: str):
-        if name not in cache:
-            model, processor = build_tiny(name, {}, seed=0)
-            cache[name] = (model.eval().float(), processor)
-        return cache[name]
-
-    return get
 
 
 def collator(tiny, name: str, **kw) -> VlmCollator:
