@@ -25,9 +25,11 @@ machine's cores: compare the ratios of one run, not figures across runs.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -200,6 +202,7 @@ def main() -> None:
     a = ap.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="lakeloom-startup-"))
+    atexit.register(shutil.rmtree, scratch, True)  # the small lake and query caches
     lake = a.lake or (REPO / "data" / "lake")
     if not (lake / "samples.lance").is_dir():
         lake = small_lake(scratch / "lake")
