@@ -44,8 +44,8 @@ def ray_dir() -> Iterator[Path]:
 @pytest.mark.slow  # two Ray nodes start in ~15 s, the job and a local run ~30 s on 2 cores
 def test_enrich_runs_on_both_nodes_of_a_two_node_cluster(tmp_path: Path, ray_dir: Path) -> None:
     require_netns()
-    data = images(24)
-    bulk_load(Lake(tmp_path / "local"), data, per_fragment=3)  # 8 fragments, no phash yet
+    data = images(48)
+    bulk_load(Lake(tmp_path / "local"), data, per_fragment=3)  # 16 fragments, no phash yet
     shutil.copytree(tmp_path / "local", tmp_path / "cluster")
 
     def enrich(lake: Path, *more: str) -> str:
