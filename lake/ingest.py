@@ -138,6 +138,61 @@ def _process_chunk(task: tuple[int, list[tuple[str, bytes]]]) -> tuple[int, list
     return idx, out
 
 
+# (key, media_id, bytes, ImageInfo | reason | None) or (key, None, None, (prefix, reason))
+ReadResult = tuple[str, str | None, bytes | None, Any]
+
+
+def _read_chunk(task: _ReadTask) -> tuple[int, list[tuple[str, Any]], list[ReadResult]]:
+    """Worker: process the chunk's already-read media, then read, hash and process the
+    files the main process left to the workers."""
+    idx, work, reads, limit, present = task
+    _, out = _process_chunk((idx, work))
+    return idx, out, [_read_file(k, p, limit, present, _WORKER_SETTINGS) for k, p in reads]
+
+
+def _read_file(
+    key: str, path: str, limit: int | None, present: Any, settings: ImageSettings
+) -> ReadResult:
+    """Read, hash and process one media file; a failed read answers ``(prefix, reason)``.
+
+    A file whose key is (by its 64-bit prefix) in ``present`` is not decoded: its result
+    is None and its bytes are not sent back (the main process checks the full key).
+    """
+    try:
+        data = _read(path, limit)
+    except RejectedInput as exc:
+        return key, None, None, ("media", exc.reason)
+    except OSError as exc:
+        return key, None, None, ("cannot read", str(exc.strerror or exc))
+    except ValueError as exc:  # e.g. a path with a NUL byte
+        return key, None, None, ("cannot read", str(exc))
+    mid = ids.media_id(data)
+    if present is not None and present.contains(mid):
+        return key, mid, None, None
+    try:
+        return key, mid, data, process_image(data, settings)
+    except ImageRejected as exc:
+        return key, mid, data, str(exc)
+
+
+class _KeyPrefixes:
+    """The lake's media keys as sorted 64-bit prefixes: a compact "maybe present" test
+    that travels to the workers (8 bytes a key instead of a 64-character string)."""
+
+    def __init__(self, keys: set[str]):
+        import numpy as np
+
+        self.sorted = np.unique(np.array([int(k[:16], 16) for k in keys], dtype=np.uint64))
+
+    def contains(self, key: str) -> bool:
+        """Whether a key with ``key``'s prefix is in the set (rarely a false positive)."""
+        import numpy as np
+
+        value = np.uint64(int(key[:16], 16))
+        i = int(np.searchsorted(self.sorted, value))
+        return i < len(self.sorted) and self.sorted[i] == value
+
+
 # -- main side -----------------------------------------------------------------------------
 @dataclass
 class _Prepared:
@@ -152,19 +207,91 @@ class _Prepared:
 class _Staged:
     items: list[_Prepared]
     new_media: dict[str, tuple[bytes | None, MediaRef]]  # media_id -> (bytes, reference)
+    # files the workers read and hash: placeholder key -> reference (see _Feeder)
+    reads: dict[str, MediaRef] = field(default_factory=dict)
+
+
+# (chunk index, [(media_id, bytes)] to process, [(placeholder, path)] to read first,
+# max_media_bytes, the lake's media keys or None)
+_ReadTask = tuple[int, list[tuple[str, bytes]], list[tuple[str, str]], int | None, Any]
+_PLACEHOLDER = "\0"  # starts a media id the workers have not computed yet (no sha256 does)
 
 
 class _Feeder:
-    """Reads and hashes the media of chunks of records; keeps their bytes until consumed."""
+    """Reads and hashes the media of chunks of records; keeps their bytes until consumed.
 
-    def __init__(self, source: Source, present_media: set[str], chunk_size: int):
+    With ``read_in_workers`` the media files (references with a path only) are read and
+    hashed by the workers, which decode them anyway: such a media id is a placeholder
+    until :meth:`resolve` puts the worker's answer in, in source order.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        present_media: set[str],
+        chunk_size: int,
+        read_in_workers: bool = False,
+    ):
         self.source = source
         self.present_media = present_media
         self.chunk_size = chunk_size
+        self.read_in_workers = read_in_workers
+        self.present = _KeyPrefixes(present_media) if read_in_workers and present_media else None
         self.staged: dict[int, _Staged] = {}
         self.seen: set[str] = set()
         policy = getattr(source, "policy", None)  # a plugin that skipped Source.__init__
         self.limit: int | None = getattr(policy, "max_media_bytes", None)
+
+    def read_tasks(self) -> Iterator[_ReadTask]:
+        """:meth:`tasks` with the files left for the workers to read (``read_in_workers``)."""
+        for idx, work in self.tasks():
+            staged = self.staged[idx]
+            reads = [(key, str(ref.path)) for key, ref in staged.reads.items()]
+            yield idx, work, reads, self.limit, self.present
+
+    def resolve(
+        self,
+        staged: _Staged,
+        done: list[ReadResult],
+        status: dict[str, Any],
+        image: ImageSettings,
+    ) -> int:
+        """Put the workers' media ids into ``staged``'s records (a failed read rejects its
+        record, as :meth:`_stage` does) and their results into ``status``; return the
+        number of images decoded."""
+        keys: dict[str, str] = {}
+        errors: dict[str, str] = {}
+        images = 0
+        for key, mid, data, res in done:
+            ref = staged.reads[key]
+            if mid is not None and res is None and mid not in self.present_media:
+                # the prefix matched another key: read and decode this one here
+                _, mid, data, res = _read_file(key, str(ref.path), self.limit, None, image)
+            if mid is None:
+                prefix, reason = res
+                errors[key] = f"{prefix} {ref.source_uri}: {reason}"
+                continue
+            keys[key] = mid
+            if mid in self.present_media or mid in self.seen:
+                continue
+            self.seen.add(mid)
+            staged.new_media[mid] = (data, ref)
+            status[mid] = res
+            images += isinstance(res, ImageInfo)
+        for item in staged.items:
+            if item.record is None:
+                continue
+            ordered = [*item.media_ids, *item.rejected_ids, *item.attached_ids]
+            if not any(m.startswith(_PLACEHOLDER) for m in ordered):
+                continue
+            bad = next((errors[m] for m in ordered if m in errors), None)
+            if bad is not None and item.reject is None:
+                item.reject = Reject(item.record.location, bad)
+            if item.reject is None:
+                item.media_ids = [keys.get(m, m) for m in item.media_ids]
+                item.rejected_ids = [keys.get(m, m) for m in item.rejected_ids]
+                item.attached_ids = [keys.get(m, m) for m in item.attached_ids]
+        return images
 
     def tasks(self) -> Iterator[tuple[int, list[tuple[str, bytes]]]]:
         chunk: list[SourceRecord | Reject] = []
@@ -180,6 +307,7 @@ class _Feeder:
     def _stage(self, idx: int, chunk: list[SourceRecord | Reject]) -> tuple[int, list]:
         items: list[_Prepared] = []
         new_media: dict[str, tuple[bytes | None, MediaRef]] = {}
+        reads: dict[str, MediaRef] = {}
         for rec in chunk:
             if isinstance(rec, Reject):
                 items.append(_Prepared(None, [], rec))
@@ -188,6 +316,17 @@ class _Feeder:
             reject = None
             rejected_media = rec.rejected_media or []
             for ref in (*rec.media, *rejected_media, *rec.attached):
+                if (
+                    self.read_in_workers
+                    and ref.data is None
+                    and not ref.media_id
+                    and ref.meta is None
+                    and ref.path is not None
+                ):
+                    key = f"{_PLACEHOLDER}{len(reads)}"
+                    reads[key] = ref
+                    mids.append(key)
+                    continue
                 try:
                     # a given key spares re-hashing media shared by many records (a
                     # video's audio) and reading blob/referenced videos up front
@@ -218,7 +357,7 @@ class _Feeder:
             items.append(
                 _Prepared(rec, mids[:n], reject, mids[n + r :], rejected_ids=mids[n : n + r])
             )
-        self.staged[idx] = _Staged(items, new_media)
+        self.staged[idx] = _Staged(items, new_media, reads)
         # Media analysed by their source need no image worker.
         work = [(m, d) for m, (d, ref) in new_media.items() if ref.meta is None and d is not None]
         return idx, work
@@ -265,6 +404,9 @@ class _Writer:
         self.new_media = 0
         self.new_samples = 0
         self.buffered_bytes = 0
+        # table -> the version whose keys the run checked its rows against: while a table
+        # stays there (only this writer wrote), its rows are appended, not merge-inserted
+        self.versions: dict[str, int] = {}
 
     def prov(self, value: dict[str, Any]) -> int:
         """Index of a provenance value (identical objects share one index)."""
@@ -308,13 +450,24 @@ class _Writer:
         return pa.Table.from_arrays(arrays, schema=schema)
 
     def flush(self) -> None:
+        """Write the buffered rows, media first, and count the new ones."""
         if self.media["media_id"]:
-            self.new_media += self.lake.insert_new(MEDIA, self.table(self.media, MEDIA_SCHEMA))
+            self.new_media += self.write(MEDIA, self.table(self.media, MEDIA_SCHEMA))
         if self.samples["sample_id"]:
-            self.new_samples += self.lake.insert_new(
-                SAMPLES, self.table(self.samples, SAMPLES_SCHEMA)
-            )
+            self.new_samples += self.write(SAMPLES, self.table(self.samples, SAMPLES_SCHEMA))
         self.clear()
+
+    def write(self, name: str, rows: pa.Table) -> int:
+        """Append ``rows`` while no other writer touched the table since the run read its
+        keys (every row is then new); else merge-insert them. Return the rows inserted."""
+        known = self.versions.get(name)
+        if known is not None:
+            written = self.lake.append_new(name, rows, known)
+            if written is not None:
+                self.versions[name] = written
+                return rows.num_rows
+            del self.versions[name]  # another writer came in: insert only missing keys
+        return self.lake.insert_new(name, rows)
 
     def clear(self) -> None:
         """Empty the buffers (after they were written)."""
@@ -374,14 +527,17 @@ def _ingest(
     report = IngestReport(ctx.run_id, dataset)
     started = time.perf_counter()
 
-    present_media = lake.keys(MEDIA)
+    present_media, media_version = lake.keys_at(MEDIA)
     blobs_ok = not lake.exists(MEDIA) or lake.has_blobs(MEDIA)
-    present_samples = lake.keys(SAMPLES)
+    present_samples, samples_version = lake.keys_at(SAMPLES)
     legacy_ids = _dataset_keys(lake, dataset)
     total = source.count()
     workers = _worker_count(settings, total) if source.decodes_images else 0
-    feeder = _Feeder(source, present_media, settings.chunk_size)
-    writer = writer or _Writer(lake, settings.write_batch)
+    # the local workers read and hash the files; a given ``process`` (Ray) gets the bytes
+    feeder = _Feeder(source, present_media, settings.chunk_size, read_in_workers=process is None)
+    if writer is None:
+        writer = _Writer(lake, settings.write_batch)
+        writer.versions = {MEDIA: media_version, SAMPLES: samples_version}
     rejects = _RejectsFile(rejects_path)
     report.rejects_path = str(rejects_path) if rejects_path else None
     status: dict[str, ImageInfo | str] = {}
@@ -391,10 +547,12 @@ def _ingest(
     seen_samples: set[str] = set()
     bar = _progress(settings.progress, total, dataset)
 
-    def consume(idx: int, results: list[tuple[str, Any]]) -> None:
+    def consume(idx: int, results: list[tuple[str, Any]], done: list[ReadResult] = ()) -> None:
         staged = feeder.staged.pop(idx)
         for mid, res in results:
             status[mid] = res
+        if staged.reads:
+            report.images_processed += feeder.resolve(staged, done, status, settings.image)
         for mid, (_, ref) in staged.new_media.items():
             if ref.meta is not None:
                 status[mid] = ref.meta
@@ -463,8 +621,9 @@ def _ingest(
         if process is not None:
             process(feeder, consume)
         elif workers == 0:
-            for task in feeder.tasks():
-                consume(*_process_chunk_inline(task, settings.image))
+            _init_worker(settings.image)
+            for task in feeder.read_tasks():
+                consume(*_read_chunk(task))
         else:
             _run_pool(feeder, consume, workers, settings.image, inflight=2 * workers + 2)
         writer.commit()
@@ -531,8 +690,8 @@ def _run_pool(
         workers, mp_context=ctx, initializer=_init_worker, initargs=(image,)
     ) as pool:
         pending: deque = deque()
-        for task in feeder.tasks():
-            pending.append(pool.submit(_process_chunk, task))
+        for task in feeder.read_tasks():
+            pending.append(pool.submit(_read_chunk, task))
             if len(pending) >= inflight:
                 consume(*pending.popleft().result())
         while pending:

@@ -201,17 +201,18 @@ class Lake:
             raise KeyError(f"{name}: no row with {KEYS[name]} = {key!r}")
         return ds.take_blobs(column, ids=[rows.column("_rowid")[0].as_py()])[0]
 
-    def dataset(self, name: str, version: int | str | None = None) -> Any:
+    def dataset(self, name: str, version: int | str | None = None, session: Any = None) -> Any:
         """The pylance dataset behind a table (for scans with projection and filters),
         optionally at an earlier version number or tag.
 
         Opened with pylance directly (the light read path: no LanceDB import), with the
-        lake's storage options; the same errors as :meth:`table`.
+        lake's storage options; the same errors as :meth:`table`. A ``lance.Session``
+        shared between openings keeps the loaded indexes (repeated searches: lake.query).
         """
         import lance
 
         uri, options = self._table_uri(name), self.storage_options or None
-        ds = self._open(name, lambda: lance.dataset(uri, storage_options=options))
+        ds = self._open(name, lambda: lance.dataset(uri, storage_options=options, session=session))
         return ds if version is None else ds.checkout_version(version)
 
     # -- reads ----------------------------------------------------------------------------
@@ -222,6 +223,14 @@ class Lake:
         key = KEYS[name]
         col = self.dataset(name).to_table(columns=[key]).column(key)
         return set(col.to_pylist())
+
+    def keys_at(self, name: str) -> tuple[set[str], int]:
+        """:meth:`keys` and the table version they were read at (0: no table)."""
+        if not self.exists(name):
+            return set(), 0
+        ds = self.dataset(name)
+        col = ds.to_table(columns=[KEYS[name]]).column(KEYS[name])
+        return set(col.to_pylist()), int(ds.version)
 
     def count(self, name: str, where: str | None = None) -> int:
         """Row count of a table (0 when missing), optionally filtered."""
@@ -254,6 +263,26 @@ class Lake:
             merge = tbl.merge_insert(KEYS[name]).when_not_matched_insert_all()
             result = merge.execute(rows, on_bad_vectors="null")
         return int(result.num_inserted_rows)
+
+    def append_new(self, name: str, rows: pa.Table, version: int) -> int | None:
+        """Append ``rows``, whose keys the caller knows are not in the table at ``version``
+        (0: no table), when no write came since; return the version written.
+
+        None, nothing written: the table moved on, or the lake has no writer lock to make
+        the check and the append one step; the caller merge-inserts (:meth:`insert_new`).
+        An append skips the merge-insert's join against every key already in the table.
+        """
+        if local_path(self.uri) is None:
+            return None
+        with self.lock():
+            current = int(self.dataset(name).version) if self.exists(name) else 0
+            if current != version:
+                return None
+            if rows.num_rows == 0:
+                return version
+            tbl = self.ensure(name)
+            tbl.add(_conform(rows, tbl.schema), on_bad_vectors="null")  # see insert_new
+            return int(tbl.version)
 
     def upsert(self, name: str, rows: pa.Table) -> None:
         """Insert rows, replacing rows with the same key."""
