@@ -21,8 +21,12 @@ Methods (all asked for every pair within 8 bits):
 
 The embedding pass (``--methods clip_exact,clip_lance``): N clustered 512-d unit vectors
 with 1 % planted copies at cosine ~0.98; ``clip_exact`` is the check's blocked exact
-``knn_pairs`` within its memory budget, ``clip_partitioned`` the check's default above
-``ann_above`` (``partitioned_knn_pairs``; ``recall_vs_exact``: share of the pairs above
+``knn_pairs`` within its memory budget, ``clip_partitioned_old`` the former partitioned
+search (copied here as the baseline: argpartition of whole rows), ``clip_partitioned`` the
+check's ``ann: partitioned`` (``partitioned_knn_pairs``, own k-means), ``clip_index`` its
+default ``ann: index``: partitions started from the IVF centroids that the enricher's
+``build_index`` trains (Lance's k-means, trained here in ``ivf_train_s``, not counted: the
+enricher pays it), topped up to sqrt(N) (``recall_vs_exact``: share of the pairs above
 ``candidate_cosine`` among 1,000 sampled rows' exact 10 nearest that it finds), and
 ``clip_lance`` builds the enricher's IVF_PQ index (``plugins.clip_embed.build_index``)
 and runs ``lance_knn_pairs`` for 1,000 sampled queries
@@ -35,6 +39,11 @@ noisy, compare ratios within one run.
     .venv/bin/python bench/dups.py                       # quick: 100k, 300k
     .venv/bin/python bench/dups.py --sizes 100000,300000,1000000,3000000
     .venv/bin/python bench/dups.py --sizes 100000 --methods clip_exact,clip_partitioned,clip_lance
+    python bench/dups.py --sizes 1000000 --methods check_caption,check_outliers,check_labels
+
+The other checks at scale (``--methods check_caption,check_outliers,check_labels``,
+:func:`run_check`): their cores on N synthetic vectors, labels and caption vectors (the
+recall column is not theirs: 1.0).
 """
 
 from __future__ import annotations
@@ -54,7 +63,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RADIUS = 8
 METHODS = ["banding", "mih", "faiss_multihash", "faiss_hash", "usearch", "faiss_flat"]
-CLIP_METHODS = ["clip_exact", "clip_partitioned", "clip_lance"]
+CHECK_METHODS = ["check_caption", "check_outliers", "check_labels"]
+CLIP_METHODS = [
+    "clip_exact",
+    "clip_partitioned_old",
+    "clip_partitioned",
+    "clip_index",
+    "clip_lance",
+]
 BANDING_MAX = 200_000
 
 
@@ -212,6 +228,117 @@ def clustered(n: int, dim: int = 512, seed: int = 0) -> tuple[np.ndarray, np.nda
     return x, src, dst
 
 
+def old_partitioned_pairs(x, min_cosine, k, probes, memory_budget_mb, seed=0):
+    """The check's former ``partitioned_knn_pairs`` (own k-means, argpartition of every
+    query's whole row, a boolean self mask), kept as the baseline."""
+    from plugins.checks.duplicates import knn_pairs, unique_pairs
+
+    n = len(x)
+    parts = max(1, int(np.sqrt(n)))
+    if n < 2 or parts < 4:
+        return knn_pairs(x, min_cosine, k, max(1, int(memory_budget_mb * 2**20 / (16 * n))))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    sample = x[rng.choice(n, size=min(n, 64 * parts), replace=False)]
+    cent = sample[rng.choice(len(sample), size=parts, replace=False)].copy()
+    block = max(1, int(memory_budget_mb * 2**20 / (8 * parts)))
+    for _ in range(10):
+        near = np.concatenate(
+            [np.argmax(sample[a : a + block] @ cent.T, 1) for a in range(0, len(sample), block)]
+        )
+        sums = np.zeros_like(cent)
+        np.add.at(sums, near, sample)
+        empty = np.bincount(near, minlength=parts) == 0
+        sums[empty] = cent[empty]
+        cent = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    probes = min(probes, parts)
+    assign = np.empty((n, probes), np.int64)
+    for a in range(0, n, block):
+        s = x[a : a + block] @ cent.T
+        top = np.argpartition(-s, probes - 1, 1)[:, :probes]
+        order = np.argsort(-np.take_along_axis(s, top, 1), 1)
+        assign[a : a + block] = np.take_along_axis(top, order, 1)
+    primary = assign[:, 0]
+    q_order = np.argsort(primary, kind="stable")
+    q_bounds = np.searchsorted(primary[q_order], np.arange(parts + 1))
+    flat = assign.ravel()
+    d_order = np.argsort(flat, kind="stable")
+    d_bounds = np.searchsorted(flat[d_order], np.arange(parts + 1))
+    d_rows = d_order // probes
+    found_i, found_j, found_s = [], [], []
+    for p in range(parts):
+        queries = q_order[q_bounds[p] : q_bounds[p + 1]]
+        data = d_rows[d_bounds[p] : d_bounds[p + 1]]
+        if not len(queries) or len(data) < 2:
+            continue
+        kk = min(k + 1, len(data))
+        step = max(1, int(memory_budget_mb * 2**20 / (16 * len(data))))
+        for a in range(0, len(queries), step):
+            qs = queries[a : a + step]
+            sims = x[qs] @ x[data].T
+            sims[data[None, :] == qs[:, None]] = -np.inf
+            top = np.argpartition(-sims, kk - 1, 1)[:, :kk]
+            s = np.take_along_axis(sims, top, 1).ravel()
+            keep = s >= min_cosine
+            found_i.append(np.repeat(qs, kk)[keep])
+            found_j.append(data[top.ravel()[keep]])
+            found_s.append(s[keep])
+    return unique_pairs(found_i, found_j, found_s, n)
+
+
+def recall_vs_exact(x, rows, i, j, k, floor) -> float:
+    """Share of the pairs above ``floor`` among the sampled ``rows``' exact ``k`` nearest
+    that the pairs ``(i, j)`` hold."""
+    top = np.zeros((len(rows), k), np.int64)
+    ok = np.zeros((len(rows), k), bool)
+    for a in range(0, len(rows), 100):
+        sims = x[rows[a : a + 100]] @ x.T
+        sims[np.arange(len(sims)), rows[a : a + 100]] = -np.inf
+        top[a : a + 100] = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        ok[a : a + 100] = np.take_along_axis(sims, top[a : a + 100], 1) >= floor
+    exact = {
+        (min(a, b), max(a, b))
+        for a, b in zip(
+            np.repeat(rows, k)[ok.ravel()].tolist(), top.ravel()[ok.ravel()].tolist(), strict=True
+        )
+    }
+    found = set(zip(np.minimum(i, j).tolist(), np.maximum(i, j).tolist(), strict=True))
+    return round(len(exact & found) / max(1, len(exact)), 4)
+
+
+def lance_centroids(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """IVF centroids as the enricher's ``build_index`` trains them (Lance's k-means, cosine,
+    ``index_partitions`` of them, its sample rate and iterations), without the PQ encoding
+    and partition shuffle the check does not read: (centroids, seconds)."""
+    import inspect
+    import tempfile
+
+    import lance
+    import pyarrow as pa
+    from lance.indices import IndicesBuilder
+
+    from plugins.clip_embed import build_index, index_partitions
+
+    defaults = inspect.signature(build_index).parameters
+    tmp = tempfile.mkdtemp(prefix="dups-bench-")
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])
+    ds = lance.write_dataset(pa.table({"clip_image": vec}), tmp)
+    t0 = time.perf_counter()
+    parts = index_partitions(len(x), defaults["max_partitions"].default)
+    ivf = IndicesBuilder(ds, "clip_image").train_ivf(
+        parts,
+        distance_type="cosine",
+        sample_rate=defaults["sample_rate"].default,
+        max_iters=defaults["max_iterations"].default,
+    )
+    seconds = time.perf_counter() - t0
+    cent = np.asarray(ivf.centroids.values.to_numpy(), np.float32).reshape(parts, -1)
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    return cent, seconds
+
+
 def run_clip(method: str, n: int, sample: int = 1000) -> dict:
     """The check's embedding k-NN pass on N vectors: blocked exact search in the check's
     memory budget, or LanceDB search through the enricher's IVF_PQ index (a sample of
@@ -232,31 +359,21 @@ def run_clip(method: str, n: int, sample: int = 1000) -> dict:
         seconds = time.perf_counter() - t0
         extra = {"batch": batch}
         queried = np.arange(n)
-    elif method == "clip_partitioned":
-        i, j, _ = partitioned_knn_pairs(
-            x, floor, k, int(conf.partition_probes), float(conf.memory_budget_mb)
-        )
+    elif method in ("clip_partitioned", "clip_partitioned_old", "clip_index"):
+        probes, budget = int(conf.partition_probes), float(conf.memory_budget_mb)
+        if method == "clip_partitioned_old":
+            i, j, _ = old_partitioned_pairs(x, floor, k, probes, budget)
+        else:
+            cent = None
+            if method == "clip_index":
+                cent, extra["ivf_train_s"] = lance_centroids(x)
+                extra["index_partitions"] = len(cent)
+                t0 = time.perf_counter()  # the enricher trained them; the check reads them
+            i, j, _ = partitioned_knn_pairs(x, floor, k, probes, budget, centroids=cent)
         seconds = time.perf_counter() - t0
         queried = np.arange(n)
         extra["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
-        # pairs above the floor among each sampled row's k nearest, against exact search
-        top = np.zeros((len(rows), k), np.int64)
-        ok = np.zeros((len(rows), k), bool)
-        for a in range(0, len(rows), 100):
-            sims = x[rows[a : a + 100]] @ x.T
-            sims[np.arange(len(sims)), rows[a : a + 100]] = -np.inf
-            top[a : a + 100] = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-            ok[a : a + 100] = np.take_along_axis(sims, top[a : a + 100], 1) >= floor
-        exact = {
-            (min(a, b), max(a, b))
-            for a, b in zip(
-                np.repeat(rows, k)[ok.ravel()].tolist(),
-                top.ravel()[ok.ravel()].tolist(),
-                strict=True,
-            )
-        }
-        found = set(zip(np.minimum(i, j).tolist(), np.maximum(i, j).tolist(), strict=True))
-        extra = {"recall_vs_exact": round(len(exact & found) / max(1, len(exact)), 4)}
+        extra["recall_vs_exact"] = recall_vs_exact(x, rows, i, j, k, floor)
     else:
         import tempfile
 
@@ -315,6 +432,52 @@ def run_clip(method: str, n: int, sample: int = 1000) -> dict:
     }
 
 
+def run_check(method: str, n: int) -> dict:
+    """One other check's core on N synthetic rows (the clustered vectors, 10 labels of N/10,
+    caption vectors near their image): ``check_caption`` (caption_mismatch's scores against
+    its ``negatives``), ``check_outliers`` (the per-label k-NN distances), ``check_labels``
+    (label_conflict's prototype logits). Settings from conf/check/default.yaml."""
+    from omegaconf import OmegaConf
+
+    from plugins.checks.caption_mismatch import CaptionMismatch
+    from plugins.checks.label_conflict import LabelConflict
+    from plugins.checks.outliers import Outliers
+
+    conf = OmegaConf.load(ROOT / "conf/check/default.yaml").checks
+
+    def kwargs(name: str) -> dict:
+        c = OmegaConf.to_container(conf[name], resolve=False)
+        c.pop("_target_")
+        return c
+
+    x, _, _ = clustered(n)
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 10, size=n)
+    t0 = time.perf_counter()
+    if method == "check_caption":
+        txt = x + 0.05 * rng.normal(size=x.shape).astype(np.float32)
+        txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+        t0 = time.perf_counter()
+        CaptionMismatch(**kwargs("caption_mismatch"))._score(x, txt)
+    elif method == "check_outliers":
+        check = Outliers(**kwargs("outliers"))
+        for label in range(10):
+            check._knn_distance(x[labels == label])
+    else:
+        c = kwargs("label_conflict")
+        c["runs_dir"] = ""
+        LabelConflict(**c).prototype_logits(x, labels, 10)
+    return {
+        "method": method,
+        "n": n,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "extrapolated": False,
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "pairs": 0,
+        "recall": 1.0,
+    }
+
+
 def main() -> None:
     """Run every method at every size, each in a fresh process; print a table and a JSON line."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -324,7 +487,7 @@ def main() -> None:
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        run = run_clip if a.one[0].startswith("clip_") else run_one
+        run = {"clip": run_clip, "check": run_check}.get(a.one[0].split("_")[0], run_one)
         print(json.dumps(run(a.one[0], int(a.one[1]))))
         return
     sizes = [int(s) for s in a.sizes.split(",")]
@@ -365,7 +528,15 @@ def main() -> None:
             secs = ("~" if r["extrapolated"] else "") + f"{r['seconds']:.2f}"
             notes = " ".join(
                 f"{key}={r[key]}"
-                for key in ("threads", "batch", "index_build_s", "recall_at_10", "recall_vs_exact")
+                for key in (
+                    "threads",
+                    "batch",
+                    "index_build_s",
+                    "ivf_train_s",
+                    "index_partitions",
+                    "recall_at_10",
+                    "recall_vs_exact",
+                )
                 if key in r
             )
             print(

@@ -28,9 +28,13 @@ from plugins.checks.common import (
     first_media,
     image_embeddings,
     media_rows,
+    normalise,
+    partition_plan,
     read_samples,
     result_table,
+    spherical_kmeans,
     table_columns,
+    vector_matrix,
 )
 
 _MAX_KEY_BITS = 22  # widest block key: its dense count table is 2^22 int64 (32 MiB)
@@ -227,6 +231,54 @@ def unique_pairs(
     return codes // n, codes % n, s[first].astype(np.float32)
 
 
+def ivf_knn_pairs(
+    x: np.ndarray,
+    centroids: np.ndarray,
+    min_cosine: float,
+    k: int,
+    probes: int,
+    memory_budget_mb: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like :func:`knn_pairs` for large ``n``: exact similarities inside IVF partitions.
+
+    Each row is filed under its ``probes`` most similar ``centroids`` (:func:`partition_plan`)
+    and searched, in its nearest partition, against every row filed there: a near duplicate
+    is missed only when the two fall on different sides of a partition border more than
+    ``probes`` deep. Work is about ``n x probes x n / len(centroids)`` dot products (float32
+    BLAS, one gathered block of the partition's rows); only similarities >= ``min_cosine``
+    leave a block (no sort of whole rows), and each row keeps its ``k`` best of them. Blocks
+    of queries stay within ``memory_budget_mb`` (similarities, the threshold mask and the
+    worst case of every entry passing it). Returns (i, j, cosine) like :func:`knn_pairs`.
+    """
+    n = len(x)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    q, qb, d, db = partition_plan(x, normalise(centroids), probes, memory_budget_mb)
+    found_i, found_j, found_s = [], [], []
+    for p in range(len(centroids)):
+        queries, data = q[qb[p] : qb[p + 1]], d[db[p] : db[p + 1]]
+        if not len(queries) or len(data) < 2:
+            continue
+        xd = x[data]
+        step = max(1, int(memory_budget_mb * 2**20 / (24 * len(data))))
+        for a in range(0, len(queries), step):
+            qs = queries[a : a + step]
+            sims = x[qs] @ xd.T
+            r, c = np.nonzero(sims >= min_cosine)
+            qi, dj, sv = qs[r], data[c], sims[r, c]
+            other = qi != dj
+            qi, dj, sv = qi[other], dj[other], sv[other]
+            if len(qi) > k:  # keep each query's k best (qi ascends with r)
+                order = np.lexsort((-sv, qi))
+                qi, dj, sv = qi[order], dj[order], sv[order]
+                rank = np.arange(len(qi)) - np.searchsorted(qi, qi, "left")
+                best = rank < k
+                qi, dj, sv = qi[best], dj[best], sv[best]
+            found_i.append(qi)
+            found_j.append(dj)
+            found_s.append(sv)
+    return unique_pairs(found_i, found_j, found_s, n)
+
+
 def partitioned_knn_pairs(
     x: np.ndarray,
     min_cosine: float,
@@ -234,67 +286,40 @@ def partitioned_knn_pairs(
     probes: int,
     memory_budget_mb: float,
     seed: int = 0,
+    centroids: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Like :func:`knn_pairs` for large ``n``: exact similarities inside coarse partitions.
-
-    A spherical k-means on a sample makes ``sqrt(n)`` centroids (an IVF coarse quantiser);
-    each row is searched against the rows that have its nearest centroid among their
-    ``probes`` nearest, so a near duplicate (cosine close to 1) is missed only when the two
-    fall on different sides of a partition border more than ``probes`` deep. Work is about
-    ``n x probes x sqrt(n)`` dot products instead of ``n^2``; blocks of queries stay within
-    ``memory_budget_mb``. Returns (i, j, cosine) like :func:`knn_pairs`.
-    """
+    """:func:`ivf_knn_pairs` inside ``sqrt(n)`` partitions: a spherical k-means on a sample
+    (:func:`spherical_kmeans`), started from ``centroids`` when given (a vector index's IVF
+    centroids, :func:`index_centroids`; topped up to ``sqrt(n)`` when the index has fewer,
+    since work grows with partition size). Small inputs use exact :func:`knn_pairs`."""
     n = len(x)
     parts = max(1, int(np.sqrt(n)))
     if n < 2 or parts < 4:
         return knn_pairs(x, min_cosine, k, max(1, int(memory_budget_mb * 2**20 / (16 * n))))
     x = np.ascontiguousarray(x, dtype=np.float32)
-    rng = np.random.default_rng(seed)
-    sample = x[rng.choice(n, size=min(n, 64 * parts), replace=False)]
-    cent = sample[rng.choice(len(sample), size=parts, replace=False)].copy()
-    block = max(1, int(memory_budget_mb * 2**20 / (8 * parts)))  # rows x parts sims + ids
-    for _ in range(10):
-        near = np.concatenate(
-            [np.argmax(sample[a : a + block] @ cent.T, 1) for a in range(0, len(sample), block)]
-        )
-        sums = np.zeros_like(cent)
-        np.add.at(sums, near, sample)
-        empty = np.bincount(near, minlength=parts) == 0
-        sums[empty] = cent[empty]  # an empty cluster keeps its centroid
-        cent = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-    probes = min(probes, parts)
-    assign = np.empty((n, probes), np.int64)
-    for a in range(0, n, block):
-        s = x[a : a + block] @ cent.T
-        top = np.argpartition(-s, probes - 1, 1)[:, :probes]
-        order = np.argsort(-np.take_along_axis(s, top, 1), 1)
-        assign[a : a + block] = np.take_along_axis(top, order, 1)
-    primary = assign[:, 0]
-    q_order = np.argsort(primary, kind="stable")
-    q_bounds = np.searchsorted(primary[q_order], np.arange(parts + 1))
-    flat = assign.ravel()
-    d_order = np.argsort(flat, kind="stable")
-    d_bounds = np.searchsorted(flat[d_order], np.arange(parts + 1))
-    d_rows = d_order // probes
-    found_i, found_j, found_s = [], [], []
-    for p in range(parts):
-        queries = q_order[q_bounds[p] : q_bounds[p + 1]]
-        data = d_rows[d_bounds[p] : d_bounds[p + 1]]
-        if not len(queries) or len(data) < 2:
-            continue
-        kk = min(k + 1, len(data))
-        step = max(1, int(memory_budget_mb * 2**20 / (16 * len(data))))
-        for a in range(0, len(queries), step):
-            qs = queries[a : a + step]
-            sims = x[qs] @ x[data].T
-            sims[data[None, :] == qs[:, None]] = -np.inf
-            top = np.argpartition(-sims, kk - 1, 1)[:, :kk]
-            s = np.take_along_axis(sims, top, 1).ravel()
-            keep = s >= min_cosine
-            found_i.append(np.repeat(qs, kk)[keep])
-            found_j.append(data[top.ravel()[keep]])
-            found_s.append(s[keep])
-    return unique_pairs(found_i, found_j, found_s, n)
+    if centroids is not None and len(centroids) >= parts:
+        cent = np.asarray(centroids, np.float32)
+    else:
+        cent = spherical_kmeans(x, parts, memory_budget_mb, seed, centroids)
+    return ivf_knn_pairs(x, cent, min_cosine, k, probes, memory_budget_mb)
+
+
+def index_centroids(lake: Any, column: str = IMAGE_VEC) -> np.ndarray | None:
+    """The IVF centroids of the lake's vector index on ``media.<column>`` (built by the CLIP
+    enricher's ``build_index``), or None when there is none."""
+    if column not in table_columns(lake, "media"):
+        return None
+    try:
+        cent = lake.dataset("media").centroids(column=column)
+    except (KeyError, ValueError):  # no IVF index on the column
+        return None
+    if cent is None or not len(cent):
+        return None
+    if isinstance(cent, pa.ChunkedArray):
+        cent = cent.combine_chunks()
+    if isinstance(cent, pa.Array):
+        return vector_matrix(cent)[1]
+    return np.asarray(cent, np.float32)
 
 
 def lance_knn_pairs(
@@ -495,9 +520,11 @@ class Duplicates(Check):
       ``memory_budget_mb``, runs of equal keys capped at ``bucket_cap``, see
       :func:`phash_pairs`) and each media's ``knn`` nearest embeddings with cosine >=
       ``candidate_cosine`` (exact search in batches within ``memory_budget_mb``; above
-      ``ann_above`` distinct media, ``ann: partitioned`` searches inside coarse k-means
-      partitions (:func:`partitioned_knn_pairs`, ``partition_probes`` deep) and ``ann:
-      lance`` through LanceDB's vector index with ``nprobes`` / ``refine_factor``). Verification,
+      ``ann_above`` distinct media, ``ann: index`` searches exactly inside partitions
+      started from the IVF centroids of the lake's vector index (:func:`index_centroids`,
+      :func:`partitioned_knn_pairs`, ``partition_probes`` deep), ``ann: partitioned`` the
+      same from a k-means of its own, ``ann: lance`` one LanceDB index query per media with
+      ``nprobes`` / ``refine_factor``). Verification,
       when both media have a decodable ``media.thumb``: the thumbnails, decoded once per
       run to ``thumb_size`` px RGB views at the zooms ``thumb_scales``, must reach a
       concordance >= ``thumb_min_similarity`` (:func:`thumb_similarity`). Hashes and
@@ -564,8 +591,10 @@ class Duplicates(Check):
         self.batch_size = int(batch_size)
         self.report_groups = int(report_groups)
         self.ann_above = int(ann_above)
-        if ann not in ("partitioned", "lance"):
-            raise ConfigError(f"check.checks.duplicates.ann: {ann!r} is not partitioned or lance")
+        if ann not in ("index", "partitioned", "lance"):
+            raise ConfigError(
+                f"check.checks.duplicates.ann: {ann!r} is not index, partitioned or lance"
+            )
         self.ann = ann
         self.partition_probes = int(partition_probes)
         self.nprobes = int(nprobes)
@@ -696,6 +725,11 @@ class Duplicates(Check):
                 "no image embeddings (run lakeloom enrich enrich=clip): near duplicates "
                 "by perceptual hash only, semantic copies not searched"
             )
+        if embedded > self.ann_above and self.ann == "index" and index_centroids(lake) is None:
+            out.append(
+                "no vector index on media.clip_image: k-means partitions trained here "
+                "(lakeloom enrich enrich=clip builds the index)"
+            )
         verify = self.thumb_min_similarity is not None
         if scored and verify and "thumb" not in table_columns(lake, "media"):
             out.append("no thumbnails: near-duplicate pairs unverified (hash/cosine rules)")
@@ -772,10 +806,11 @@ class Duplicates(Check):
         ]
         if floors and has_vec.sum() >= 2:
             rows = np.flatnonzero(has_vec)
-            if len(rows) > self.ann_above and self.ann == "partitioned":
+            if len(rows) > self.ann_above and self.ann in ("index", "partitioned"):
+                cent = index_centroids(lake) if self.ann == "index" else None
                 a, b, c = partitioned_knn_pairs(
                     vecs[rows], min(floors), self.knn, self.partition_probes,
-                    self.memory_budget_mb,
+                    self.memory_budget_mb, centroids=cent,
                 )  # fmt: skip
             elif len(rows) > self.ann_above:
                 mids = [str(media[int(h)]) for h in head[rows]]

@@ -11,6 +11,7 @@ from lake.plugin import Check
 from plugins.checks.common import (
     by_dataset,
     image_embeddings,
+    nearest_rows,
     read_samples,
     result_table,
     robust_z,
@@ -24,20 +25,40 @@ class Outliers(Check):
     distance from the sample's image to its ``k`` nearest neighbours of the same label:
     ``(d - median) / (1.4826 * MAD)``. Flagged when the score exceeds ``z``. Labels with
     fewer than ``min_per_label`` samples are not scored. Unlabelled samples form one group.
+    The neighbours are exact up to ``exact_below`` samples a label, above it searched inside
+    ``sqrt(n)`` k-means partitions (``partition_probes`` deep, :func:`nearest_rows`), with
+    working memory within ``memory_budget_mb``: never n^2 for a large label.
     """
 
     name: ClassVar[str] = "outliers"
     version: ClassVar[str] = "0.1.0"
 
-    def __init__(self, *, k: int, z: float, min_per_label: int, batch_size: int = 2048) -> None:
+    def __init__(
+        self,
+        *,
+        k: int,
+        z: float,
+        min_per_label: int,
+        memory_budget_mb: float,
+        exact_below: int,
+        partition_probes: int,
+    ) -> None:
         self.k = int(k)
         self.z = float(z)
         self.min_per_label = int(min_per_label)
-        self.batch_size = int(batch_size)
+        self.memory_budget_mb = float(memory_budget_mb)
+        self.exact_below = int(exact_below)
+        self.partition_probes = int(partition_probes)
 
     def thresholds(self) -> dict[str, Any]:
         """Settings recorded in the summary and the report."""
-        return {"k": self.k, "z": self.z, "min_per_label": self.min_per_label}
+        return {
+            "k": self.k,
+            "z": self.z,
+            "min_per_label": self.min_per_label,
+            "exact_below": self.exact_below,
+            "partition_probes": self.partition_probes,
+        }
 
     def run(self, lake: Any, where: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
         """Score every sample with an image embedding, per (dataset, label)."""
@@ -72,13 +93,8 @@ class Outliers(Check):
         }
 
     def _knn_distance(self, x: np.ndarray) -> np.ndarray:
-        """Mean cosine distance of each row to its k nearest other rows (exact, batched)."""
-        n, k = len(x), self.k
-        out = np.zeros(n, dtype=np.float64)
-        for a in range(0, n, self.batch_size):
-            b = min(a + self.batch_size, n)
-            sims = x[a:b] @ x.T
-            sims[np.arange(b - a), np.arange(a, b)] = -np.inf
-            top = -np.partition(-sims, k - 1, axis=1)[:, :k]
-            out[a:b] = 1.0 - top.mean(axis=1)
-        return out
+        """Mean cosine distance of each row to its k nearest other rows (:func:`nearest_rows`)."""
+        sims = nearest_rows(
+            x, self.k, self.partition_probes, self.memory_budget_mb, self.exact_below
+        )
+        return 1.0 - sims.astype(np.float64).mean(axis=1)

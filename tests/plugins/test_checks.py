@@ -126,7 +126,13 @@ def test_label_conflict_flags_the_mislabelled(toy: Lake) -> None:
 def test_outliers_flag_far_samples_per_label(toy: Lake) -> None:
     result, summary = conf_check("outliers").run(toy)
     assert _flagged(result) == OUTLIER | MISLABELLED
-    assert summary["thresholds"] == {"k": 5, "z": 3.5, "min_per_label": 10}
+    assert summary["thresholds"] == {
+        "k": 5,
+        "z": 3.5,
+        "min_per_label": 10,
+        "exact_below": 20000,
+        "partition_probes": 2,
+    }
 
 
 def test_duplicates_groups_around_representatives(toy: Lake) -> None:

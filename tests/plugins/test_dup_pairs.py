@@ -6,6 +6,7 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from plugins.checks.duplicates import (
@@ -112,3 +113,90 @@ def test_partitioned_knn_finds_the_near_copies_exact_search_finds() -> None:
     assert len(found & exact) >= 0.99 * len(exact)
     assert np.allclose(s, np.einsum("ij,ij->i", x[i], x[j]), atol=1e-5)
     assert (i < j).all() and (s >= 0.97).all()
+
+
+def planted_vectors(n: int, dim: int, seed: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Unit vectors around 40 centres, the last fifth near copies (cosine ~0.99) of the first
+    fifth, plus one chain: row m+1 ~ m+2 ~ m+3 (cosine 0.989, 0.982) with the ends at 0.943."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, dim))
+    x = centres[rng.integers(0, 40, size=n)] + 0.5 * rng.normal(size=(n, dim))
+    m = n // 5
+    x[n - m :] = x[:m] + 0.01 * np.linalg.norm(x[:m], axis=1, keepdims=True) * rng.normal(
+        size=(m, dim)
+    )
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    step = rng.normal(size=dim)
+    step -= step @ x[m + 1] * x[m + 1]
+    step /= np.linalg.norm(step)
+    for r, t in ((m + 2, 0.15), (m + 3, 0.34)):  # angles from row m+1
+        x[r] = np.cos(t) * x[m + 1] + np.sin(t) * step
+    return x.astype(np.float32), [(a, a + n - m) for a in range(m)]
+
+
+def test_ivf_pairs_from_the_lakes_ivf_pq_index(lake) -> None:
+    """The index path reads the IVF centroids of a real IVF_PQ index and finds what exact
+    search finds; the groups built from its pairs equal the exact ones and never chain."""
+    from plugins.checks.duplicates import index_centroids, ivf_knn_pairs
+    from plugins.clip_embed import build_index
+
+    n, dim = 3000, 32
+    x, planted = planted_vectors(n, dim, 0)
+    rows = pa.table({"media_id": [f"m{i:05d}" for i in range(n)], "kind": ["image"] * n})
+    lake.insert_new("media", rows)
+    assert index_centroids(lake) is None  # no embeddings yet
+    lake.add_columns("media", [pa.field("clip_image", pa.list_(pa.float32(), dim))])
+    flat = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dim)
+    lake.update_columns(
+        "media", pa.table({"media_id": rows.column("media_id"), "clip_image": flat})
+    )
+    assert index_centroids(lake) is None  # embedded, no index
+    assert build_index(lake, min_rows=256, num_partitions=16) == "created"
+    cent = index_centroids(lake)
+    assert (
+        cent is not None and 4 <= len(cent) <= 16 and cent.shape[1] == dim
+    )  # Lance may train fewer
+    # media are read back in the lake's order: match them to x by media_id
+    got = lake.dataset("media").to_table(columns=["media_id"]).column("media_id").to_pylist()
+    assert got == rows.column("media_id").to_pylist()
+
+    ei, ej, es = knn_pairs(x, 0.97, k=5, batch_size=256)
+    exact = set(zip(ei.tolist(), ej.tolist(), strict=True))
+    for found in (
+        ivf_knn_pairs(x, cent, 0.97, k=5, probes=2, memory_budget_mb=0.25),
+        partitioned_knn_pairs(x, 0.97, k=5, probes=2, memory_budget_mb=0.25, centroids=cent),
+    ):
+        i, j, s = found
+        pairs = set(zip(i.tolist(), j.tolist(), strict=True))
+        assert set(planted) <= pairs
+        assert len(pairs & exact) >= 0.99 * len(exact)
+        assert np.allclose(s, np.einsum("ij,ij->i", x[i], x[j]), atol=1e-5)
+        assert (i < j).all() and (s >= 0.97).all()
+        a, b, c = 601, 602, 603
+        assert {(a, b), (b, c)} <= pairs and (a, c) not in pairs  # the chain's links only
+
+        def groups(u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
+            edges = [
+                (p, q, r, 0) for p, q, r in zip(u.tolist(), v.tolist(), w.tolist(), strict=True)
+            ]
+            return greedy_groups(n, edges, list(range(n)))[0]
+
+        rep = groups(i, j, s)
+        assert (rep == groups(ei, ej, es)).all()
+        assert rep[a] == rep[b] == a and rep[c] == -1  # c is like b, not like the rep a
+        assert all(rep[copy] == src for src, copy in planted)
+
+
+def test_nearest_rows_partitioned_matches_exact() -> None:
+    """The outliers' k-NN above exact_below (k-means partitions) agrees with exact search."""
+    from plugins.checks.common import nearest_rows
+
+    x, _ = planted_vectors(4000, 32, 1)
+    exact = nearest_rows(x, 5, 2, 0.5, exact_below=10**6)
+    part = nearest_rows(x, 5, 2, 0.5, exact_below=100)
+    assert (np.diff(exact, axis=1) <= 0).all()
+    assert np.isclose(part, exact, atol=1e-5).all(axis=1).mean() >= 0.9
+    assert (part <= exact + 1e-5).all()  # a subset search never finds closer rows
+    brute = x @ x.T
+    np.fill_diagonal(brute, -np.inf)
+    assert np.allclose(exact, -np.sort(-brute, 1)[:, :5], atol=1e-5)
