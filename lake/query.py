@@ -4,11 +4,16 @@ A text or an image query is embedded with the model that embedded the lake (the 
 value of ``media.clip_image_model``; several models, or none, is an error), through the
 enricher plugin that made the vectors (found in the ``lakeloom.plugins`` entry points:
 ``lake`` never imports ``plugins``). The ``k`` media nearest by cosine on
-``media.clip_image`` are found with a LanceDB vector search (exact below the index size,
+``media.clip_image`` are found with a Lance vector search (exact below the index size,
 IVF_PQ with ``nprobes`` and ``refine_factor`` above it), optionally of one media ``kind``;
 then the samples using those media are listed, optionally restricted by a SQL ``where``
 on ``samples`` and a ``dataset`` (post-filtered with over-fetch). Scores are cosine
 similarities (1 - cosine distance). ``bench/vectors.py`` measures the settings.
+
+Everything is read through pylance (no LanceDB import), with one ``lance.Session`` per
+process: a dataset opened afresh for each query (to see the newest version) would reload
+the vector index and the ``samples.media_ids`` label-list index every time (~120 ms at
+200k rows); the session keeps them loaded, so repeated searches cost milliseconds.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
 from lake.errors import ConfigError
 from lake.job import hydra_job
@@ -33,6 +39,18 @@ from lake.store import Lake
 IMAGE_COLUMN = "clip_image"
 IMAGE_OWNER = "clip_image_model"
 SAMPLE_COLUMNS = ["sample_id", "dataset", "media_ids", "caption", "label", "source_uri"]
+
+_SESSION: Any = None
+
+
+def session_dataset(lake: Lake, name: str) -> Any:
+    """Table ``name`` at its newest version, opened in this process's shared Lance session."""
+    global _SESSION
+    if _SESSION is None:
+        import lance
+
+        _SESSION = lance.Session()
+    return lake.dataset(name, session=_SESSION)
 
 
 @dataclass
@@ -51,9 +69,10 @@ class Hit:
 
 def lake_model(lake: Lake, column: str = IMAGE_OWNER) -> str:
     """The one model id that embedded ``media`` (ConfigError for none or several)."""
-    if not lake.exists(MEDIA) or column not in lake.table(MEDIA).schema.names:
+    ds = session_dataset(lake, MEDIA) if lake.exists(MEDIA) else None
+    if ds is None or column not in ds.schema.names:
         raise ConfigError(f"the lake at {lake.uri} has no CLIP embeddings: run lakeloom enrich")
-    col = lake.dataset(MEDIA).to_table(columns=[column], filter=f"{column} IS NOT NULL")
+    col = ds.to_table(columns=[column], filter=f"{column} IS NOT NULL")
     owners = sorted(set(col.column(column).to_pylist()))
     if not owners:
         raise ConfigError(f"no media of {lake.uri} is embedded yet: run lakeloom enrich")
@@ -102,28 +121,26 @@ def media_query(
     refine_factor: int | None,
     where: str | None = None,
 ) -> Any:
-    """The LanceDB vector query on ``media.clip_image`` (cosine), ready to run.
+    """The Lance vector search on ``media.clip_image`` (cosine): a scanner, ready to run.
 
     ``where`` is a prefilter on ``media`` columns (``kind = 'frame'``; a scan of that
     small column, measured cheaper than a scalar index by ``bench/vectors.py``). There is no
-    ``clip_image IS NOT NULL`` filter: as a prefilter it made LanceDB read the whole
+    ``clip_image IS NOT NULL`` filter: as a prefilter it made Lance read the whole
     vector column on every query (2.4 s at 1M rows); media without a vector are not in
     the index, and unindexed ones come back with a null distance, dropped by the caller.
     """
-    query = (
-        lake.table(MEDIA)
-        .search(np.asarray(vector, np.float32), vector_column_name=IMAGE_COLUMN)
-        .distance_type("cosine")
-        .select(["media_id", "_distance"])
-        .limit(limit)
-    )
-    if where:
-        query = query.where(where, prefilter=True)
+    nearest: dict[str, Any] = {
+        "column": IMAGE_COLUMN, "q": np.asarray(vector, np.float32), "k": limit,
+        "metric": "cosine",
+    }  # fmt: skip
     if nprobes:
-        query = query.nprobes(nprobes)
+        nearest["nprobes"] = nprobes
     if refine_factor:
-        query = query.refine_factor(refine_factor)
-    return query
+        nearest["refine_factor"] = refine_factor
+    return session_dataset(lake, MEDIA).scanner(
+        columns=["media_id", "_distance"], nearest=nearest, filter=where or None,
+        prefilter=bool(where),
+    )  # fmt: skip
 
 
 def _nearest(
@@ -134,7 +151,7 @@ def _nearest(
     refine_factor: int | None,
     where: str | None,
 ) -> tuple[list[str], list[float]]:
-    found = media_query(lake, vector, limit, nprobes, refine_factor, where).to_arrow()
+    found = media_query(lake, vector, limit, nprobes, refine_factor, where).to_table()
     media, scores = [], []
     for m, d in zip(
         found.column("media_id").to_pylist(), found.column("_distance").to_pylist(), strict=True
@@ -154,7 +171,9 @@ def _samples_using(
     using = f"array_has_any(media_ids, [{', '.join(map(quote, media))}])"
     filt = and_filters(using, sample_filter)
     try:
-        rows = lake.dataset(SAMPLES).to_table(columns=SAMPLE_COLUMNS, filter=filt).to_pylist()
+        rows = (
+            session_dataset(lake, SAMPLES).to_table(columns=SAMPLE_COLUMNS, filter=filt).to_pylist()
+        )
     except (ValueError, OSError) as exc:  # Lance reports a bad filter as either
         raise filter_error("query where filter", sample_filter, exc) from exc
     wanted = set(media)
@@ -166,24 +185,40 @@ def _samples_using(
     return by_media
 
 
+_ALLOWED: dict[tuple[str, int, str], frozenset[str]] = {}
+
+
+def allowed_media(lake: Lake, sample_filter: str) -> frozenset[str]:
+    """The media ids used by the samples matching ``sample_filter`` (a ``where`` on samples).
+
+    One scan of ``samples.media_ids`` under the filter; the newest answer is kept for the
+    process by (table, version, filter), so repeated searches with the same filter (the TUI,
+    benches) test membership in a set instead of looking samples up per candidate, and a
+    write to ``samples`` (a new version) is seen. A bad filter is a typed error.
+    """
+    ds = session_dataset(lake, SAMPLES)
+    key = (str(ds.uri), int(ds.version), sample_filter)
+    if key not in _ALLOWED:
+        try:
+            col = ds.to_table(columns=["media_ids"], filter=sample_filter).column("media_ids")
+        except (ValueError, OSError) as exc:  # Lance reports a bad filter as either
+            raise filter_error("query where filter", sample_filter, exc) from exc
+        _ALLOWED.clear()  # one filter kept: a set can hold millions of ids
+        _ALLOWED[key] = frozenset(pc.unique(pc.list_flatten(col)).drop_null().to_pylist())
+    return _ALLOWED[key]
+
+
 def _prefiltered(
     lake: Lake,
     vector: np.ndarray,
     k: int,
-    sample_filter: str,
+    allowed: frozenset[str],
     media_where: str | None,
     nprobes: int | None,
     refine_factor: int | None,
 ) -> tuple[list[str], list[float]]:
-    """Search only the media of matching samples (for a filter too selective to over-fetch)."""
-    try:
-        allowed = lake.dataset(SAMPLES).to_table(columns=["media_ids"], filter=sample_filter)
-    except (ValueError, OSError) as exc:
-        raise filter_error("query where filter", sample_filter, exc) from exc
-    ids = sorted({m for ms in allowed.column("media_ids").to_pylist() for m in ms or []})
-    if not ids:
-        return [], []
-    where = and_filters(media_where, f"media_id IN {in_list(ids)}")
+    """Search only the ``allowed`` media (for a filter too selective to over-fetch)."""
+    where = and_filters(media_where, f"media_id IN {in_list(sorted(allowed))}")
     return _nearest(lake, vector, k, nprobes, refine_factor, where)
 
 
@@ -202,43 +237,46 @@ def search(
     """The samples using the ``k`` media nearest to ``vector`` (cosine), best first.
 
     ``kind`` (``image`` | ``frame``) prefilters ``media``. ``where`` / ``dataset`` filter
-    ``samples``: the nearest media are post-filtered, fetching ``overfetch`` times more
-    (repeatedly, up to ``max_fetch``) until ``k`` of them are used by matching samples;
-    a filter too selective for that searches only the media of matching samples. The
-    exact re-ranking stays at ``k * refine_factor`` candidates whatever the fetch size.
-    Ranks count the media that matched, 1..k; each lists every matching sample using it.
+    ``samples``: the media those samples use (:func:`allowed_media`) are a share ``f``
+    of ``media``, so the nearest ``k * overfetch / f`` media are fetched and post-filtered
+    (``overfetch`` times more again, up to ``max_fetch``, until ``k`` of them are
+    allowed); a filter too selective for that searches only the allowed media. The exact
+    re-ranking stays at ``k * refine_factor`` candidates whatever the fetch size. Ranks
+    count the media that matched, 1..k; each lists every matching sample using it.
     """
     sample_filter = _sample_filter(where, dataset)
-    if sample_filter:
-        try:  # a bad filter is named before any search (a limit-1 read: no scan)
-            lake.dataset(SAMPLES).to_table(columns=[], filter=sample_filter, limit=1)
-        except (ValueError, OSError) as exc:
-            raise filter_error("query where filter", sample_filter, exc) from exc
+    allowed = allowed_media(lake, sample_filter) if sample_filter else None
+    if allowed is not None and not allowed:
+        return []
     media_where = f"kind = {quote(kind)}" if kind else None
     budget = k * refine_factor if refine_factor else 0
-    fetch = k * overfetch if sample_filter else k
+    fetch = k
+    if allowed is not None:
+        share = len(allowed) / max(1, session_dataset(lake, MEDIA).count_rows())
+        fetch = min(max_fetch, max(k, int(np.ceil(k * overfetch / share))))
     while True:
         refine = max(1, -(-budget // fetch)) if budget else None  # ceil: >= k * refine_factor
         media, scores = _nearest(lake, vector, fetch, nprobes, refine, media_where)
-        by_media = _samples_using(lake, media, sample_filter)
-        matched = sum(m in by_media for m in media)
-        if not sample_filter or matched >= k or len(media) < fetch:
+        if allowed is None:
+            break
+        kept = [(m, sc) for m, sc in zip(media, scores, strict=True) if m in allowed]
+        if len(kept) >= k or len(media) < fetch:
+            media, scores = [m for m, _ in kept], [sc for _, sc in kept]
             break
         if fetch >= max_fetch:
             media, scores = _prefiltered(
-                lake, vector, k, sample_filter, media_where, nprobes, refine_factor
+                lake, vector, k, allowed, media_where, nprobes, refine_factor
             )
-            by_media = _samples_using(lake, media, sample_filter)
             break
         fetch = min(fetch * overfetch, max_fetch)
+    media, scores = media[:k], scores[:k]
+    by_media = _samples_using(lake, media, sample_filter)
     hits: list[Hit] = []
     rank = 0
     for m, score in zip(media, scores, strict=True):
         if sample_filter and m not in by_media:
             continue
         rank += 1
-        if rank > k:
-            break
         for s in by_media.get(m, []):
             hits.append(
                 Hit(rank, score, m, s["sample_id"], s["dataset"], s["caption"], s["label"],
@@ -285,8 +323,8 @@ def index_recall(
 
     Each query is a stored vector; its own row is left out of both answers (else every
     query would find itself). The exact answer comes from one streamed numpy pass over
-    the vectors, the approximate one from a query built afresh (LanceDB query builders
-    mutate themselves: sharing one would make the "approximate" query exact too). Use it
+    the vectors, the approximate one from the indexed search (a scanner built afresh for
+    each query: a shared builder could carry the exact search's settings over). Use it
     to choose ``nprobes`` / ``refine_factor`` and the index parameters.
     """
     ds = lake.dataset(MEDIA)

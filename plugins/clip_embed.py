@@ -41,6 +41,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -409,6 +414,43 @@ def _has_index(tbl: Any, column: str) -> bool:
     return any(column in (idx.columns or []) for idx in tbl.list_indices())
 
 
+# Lance's k-means warns (via its Rust logger, on fd 2) whenever a training round leaves
+# clusters empty; it says nothing a user can act on (the index is built and measured
+# by recall), so build_index drops these lines and passes every other one through
+KMEANS_NOISE = ("KMeans: more than", "this could mean your dataset has many duplicate vectors")
+
+
+@contextmanager
+def quiet_kmeans() -> Iterator[None]:
+    """Hold back Lance's empty-cluster k-means warnings printed inside the block.
+
+    The Rust logger writes to file descriptor 2 directly (no Python logging to filter, and
+    ``LANCE_LOG`` is read only when Lance is first imported), so fd 2 is pointed at a
+    temporary file for the block; afterwards its lines go back to stderr, less the
+    k-means warnings, which are counted in a debug log record.
+    """
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as held:
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode(errors="replace").splitlines(keepends=True)
+            kept = [ln for ln in lines if not any(n in ln for n in KMEANS_NOISE)]
+            if len(kept) < len(lines):
+                log.debug(
+                    "Lance k-means: %d empty-cluster warnings held back", len(lines) - len(kept)
+                )
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 def index_partitions(rows: int, max_partitions: int) -> int:
     """IVF partitions for ``rows`` vectors: sqrt(rows), at most ``max_partitions``.
 
@@ -450,7 +492,7 @@ def build_index(
     if rows < min_rows:
         return "skipped"
     if _has_index(tbl, column):
-        with lake.lock():  # an index commit is a lake write too (lake/lock.py)
+        with lake.lock(), quiet_kmeans():  # an index commit is a lake write (lake/lock.py)
             lake.dataset("media").optimize.optimize_indices()  # add rows embedded since
         return "updated"
     dim = tbl.schema.field(column).type.list_size
@@ -465,7 +507,7 @@ def build_index(
         distance_type="cosine", num_partitions=parts, num_sub_vectors=subs,
         sample_rate=sample_rate, max_iterations=max_iterations,
     )  # fmt: skip
-    with lake.lock():
+    with lake.lock(), quiet_kmeans():
         # the unified API: column first, then an index config
         lake.table("media").create_index(column, config=config)
     return "created"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,7 @@ import pytest
 from lake.query import IMAGE_COLUMN, index_recall, media_query, search
 from lake.schema import MEDIA, SAMPLES
 from lake.store import Lake
-from plugins.clip_embed import build_index
+from plugins.clip_embed import build_index, quiet_kmeans
 
 N, DIM, CLUSTERS, K = 3000, 32, 30, 10
 DATASETS = ("a", "b", "c", "d")
@@ -130,3 +133,70 @@ def test_index_recall_is_honest(tmp_path: Path) -> None:
     good = index_recall(lake, queries=30, k=K, nprobes=16, refine_factor=200)
     assert bad < 0.8
     assert good >= 0.98
+
+
+def test_filtered_search_equals_exact_search_when_exhaustive(vec_lake) -> None:
+    """Every partition probed and every candidate re-ranked: the filtered answer is exact."""
+    lake, x, q = vec_lake
+    datasets, kinds = _meta(lake)
+    for filters, rows in (
+        ({"dataset": "c"}, np.flatnonzero(datasets == "c")),
+        ({"kind": "frame"}, np.flatnonzero(kinds == "frame")),
+        ({"dataset": "d", "kind": "frame"}, np.flatnonzero((datasets == "d") & (kinds == "frame"))),
+    ):
+        for v in q[:5]:
+            hits = search(lake, v, k=K, nprobes=8, refine_factor=N, **filters)
+            assert [h.media_id for h in hits] == [
+                f"m{rows[j]:05d}" for j in np.argsort(-(x[rows] @ v))[:K]
+            ]
+            assert all(h.dataset == filters.get("dataset", h.dataset) for h in hits)
+
+
+def test_repeated_searches_see_rows_written_since(tmp_path: Path) -> None:
+    """The shared Lance session keeps indexes loaded, not an old version of the table."""
+    lake = Lake(tmp_path / "lake")
+    x, _ = _clustered(600, 5)
+    _write(lake, x[:500], ["image"] * 500, ["a"] * 500)
+    assert build_index(lake, min_rows=0, num_partitions=2, num_sub_vectors=4) == "created"
+    assert search(lake, x[550], k=1, nprobes=2, refine_factor=10)[0].media_id != "m00550"
+    _write(lake, x[500:], ["image"] * 100, ["b"] * 100, start=500)
+    hit = search(lake, x[550], k=1, nprobes=2, refine_factor=10, dataset="b")[0]
+    assert (hit.media_id, hit.sample_id, round(hit.score, 4)) == ("m00550", "s00550", 1.0)
+
+
+def test_search_reads_without_lancedb(vec_lake) -> None:
+    """The query path is pylance only: lancedb's import (~2.5 s) is not paid by a query."""
+    lake, _, q = vec_lake
+    code = (
+        "import sys, numpy as np\n"
+        "from lake.store import Lake\n"
+        "from lake.query import search\n"
+        f"hits = search(Lake({str(lake.uri)!r}), np.asarray({q[0].tolist()!r}, np.float32),"
+        " k=3, dataset='c')\n"
+        "print(len(hits), 'lancedb' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert out.stdout.split() == ["3", "False"]
+
+
+def test_index_build_prints_no_kmeans_warnings(tmp_path: Path, capfd) -> None:
+    """Tight duplicate clusters make Lance's k-means leave clusters empty: nothing printed."""
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(20, DIM)).astype(np.float32)
+    x = centres[rng.integers(0, 20, 5000)] + rng.normal(0, 1e-3, (5000, DIM)).astype(np.float32)
+    lake = Lake(tmp_path / "lake")
+    _write(lake, x / np.linalg.norm(x, axis=1, keepdims=True), ["image"] * 5000, ["a"] * 5000)
+    capfd.readouterr()
+    assert build_index(lake, min_rows=0, num_partitions=19, num_sub_vectors=4) == "created"
+    assert "KMeans" not in capfd.readouterr().err
+
+
+def test_quiet_kmeans_passes_other_lines_through(capfd) -> None:
+    with quiet_kmeans():
+        os.write(2, b"[WARN lance_index::vector::kmeans] KMeans: more than 10% of clusters\n")
+        os.write(2, b"    Help: this could mean your dataset has many duplicate vectors.\n")
+        os.write(2, b"something else\n")
+    assert capfd.readouterr().err == "something else\n"
