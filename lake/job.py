@@ -323,8 +323,70 @@ def quiet_logs() -> None:
                 handler.addFilter(_QUIET)
 
 
+def _run_job(fn: Callable[[Any], int | JobResult | None], cfg: Any) -> Any:
+    """Run ``fn(cfg)`` as :func:`hydra_job` promises: errors become a line and a status."""
+    quiet_logs()
+    value = None
+
+    def say(text: str) -> str:  # a library's message may echo the lake's keys
+        return "lakeloom: " + redact_secrets(text, _cfg_storage_options(cfg))
+
+    try:
+        result = fn(cfg)
+        if isinstance(result, JobResult):
+            code, value = result.code, result.value
+        else:
+            code = result or 0
+    except ConfigError as exc:
+        _debug_traceback(_cfg_storage_options(cfg))
+        print(say(f"invalid configuration: {exc}"), file=sys.stderr)
+        code = 2
+    except LakeloomError as exc:
+        _debug_traceback(_cfg_storage_options(cfg))
+        print(say(str(exc)), file=sys.stderr)
+        code = 1
+    except Exception as exc:
+        if _is_omegaconf_error(exc):  # e.g. a required key left ??? (source.path)
+            _debug_traceback(_cfg_storage_options(cfg))
+            print(say(f"invalid configuration: {config_problem(exc)}"), file=sys.stderr)
+            sys.exit(2)
+        problem = file_problem(exc, _lake_uri(cfg))
+        if problem is None:
+            if not _secret_overrides():
+                raise
+            # Hydra would log the command's overrides with the error, keys included
+            options = _cfg_storage_options(cfg)
+            print(redact_secrets(traceback.format_exc(), options), file=sys.stderr)
+            sys.exit(1)
+        _debug_traceback(_cfg_storage_options(cfg))
+        print(say(str(problem)), file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM in a run_record block
+        _debug_traceback(_cfg_storage_options(cfg))
+        print(f"lakeloom: {error_line(exc)}", file=sys.stderr)
+        code = 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+    if code:
+        sys.exit(code)
+    return value
+
+
+def _light_logging(job_logging: str | None) -> bool:
+    """Set up logging as Hydra's ``hydra/job_logging`` option would; False for an option
+    only Hydra knows."""
+    if job_logging == "none":
+        return True
+    if job_logging == "stdout":  # hydra/conf/hydra/job_logging/stdout.yaml
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root = logging.getLogger()
+        root.setLevel(logging.INFO)
+        root.handlers = [handler]
+        return True
+    return False
+
+
 def hydra_job(
-    config_name: str,
+    config_name: str, light: bool = False
 ) -> Callable[[Callable[[Any], int | JobResult | None]], Callable[[], Any]]:
     """Make ``fn(cfg) -> exit code`` (or a :class:`JobResult`, whose value the Hydra app
     returns) a Hydra app reading ``conf/<config_name>.yaml``; ``main.__wrapped__`` is ``fn``.
@@ -334,68 +396,42 @@ def hydra_job(
     one-line message and an exit status (2 for config errors, 1 otherwise; 130 for Ctrl-C,
     143 for SIGTERM during a :func:`run_record` block). With ``LAKELOOM_DEBUG=1`` the
     traceback is printed above that line.
+
+    ``light``: a command line of plain ``key=value`` overrides is composed without Hydra
+    (:func:`lake.compose.compose_light`, the same config, a fast start) and lance is
+    imported without pandas (:func:`lake.compose.import_lance`); any other command line
+    goes through Hydra. Hydra itself is imported only when used.
     """
 
     def wrap(fn: Callable[[Any], int | JobResult | None]) -> Callable[[], Any]:
-        import hydra
+        @functools.cache
+        def hydra_entry() -> Callable[[], Any]:
+            import hydra
 
-        @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)
-        def hydra_entry(cfg: Any) -> Any:
-            quiet_logs()
-            value = None
+            @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)
+            def entry(cfg: Any) -> Any:
+                return _run_job(fn, cfg)
 
-            def say(text: str) -> str:  # a library's message may echo the lake's keys
-                return "lakeloom: " + redact_secrets(text, _cfg_storage_options(cfg))
-
-            try:
-                result = fn(cfg)
-                if isinstance(result, JobResult):
-                    code, value = result.code, result.value
-                else:
-                    code = result or 0
-            except ConfigError as exc:
-                _debug_traceback(_cfg_storage_options(cfg))
-                print(say(f"invalid configuration: {exc}"), file=sys.stderr)
-                code = 2
-            except LakeloomError as exc:
-                _debug_traceback(_cfg_storage_options(cfg))
-                print(say(str(exc)), file=sys.stderr)
-                code = 1
-            except Exception as exc:
-                if _is_omegaconf_error(exc):  # e.g. a required key left ??? (source.path)
-                    _debug_traceback(_cfg_storage_options(cfg))
-                    print(say(f"invalid configuration: {config_problem(exc)}"), file=sys.stderr)
-                    sys.exit(2)
-                problem = file_problem(exc, _lake_uri(cfg))
-                if problem is None:
-                    if not _secret_overrides():
-                        raise
-                    # Hydra would log the command's overrides with the error, keys included
-                    options = _cfg_storage_options(cfg)
-                    print(redact_secrets(traceback.format_exc(), options), file=sys.stderr)
-                    sys.exit(1)
-                _debug_traceback(_cfg_storage_options(cfg))
-                print(say(str(problem)), file=sys.stderr)
-                code = 1
-            except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM in a run_record block
-                _debug_traceback(_cfg_storage_options(cfg))
-                print(f"lakeloom: {error_line(exc)}", file=sys.stderr)
-                code = 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
-            if code:
-                sys.exit(code)
-            return value
+            return entry
 
         @functools.wraps(fn)
         def main() -> Any:
+            folder = os.environ.get("LAKELOOM_CONFIG_DIR")
+            if light:
+                from lake.compose import compose_light, import_lance
+
+                composed = compose_light(config_name, sys.argv[1:])
+                if composed is not None and _light_logging(composed.job_logging):
+                    import_lance()
+                    return _run_job(fn, composed.cfg)
             # LAKELOOM_CONFIG_DIR: read conf/ from that folder instead of the installed
             # package (a copy of the project, e.g. a DVC pipeline run elsewhere)
-            folder = os.environ.get("LAKELOOM_CONFIG_DIR")
             if folder and not any(a.startswith(("-cp", "--config-path")) for a in sys.argv):
                 sys.argv.append(f"--config-path={Path(folder).resolve()}")
             extra = config_search_path()
             if extra and not any(a.startswith("hydra.searchpath") for a in sys.argv):
                 sys.argv.append(f"hydra.searchpath=[{','.join(extra)}]")
-            return hydra_entry()
+            return hydra_entry()()
 
         return main
 

@@ -38,7 +38,7 @@ def format_stats(stats: dict[str, Any], uri: str) -> str:
     return "\n".join(lines)
 
 
-@hydra_job("stats")
+@hydra_job("stats", light=True)
 def main(cfg: Any) -> int:
     """Print the lake's counts."""
     lake = Lake.from_config(cfg.lake)

@@ -41,7 +41,7 @@ def format_runs(lake: Lake) -> str:
     return "\n".join(lines) + "\n"
 
 
-@hydra_job("versions")
+@hydra_job("versions", light=True)
 def main(cfg: Any) -> int:
     """Print the version history, then the runs."""
     tables = [cfg.table] if cfg.table else [MEDIA, SAMPLES, RUNS]

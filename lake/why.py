@@ -20,7 +20,7 @@ from lake.storage import storage_options
 FORMATS = ("text", "json")
 
 
-@hydra_job("why")
+@hydra_job("why", light=True)
 def _job(cfg: Any) -> int | JobResult:
     """Print the lineage of ``cfg.id``."""
     if cfg.format not in FORMATS:

@@ -55,7 +55,7 @@ def run_serve(cfg: Any) -> int:
     return 0
 
 
-tui_main = hydra_job("tui")(run_tui)
+tui_main = hydra_job("tui", light=True)(run_tui)
 serve_main = hydra_job("tui")(run_serve)
 
 

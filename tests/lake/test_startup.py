@@ -1,5 +1,6 @@
-"""Fast start: ``lakeloom stats`` / ``versions`` read the lake without LanceDB or torch,
-with the same answers LanceDB gives; a repeated ``lakeloom query`` loads no model."""
+"""Fast start: ``lakeloom stats`` / ``versions`` / ``why`` read the lake without LanceDB,
+torch, Hydra or pandas, with the same answers LanceDB gives and the config Hydra composes;
+a repeated ``lakeloom query`` loads no model."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from tests.conftest import REPO
 from tests.plugins.test_clip_embed import clip_base  # noqa: F401 - session fixture
 
 HEAVY = ("lancedb", "torch", "open_clip", "transformers", "lightning", "torchvision")
+# what a light command composed without Hydra and a lance import without pandas leave out
+LIGHT = (*HEAVY, "hydra", "pandas")
 
 # runs a job in this process, then prints the heavy top-level modules it imported
 PROBE = f"""
@@ -29,7 +32,7 @@ from lake.cli import main
 try:
     main(sys.argv[1:])
 finally:
-    heavy = sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}))
+    heavy = sorted({{m.split(".")[0] for m in sys.modules}} & set({LIGHT!r}))
     print("HEAVY=" + json.dumps(heavy), flush=True)
 """
 
@@ -87,6 +90,85 @@ def test_versions_imports_neither_lancedb_nor_torch(small_lake: Lake, tmp_path: 
     assert heavy == []
     assert "run-startup-test" in out
     assert out.count("run-startup-test") == 2  # media's and samples' tagged versions
+
+
+def test_why_imports_neither_lancedb_torch_hydra_nor_pandas(
+    small_lake: Lake, tmp_path: Path
+) -> None:
+    sid = _sha("s3")
+    out, heavy = _probe(tmp_path, "why", sid, f"lake.uri={small_lake.uri}", "format=json")
+    assert heavy == []
+    assert json.loads(out[: out.rindex("HEAVY=")])["sample"]["sample_id"] == sid
+
+
+def test_a_command_line_only_hydra_reads_still_goes_through_hydra(
+    small_lake: Lake, tmp_path: Path
+) -> None:
+    out, heavy = _probe(tmp_path, "stats", f"lake.uri={small_lake.uri}", "--cfg", "job")
+    assert heavy == ["hydra"]  # Hydra printed the config, nothing was read
+    assert f"uri: {small_lake.uri}" in out and "media_kinds" not in out
+    out, heavy = _probe(tmp_path, "versions", f"lake.uri={small_lake.uri}", "+extra=1")
+    assert heavy == ["hydra", "pandas"] and "run-startup-test" in out
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("stats", []),
+        ("stats", ["lake.uri=/x/lake", "out=state.json"]),
+        ("versions", ["table=samples", "runs_dir=/r"]),
+        ("why", ['id="0123"', "format=json", "verify=true", "max_samples=5"]),
+        ("why", ["id=abc", "lake.reports=  spaced out  ", "max_samples=1_000"]),
+        ("tui", ["lake.uri=/l", "tui.graphics=halfblock", "tui.lake_poll_s=1.5", "port=-1"]),
+        ("tui", ["tui.who=null", "tui.theme='a b'", 'tui.search_model.run="r1"']),
+    ],
+)
+def test_light_compose_equals_hydra_compose(name: str, overrides: list[str]) -> None:
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from lake.compose import compose_light
+
+    light = compose_light(name, overrides)
+    assert light is not None and OmegaConf.is_struct(light.cfg)
+    with initialize_config_module("conf", version_base="1.3"):
+        full = compose(name, overrides=overrides)
+    theirs = OmegaConf.to_container(full, resolve=False)
+    theirs.pop("hydra", None)
+    mine = OmegaConf.to_container(light.cfg, resolve=False)
+    assert mine == theirs and list(mine) == list(theirs)
+    resolved = OmegaConf.to_container(full, resolve=True)
+    resolved.pop("hydra", None)
+    assert OmegaConf.to_container(light.cfg, resolve=True) == resolved
+    assert light.job_logging == ("none" if name == "tui" else "stdout")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["+x=1"], ["~out"], ["tui=other"], ["lake=other"], ["nope=1"], ["lake.storage_options=1"],
+     ["x=[1,2]"], ["out={a: 1}"], ["out=${runs_dir}"], ["out=0123"], ["out='a\\'b'"],
+     ["--cfg", "job"], ["hydra.run.dir=x"], ["-m"]],
+)  # fmt: skip
+def test_light_compose_leaves_the_rest_to_hydra(overrides: list[str]) -> None:
+    from lake.compose import compose_light
+
+    assert compose_light("stats", overrides) is None
+
+
+def test_lance_imported_without_pandas_still_converts_pandas(tmp_path: Path) -> None:
+    code = (
+        "import sys; from lake.compose import import_lance; import_lance(); "
+        "assert 'lance' in sys.modules and 'pandas' not in sys.modules; "
+        "import pandas as pd, pyarrow as pa; "
+        "print(pa.array(pd.Series([1, 2, None])).to_pylist(), pa.Table.from_pandas("
+        "pd.DataFrame({'a': ['x']})).column('a').to_pylist())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+        timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[1.0,", "2.0,", "None]", "['x']"]  # NaN read as null
 
 
 def test_light_reads_answer_as_lancedb_does(small_lake: Lake) -> None:
