@@ -16,9 +16,10 @@ are sharded by rank (deterministic, like ``DistributedSampler``) and the trainin
 loader's position is saved in checkpoints, so a resumed run continues where it stopped.
 ``shuffle_block`` > 0 switches to block reads: the sampler shuffles blocks of that many
 consecutive samples and mixes ``shuffle_window`` blocks at a time, and the dataset reads
-and caches whole blocks (``bench/loader.py`` measures both ways). ``pack_plan`` (with a
-packing collator) makes each train batch ``packs_per_batch`` packs of a plan made for the
-whole epoch from the samples' stored token counts (:mod:`core.data.packing`).
+and caches whole blocks (``bench/loader.py`` measures both ways). The train loader
+reads ``read_batches`` batches with one take of each table (:mod:`core.data.loader`).
+``pack_plan`` (with a packing collator) makes each train batch ``packs_per_batch`` packs
+of a plan made for the whole epoch from the samples' stored token counts (:mod:`core.data.packing`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class LanceDataModule(LakeloomDataModule):
         shuffle_block: int = 0,
         shuffle_window: int = 4,
         read_ahead: bool = True,
+        read_batches: int = 8,
         group_by_length: int = 0,
         length_image_tokens: int = 256,
         pack_plan: bool = False,
@@ -92,6 +94,7 @@ class LanceDataModule(LakeloomDataModule):
         self.shuffle_block = shuffle_block
         self.shuffle_window = shuffle_window
         self.read_ahead = read_ahead
+        self.read_batches = read_batches
         self.group_by_length = group_by_length
         self.length_image_tokens = length_image_tokens
         self._lengths: dict[str, Any] = {}
@@ -303,6 +306,7 @@ class LanceDataModule(LakeloomDataModule):
             }
         if train:
             workers["read_ahead"] = self.read_ahead
+            workers["read_batches"] = self.read_batches
         else:  # worker seeds from its own generator: evaluating leaves the torch RNG alone
             workers["generator"] = torch.Generator().manual_seed(self.seed)
         cls = StatefulLoader if train else DataLoader

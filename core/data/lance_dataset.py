@@ -5,10 +5,12 @@ table versions; the Lance datasets are opened lazily in whichever process reads 
 not fork-safe, so DataLoader workers must be started with ``spawn`` or ``forkserver`` and
 open their own handles). ``__getitems__`` reads a whole batch: one ``take`` of the sample
 rows and one of their media (or, with ``media_read="filter"``, one filtered scan
-``media_id IN (...)``). With ``read_block`` > 0 it reads whole blocks of ``read_block``
-consecutive positions instead (one take of the samples and one of their media per block,
-row ids ascending) and keeps the last ``cache_blocks`` of them: with the sampler's
-block-local shuffle (same block size) a batch then costs no read at all most of the time.
+``media_id IN (...)``); :meth:`LanceSamples.read_batches` reads several batches with one
+take of each table (the loader's ``read_batches``). With ``read_block`` > 0 it reads whole
+blocks of ``read_block`` consecutive positions instead (one take of the samples and one of
+their media per block, row ids ascending) and keeps the last ``cache_blocks`` of them: with
+the sampler's block-local shuffle (same block size) a batch then costs no read at all most
+of the time.
 Memory: ``read_block * cache_blocks`` samples' encoded media per process.
 """
 
@@ -243,6 +245,37 @@ class LanceSamples(Dataset):
         if self.read_block > 0:
             return [self._block(p // self.read_block)[p % self.read_block] for p in positions]
         return self._read(positions)
+
+    def read_batches(self, batches: Sequence[Sequence[int]]) -> list[list[dict[str, Any]]]:
+        """The items of several batches at once: one take of each table for all of them
+        (rows ascending), split back into the batches in their order. A take costs about
+        a millisecond whatever its size up to a few hundred rows, so reading 8 batches of
+        64 together costs a fifth of 8 takes. With ``read_block`` set, batch by batch
+        (their blocks are cached)."""
+        if self.read_block > 0:
+            return [self.__getitems__(b) for b in batches]
+        flat = np.concatenate([np.asarray(b, dtype=np.int64) for b in batches]) if batches else []
+        if len(flat) == 0:
+            return [[] for _ in batches]
+        uniq, inverse = np.unique(flat, return_inverse=True)
+        order = np.argsort(self.selection.sample_rows[uniq], kind="stable")
+        items = self._read(uniq[order])
+        at = np.empty(len(uniq), np.int64)
+        at[order] = np.arange(len(uniq))
+        picked = at[inverse].tolist()
+        seen: set[int] = set()
+        out: list[list[dict[str, Any]]] = []
+        k = 0
+        for b in batches:
+            batch = []
+            for i in picked[k : k + len(b)]:
+                # a position repeated (the sampler's padding) gets its own dict: collators
+                # may change the items they are given
+                batch.append(dict(items[i]) if i in seen else items[i])
+                seen.add(i)
+            out.append(batch)
+            k += len(b)
+        return out
 
     def _block(self, index: int) -> list[dict[str, Any]]:
         """The items of block ``index`` (read once, then cached, least recently used out)."""

@@ -8,20 +8,26 @@ of batches this loader has handed out in it; the loader counts batches as it yie
 draw their workers' base seed from a generator seeded by ``(seed, epoch)``, not from the
 global torch RNG, so a resumed run's random numbers match the run it continues.
 
-Without worker processes, ``read_ahead`` reads the next batch from Lance in a background
-thread while the current one is collated (decoded) in the main thread: Lance's takes and
-PIL's decoders release the GIL, so the reads hide behind the decoding.
+A Lance take costs about a millisecond whatever its size up to a few hundred rows, so the
+loader reads ``read_batches`` batches together (the dataset's ``read_batches``: one take of
+each table for all of them) and hands them out one by one, in the sampler's order. Without
+worker processes, ``read_ahead`` reads the next group in a background thread while the
+current one is collated (decoded) in the main thread: Lance's takes and PIL's decoders
+release the GIL, so the reads hide behind the decoding. With workers, each worker reads and
+collates a whole group and sends its batches back together (an inner DataLoader over groups
+of batches), so up to ``num_workers * prefetch_factor * read_batches`` batches are in flight.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from core.data.sampler import ShardedBatchSampler
 
@@ -29,13 +35,19 @@ from core.data.sampler import ShardedBatchSampler
 class StatefulLoader(DataLoader):
     """DataLoader over a :class:`ShardedBatchSampler`, resumable mid-epoch."""
 
-    def __init__(self, *args: Any, read_ahead: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, read_ahead: bool = True, read_batches: int = 1, **kwargs: Any
+    ) -> None:
         kwargs.setdefault("generator", torch.Generator())
         super().__init__(*args, **kwargs)
         if not isinstance(self.batch_sampler, ShardedBatchSampler):
             raise TypeError("StatefulLoader needs batch_sampler=ShardedBatchSampler(...)")
+        if read_batches < 1:
+            raise ValueError(f"read_batches must be >= 1, not {read_batches}")
         self._consumed = 0
         self.read_ahead = read_ahead
+        self.read_batches = int(read_batches)
+        self._groups: DataLoader | None = None  # the inner loader over groups (workers)
 
     @property
     def sampler_state(self) -> ShardedBatchSampler:
@@ -50,22 +62,58 @@ class StatefulLoader(DataLoader):
         # epoch, it never takes a number from the global torch RNG (a resumed run creates
         # iterators at other points than the run it continues)
         self.generator.manual_seed(epoch_seed(s.seed, s.epoch))
-        if self.read_ahead and self.num_workers == 0 and hasattr(self.dataset, "__getitems__"):
-            return _Counting(self, self._read_ahead(), len(self.sampler_state))
+        reads = getattr(self.dataset, "read_batches", None)
+        if self.num_workers == 0 and (self.read_ahead or self.read_batches > 1):
+            if reads is None and hasattr(self.dataset, "__getitems__"):
+                reads = _PerBatch(self.dataset)
+            if reads is not None:
+                return _Counting(self, self._in_process(reads), len(s))
+        if self.num_workers > 0 and self.read_batches > 1 and reads is not None:
+            return _Counting(self, self._from_workers(), len(s))
         return _Counting(self, super().__iter__())
 
-    def _read_ahead(self) -> Iterator[Any]:
-        """Batches collated in this thread, each read while the previous one decodes."""
-        read = self.dataset.__getitems__  # type: ignore[attr-defined]
-        batches = iter(self.sampler_state)
+    def _in_process(self, reads: Callable[[list[list[int]]], list[Any]]) -> Iterator[Any]:
+        """Batches collated in this thread, read in groups of ``read_batches``; with
+        ``read_ahead`` each group is read in a thread while the previous one decodes."""
+        groups = _grouped(iter(self.sampler_state), self.read_batches)
+        if not self.read_ahead:
+            for group in groups:
+                for items in reads(group):
+                    yield self.collate_fn(items)
+            return
         with ThreadPoolExecutor(1, thread_name_prefix="lakeloom-read") as pool:
-            nxt = next(batches, None)
-            pending = pool.submit(read, nxt) if nxt is not None else None
+            nxt = next(groups, None)
+            pending = pool.submit(reads, nxt) if nxt is not None else None
             while pending is not None:
-                items = pending.result()
-                nxt = next(batches, None)
-                pending = pool.submit(read, nxt) if nxt is not None else None
-                yield self.collate_fn(items)
+                got = pending.result()
+                nxt = next(groups, None)
+                pending = pool.submit(reads, nxt) if nxt is not None else None
+                for items in got:
+                    yield self.collate_fn(items)
+
+    def _from_workers(self) -> Iterator[Any]:
+        """Batches from the workers, each of which reads and collates a group at a time."""
+        if self._groups is not None and self._iterator is None:
+            self._groups._iterator = None  # its workers were shut down (Lightning's teardown)
+        if self._groups is None or not self.persistent_workers:
+            self._groups = DataLoader(
+                _Groups(self.dataset),
+                batch_sampler=_GroupSampler(self.sampler_state, self.read_batches),
+                num_workers=self.num_workers,
+                collate_fn=_CollateEach(self.collate_fn),
+                pin_memory=self.pin_memory,
+                timeout=self.timeout,
+                worker_init_fn=self.worker_init_fn,
+                multiprocessing_context=self.multiprocessing_context,
+                generator=self.generator,
+                prefetch_factor=self.prefetch_factor,
+                persistent_workers=self.persistent_workers,
+            )
+        it = iter(self._groups)
+        # Lightning shuts persistent workers down through the loader's _iterator
+        self._iterator = self._groups._iterator
+        for group in it:
+            yield from group
 
     def state_dict(self) -> dict[str, Any]:
         """Epoch and batches consumed in it, plus what must match on resume."""
@@ -97,6 +145,68 @@ class StatefulLoader(DataLoader):
 def epoch_seed(seed: int, epoch: int) -> int:
     """A 32-bit seed derived from ``(seed, epoch)``."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _grouped(batches: Iterator[list[int]], size: int) -> Iterator[list[list[int]]]:
+    """Consecutive groups of ``size`` batches (the last one may be shorter)."""
+    group: list[list[int]] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+class _PerBatch:
+    """``read_batches`` for a dataset that only reads one batch at a time."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __call__(self, group: list[list[int]]) -> list[Any]:
+        return [self.dataset.__getitems__(b) for b in group]
+
+
+class _GroupSampler:
+    """Groups of ``size`` consecutive batches of a :class:`ShardedBatchSampler` (its
+    epoch and resume position are read when an iteration starts)."""
+
+    def __init__(self, sampler: ShardedBatchSampler, size: int) -> None:
+        self.sampler, self.size = sampler, size
+
+    def __iter__(self) -> Iterator[list[list[int]]]:
+        return _grouped(iter(self.sampler), self.size)
+
+    def __len__(self) -> int:
+        return math.ceil(max(len(self.sampler) - self.sampler.skip, 0) / self.size)
+
+
+class _Groups(Dataset):
+    """A dataset whose ``__getitems__`` takes a group of batches (for the workers)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+    def __getitems__(self, group: list[list[int]]) -> list[Any]:
+        return self.dataset.read_batches(group)
+
+
+class _CollateEach:
+    """Collate each batch of a group (picklable: it runs in the workers)."""
+
+    def __init__(self, collate_fn: Callable[[Any], Any]) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, group: list[Any]) -> list[Any]:
+        return [self.collate_fn(items) for items in group]
 
 
 class _Counting:
