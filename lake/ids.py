@@ -62,5 +62,9 @@ def sample_id(
         content["feedback"] = bool(feedback)
     if rejected_media_ids is not None:
         content["rejected_media_ids"] = list(rejected_media_ids)
-    blob = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    blob = _CANONICAL.encode(content)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+# json.dumps with these options builds an encoder per call: one shared encoder, same text
+_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))

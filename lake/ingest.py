@@ -540,7 +540,7 @@ def _ingest(
         writer.versions = {MEDIA: media_version, SAMPLES: samples_version}
     rejects = _RejectsFile(rejects_path)
     report.rejects_path = str(rejects_path) if rejects_path else None
-    status: dict[str, ImageInfo | str] = {}
+    status: dict[str, ImageInfo | MediaMeta | str | None] = {}
     written_media: set[str] = set()
     orphans: dict[str, tuple[bytes | None, MediaRef]] = {}
     media_prov = image_provenance(source, ctx, settings.image)
@@ -567,7 +567,8 @@ def _ingest(
                 continue
             rec = item.record
             assert rec is not None
-            report.ignored_keys.update(rec.ignored_keys)
+            if rec.ignored_keys:
+                report.ignored_keys.update(rec.ignored_keys)
             content = (rec.messages, rec.caption, rec.label, rec.chosen, rec.rejected, rec.key)
             extra = _preference_fields(item, rec)
             try:
@@ -608,6 +609,7 @@ def _ingest(
                     assert isinstance(info, ImageInfo)
                     prov = writer.prov(media_prov)
                 media_rows.append(_media_row(mid, data, ref, info, prov))
+                status[mid] = None  # written and valid: drop the thumbnail it holds
             prov = writer.prov(_sample_prov(rec, source, ctx))
             writer.add(media_rows, {**_sample_row(sid, dataset, item, rec, prov), **extra})
         # Valid media whose records were all rejected may still be used by a later record.
@@ -686,9 +688,8 @@ def _run_pool(
     from concurrent.futures import ProcessPoolExecutor
 
     ctx = mp.get_context("spawn")  # Lance is not fork-safe; workers import PIL only
-    with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker, initargs=(image,)
-    ) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(image,))
+    try:
         pending: deque = deque()
         for task in feeder.read_tasks():
             pending.append(pool.submit(_read_chunk, task))
@@ -696,6 +697,9 @@ def _run_pool(
                 consume(*pending.popleft().result())
         while pending:
             consume(*pending.popleft().result())
+    finally:
+        # the idle workers exit while the lake commits the last batch: no wait for them
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _process_chunk_inline(task: tuple[int, list[tuple[str, bytes]]], settings: ImageSettings):

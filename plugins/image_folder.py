@@ -121,7 +121,7 @@ def _plain_file(
     answers, with one ``lstat`` instead of resolving every path component of every file.
     None: anything else (a symlink, a FIFO, ...), which :func:`checked_file` then judges.
     """
-    folder, name = os.path.split(full)
+    folder, _, name = full.rpartition(os.sep)  # os.path.split costs more than the lstat
     if folder not in real_dirs:
         real = os.path.realpath(folder)
         inside = root is None or real == root or real.startswith(root.rstrip(os.sep) + os.sep)
@@ -135,4 +135,4 @@ def _plain_file(
         return None
     if not stat.S_ISREG(st.st_mode) or (limit is not None and st.st_size > limit):
         return None
-    return os.path.join(real_folder, name)
+    return f"{real_folder.rstrip(os.sep)}{os.sep}{name}"

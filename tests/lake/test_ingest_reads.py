@@ -79,7 +79,7 @@ def test_rows_read_in_workers_equal_rows_read_by_the_main_process(
     for name in COMPARED:
         assert _rows(workers, name) == _rows(main, name)
     assert _rejects(tmp_path / "w") == _rejects(tmp_path / "m")
-    reasons = {r["source"]: r["reason"] for r in _rejects(tmp_path / "w")}
+    reasons = {r["source_file"]: r["reason"] for r in _rejects(tmp_path / "w")}
     assert reasons["a/corrupt.jpg"].startswith("image a/corrupt.jpg: ")
     assert reasons["b/empty.jpg"] == "image b/empty.jpg: empty file"
 
