@@ -45,6 +45,9 @@ sys.path.insert(0, str(REPO))
 PY = sys.executable
 LAKELOOM = str(Path(PY).parent / "lakeloom")
 QUERY_TEXT = "a red circle"
+# issue 19's absolute goals, wall seconds (the table marks each median met or missed)
+GOALS = {"lakeloom stats": 1.0, "lakeloom versions": 1.0, "TUI first paint with rows": 1.0,
+         "lakeloom query (repeated)": 3.0}  # fmt: skip
 
 BARE_PYLANCE = """
 import collections, sys, lance
@@ -241,13 +244,17 @@ def main() -> None:
 
     floor = statistics.median(times["python -c pass"])
     print(f"\nlake {lake}; {a.reps} interleaved reps; wall seconds; load is shared, see ratios\n")
-    print(f"{'command':<30}{'median':>8}  {'[min-max]':<15}{'x floor':>8}")
+    print(f"{'command':<30}{'median':>8}  {'[min-max]':<15}{'x floor':>8}  goal")
     figures: dict[str, dict[str, float]] = {}
     for name, ts in times.items():
         med = statistics.median(ts)
         figures[name] = {"median_s": round(med, 3), "min_s": round(min(ts), 3),
                          "max_s": round(max(ts), 3)}  # fmt: skip
-        print(f"{name:<30}{med:>8.2f}  [{min(ts):.2f}-{max(ts):.2f}]{'':<4}{med / floor:>8.1f}")
+        goal = GOALS.get(name)
+        mark = "" if goal is None else f"  < {goal:g} s: {'met' if med < goal else 'MISSED'}"
+        print(
+            f"{name:<30}{med:>8.2f}  [{min(ts):.2f}-{max(ts):.2f}]{'':<4}{med / floor:>8.1f}{mark}"
+        )
     ratios = {}
     if "TUI first paint with rows" in times:
         ratios["tui_vs_bare"] = round(
