@@ -545,6 +545,7 @@ def main() -> None:
                     "index_partitions",
                     "recall_at_10",
                     "recall_vs_exact",
+                    "pass_mem_gib",
                 )
                 if key in r
             )

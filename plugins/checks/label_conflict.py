@@ -113,8 +113,10 @@ class LabelConflict(Check):
             starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
             sums[lab[starts]] += np.add.reduceat(x[rows].astype(np.float64), starts, axis=0)
         sims = x @ normalise(sums).T.astype(np.float32)
-        loo = sums[inv] - x  # own label's prototype without the sample itself
-        sims[np.arange(len(x)), inv] = np.einsum("ij,ij->i", x, normalise(loo))
+        for a in range(0, len(x), 65536):  # own label's prototype without the sample itself
+            b = min(a + 65536, len(x))
+            loo = normalise(sums[inv[a:b]] - x[a:b])
+            sims[np.arange(a, b), inv[a:b]] = np.einsum("ij,ij->i", x[a:b], loo)
         return sims / (self.temperature or 0.05)
 
     def run(self, lake: Any, where: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
