@@ -444,7 +444,7 @@ class _Writer:
             if f.name == "provenance":
                 arrays.append(provs.take(pa.array(cols[f.name], pa.int32())))
             elif cols[f.name]:
-                arrays.append(pa.array(cols[f.name], type=f.type))
+                arrays.append(_array(cols[f.name], f.type))
             else:
                 arrays.append(pa.nulls(n, f.type))
         return pa.Table.from_arrays(arrays, schema=schema)
@@ -479,6 +479,14 @@ class _Writer:
     def commit(self) -> None:
         """End of the run: write what is buffered (a staging writer commits here)."""
         self.flush()
+
+
+def _array(values: list[Any], type_: pa.DataType) -> pa.Array:
+    """``pa.array(values, type_)``; large binaries built as binaries and widened when they
+    fit 32-bit offsets (pyarrow converts Python bytes to large_binary several times slower)."""
+    if pa.types.is_large_binary(type_) and sum(len(v) for v in values if v) < 2**31 - 1:
+        return pa.array(values, pa.binary()).cast(type_)
+    return pa.array(values, type=type_)
 
 
 def ingest(
