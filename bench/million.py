@@ -286,6 +286,7 @@ def main() -> None:
     ap.add_argument("--steps", default=",".join(STEPS))
     ap.add_argument("--reps", type=int, default=5, help="query texts / why ids after the first")
     ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--images", type=int, default=0, help="generate at least this many images")
     ap.add_argument(
         "--floor", action="store_true", help="ingest rate against a read+decode+phash floor"
     )
@@ -329,7 +330,8 @@ def main() -> None:
         for step in steps:
             log = keep / "logs" / f"{n}_{step}.log"
             if step == "ingest":
-                images = images_for(keep, n, sizes[-1], args.image_size, env)
+                biggest = max(sizes[-1], args.images)
+                images = images_for(keep, n, biggest, args.image_size, env)
                 data = prefix_csv(images, n)
                 shutil.rmtree(lake, ignore_errors=True)
                 cmd = lakeloom(
