@@ -478,9 +478,9 @@ def build_index(
     ``num_partitions`` = :func:`index_partitions`, ``num_sub_vectors`` = dim / 8 (8 dims
     per code byte: better recall than lancedb's dim / 16 for a 2x larger index);
     ``sample_rate`` vectors per partition train the k-means, for at most ``max_iterations``.
-    No scalar indexes on the filter columns: ``bench/vectors.py`` measured the filtered
-    query path 4-7x slower with them (the query opens the dataset afresh, so each query
-    reloads them), post-filtering with over-fetch needs none.
+    No scalar indexes on the filter columns (the query's session keeps indexes loaded;
+    ``bench/vectors.py`` at 500k: a Bitmap on ``media.kind`` took ``kind=frame`` from 27 to
+    19 ms p50, one on ``samples.dataset`` changed nothing; not adopted yet).
     Queries refine PQ distances with exact ones (``refine_factor``), see ``lake.query``;
     measure recall with :func:`lake.query.index_recall` or ``bench/vectors.py`` when
     changing these.
