@@ -28,7 +28,7 @@ def _job(cfg: Any) -> int | JobResult:
     row_id = str(cfg.id).strip()
     if not row_id:
         raise ConfigError("id is empty: give a sample_id or media_id (lakeloom why ID)")
-    tables = Tables(cfg.lake.uri, storage_options(cfg.lake))
+    tables = Tables(cfg.lake.uri, storage_options(cfg.lake), cold=True)
     try:
         info = lineage(
             tables,

@@ -117,6 +117,16 @@ def test_ingest_creates_the_key_indexes(why_lake: Lake) -> None:
         assert index_name(column) in names, (table, column)
 
 
+def test_a_cold_lookup_scans_media_ids_and_answers_the_same(why_lake: Lake) -> None:
+    row = _sample(why_lake, "record_id = 'r2'")
+    for media_id in row["media_ids"]:
+        warm = lineage(Tables(why_lake.uri), media_id, max_samples=1)
+        cold = lineage(Tables(why_lake.uri, cold=True), media_id, max_samples=1)
+        assert cold == warm and cold["samples_total"] >= 1
+    shared = row["media_ids"][0]  # a.jpg: records r1 and r2
+    assert lineage(Tables(why_lake.uri, cold=True), shared, max_samples=1)["samples_total"] == 2
+
+
 def test_unknown_id_is_an_error_naming_it(why_lake: Lake) -> None:
     with pytest.raises(UnknownIdError, match="nope123"):
         lineage(Tables(why_lake.uri), "nope123")
