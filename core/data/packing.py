@@ -173,7 +173,8 @@ def _best_fit_decreasing(
 
     Items are taken longest first; all items of one length go, as many at a time as fit,
     into the packs whose free room is the smallest that holds them (packs with equal room
-    are interchangeable, so they move together), else into new packs. Equal-length items
+    are interchangeable, so they move together), else into new packs filled with as many
+    as fit. Equal-length items
     are drawn in a shuffled order, so the same histogram gives the same pack shapes with
     other members.
     """
@@ -201,7 +202,7 @@ def _best_fit_decreasing(
         return np.concatenate(got) if len(got) > 1 else got[0]
 
     def put(r: int, ids: np.ndarray) -> None:
-        if r > 0:  # a full pack takes nothing more
+        if r > 0 and len(ids):  # a full pack takes nothing more
             rooms.setdefault(r, []).append(ids)
             room_count[r] += len(ids)
 
@@ -220,10 +221,17 @@ def _best_fit_decreasing(
             put(r - length, ids)
             done += k
         if done < count:
-            ids = np.arange(n_packs, n_packs + count - done)
-            n_packs += len(ids)
-            pack_of[items[done:]] = ids
-            put(capacity - length, ids)
+            # no open pack holds one more: best fit puts each next item into the pack just
+            # opened until it is full, so new packs take ``per`` items each
+            rest = count - done
+            per = capacity // length
+            full, last = divmod(rest, per)
+            pack_of[items[done:]] = n_packs + np.arange(rest) // per
+            put(capacity - per * length, np.arange(n_packs, n_packs + full))
+            n_packs += full
+            if last:
+                put(capacity - last * length, np.array([n_packs]))
+                n_packs += 1
     return pack_of, n_packs
 
 

@@ -73,6 +73,35 @@ def test_padding_bound_and_global_shuffle():
     assert plan_packs(lengths, 4096, seed=0, window=1000).padding > plan.padding
 
 
+@pytest.mark.parametrize(
+    "kind", ["uniform54", "two_lengths", "few_lengths", "uniform_wide", "halves"]
+)
+def test_narrow_length_histograms_fill_packs(kind):
+    """Few distinct lengths (a caption-only lake: every sample ~54 tokens) fill their packs:
+    new packs take as many items of a length as fit, not one each."""
+    rng = np.random.default_rng(5)
+    lengths = {
+        "uniform54": np.full(10_000, 54),
+        "two_lengths": rng.choice([54, 55], size=10_000),
+        "few_lengths": rng.choice([50, 53, 54, 57, 61], size=10_000),
+        "uniform_wide": rng.integers(1, 4097, size=10_000),
+        "halves": np.full(10_000, 2048),
+    }[kind]
+    plan = plan_packs(lengths, 4096, seed=1, epoch=2)
+    assert plan.padding <= 0.05, plan.padding
+    assert np.array_equal(np.sort(plan.members), np.arange(len(lengths)))
+    assert plan.tokens.max() <= 4096 and len(plan.dropped) == 0
+    sums = np.add.reduceat(lengths[plan.members], plan.offsets[:-1])
+    assert np.array_equal(sums, plan.tokens)
+    # within one pack's worth of the bound (sum / capacity) plus one partial pack per length
+    assert len(plan) <= np.ceil(lengths.sum() / 4096) * 1.05 + len(np.unique(lengths))
+    if kind == "uniform54":
+        assert len(plan) == -(-10_000 // (4096 // 54))  # 75 per pack, the last one partial
+    # the packs are still globally shuffled and move with the epoch
+    other = plan_packs(lengths, 4096, seed=1, epoch=3)
+    assert not np.array_equal(plan.members, other.members)
+
+
 def test_sampler_shards_packs_and_resumes():
     lengths = np.minimum(realistic(5_000, seed=3), 4096)
 
