@@ -15,12 +15,17 @@ In the same run it measures time and padding of:
       best-fit decreasing on the length histogram) in memory, and ``plan from lake``: the
       same plus reading the ids and counts with pylance (``plan_from_lake``).
 
+``--lengths uniform54`` (every sample 54 tokens) and ``--lengths narrow`` (a handful of
+lengths around 54, normal with sd 2) stand in for a caption-only lake such as the demo's,
+whose few distinct lengths once made the plan open one pack per sample.
+
 Padding is reported two ways: of the tensors the collator builds (rows x the batch's
 widest row) and of fixed rows (rows x capacity, what a step costs with static shapes).
 The machine is shared (2 cores, other jobs): times are noisy, compare ratios of one run.
 Prints a table and a last line with a JSON object of the figures.
 
-    python bench/packing.py [--n 1000000] [--capacity 4096] [--batch 8] [--keep DIR]
+    python bench/packing.py [--n 1000000] [--capacity 4096] [--batch 8]
+                            [--lengths realistic|uniform54|narrow] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -51,6 +56,16 @@ def realistic(n: int, seed: int = 0) -> np.ndarray:
     return images * per_image + text
 
 
+def synthetic(kind: str, n: int, seed: int = 0) -> np.ndarray:
+    """Token counts of ``kind``: ``realistic``, ``uniform54`` or ``narrow`` (see above)."""
+    if kind == "uniform54":
+        return np.full(n, 54, np.int64)
+    if kind == "narrow":
+        rng = np.random.default_rng(seed)
+        return np.clip(np.rint(rng.normal(54, 2, n)), 1, None).astype(np.int64)
+    return realistic(n, seed)
+
+
 def batch_ffd(lengths: np.ndarray, capacity: int, batch: int, seed: int) -> dict[str, float]:
     """The current way: each shuffled batch packed first-fit decreasing by the collator."""
     t0 = time.perf_counter()
@@ -77,9 +92,10 @@ def main() -> None:
     ap.add_argument("--capacity", type=int, default=4096)
     ap.add_argument("--batch", type=int, default=8, help="samples per batch of the baseline")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lengths", choices=["realistic", "uniform54", "narrow"], default="realistic")
     ap.add_argument("--keep", type=Path, default=None, help="write the table here and keep it")
     args = ap.parse_args()
-    lengths = realistic(args.n, args.seed)
+    lengths = synthetic(args.lengths, args.n, args.seed)
     lengths = lengths[lengths <= args.capacity]  # over-long samples are skipped either way
     tokens = int(lengths.sum())
 
@@ -112,7 +128,8 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
     print(
-        f"{len(lengths):,} samples, {tokens:,} tokens, capacity {args.capacity}, "
+        f"{len(lengths):,} {args.lengths} samples ({len(np.unique(lengths)):,} distinct "
+        f"lengths), {tokens:,} tokens, capacity {args.capacity}, "
         f"baseline batches of {args.batch}; image decodes: 0 (no media table)"
     )
     head = f"{'packing':<22}{'seconds':>9}{'rows':>11}{'pad (tensors)':>15}{'pad (fixed rows)':>18}"
@@ -138,6 +155,7 @@ def main() -> None:
         json.dumps(
             {
                 "n": len(lengths),
+                "lengths": args.lengths,
                 "capacity": args.capacity,
                 "batch": args.batch,
                 "tokens": tokens,
