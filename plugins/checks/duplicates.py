@@ -92,6 +92,7 @@ def phash_pairs(
     memory_budget_mb: float | None = None,
     bucket_cap: int | None = None,
     blocks: int | None = None,
+    max_per_item: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair (i < j) of 64-bit hashes within ``max_distance`` bits: (i, j, distance).
 
@@ -108,6 +109,11 @@ def phash_pairs(
     a probe into a larger run reads only its first ``bucket_cap`` hashes; pairs in such
     runs may then be missed, never invented. None: no cap (exact). ``blocks`` forces the
     number of blocks (None: the cheapest plan, which may be all pairs).
+
+    ``max_per_item`` keeps only the pairs among each hash's ``max_per_item`` nearest
+    (:func:`nearest_per_item`; a pair stays when it is among either side's nearest), pruned
+    whenever the found pairs outgrow ``memory_budget_mb``, so near-identical hashes (many
+    pairs) never hold all their pairs at once. None: every pair.
     """
     h = np.asarray(hashes, dtype=np.uint64)
     n = len(h)
@@ -121,6 +127,16 @@ def phash_pairs(
     found_i: list[np.ndarray] = []
     found_j: list[np.ndarray] = []
     found_d: list[np.ndarray] = []
+    # a found pair costs 24 bytes, and ~100 more while it is pruned (both directions sorted)
+    prune_at = [max(4 * n, chunk * per_pair // 128) if max_per_item else 0]
+    held = [0]
+
+    def prune() -> None:
+        i, j, d = (np.concatenate(f) for f in (found_i, found_j, found_d))
+        i, j, d = nearest_per_item(i, j, d, int(max_per_item or 0))
+        found_i[:], found_j[:], found_d[:] = [i], [j], [d]
+        held[0] = len(i)
+        prune_at[0] = max(prune_at[0], 2 * held[0])  # what stays is bounded by n x k
 
     def keep(a: np.ndarray, b: np.ndarray, hs: np.ndarray, order: np.ndarray, k: int) -> None:
         x = hs[a] ^ hs[b]
@@ -133,6 +149,9 @@ def phash_pairs(
         found_i.append(np.minimum(i, j))
         found_j.append(np.maximum(i, j))
         found_d.append(d[ok])
+        held[0] += int(ok.sum())
+        if prune_at[0] and held[0] > prune_at[0]:
+            prune()
 
     if plan is None:  # all pairs, a block of rows at a time
         rows = max(1, min(n, chunk // n))
@@ -181,9 +200,29 @@ def phash_pairs(
                     lo = hi
     if not found_i:
         return empty, empty, empty
+    if max_per_item:
+        prune()
     i, j, d = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_d)
     srt = np.lexsort((j, i))
     return i[srt], j[srt], d[srt]
+
+
+def nearest_per_item(
+    i: np.ndarray, j: np.ndarray, d: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs (i, j, distance) among either side's ``k`` nearest partners (smaller
+    distance first, then the smaller partner index): the same answer whether applied once or
+    again after more pairs arrive, so the pair search can prune as it goes."""
+    m = len(i)
+    if m == 0 or k <= 0:
+        return i[:0], j[:0], d[:0]
+    a, b = np.concatenate([i, j]), np.concatenate([j, i])
+    order = np.lexsort((b, np.concatenate([d, d]), a))
+    a = a[order]
+    rank = np.arange(2 * m) - np.searchsorted(a, a, "left")
+    kept = np.zeros(m, dtype=bool)
+    kept[order[rank < k] % m] = True
+    return i[kept], j[kept], d[kept]
 
 
 def knn_pairs(
@@ -517,8 +556,9 @@ class Duplicates(Check):
     - exact duplicates: samples whose first media is the same ``media_id`` (same bytes);
     - near duplicates between distinct media, in two stages. Candidates, never all pairs:
       perceptual-hash Hamming distance <= ``candidate_distance`` (multi-index hashing within
-      ``memory_budget_mb``, runs of equal keys capped at ``bucket_cap``, see
-      :func:`phash_pairs`) and each media's ``knn`` nearest embeddings with cosine >=
+      ``memory_budget_mb``, runs of equal keys capped at ``bucket_cap``, each media kept
+      to its ``max_candidates_per_media`` nearest hashes, see :func:`phash_pairs`) and
+      each media's ``knn`` nearest embeddings with cosine >=
       ``candidate_cosine`` (exact search in batches within ``memory_budget_mb``; above
       ``ann_above`` distinct media, ``ann: index`` searches exactly inside partitions
       started from the IVF centroids of the lake's vector index (:func:`index_centroids`,
@@ -558,6 +598,7 @@ class Duplicates(Check):
         knn: int,
         memory_budget_mb: float,
         bucket_cap: int,
+        max_candidates_per_media: int,
         complete_link: bool,
         ann_above: int,
         ann: str,
@@ -587,6 +628,7 @@ class Duplicates(Check):
         self.knn = int(knn)
         self.memory_budget_mb = float(memory_budget_mb)
         self.bucket_cap = int(bucket_cap)
+        self.max_candidates_per_media = int(max_candidates_per_media)
         self.complete_link = bool(complete_link)
         self.batch_size = int(batch_size)
         self.report_groups = int(report_groups)
@@ -609,6 +651,7 @@ class Duplicates(Check):
             "knn": self.knn,
             "memory_budget_mb": self.memory_budget_mb,
             "bucket_cap": self.bucket_cap,
+            "max_candidates_per_media": self.max_candidates_per_media,
             "complete_link": self.complete_link,
             "ann_above": self.ann_above,
             "ann": self.ann,
@@ -772,12 +815,21 @@ class Duplicates(Check):
         shape = (len(thumb_views(self.thumb_scales, self.thumb_anchors)), 3, self.thumb_size)
         views = np.zeros((n, *shape, self.thumb_size), np.uint8)
         ok = np.zeros(n, dtype=bool)
-        blobs = out.column("views").to_pylist()
-        flags = out.column("ok").to_pylist()
-        for r, a in enumerate(at.tolist()):
-            if a >= 0 and flags[a]:
-                views[r] = np.frombuffer(blobs[a], np.uint8).reshape(views.shape[1:])
-                ok[r] = True
+        col = out.column("views").combine_chunks().cast(pa.large_binary())
+        flags = np.asarray(
+            pc.fill_null(out.column("ok"), False).to_numpy(zero_copy_only=False), dtype=bool
+        )
+        # every row's views have the same size: read them straight from the Arrow buffer
+        offs = np.frombuffer(col.buffers()[1], np.int64)[col.offset : col.offset + len(col) + 1]
+        data = np.frombuffer(col.buffers()[2], np.uint8) if len(col) else np.zeros(0, np.uint8)
+        size = int(np.prod(views.shape[1:]))
+        good = np.flatnonzero(at >= 0)
+        good = good[flags[at[good]] & (np.diff(offs)[at[good]] == size)]
+        for a in range(0, len(good), 4096):  # bounded gathers
+            r = good[a : a + 4096]
+            pick = offs[at[r]][:, None] + np.arange(size)
+            views[r] = data[pick].reshape(len(r), *views.shape[1:])
+        ok[good] = True
         return views, ok
 
     def _edges(
@@ -790,17 +842,21 @@ class Duplicates(Check):
         head: np.ndarray,
         lake: Any,
     ) -> list[tuple[int, int, float, int]]:
-        """Edges (u, v, similarity, rank) between units (distinct media), verified if possible."""
+        """Edges (u, v, similarity, rank) between units (distinct media), verified if possible.
+
+        Candidates stay numpy arrays (codes ``u * n + v``, u < v), each media's phash
+        candidates capped to its ``max_candidates_per_media`` nearest; only accepted edges
+        become Python tuples."""
         verify = self.thumb_min_similarity is not None
         n = len(hashes)
-        # candidates: code u * n + v (u < v) -> Hamming distance / cosine (nan: unknown)
-        dist: dict[int, int] = {}
-        cosine: dict[int, float] = {}
         keep = np.flatnonzero(has_hash)
         max_d = max(self.phash_max_distance, self.candidate_distance if verify else 0)
-        i, j, d = phash_pairs(hashes[keep], max_d, self.memory_budget_mb, self.bucket_cap)
-        i, j = keep[i], keep[j]
-        dist.update(zip((i * n + j).tolist(), d.tolist(), strict=True))
+        i, j, hd = phash_pairs(
+            hashes[keep], max_d, self.memory_budget_mb, self.bucket_cap,
+            max_per_item=self.max_candidates_per_media,
+        )  # fmt: skip
+        hcodes = keep[i] * n + keep[j]
+        ccodes, ccos = np.zeros(0, np.int64), np.zeros(0, np.float32)
         floors = [
             c for c in (self.min_cosine, self.candidate_cosine if verify else None) if c is not None
         ]
@@ -824,42 +880,52 @@ class Duplicates(Check):
                 batch = max(1, min(self.batch_size, fit))
                 a, b, c = knn_pairs(vecs[rows], min(floors), self.knn, batch)
             x, y = rows[a], rows[b]
-            lo, hi = np.minimum(x, y), np.maximum(x, y)
-            cosine.update(zip((lo * n + hi).tolist(), c.tolist(), strict=True))
-        codes = np.array(sorted(set(dist) | set(cosine)), dtype=np.int64)
+            ccodes, ccos = np.minimum(x, y) * n + np.maximum(x, y), c
+        codes = np.union1d(hcodes, ccodes)
         if not len(codes):
             return []
+        dist = np.full(len(codes), -1, dtype=np.int64)
+        dist[np.searchsorted(codes, hcodes)] = hd
+        cknown = np.full(len(codes), np.nan, dtype=np.float64)
+        cknown[np.searchsorted(codes, ccodes)] = ccos
         u, v = codes // n, codes % n
         both = has_vec[u] & has_vec[v]
-        cos = np.einsum("ij,ij->i", vecs[u], vecs[v])
         # verification by thumbnails: decode only the media that have a candidate
         units = np.unique(np.concatenate([u, v]))
         views, ok = self._thumbs(lake, [str(media[int(h)]) for h in head[units]])
         slot = np.full(n, -1, dtype=np.int64)
         slot[units] = np.arange(len(units))
         checked = verify & ok[slot[u]] & ok[slot[v]]
-        sim = np.zeros(len(codes), dtype=np.float32)
-        if checked.any():
-            sim[checked] = thumb_similarity(
-                views, slot[u[checked]], slot[v[checked]], self.batch_size
-            )
-        edges: list[tuple[int, int, float, int]] = []
-        for k, code in enumerate(codes.tolist()):
-            a, b = int(u[k]), int(v[k])
-            if checked[k]:  # every candidate: the thumbnails decide
-                if sim[k] >= self.thumb_min_similarity:
-                    edges.append((a, b, float(sim[k]), 3))
-                continue
-            hd = dist.get(code)
-            if hd is not None and hd <= self.phash_max_distance:
-                if both[k] and self.phash_min_cosine is not None:
-                    if cos[k] >= self.phash_min_cosine:
-                        edges.append((a, b, float(cos[k]), 2))
-                        continue
-                else:
-                    edges.append((a, b, 1.0 - hd / 64.0, 1))
-                    continue
-            c = cosine.get(code)
-            if c is not None and self.min_cosine is not None and c >= self.min_cosine:
-                edges.append((a, b, float(c), 0))
-        return edges
+        rank = np.full(len(codes), -1, dtype=np.int64)
+        score = np.zeros(len(codes), dtype=np.float64)
+        if checked.any():  # every such candidate: the thumbnails decide
+            # a pair costs ~4 float32 copies of one side's views while it is compared
+            per_pair = 16 * max(1, int(np.prod(views.shape[1:])))
+            batch = max(1, int(self.memory_budget_mb * 2**20 / per_pair))
+            at = np.flatnonzero(checked)
+            sim = thumb_similarity(views, slot[u[at]], slot[v[at]], batch)
+            good = sim >= self.thumb_min_similarity
+            rank[at[good]], score[at[good]] = 3, sim[good]
+        del views
+        rest = ~checked
+        near = rest & (dist >= 0) & (dist <= self.phash_max_distance)
+        if self.phash_min_cosine is not None:
+            ask = np.flatnonzero(near & both)
+            cos = np.zeros(len(ask), dtype=vecs.dtype)  # compared in float32, as it was
+            step = max(1, int(self.memory_budget_mb * 2**20 / (8 * max(1, vecs.shape[-1]) * 4)))
+            for a in range(0, len(ask), step):  # row gathers within the budget
+                p = ask[a : a + step]
+                cos[a : a + step] = np.einsum("ij,ij->i", vecs[u[p]], vecs[v[p]])
+            conf = cos >= self.phash_min_cosine
+            rank[ask[conf]], score[ask[conf]] = 2, cos[conf]
+            alone = near & ~both
+        else:
+            alone = near
+        rank[alone], score[alone] = 1, 1.0 - dist[alone] / 64.0
+        if self.min_cosine is not None:
+            sem = rest & (rank == -1) & ~np.isnan(cknown) & (cknown >= self.min_cosine)
+            rank[sem], score[sem] = 0, cknown[sem]
+        at = np.flatnonzero(rank >= 0)
+        return list(
+            zip(u[at].tolist(), v[at].tolist(), score[at].tolist(), rank[at].tolist(), strict=True)
+        )

@@ -13,6 +13,7 @@ from plugins.checks.duplicates import (
     _block_plan,
     greedy_groups,
     knn_pairs,
+    nearest_per_item,
     partitioned_knn_pairs,
     phash_pairs,
 )
@@ -200,3 +201,43 @@ def test_nearest_rows_partitioned_matches_exact() -> None:
     brute = x @ x.T
     np.fill_diagonal(brute, -np.inf)
     assert np.allclose(exact, -np.sort(-brute, 1)[:, :5], atol=1e-5)
+
+
+def test_look_alike_hashes_keep_a_bounded_nearest_set() -> None:
+    # 3,000 images of 5 shapes: every hash within 3 bits of its shape's, so ~900k pairs are
+    # within 8 bits; each media keeps its k nearest, pruned as found within a tiny budget
+    rng = np.random.default_rng(3)
+    shapes = rng.integers(0, 2**64, size=5, dtype=np.uint64)
+    h = shapes[rng.integers(0, 5, size=3000)]
+    for r in range(len(h)):
+        for b in rng.choice(64, size=int(rng.integers(0, 4)), replace=False):
+            h[r] ^= np.uint64(1) << np.uint64(int(b))
+    k = 8
+    i, j, d = phash_pairs(h, 8, memory_budget_mb=0.01, blocks=4, max_per_item=k)
+    assert 0 < len(i) <= len(h) * k
+    assert (i < j).all() and (np.bitwise_count(h[i] ^ h[j]) == d).all()
+    ai, aj, ad = phash_pairs(h, 8)
+    assert len(ai) > 20 * len(i)  # the uncapped search holds ~40x more
+    want = nearest_per_item(ai, aj, ad, k)  # the same k nearest as pruning once at the end
+    got = set(zip(i.tolist(), j.tolist(), d.tolist(), strict=True))
+    assert got == set(zip(*(x.tolist() for x in want), strict=True))
+    # every media keeps its k nearest partners (ties broken by the smaller index)
+    counts = np.bincount(np.concatenate([i, j]), minlength=len(h))
+    assert counts.min() >= k
+
+
+def test_capped_candidates_give_the_same_groups_on_a_small_case() -> None:
+    h = planted_hashes(300, seed=11)  # each hash has at most a few within 8 bits
+    full = phash_pairs(h, 8)
+    capped = phash_pairs(h, 8, max_per_item=8)
+    assert all((a == b).all() for a, b in zip(full, capped, strict=True))
+
+    def groups(i: np.ndarray, j: np.ndarray, d: np.ndarray) -> list[int]:
+        edges = [
+            (a, b, 1.0 - e / 64, 1)
+            for a, b, e in zip(*(x.tolist() for x in (i, j, d)), strict=True)
+        ]
+        return greedy_groups(len(h), edges, list(range(len(h))))[0].tolist()
+
+    assert groups(*full) == groups(*capped)
+    assert sum(r != -1 for r in groups(*capped)) >= 150  # the planted copies are grouped
