@@ -77,6 +77,7 @@ def test_image_query_finds_itself(clip_base, embedded: Lake) -> None:  # noqa: F
             "refine_factor": 50,
             "overfetch": 4,
             "max_fetch": 2560,
+            "filtered_refine": 20,
         }
     )
     hits = run_query(cfg)

@@ -80,7 +80,9 @@ def test_query_uses_the_index_without_a_full_column_filter(vec_lake) -> None:
     assert "ANN" in plan  # the IVF index answers, not a flat KNN over every row
     assert f"{IMAGE_COLUMN} IS NOT NULL" not in plan  # that prefilter read the whole column
     kinds = {i.columns[0]: i.index_type for i in lake.table(MEDIA).list_indices()}
-    assert kinds == {IMAGE_COLUMN: "IvfPq"}
+    assert kinds == {IMAGE_COLUMN: "IvfPq", "kind": "Bitmap"}  # build_index adds the kind one
+    plan = media_query(lake, q[0], K, 4, 10, where="kind = 'frame'").explain_plan(verbose=True)
+    assert "ScalarIndexQuery" in plan or "kind_idx" in plan, plan  # the bitmap, not a column scan
 
 
 def test_search_matches_exact_search(vec_lake) -> None:
@@ -150,6 +152,20 @@ def test_filtered_search_equals_exact_search_when_exhaustive(vec_lake) -> None:
                 f"m{rows[j]:05d}" for j in np.argsort(-(x[rows] @ v))[:K]
             ]
             assert all(h.dataset == filters.get("dataset", h.dataset) for h in hits)
+
+
+def test_filtered_search_reranks_the_allowed_candidates_exactly(vec_lake) -> None:
+    """With a dataset filter the exact re-ranking covers ``k * filtered_refine`` allowed media,
+    whatever ``refine_factor`` says: every one re-ranked gives the exact answer and scores."""
+    lake, x, q = vec_lake
+    datasets, _ = _meta(lake)
+    rows = np.flatnonzero(datasets == "c")
+    for v in q[:5]:
+        hits = search(lake, v, k=K, nprobes=8, refine_factor=1, dataset="c", filtered_refine=N)
+        sims = x[rows] @ v
+        best = np.argsort(-sims)[:K]
+        assert [h.media_id for h in hits] == [f"m{rows[j]:05d}" for j in best]
+        assert np.allclose([h.score for h in hits], sims[best], atol=1e-5)
 
 
 def test_repeated_searches_see_rows_written_since(tmp_path: Path) -> None:
