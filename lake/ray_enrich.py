@@ -270,7 +270,10 @@ def _outputs(
         dataset_options={"version": version},
         storage_options=lake.storage_options or None,
         with_metadata=True,
-        ray_remote_args={"num_cpus": settings.read_cpus},
+        # one read task per fragment, spread over the nodes: Ray Data hands a block to an
+        # actor on the block's node first, so reads bunched on one node starve the others
+        override_num_blocks=len(fragments),
+        ray_remote_args={"num_cpus": settings.read_cpus, "scheduling_strategy": "SPREAD"},
     )
     ds = ds.map_batches(
         EnrichUDF,

@@ -46,7 +46,7 @@ def test_enrich_runs_on_both_nodes_of_a_two_node_cluster(tmp_path: Path, ray_dir
     require_netns()
     data = images(48)
     bulk_load(Lake(tmp_path / "local"), data, per_fragment=3)  # 16 fragments, no phash yet
-    shutil.copytree(tmp_path / "local", tmp_path / "cluster")
+    shutil.copytree(tmp_path / "local", tmp_path / "local_before")
 
     def enrich(lake: Path, *more: str) -> str:
         return shlex.join([
@@ -79,15 +79,26 @@ rc=$?
 {ray} stop --force > /dev/null 2>&1  # every Ray process here, and only here
 exit $rc
 """
-    done = run_in_netns(script, timeout=420, cwd=REPO)
-    assert done.returncode == 0, done.tail()
+    # Ray Data gives a block to an actor on the block's node first; the enrich job reads one
+    # fragment per task, spread over the nodes, so both actors get work (before that, 1 run
+    # in 3 here had every read on one node). Placement stays Ray's choice, so a run from a
+    # fresh copy may retry it; the lake must come out right on every attempt.
+    for _attempt in range(4):
+        shutil.rmtree(tmp_path / "cluster", ignore_errors=True)
+        shutil.copytree(tmp_path / "local_before", tmp_path / "cluster")
+        done = run_in_netns(script, timeout=420, cwd=REPO)
+        assert done.returncode == 0, done.tail()
+        cluster = Lake(tmp_path / "cluster")
+        stages = progress.stages(cluster)
+        units = [u for s in stages for u in progress.units(cluster, s["backfill"])]
+        nodes = {n for u in units for n in (u["node"] or "").split(",") if n}
+        assert sum(u["rows"] for u in units) == len(data)
+        assert {s["status"] for s in stages} == {progress.COMMITTED}
+        if len(nodes) == 2:
+            break
+    assert len(nodes) == 2, units  # rows were processed on both nodes (in one of 4 runs)
 
-    local, cluster = Lake(tmp_path / "local"), Lake(tmp_path / "cluster")
-    units = [u for s in progress.stages(cluster) for u in progress.units(cluster, s["backfill"])]
-    nodes = {n for u in units for n in (u["node"] or "").split(",") if n}
-    assert len(nodes) == 2, units  # rows were processed on both nodes
-    assert sum(u["rows"] for u in units) == len(data)
-    assert {s["status"] for s in progress.stages(cluster)} == {progress.COMMITTED}
+    local = Lake(tmp_path / "local")
     names = ("phash", "thumb", "phash_model")
     assert_same(columns(local, "media", "media_id", *names),
                 columns(cluster, "media", "media_id", *names))  # fmt: skip
