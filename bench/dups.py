@@ -231,6 +231,7 @@ def clustered(n: int, dim: int = 512, seed: int = 0) -> tuple[np.ndarray, np.nda
 def old_partitioned_pairs(x, min_cosine, k, probes, memory_budget_mb, seed=0):
     """The check's former ``partitioned_knn_pairs`` (own k-means, argpartition of every
     query's whole row, a boolean self mask), kept as the baseline."""
+    from plugins.checks.common import partition_members
     from plugins.checks.duplicates import knn_pairs, unique_pairs
 
     n = len(x)
@@ -258,13 +259,7 @@ def old_partitioned_pairs(x, min_cosine, k, probes, memory_budget_mb, seed=0):
         top = np.argpartition(-s, probes - 1, 1)[:, :probes]
         order = np.argsort(-np.take_along_axis(s, top, 1), 1)
         assign[a : a + block] = np.take_along_axis(top, order, 1)
-    primary = assign[:, 0]
-    q_order = np.argsort(primary, kind="stable")
-    q_bounds = np.searchsorted(primary[q_order], np.arange(parts + 1))
-    flat = assign.ravel()
-    d_order = np.argsort(flat, kind="stable")
-    d_bounds = np.searchsorted(flat[d_order], np.arange(parts + 1))
-    d_rows = d_order // probes
+    q_order, q_bounds, d_rows, d_bounds = partition_members(assign, parts)
     found_i, found_j, found_s = [], [], []
     for p in range(parts):
         queries = q_order[q_bounds[p] : q_bounds[p + 1]]

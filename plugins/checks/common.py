@@ -9,7 +9,7 @@ its first media.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -206,13 +206,34 @@ def partition_plan(
             best = np.argmax(s, 1)
             assign[a : a + block, p] = best
             s[at, best] = -np.inf
+    return partition_members(assign, parts)
+
+
+def partition_members(
+    assign: np.ndarray, parts: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`partition_plan`'s result from ``assign`` (n x probes partition ids, nearest
+    first): query rows by their nearest partition, data rows by every partition they are
+    filed under, each with its bounds per partition."""
     primary = assign[:, 0]
     q_order = np.argsort(primary, kind="stable")
     q_bounds = np.searchsorted(primary[q_order], np.arange(parts + 1))
     flat = assign.ravel()
     d_order = np.argsort(flat, kind="stable")
     d_bounds = np.searchsorted(flat[d_order], np.arange(parts + 1))
-    return q_order, q_bounds, d_order // probes, d_bounds
+    return q_order, q_bounds, d_order // assign.shape[1], d_bounds
+
+
+def block_similarities(
+    x: np.ndarray, queries: np.ndarray, data: np.ndarray, cell_bytes: int, memory_budget_mb: float
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(query rows, their similarities to every ``data`` row) in blocks of queries sized so
+    that ``cell_bytes`` per similarity stays within ``memory_budget_mb``."""
+    xd = x[data]
+    step = max(1, int(memory_budget_mb * 2**20 / (cell_bytes * len(data))))
+    for a in range(0, len(queries), step):
+        qs = queries[a : a + step]
+        yield qs, x[qs] @ xd.T
 
 
 def nearest_rows(
@@ -231,11 +252,7 @@ def nearest_rows(
         kk = min(k, len(data) - 1)
         if kk < 1:
             return
-        xd = x[data]
-        step = max(1, int(memory_budget_mb * 2**20 / (16 * len(data))))
-        for a in range(0, len(queries), step):
-            qs = queries[a : a + step]
-            sims = x[qs] @ xd.T
+        for qs, sims in block_similarities(x, queries, data, 16, memory_budget_mb):
             c = np.minimum(np.searchsorted(data, qs), len(data) - 1)  # data rows ascend
             mine = data[c] == qs
             sims[np.flatnonzero(mine), c[mine]] = -np.inf

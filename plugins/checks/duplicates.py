@@ -24,6 +24,7 @@ from lake.images import decode_image
 from lake.plugin import Check
 from plugins.checks.common import (
     IMAGE_VEC,
+    block_similarities,
     by_dataset,
     first_media,
     image_embeddings,
@@ -297,11 +298,7 @@ def ivf_knn_pairs(
         queries, data = q[qb[p] : qb[p + 1]], d[db[p] : db[p + 1]]
         if not len(queries) or len(data) < 2:
             continue
-        xd = x[data]
-        step = max(1, int(memory_budget_mb * 2**20 / (24 * len(data))))
-        for a in range(0, len(queries), step):
-            qs = queries[a : a + step]
-            sims = x[qs] @ xd.T
+        for qs, sims in block_similarities(x, queries, data, 24, memory_budget_mb):
             r, c = np.nonzero(sims >= min_cosine)
             qi, dj, sv = qs[r], data[c], sims[r, c]
             other = qi != dj
