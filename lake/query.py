@@ -113,6 +113,20 @@ def _sample_filter(where: str | None, dataset: str | None) -> str | None:
     return and_filters(where, f"dataset = {quote(dataset)}" if dataset else None)
 
 
+def _nearest_args(
+    vector: np.ndarray, k: int, nprobes: int | None, refine_factor: int | None
+) -> dict[str, Any]:
+    """pylance's ``nearest`` for a cosine search of ``media.clip_image``."""
+    nearest: dict[str, Any] = {
+        "column": IMAGE_COLUMN, "q": np.asarray(vector, np.float32), "k": k, "metric": "cosine",
+    }  # fmt: skip
+    if nprobes:
+        nearest["nprobes"] = nprobes
+    if refine_factor:
+        nearest["refine_factor"] = refine_factor
+    return nearest
+
+
 def media_query(
     lake: Lake,
     vector: np.ndarray,
@@ -129,14 +143,7 @@ def media_query(
     vector column on every query (2.4 s at 1M rows); media without a vector are not in
     the index, and unindexed ones come back with a null distance, dropped by the caller.
     """
-    nearest: dict[str, Any] = {
-        "column": IMAGE_COLUMN, "q": np.asarray(vector, np.float32), "k": limit,
-        "metric": "cosine",
-    }  # fmt: skip
-    if nprobes:
-        nearest["nprobes"] = nprobes
-    if refine_factor:
-        nearest["refine_factor"] = refine_factor
+    nearest = _nearest_args(vector, limit, nprobes, refine_factor)
     return session_dataset(lake, MEDIA).scanner(
         columns=["media_id", "_distance"], nearest=nearest, filter=where or None,
         prefilter=bool(where),
@@ -238,16 +245,10 @@ def _allowed_reranked(
     away; reading the full vectors of the allowed ones only re-ranks ``1 / share`` times
     more of them for the same reads (``bench/vectors.py``: ``dataset=c`` recall).
     """
-    ds = session_dataset(lake, MEDIA)
-    nearest: dict[str, Any] = {
-        "column": IMAGE_COLUMN, "q": np.asarray(vector, np.float32), "k": fetch,
-        "metric": "cosine",
-    }  # fmt: skip
-    if nprobes:
-        nearest["nprobes"] = nprobes
+    ds = session_dataset(lake, MEDIA)  # one version for the search and the take
     found = ds.scanner(
-        columns=["media_id", "_distance"], nearest=nearest, filter=media_where or None,
-        prefilter=bool(media_where), with_row_id=True,
+        columns=["media_id", "_distance"], nearest=_nearest_args(vector, fetch, nprobes, None),
+        filter=media_where or None, prefilter=bool(media_where), with_row_id=True,
     ).to_table()  # fmt: skip
     ids = found.column("media_id").to_pylist()
     dist = found.column("_distance").to_pylist()
