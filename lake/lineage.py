@@ -41,7 +41,7 @@ from lake import review, runs
 from lake.errors import LakeNotFoundError, UnknownIdError
 from lake.schema import MEDIA, MEDIA_KEY, RUNS, SAMPLE_KEY, SAMPLES
 from lake.sql import and_filters, in_list, quote
-from lake.storage import is_remote, join_uri
+from lake.storage import guard_metadata_service, is_remote, join_uri
 
 if TYPE_CHECKING:
     from lake.store import Lake
@@ -107,6 +107,7 @@ class Tables:
         cold: bool = False,
     ) -> None:
         self.uri = str(uri)
+        guard_metadata_service(self.uri)  # it opens datasets itself, not through Lake
         # one lookup in a fresh process (``lakeloom why``): the samples that use a media
         # are found by scanning ``media_ids`` (~0.1 s at 1M samples) instead of loading
         # its LABEL_LIST index (0.6-0.9 s at 1M, then 1-2 ms a lookup)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,11 @@ def test_cli_text_json_and_unknown_id(why_lake: Lake, tmp_path: Path) -> None:
     assert json.loads(js.stdout)["sample"]["sample_id"] == sid
     bad = _why("0123456789", lake)
     assert bad.returncode == 2 and "'0123456789'" in bad.stderr
+
+
+def test_lineage_tables_on_s3_forbid_the_metadata_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables opens pylance datasets itself: it must set the guard a Lake would set."""
+    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED", raising=False)
+    keys = {"aws_access_key_id": "k", "aws_secret_access_key": "s"}
+    Tables("s3://bucket/lake", keys, samples=object(), media=object())  # nothing opened
+    assert os.environ.get("AWS_EC2_METADATA_DISABLED") == "true"
