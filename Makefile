@@ -13,11 +13,12 @@ SHELL := /bin/bash
 
 venv: $(STAMP)
 
-# Recreated only when missing or when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# Recreated only when missing or when pyproject.toml / requirements-nodeps.txt change.
+$(STAMP): pyproject.toml requirements-nodeps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip 2>&1 | { grep -v "is ignored" || true; }
 	$(BIN)/python -m pip install -q -e ".[dev]" 2>&1 | { grep -v "is ignored" || true; }
+	$(BIN)/python -m pip install -q --no-deps -r requirements-nodeps.txt 2>&1 | { grep -v "is ignored" || true; }
 	$(BIN)/python -c "import lake, lancedb, imagehash"
 	touch $(STAMP)
 
@@ -31,7 +32,7 @@ DEMO_APOTHEON_RUN ?= demo-apotheon-tiny
 # -> tiny Apotheon (vision + audio + language) trained through its curriculum on all of it.
 # Each step is idempotent: a finished training run is reused, a killed one resumes.
 demo: $(STAMP)
-	@$(MAKE) -s sysdeps || echo "espeak-ng could not be installed: the demo goes on without speech"
+	@$(MAKE) -s sysdeps || echo "espeak-ng or pocketsphinx-testdata could not be installed: the demo goes on without that speech"
 	$(BIN)/lakeloom demo
 	test -f runs/$(DEMO_RUN)/summary.json && grep -q '"status": "finished"' runs/$(DEMO_RUN)/summary.json \
 	  || $(BIN)/lakeloom train +experiment=clip_tiny run_id=$(DEMO_RUN) \
@@ -52,12 +53,15 @@ demo: $(STAMP)
 	$(BIN)/python -m core.run_report runs/$(DEMO_APOTHEON_RUN)
 	$(BIN)/lakeloom stats
 
-# System tools the tests and the demo use: espeak-ng synthesises the speech they transcribe.
+# System packages the tests and the demo use: espeak-ng synthesises the speech they
+# transcribe; pocketsphinx-testdata holds real read speech with reference transcripts.
+SPEECH_DATA := /usr/share/pocketsphinx/test/data/librivox/transcription
 sysdeps:
-	@command -v espeak-ng >/dev/null || { \
+	@{ command -v espeak-ng >/dev/null && test -f $(SPEECH_DATA); } || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
-	  else echo "make test needs espeak-ng (apt-get install espeak-ng)" >&2; exit 1; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; }
+	  else echo "make test needs espeak-ng and pocketsphinx-testdata (apt-get install ...)" >&2; exit 1; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq espeak-ng pocketsphinx-testdata >/dev/null; }
 
 test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q
