@@ -404,6 +404,10 @@ class _Writer:
         self.new_media = 0
         self.new_samples = 0
         self.buffered_bytes = 0
+        # rows already converted to Arrow (one table per consumed chunk), written at flush
+        self.schemas = {MEDIA: MEDIA_SCHEMA, SAMPLES: SAMPLES_SCHEMA}
+        self.parts: dict[str, list[pa.Table]] = {MEDIA: [], SAMPLES: []}
+        self.buffered_samples = 0
         # table -> the version whose keys the run checked its rows against: while a table
         # stays there (only this writer wrote), its rows are appended, not merge-inserted
         self.versions: dict[str, int] = {}
@@ -429,11 +433,26 @@ class _Writer:
         self.add_media(media_rows)
         for k, v in sample_row.items():
             self.samples[k].append(v)
-        if (
-            len(self.samples["sample_id"]) >= self.write_batch
-            or self.buffered_bytes >= self.max_bytes
-        ):
+        self.buffered_samples += 1
+        if self.buffered_samples >= self.write_batch or self.buffered_bytes >= self.max_bytes:
             self.flush()
+
+    def seal(self) -> None:
+        """Convert the rows buffered so far to Arrow (after each chunk, while the workers
+        still decode), so that a flush only concatenates and writes."""
+        for name, cols in ((MEDIA, self.media), (SAMPLES, self.samples)):
+            schema = self.schemas[name]
+            if cols[schema.names[0]]:
+                self.parts[name].append(self.table(cols, schema))
+        self.media = {k: [] for k in self.media}
+        self.samples = {k: [] for k in self.samples}
+        self.provs, self.prov_index = [], {}  # the sealed tables hold the values themselves
+
+    def sealed(self, name: str) -> pa.Table | None:
+        """The buffered rows of table ``name`` as one Arrow table (None: none buffered)."""
+        self.seal()
+        parts = self.parts[name]
+        return pa.concat_tables(parts) if parts else None
 
     def table(self, cols: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
         """The buffered rows ``cols`` (provenance as indices) as a table of ``schema``."""
@@ -451,10 +470,12 @@ class _Writer:
 
     def flush(self) -> None:
         """Write the buffered rows, media first, and count the new ones."""
-        if self.media["media_id"]:
-            self.new_media += self.write(MEDIA, self.table(self.media, MEDIA_SCHEMA))
-        if self.samples["sample_id"]:
-            self.new_samples += self.write(SAMPLES, self.table(self.samples, SAMPLES_SCHEMA))
+        media = self.sealed(MEDIA)
+        if media is not None:
+            self.new_media += self.write(MEDIA, media)
+        samples = self.sealed(SAMPLES)
+        if samples is not None:
+            self.new_samples += self.write(SAMPLES, samples)
         self.clear()
 
     def write(self, name: str, rows: pa.Table) -> int:
@@ -474,7 +495,9 @@ class _Writer:
         self.media = {k: [] for k in self.media}
         self.samples = {k: [] for k in self.samples}
         self.provs, self.prov_index = [], {}
+        self.parts = {MEDIA: [], SAMPLES: []}
         self.buffered_bytes = 0
+        self.buffered_samples = 0
 
     def commit(self) -> None:
         """End of the run: write what is buffered (a staging writer commits here)."""
@@ -624,6 +647,7 @@ def _ingest(
         for mid, staged_media in staged.new_media.items():
             if mid not in written_media and isinstance(status.get(mid), ImageInfo | MediaMeta):
                 orphans[mid] = staged_media
+        writer.seal()
         if bar is not None:
             bar.update(len(staged.items))
 
@@ -635,7 +659,11 @@ def _ingest(
             for task in feeder.read_tasks():
                 consume(*_read_chunk(task))
         else:
-            _run_pool(feeder, consume, workers, settings.image, inflight=2 * workers + 2)
+            # once every chunk is submitted, write what is buffered while the workers
+            # decode the last chunks: the run's end then commits only those
+            _run_pool(
+                feeder, consume, workers, settings.image, 2 * workers + 2, drained=writer.flush
+            )
         writer.commit()
     finally:
         rejects.close()
@@ -686,9 +714,15 @@ def _dataset_keys(lake: Lake, dataset: str) -> set[str]:
 
 
 def _run_pool(
-    feeder: _Feeder, consume: Any, workers: int, image: ImageSettings, inflight: int
+    feeder: _Feeder,
+    consume: Any,
+    workers: int,
+    image: ImageSettings,
+    inflight: int,
+    drained: Any = None,
 ) -> None:
-    """Process chunks in worker processes, at most ``inflight`` ahead, consuming in order.
+    """Process chunks in worker processes, at most ``inflight`` ahead, consuming in order;
+    ``drained()`` is called once the last chunk is submitted.
 
     A worker that dies (or cannot start) raises BrokenProcessPool instead of hanging.
     """
@@ -703,6 +737,8 @@ def _run_pool(
             pending.append(pool.submit(_read_chunk, task))
             if len(pending) >= inflight:
                 consume(*pending.popleft().result())
+        if drained is not None:
+            drained()
         while pending:
             consume(*pending.popleft().result())
     finally:

@@ -127,6 +127,7 @@ class StagingWriter(_Writer):
         self.fragments: dict[str, list[str]] = {self.media_uri: [], self.samples_uri: []}
         self.worker_media: set[str] = set()  # media ids the Ray tasks staged
         self.keep: set[str] = set()  # staged media ids an accepted sample uses
+        self.schemas = {MEDIA: STAGED_MEDIA, SAMPLES: STAGED_SAMPLES}
 
     def add(self, media_rows: list[dict[str, Any]], sample_row: dict[str, Any]) -> None:
         """Buffer a sample and the media rows the Ray tasks did not stage already."""
@@ -137,12 +138,12 @@ class StagingWriter(_Writer):
     def flush(self) -> None:
         """Write the buffered rows as staging fragments (nothing reaches the lake)."""
         so = self.lake.storage_options or None
-        if self.media["media_id"]:
-            table = self.table(self.media, STAGED_MEDIA)
-            self.fragments[self.media_uri] += _write_fragments(table, self.media_uri, so)
-        if self.samples["sample_id"]:
-            table = self.table(self.samples, STAGED_SAMPLES)
-            self.fragments[self.samples_uri] += _write_fragments(table, self.samples_uri, so)
+        media = self.sealed(MEDIA)
+        if media is not None:
+            self.fragments[self.media_uri] += _write_fragments(media, self.media_uri, so)
+        samples = self.sealed(SAMPLES)
+        if samples is not None:
+            self.fragments[self.samples_uri] += _write_fragments(samples, self.samples_uri, so)
         self.clear()
 
     def commit(self) -> None:
