@@ -83,3 +83,28 @@ def test_grouped_reads_in_workers(lake_dir: Path) -> None:
 def test_read_batches_must_be_positive(lake_dir: Path) -> None:
     with pytest.raises(ValueError, match="read_batches"):
         LanceDataModule(str(lake_dir), read_batches=0).loader("train")
+
+
+def test_group_read_ahead_pairs_each_group_with_its_workers_next(lake_dir: Path) -> None:
+    from core.data.loader import _grouped, _Groups, _GroupSampler
+
+    loader = LanceDataModule(str(lake_dir), batch_size=2, read_batches=2).loader("train")
+    groups = list(_grouped(iter(loader.sampler_state), 2))
+    assert len(groups) >= 3
+    pairs = list(_GroupSampler(loader.sampler_state, 2, workers=2))
+    assert [g for g, _ in pairs] == groups
+    assert [a for _, a in pairs] == [*groups[2:], None, None]  # group i+2 goes to that worker
+    reader = _Groups(loader.dataset)
+
+    def ids(got: list) -> list:
+        return [[it["sample_id"] for it in b] for b in got]
+
+    expected = [ids(loader.dataset.read_batches(g)) for g in groups]
+    # read ahead, then asked for that group (a hit) or, after a mismatch, another (a miss)
+    assert ids(reader.__getitems__((groups[0], groups[2]))) == expected[0]
+    assert reader._pending is not None
+    assert ids(reader.__getitems__((groups[2], None))) == expected[2]
+    assert reader._pending is None
+    reader.__getitems__((groups[0], groups[2]))
+    assert ids(reader.__getitems__((groups[1], None))) == expected[1]
+    assert reader.__getstate__()["_pending"] is None
