@@ -213,9 +213,9 @@ def main() -> int:
         help="name:max_partitions:sub_vectors,... (0: build_index's rule; max 0 = uncapped)",
     )  # fmt: skip
     ap.add_argument(
-        "--settings", default="20/10,10/30,20/30,10/50,20/50,40/50,20/100", help="nprobes/refine"
+        "--settings", default="20/10,20/50,20/60,20/70,10/80,20/80,20/100", help="nprobes/refine"
     )
-    ap.add_argument("--default", default="20/50", help="the setting filters are measured at")
+    ap.add_argument("--default", default="20/70", help="conf/query.yaml's; filters measured at it")
     ap.add_argument("--uri", default=None, help="lake folder (default: a temporary one)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

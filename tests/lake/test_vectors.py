@@ -180,6 +180,22 @@ def test_repeated_searches_see_rows_written_since(tmp_path: Path) -> None:
     assert (hit.media_id, hit.sample_id, round(hit.score, 4)) == ("m00550", "s00550", 1.0)
 
 
+def test_kept_allowed_rows_follow_a_new_media_version(tmp_path: Path) -> None:
+    """A filtered search keeps its candidates by media row id: a media rewritten since (a
+    new row id in a new version) is found, its old row is not served from the kept set."""
+    lake = Lake(tmp_path / "lake")
+    x, _ = _clustered(600, 6)
+    _write(lake, x, ["image"] * 600, ["a" if i % 2 else "b" for i in range(600)])
+    assert build_index(lake, min_rows=0, num_partitions=2, num_sub_vectors=4) == "created"
+    first = search(lake, x[550], k=1, nprobes=2, refine_factor=10, dataset="b")[0]
+    assert (first.media_id, round(first.score, 4)) == ("m00550", 1.0)
+    lake.dataset(MEDIA).delete("media_id = 'm00550'")
+    assert search(lake, x[550], k=1, nprobes=2, dataset="b")[0].media_id != "m00550"
+    _write(lake, x[550:551], ["image"], ["b"], start=550)  # back, under a new row id
+    hit = search(lake, x[550], k=1, nprobes=2, refine_factor=10, dataset="b")[0]
+    assert (hit.media_id, hit.sample_id, round(hit.score, 4)) == ("m00550", "s00550", 1.0)
+
+
 def test_search_reads_without_lancedb(vec_lake) -> None:
     """The query path is pylance only: lancedb's import (~2.5 s) is not paid by a query."""
     lake, _, q = vec_lake
