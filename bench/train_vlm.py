@@ -41,7 +41,17 @@ checkpointing on (``--no-grad-ckpt`` turns it off). The text goes through the ti
 byte-level tokenizer (ids fit the real vocabularies), so text lengths differ a little from
 the real tokenizers'. It refuses to run without CUDA. Full fine-tuning of LLaVA-1.5-7B
 (bf16 weights, gradients and AdamW state) takes about 60 GB before activations;
-``--peft lora`` needs much less.
+``--peft lora`` needs much less. ``--real`` also has Qwen2.5-VL-3B (``qwen2_5_vl``) and
+Qwen3-VL-4B (``qwen3_vl``, once core/models/vlm_families.py has the family).
+
+``--quantization 4bit`` (with ``--real``, CUDA): QLoRA through the module's own loading path:
+the random-weight model is saved to a temporary folder and ``VlmModule`` loads it with
+``model.quantization=4bit`` (bitsandbytes NF4, core/models/vlm_load.py). ``--fsdp`` wraps the
+model in FSDP as ``trainer=fsdp_vlm`` does (one unit per transformer block of the family,
+``sharding_strategy`` / ``use_orig_params`` read from conf/trainer/fsdp_vlm.yaml; bf16 mixed
+precision on CUDA) in a process group of one (NCCL on CUDA, gloo over loopback on CPU,
+rendezvous through a file). Peak memory per family: CUDA's max allocated, else the process's
+peak RSS.
 
 The lake is ``--lake`` (default ``data/lake``, made by ``lakeloom demo``); when it holds no
 ``shapes_llava`` samples (or with ``--build``) the bench generates a small shapes demo
@@ -57,12 +67,16 @@ Prints a table and a last line with a JSON object of the figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
+import os
+import resource
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,10 +94,20 @@ from core.modules.vlm_collate import IGNORE
 from core.modules.vlm_module import VlmModule
 
 DATASET = "shapes_llava"
-TINY_CONF = {"llava": "llava_tiny", "qwen2_vl": "qwen2_vl_tiny"}
-REAL_NAME = {"llava": "LLaVA-1.5-7B", "qwen2_vl": "Qwen2-VL-2B"}
 CONFIGS = ("unpacked", "packed")
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
+REAL_NAME = {
+    "llava": "LLaVA-1.5-7B",
+    "qwen2_vl": "Qwen2-VL-2B",
+    "qwen2_5_vl": "Qwen2.5-VL-3B",
+    "qwen3_vl": "Qwen3-VL-4B",
+}
+# a family without a tiny config of its own takes Qwen2-VL's hyperparameters (its model
+# comes from the family's tiny builder, or with --real from the published config)
+TINY_CONF = {
+    f: f"{f}_tiny" if (CONF_DIR / f"{f}_tiny.yaml").is_file() else "qwen2_vl_tiny"
+    for f in REAL_NAME
+} | {"llava": "llava_tiny"}
 
 
 # ---- the lake ------------------------------------------------------------------------------
@@ -204,8 +228,87 @@ def real_model(family: str, device: Any, dtype: torch.dtype, shrink: int = 0) ->
             chat_template=vlm_tiny.QWEN_TEMPLATE,
         )
         cls = tf.Qwen2VLForConditionalGeneration
+    elif family in ("qwen2_5_vl", "qwen3_vl"):
+        return _real_qwen_new(family, device, dtype, shrink)
     else:
         raise SystemExit(f"--real has no published config for family {family!r}")
+    with torch.device(device):
+        model = cls._from_config(cfg, dtype=dtype)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, processor
+
+
+def _real_qwen_new(family: str, device: Any, dtype: torch.dtype, shrink: int) -> tuple[Any, Any]:
+    """Qwen2.5-VL-3B or Qwen3-VL-4B (published sizes, random weights), tied heads."""
+    import transformers as tf
+
+    from core.models import vlm_tiny
+
+    tok = vlm_tiny.build_tokenizer(
+        vlm_tiny.QWEN_SPECIAL, pad="<|endoftext|>", eos="<|im_end|>",
+        bos="<|endoftext|>", unk=None,
+    )  # fmt: skip
+    ids = {s: tok.convert_tokens_to_ids(s) for s in vlm_tiny.QWEN_SPECIAL}
+    special = dict(
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, tie_word_embeddings=True,
+    )  # fmt: skip
+    tokens = dict(
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True,
+    )  # fmt: skip
+    if family == "qwen2_5_vl":
+        # Qwen/Qwen2.5-VL-3B-Instruct: 32-block window-attention ViT (1280) + a 36-layer 2048 LM
+        cfg = tf.Qwen2_5_VLConfig(
+            text_config=dict(
+                vocab_size=151936, hidden_size=2048, intermediate_size=11008,
+                num_hidden_layers=shrink or 36, num_attention_heads=16, num_key_value_heads=2,
+                max_position_embeddings=128000, rms_norm_eps=1e-6,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                 "mrope_section": [16, 24, 24]}, **special,
+            ),
+            vision_config=dict(
+                depth=shrink or 32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                out_hidden_size=2048, in_channels=3, patch_size=14, spatial_merge_size=2,
+                temporal_patch_size=2, window_size=112, hidden_act="silu",
+                fullatt_block_indexes=[7, 15, 23, 31][: (shrink or 32) // 8 or 1],
+                tokens_per_second=2,
+            ), **tokens,
+        )  # fmt: skip
+        kw = dict(patch_size=14, temporal_patch_size=2, merge_size=2)
+        processor = tf.Qwen2_5_VLProcessor(
+            image_processor=tf.Qwen2VLImageProcessor(**kw), tokenizer=tok,
+            video_processor=tf.Qwen2VLVideoProcessor(**kw), chat_template=vlm_tiny.QWEN_TEMPLATE,
+        )  # fmt: skip
+        cls = tf.Qwen2_5_VLForConditionalGeneration
+    else:
+        # Qwen/Qwen3-VL-4B-Instruct: 24-block ViT (1024, patch 16, DeepStack taps at 5/11/17)
+        # + a 36-layer 2560 LM (32 heads, 8 KV heads, head dim 128), interleaved M-RoPE
+        depth = shrink or 24
+        cfg = tf.Qwen3VLConfig(
+            text_config=dict(
+                vocab_size=151936, hidden_size=2560, intermediate_size=9728,
+                num_hidden_layers=shrink or 36, num_attention_heads=32, num_key_value_heads=8,
+                head_dim=128, max_position_embeddings=262144, rms_norm_eps=1e-6,
+                rope_parameters={"rope_type": "default", "rope_theta": 5e6,
+                                 "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+                **special,
+            ),
+            vision_config=dict(
+                depth=depth, hidden_size=1024, intermediate_size=4096, num_heads=16,
+                out_hidden_size=2560, in_channels=3, patch_size=16, spatial_merge_size=2,
+                temporal_patch_size=2, num_position_embeddings=2304,
+                hidden_act="gelu_pytorch_tanh",
+                deepstack_visual_indexes=[i for i in (5, 11, 17) if i < depth] or [depth - 1],
+            ), **tokens,
+        )  # fmt: skip
+        kw = dict(patch_size=16, temporal_patch_size=2, merge_size=2)
+        processor = tf.Qwen3VLProcessor(
+            image_processor=tf.Qwen2VLImageProcessor(**kw), tokenizer=tok,
+            video_processor=tf.Qwen3VLVideoProcessor(**kw), chat_template=vlm_tiny.QWEN_TEMPLATE,
+        )  # fmt: skip
+        cls = tf.Qwen3VLForConditionalGeneration
     with torch.device(device):
         model = cls._from_config(cfg, dtype=dtype)
     model.generation_config.pad_token_id = tok.pad_token_id
@@ -225,10 +328,66 @@ def make_module(family: str, args: argparse.Namespace, device: Any, dtype: torch
         module = VlmModule(**(tiny_kwargs(family) | kw))
         return module.to(device=device, dtype=dtype)
     model, processor = real_model(family, device, dtype, args.real_shrink)
+    if args.quantization:  # the module's own loading path: from a folder, quantized
+        folder = Path(tempfile.mkdtemp(prefix="bench_train_vlm_model_"))
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+        try:
+            module = VlmModule(
+                **(tiny_kwargs(family) | {"source": str(folder), "lr": 1e-5}
+                   | {"dtype": str(dtype)[6:], "quantization": args.quantization} | kw)
+            )  # fmt: skip
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return module
     spec = family_spec(family)
     with mock.patch.object(vlm_module, "load_vlm", lambda *a, **k: (model, processor, spec)):
         module = VlmModule(**(tiny_kwargs(family) | {"source": "real", "lr": 1e-5} | kw))
     return module.to(device)
+
+
+def fsdp_wrap(module: Any, family: str, device: torch.device, dtype: torch.dtype) -> None:
+    """``module.model`` wrapped in FSDP as ``trainer=fsdp_vlm`` wraps it (see the module
+    docstring); needs an initialised process group."""
+    from omegaconf import OmegaConf
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp import MixedPrecision, ShardingStrategy
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from core.models.vlm_families import fsdp_wrap_classes
+
+    conf = OmegaConf.load(CONF_DIR.parent / "trainer" / "fsdp_vlm.yaml").strategy
+    mixed = None
+    if device.type == "cuda":
+        mixed = MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16)
+    module.model = FSDP(
+        module.model,
+        auto_wrap_policy=ModuleWrapPolicy(fsdp_wrap_classes(family)),
+        sharding_strategy=ShardingStrategy[conf.sharding_strategy],
+        use_orig_params=bool(conf.use_orig_params),
+        mixed_precision=mixed,
+        device_id=device,
+    )
+
+
+@contextlib.contextmanager
+def world_of_one(device: torch.device) -> Iterator[None]:
+    """A process group of world size 1 (NCCL on CUDA, gloo on loopback on CPU) with a file
+    rendezvous: a ``tcp://`` init would open a listening socket on every interface."""
+    import torch.distributed as dist
+
+    folder = Path(tempfile.mkdtemp(prefix="bench_train_vlm_pg_"))
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"file://{folder}/store", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # ---- model FLOPs ----------------------------------------------------------------------------
@@ -391,14 +550,20 @@ def bench_family(
     family: str, args: argparse.Namespace, uri: str, device: torch.device, dtype: torch.dtype
 ) -> dict[str, Any]:
     """Interleaved rounds of unpacked / packed runs of one family; per-round figures."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     module = make_module(family, args, device, dtype)
     flops = flops_model(module)
+    if args.fsdp:
+        fsdp_wrap(module, family, device, dtype)
     dm = LanceDataModule(uri, datasets=[DATASET], batch_size=args.batch, num_workers=0, seed=0)
     dm.setup()
     trainable = [p for p in module.parameters() if p.requires_grad]
     # the tiny runs all start from the same weights and a fresh optimizer (first-step
     # losses comparable); the real ones keep one optimizer (no room for a second copy)
-    init = None if args.real else {k: v.detach().clone() for k, v in module.state_dict().items()}
+    init = None
+    if not (args.real or args.fsdp):
+        init = {k: v.detach().clone() for k, v in module.state_dict().items()}
     opt = None if init is not None else module.configure_optimizers()["optimizer"]
     runs: dict[str, list[Run]] = {c: [] for c in CONFIGS}
     for r in range(args.rounds):
@@ -423,12 +588,20 @@ def bench_family(
         "flops": flops,
         "runs": runs,
         "same_start": init is not None,
+        "peak_mem_gb": peak_memory_gb(device),
     }
     del module, opt, init, trainable
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """CUDA's peak allocated memory (since the family's reset), else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def figures_of(res: dict[str, Any], peak: float | None) -> dict[str, Any]:
@@ -559,12 +732,24 @@ def main() -> None:
         help="gradient checkpointing (default: on with --real, off otherwise)",
     )
     ap.add_argument("--peft", choices=("none", "lora"), default="none")
+    ap.add_argument(
+        "--quantization", choices=("4bit",), default=None,
+        help="QLoRA: load the --real model in 4-bit NF4 through the module (CUDA)",
+    )  # fmt: skip
+    ap.add_argument("--fsdp", action="store_true", help="wrap the model as trainer=fsdp_vlm")
     args = ap.parse_args()
 
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     unknown = [f for f in families if f not in TINY_CONF]
     if unknown or not families:
         ap.error(f"--families: unknown {unknown}; choose from {sorted(TINY_CONF)}")
+    from core.models.vlm_families import FAMILIES
+
+    missing = [f for f in families if f not in FAMILIES]
+    if missing:
+        raise SystemExit(f"family not available: {missing} (core/models/vlm_families.py)")
+    if args.quantization and not args.real:
+        ap.error("--quantization needs --real (a saved checkpoint to load quantized)")
     cuda = torch.cuda.is_available() and args.device != "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible")
@@ -610,7 +795,8 @@ def main() -> None:
             + (", grad checkpointing" if args.grad_ckpt else "")
             + f", peft {args.peft}"
         )
-        results = [bench_family(f, args, uri, device, dtype) for f in families]
+        with world_of_one(device) if args.fsdp else contextlib.nullcontext():
+            results = [bench_family(f, args, uri, device, dtype) for f in families]
         figs = [figures_of(r, args.peak_tflops) for r in results]
         print()
         print_table(results, figs, args.peak_tflops)
@@ -629,6 +815,8 @@ def main() -> None:
             "rounds": args.rounds,
             "grad_ckpt": bool(args.grad_ckpt),
             "peft": args.peft,
+            "quantization": args.quantization,
+            "fsdp": bool(args.fsdp),
             "peak_tflops": args.peak_tflops,
             "lake_built": tmp is not None,
             "wall_s": round(wall, 1),
@@ -640,6 +828,7 @@ def main() -> None:
             figures[f"{fam}_train_samples"] = res["train_samples"]
             figures[f"{fam}_params"] = res["params_total"]
             figures[f"{fam}_params_trainable"] = res["params_trainable"]
+            figures[f"{fam}_peak_mem_gb"] = round(res["peak_mem_gb"], 3)
             figures[f"{fam}_n_lm"] = fl.n_lm
             figures[f"{fam}_n_projector"] = fl.n_projector
             figures[f"{fam}_n_vision"] = fl.n_vision
