@@ -337,7 +337,9 @@ def search(
     filter, the exact re-ranking is ours, not Lance's: the nearest ``k * filtered_refine /
     f`` media by PQ distance are fetched and their ``k * filtered_refine`` allowed ones
     re-ranked by exact cosine (Lance's ``refine_factor`` would read the vectors of the
-    filtered-away ones too; ``bench/vectors.py`` at 500k: ``dataset=c`` recall 0.92 -> 1.0).
+    filtered-away ones too; ``bench/vectors.py`` at 500k: ``dataset=c`` recall 0.92 -> 1.0),
+    kept by row id (:func:`allowed_rows`); a ``kind`` alone re-ranks its ``k *
+    filtered_refine`` prefiltered candidates the same way.
     Ranks count the media that matched, 1..k; each lists every matching sample using it.
     """
     sample_filter = _sample_filter(where, dataset)
