@@ -18,6 +18,7 @@ from lake.store import Lake
 @hydra_job("demo")
 def main(cfg: Any) -> int:
     """Run the demo pipeline."""
+    from lake.real_data import demo_photos, demo_read_speech, demo_traffic
     from lake.synth_speech import demo_speech
     from lake.synth_video import demo_videos
 
@@ -29,9 +30,16 @@ def main(cfg: Any) -> int:
     print(f"demo videos: {len(videos['videos'])} in {cfg.videos.out}")
     speech = demo_speech(cfg.speech.out, int(cfg.speech.n), int(cfg.speech.seed))
     print(f"demo speech: {len(speech['files'])} files in {cfg.speech.out}")
+    photos = demo_photos(cfg.photos.out, int(cfg.photos.max_side))
+    print(f"demo photos: {len(photos['files'])} real photos in {cfg.photos.out}")
+    traffic = demo_traffic(cfg.traffic.out)
+    read_speech = demo_read_speech(cfg.read_speech.src, cfg.read_speech.out)
+    print(f"demo read speech: {len(read_speech['files'])} real clips in {cfg.read_speech.out}")
     datasets = dict(cfg.datasets.items())
-    if not speech["files"] and datasets.pop("speech", None) is not None:
-        print(f"demo speech: not ingesting dataset `speech` ({speech.get('skipped')})")
+    made_by = {"speech": speech, "photos": photos, "traffic": traffic, "read_speech": read_speech}
+    for name, made in made_by.items():
+        if not made["files"] and datasets.pop(name, None) is not None:
+            print(f"demo: not ingesting dataset `{name}` ({made.get('skipped')})")
     lake = Lake.from_config(cfg.lake)
     settings = settings_from_config(cfg)
     for dataset, source_cfg in datasets.items():
