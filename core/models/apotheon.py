@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from core.models.packaged import resolve_source
+
 IGNORE = -100
 HEADS = ("caption", "transcription", "contrastive")
 
@@ -77,7 +79,9 @@ class AudioConfig:
 @dataclass
 class LanguageConfig:
     """The language model: any transformers causal LM (``tiny`` builds a small Llama with
-    a byte-level BPE tokenizer trained locally)."""
+    a byte-level BPE tokenizer trained locally; ``smollm2-135m-instruct`` is the real
+    SmolLM2 a package ships, see :mod:`core.models.packaged`; else a directory or hub id).
+    Every tower's ``source`` goes through :func:`core.models.packaged.resolve_source`."""
 
     source: str = "tiny"
     hidden: int = 64
@@ -212,7 +216,7 @@ def fsdp_wrap_classes(language_source: str | None = None) -> set[type[nn.Module]
         module, cls = ref.split(":")
         out.add(getattr(importlib.import_module(module), cls))
     if language_source and language_source != "tiny":
-        out |= _causal_lm_blocks(language_source)
+        out |= _causal_lm_blocks(resolve_source(language_source))
     return out
 
 
@@ -788,7 +792,7 @@ def _vision(c: VisionConfig) -> nn.Module:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     if c.source != "tiny":
-        return CLIPVisionModel.from_pretrained(c.source)
+        return CLIPVisionModel.from_pretrained(resolve_source(c.source))
     return CLIPVisionModel(
         CLIPVisionConfig(
             hidden_size=c.hidden, intermediate_size=4 * c.hidden, num_hidden_layers=c.layers,
@@ -802,7 +806,7 @@ def _audio(c: AudioConfig) -> nn.Module:
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     if c.source != "tiny":
-        return WhisperModel.from_pretrained(c.source).get_encoder()
+        return WhisperModel.from_pretrained(resolve_source(c.source)).get_encoder()
     frames = round(c.chunk_s * 100)  # 10 ms hop
     config = WhisperConfig(
         num_mel_bins=c.n_mels, d_model=c.hidden, encoder_layers=c.layers,
@@ -817,7 +821,7 @@ def _language(c: LanguageConfig) -> nn.Module:
 
     if c.source != "tiny":
         kw = {"dtype": getattr(torch, c.dtype)} if c.dtype else {}
-        return AutoModelForCausalLM.from_pretrained(c.source, **kw)
+        return AutoModelForCausalLM.from_pretrained(resolve_source(c.source), **kw)
     tok = build_tokenizer(c)
     return LlamaForCausalLM(
         LlamaConfig(
@@ -838,8 +842,8 @@ def build_tokenizer(c: LanguageConfig) -> Any:
         return tiny_bpe((), pad="<pad>", eos="</s>", bos="<s>", unk="<unk>")
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(c.source)
-    if tok.pad_token is None:
+    tok = AutoTokenizer.from_pretrained(resolve_source(c.source))
+    if tok.pad_token is None:  # the collator pads by mask: any token will do
         tok.pad_token = tok.eos_token
     return tok
 
@@ -855,13 +859,13 @@ def build_processors(cfg: ApotheonConfig) -> dict[str, Any]:
             image_mean=[0.4815, 0.4578, 0.4082], image_std=[0.2686, 0.2613, 0.2758],
         )  # fmt: skip
     else:
-        image = CLIPImageProcessor.from_pretrained(cfg.vision.source)
+        image = CLIPImageProcessor.from_pretrained(resolve_source(cfg.vision.source))
     if cfg.audio.source == "tiny":
         audio = WhisperFeatureExtractor(
             feature_size=cfg.audio.n_mels, chunk_length=int(cfg.audio.chunk_s)
         )
     else:
-        audio = WhisperFeatureExtractor.from_pretrained(cfg.audio.source)
+        audio = WhisperFeatureExtractor.from_pretrained(resolve_source(cfg.audio.source))
     return {
         "tokenizer": build_tokenizer(cfg.language),
         "image_processor": image,
