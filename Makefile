@@ -23,7 +23,11 @@ $(STAMP): pyproject.toml requirements-nodeps.txt
 	touch $(STAMP)
 
 DEMO_RUN ?= demo-clip-tiny
+DEMO_MINILM_RUN ?= demo-clip-minilm
+DEMO_MINILM_LAKE ?= data/lake-minilm
 DEMO_VLM_RUN ?= demo-llava-tiny
+DEMO_SMOL_ALIGN ?= demo-llava-smollm2-align
+DEMO_SMOL_LORA ?= demo-llava-smollm2-lora
 DEMO_APOTHEON_RUN ?= demo-apotheon-tiny
 
 # The main job end to end: demo data (shapes images, synthetic videos, spoken shape sentences)
@@ -39,12 +43,30 @@ demo: $(STAMP)
 	       $$(test -f runs/$(DEMO_RUN)/checkpoints/last.ckpt && echo resume=true)
 	$(BIN)/lakeloom enrich enrich=clip enrich.model.run=$(DEMO_RUN) enrich.reembed=true
 	$(BIN)/lakeloom check
-	$(BIN)/python bench/checks.py
+	test -f runs/$(DEMO_MINILM_RUN)/summary.json && grep -q '"status": "finished"' runs/$(DEMO_MINILM_RUN)/summary.json \
+	  || $(BIN)/lakeloom train +experiment=clip_minilm_locked run_id=$(DEMO_MINILM_RUN) \
+	       $$(test -f runs/$(DEMO_MINILM_RUN)/checkpoints/last.ckpt && echo resume=true)
+# the MiniLM-text CLIP (384-d) embeds and checks a copy of the lake (its vectors have another
+# width than the tiny CLIP's, which stay in data/lake); bench/checks.py compares the two
+	rm -rf $(DEMO_MINILM_LAKE) && cp -r data/lake $(DEMO_MINILM_LAKE)
+	$(BIN)/python -c "import lance; [lance.dataset('$(DEMO_MINILM_LAKE)/' + t + '.lance').drop_columns(c) for t, c in \
+	  (('media', ['clip_image', 'clip_image_model']), ('samples', ['clip_text', 'clip_text_model']))]"
+	$(BIN)/lakeloom enrich enrich=clip enrich.model.run=$(DEMO_MINILM_RUN) lake.uri=$(DEMO_MINILM_LAKE)
+	$(BIN)/lakeloom check lake.uri=$(DEMO_MINILM_LAKE) lake.reports=data/reports-minilm
+	$(BIN)/python bench/checks.py --compare-lake $(DEMO_MINILM_LAKE)
 	test -f runs/$(DEMO_VLM_RUN)/summary.json && grep -q '"status": "finished"' runs/$(DEMO_VLM_RUN)/summary.json \
 	  || $(BIN)/lakeloom train +experiment=llava_tiny run_id=$(DEMO_VLM_RUN) \
 	       $$(test -f runs/$(DEMO_VLM_RUN)/checkpoints/last.ckpt && echo resume=true)
 	$(BIN)/python -c "import json; s = json.load(open('runs/$(DEMO_VLM_RUN)/summary.json')); \
 	  print('llava_tiny: train loss %.3f -> %.3f; val' % tuple(s['train_loss']), s['last_val'])"
+	test -f runs/$(DEMO_SMOL_ALIGN)/summary.json && grep -q '"status": "finished"' runs/$(DEMO_SMOL_ALIGN)/summary.json \
+	  || $(BIN)/lakeloom train +experiment=llava_smollm2_align run_id=$(DEMO_SMOL_ALIGN) \
+	       $$(test -f runs/$(DEMO_SMOL_ALIGN)/checkpoints/last.ckpt && echo resume=true)
+	test -f runs/$(DEMO_SMOL_LORA)/summary.json && grep -q '"status": "finished"' runs/$(DEMO_SMOL_LORA)/summary.json \
+	  || $(BIN)/lakeloom train +experiment=llava_smollm2_lora run_id=$(DEMO_SMOL_LORA) \
+	       model.init_from=runs/$(DEMO_SMOL_ALIGN) \
+	       $$(test -f runs/$(DEMO_SMOL_LORA)/checkpoints/last.ckpt && echo resume=true)
+	$(BIN)/python -m core.compare_runs runs/$(DEMO_VLM_RUN) runs/$(DEMO_SMOL_LORA)
 	$(BIN)/lakeloom enrich enrich=transcribe
 	$(BIN)/lakeloom enrich enrich=caption enrich.model.run=$(DEMO_VLM_RUN) "enrich.where=\"dataset = 'clips'\""
 	test -f runs/$(DEMO_APOTHEON_RUN)/summary.json && grep -q '"status": "finished"' runs/$(DEMO_APOTHEON_RUN)/summary.json \
@@ -82,4 +104,4 @@ pipeline: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc repro
 
 clean-demo:
-	rm -rf data/lake data/demo
+	rm -rf data/lake data/demo $(DEMO_MINILM_LAKE) data/reports-minilm

@@ -36,3 +36,17 @@ def test_dataset_names_live_only_in_the_demo_config() -> None:
     bench_calls = [ln for ln in (ROOT / "Makefile").read_text().splitlines() if "checks.py" in ln]
     assert bench_calls, "make demo runs bench/checks.py"
     assert all("--caption-dataset" not in ln and "--dataset" not in ln for ln in bench_calls)
+
+
+def test_search_queries_paraphrase_the_whole_demo_vocabulary() -> None:
+    from lake.demo_data import COLOURS, SHAPES
+
+    assert set(checks.SHAPE_PARAPHRASES) == set(SHAPES)
+    assert set(checks.COLOUR_PARAPHRASES) == set(COLOURS)
+    queries = checks.search_queries()
+    assert {v: len(q) for v, q in queries.items()} == {"literal": 48, "shape": 48, "both": 48}
+    assert ("a red circle", "circle", "red") in queries["literal"]
+    assert ("a crimson disc", "circle", "red") in queries["both"]
+    for text, shape, colour in queries["both"]:  # only "five-pointed star" keeps its noun
+        assert colour not in text.split()
+        assert shape not in text.split() or shape == "star"

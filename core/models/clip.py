@@ -15,6 +15,14 @@ and returns ``(model, preprocess_train, preprocess_val, tokenizer)``. ``pretrain
 
 The model is built with ``output_dict=True``. The resolved open_clip model config is kept
 on the model as ``model.lakeloom_model_cfg`` so :func:`save_open_clip` can write it back.
+
+**Hugging Face text towers.** A config whose ``text_cfg`` names ``hf_model_name`` /
+``hf_tokenizer_name`` builds open_clip's ``HFTextEncoder``. A name that
+:mod:`core.models.packaged` owns (``all-minilm-l6-v2``) is resolved to its local folder
+only for building; the config kept on the model (and saved with a run) keeps the symbolic
+name, so an export reloads on another machine. The tokenizer is always the one the model
+config names (:func:`clip_tokenizer`): every caller (training collator, enrichers,
+``lakeloom query text=``, checks) gets it from :func:`create_clip`.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import torch
 from torch import nn
 
 from core.checkpoint import check_checkpoint, load_checkpoint
+from core.models.packaged import is_packaged, resolve_source
 from lake.errors import ConfigError
 from lake.runs import RunDir
 
@@ -105,6 +114,48 @@ def _tag_weights_error(arch: str, tag: str, tag_cfg: dict[str, Any], err: Except
     )
 
 
+HF_NAME_KEYS = ("hf_model_name", "hf_tokenizer_name")
+
+
+def _packaged_text(model_cfg: dict[str, Any]) -> bool:
+    """True when the text tower or tokenizer is a packaged model (needs a local folder)."""
+    text_cfg = model_cfg.get("text_cfg") or {}
+    return any(is_packaged(text_cfg.get(key)) for key in HF_NAME_KEYS)
+
+
+def _resolved(model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``model_cfg`` whose packaged HF names are local folders (for building)."""
+    out = copy.deepcopy(model_cfg)
+    text_cfg = out.get("text_cfg") or {}
+    for key in HF_NAME_KEYS:
+        if text_cfg.get(key):
+            text_cfg[key] = resolve_source(str(text_cfg[key]))
+    return out
+
+
+def clip_tokenizer(name: str, model_cfg: dict[str, Any]) -> Any:
+    """The tokenizer of a CLIP model: the one place it is chosen.
+
+    A config with ``text_cfg.hf_tokenizer_name`` gets that Hugging Face tokenizer (a
+    packaged name resolved to its folder) with the config's ``context_length``, unless
+    ``name`` is a ``local-dir:`` folder that holds the tokenizer's own files; any other
+    gets open_clip's choice for ``name`` (CLIP BPE, SigLIP...).
+    """
+    text_cfg = model_cfg.get("text_cfg") or {}
+    hf_name = text_cfg.get("hf_tokenizer_name")
+    folder = _local_dir(name) if name.startswith(LOCAL_DIR) else None
+    if not hf_name or (folder is not None and (folder / "tokenizer_config.json").is_file()):
+        return open_clip.get_tokenizer(name)
+    from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, HFTokenizer
+
+    return HFTokenizer(
+        resolve_source(str(hf_name)),
+        context_length=text_cfg.get("context_length", DEFAULT_CONTEXT_LENGTH),
+        tokenizer_mode=text_cfg.get("tokenizer_mode"),
+        **(text_cfg.get("tokenizer_kwargs") or {}),
+    )
+
+
 def _lightning_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """The CLIP weights (and embedded open_clip config) of a ClipModule ``.ckpt``."""
     ckpt = load_checkpoint(path)
@@ -148,6 +199,11 @@ def create_clip(
                 check_checkpoint(weights)  # open_clip picks one; a refused file stops here
         model_cfg = copy.deepcopy(data["model_cfg"])
         name = LOCAL_DIR + str(folder)
+        if _packaged_text(model_cfg):
+            return _build_packaged(
+                model_cfg, folder / WEIGHTS_FILE, device, precision, aug_cfg, model_kwargs,
+                data.get("preprocess_cfg"),
+            )  # fmt: skip
     else:
         name = arch
         model_cfg = open_clip.get_model_config(arch)
@@ -182,6 +238,10 @@ def create_clip(
                     f"'local-dir:' folder, nor a known tag (tags: {tags or 'none'})"
                 )
 
+    if _packaged_text(model_cfg) and ckpt_weights is None:
+        weights = Path(weights_arg) if weights_arg is not None else None
+        return _build_packaged(model_cfg, weights, device, precision, aug_cfg, model_kwargs)
+
     if ckpt_weights is not None:
         # the .ckpt carries the architecture; build it from a temporary local-dir config
         model, preprocess_train, preprocess_val, tokenizer = _build_from_cfg(
@@ -204,8 +264,30 @@ def create_clip(
     if force_quick_gelu:
         model_cfg["quick_gelu"] = True
     setattr(model, MODEL_CFG_ATTR, model_cfg)
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer = clip_tokenizer(name, model_cfg)
     return model, preprocess_train, preprocess_val, tokenizer
+
+
+def _build_packaged(
+    model_cfg: dict[str, Any],
+    weights: Path | None,
+    device: str | torch.device,
+    precision: str,
+    aug_cfg: dict[str, Any] | None,
+    model_kwargs: dict[str, Any],
+    preprocess_cfg: dict[str, Any] | None = None,
+) -> ClipBundle:
+    """A model whose HF text tower is a packaged model: built from the resolved config
+    (the packaged weights in the text tower), then ``weights`` (a full open_clip state
+    dict) loaded over it when given; the symbolic config is kept on the model."""
+    built = _build_from_cfg(model_cfg, device, precision, aug_cfg, model_kwargs, preprocess_cfg)
+    model = built[0]
+    if weights is not None:
+        if not weights.is_file():
+            raise ClipLoadError(f"{weights}: no such weights file")
+        check_checkpoint(weights)
+        open_clip.load_checkpoint(model, str(weights), strict=True)
+    return built
 
 
 def _build_from_cfg(
@@ -214,12 +296,17 @@ def _build_from_cfg(
     precision: str,
     aug_cfg: dict[str, Any] | None,
     model_kwargs: dict[str, Any],
+    preprocess_cfg: dict[str, Any] | None = None,
 ) -> ClipBundle:
     """A randomly initialised model from an explicit open_clip config dict."""
     import tempfile
 
+    build_cfg = _resolved(model_cfg) if _packaged_text(model_cfg) else model_cfg
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, CONFIG_FILE).write_text(json.dumps({"model_cfg": model_cfg}), encoding="utf-8")
+        config: dict[str, Any] = {"model_cfg": build_cfg}
+        if preprocess_cfg:
+            config["preprocess_cfg"] = preprocess_cfg
+        Path(tmp, CONFIG_FILE).write_text(json.dumps(config), encoding="utf-8")
         model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
             LOCAL_DIR + tmp,
             device=device,
@@ -228,7 +315,7 @@ def _build_from_cfg(
             output_dict=True,
             **model_kwargs,
         )
-        tokenizer = open_clip.get_tokenizer(LOCAL_DIR + tmp)
+        tokenizer = clip_tokenizer(LOCAL_DIR + tmp, model_cfg)
     setattr(model, MODEL_CFG_ATTR, copy.deepcopy(model_cfg))
     return model, preprocess_train, preprocess_val, tokenizer
 

@@ -8,6 +8,11 @@
   temperature; linear warmup then cosine decay, stepped per optimiser step.
 - LiT: ``lock_image`` / ``lock_text`` freeze a tower, leaving the last
   ``lock_image_unlocked_groups`` / ``lock_text_unlocked_layers`` trainable.
+- Locked-text tuning (a fully frozen Hugging Face text tower, e.g. all-MiniLM-L6-v2 in
+  ``tiny-clip-minilm``): the tower runs in eval mode (no dropout: the same caption always
+  gives the same embedding) and training looks the text features up per unique token
+  sequence (``text_cache_size`` entries at most, kept on the CPU), so each distinct
+  caption goes through the text tower once per run.
 - Validation (and test, with the ``test/`` prefix) gathers every embedding of the loader
   and reports loss, image→text and text→image recall@k, zero-shot accuracy over the label
   names and the temperature. With ``trainer.num_sanity_val_steps=-1`` the sanity check is
@@ -70,12 +75,15 @@ class ClipModule(LakeloomModule):
         fused_adamw: bool | None,
         drop_high_loss_frac: float,
         drop_high_loss_after_epochs: int,
+        text_cache_size: int,
     ) -> None:
         """Every argument comes from ``conf/model/clip_tiny.yaml`` (the one place of their
         defaults); ``max_steps=None`` takes the schedule length from the trainer;
         ``init_logit_scale`` (log of the factor, open_clip default ln(1/0.07)) overrides
         the built or loaded temperature when given; ``fused_adamw=None`` uses torch's fused
-        AdamW on CPU and CUDA (8× faster than the default on a 2-core CPU for tiny-clip)."""
+        AdamW on CPU and CUDA (8× faster than the default on a 2-core CPU for tiny-clip);
+        ``text_cache_size`` bounds the per-caption text feature cache of a frozen HF text
+        tower (0: no cache)."""
         super().__init__()
         self.save_hyperparameters()
         self.model, self.preprocess_train, self.preprocess_val, self.tokenizer = create_clip(
@@ -93,6 +101,10 @@ class ClipModule(LakeloomModule):
             self.model.lock_text_tower(unlocked_layers=lock_text_unlocked_layers)
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
+        self._text_cache: dict[bytes, torch.Tensor] = {}
+        self.text_frozen = _frozen_hf_text(self.model)
+        if self.text_frozen:
+            self.model.text.eval()
         self.recall_ks = tuple(int(k) for k in recall_ks)
         self.label_names: list[str] | None = None
         self.sanity_metrics: dict[str, float] = {}
@@ -112,9 +124,41 @@ class ClipModule(LakeloomModule):
 
     # ---- training ---------------------------------------------------------------------
 
+    def train(self, mode: bool = True) -> ClipModule:
+        """Train mode, except a frozen HF text tower, which stays in eval mode."""
+        super().train(mode)
+        if mode and self.text_frozen:
+            self.model.text.eval()
+        return self
+
     def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalised image and text features and the temperature factor."""
-        return self.model(images, texts)
+        if not (self.text_frozen and self.hparams.text_cache_size > 0):
+            return self.model(images, texts)
+        out = {
+            "image_features": self.model.encode_image(images, normalize=True),
+            "text_features": self.cached_text_features(texts),
+            "logit_scale": self.model.logit_scale.exp(),
+        }
+        if getattr(self.model, "logit_bias", None) is not None:
+            out["logit_bias"] = self.model.logit_bias
+        return out
+
+    @torch.no_grad()
+    def cached_text_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Normalised features of a frozen text tower, computed once per token sequence."""
+        keys = [row.numpy().tobytes() for row in tokens.cpu()]
+        todo = {k: i for i, k in enumerate(keys) if k not in self._text_cache}
+        fresh: dict[bytes, torch.Tensor] = {}
+        if todo:
+            rows = tokens[list(todo.values())]
+            feats = self.model.encode_text(rows, normalize=True).float().cpu()
+            fresh = dict(zip(todo, feats, strict=True))
+            room = self.hparams.text_cache_size - len(self._text_cache)
+            for key in list(fresh)[: max(room, 0)]:
+                self._text_cache[key] = fresh[key]
+        feats = [self._text_cache.get(k, fresh.get(k)) for k in keys]
+        return torch.stack(feats).to(self.device)
 
     def _loss(
         self, batch: dict[str, Any], drop_frac: float = 0.0
@@ -288,6 +332,15 @@ class ClipModule(LakeloomModule):
     def export(self, run_dir: str | Path) -> Path:
         """Called by ``core.train`` at the end of a run: writes ``run_dir/open_clip/``."""
         return self.export_open_clip(RunDir(run_dir).open_clip)
+
+
+def _frozen_hf_text(model: torch.nn.Module) -> bool:
+    """True for a Hugging Face text tower (open_clip ``CustomTextCLIP.text``) with no
+    trainable parameter: its features depend on the caption only."""
+    from open_clip.hf_model import HFTextEncoder
+
+    text = getattr(model, "text", None)
+    return isinstance(text, HFTextEncoder) and not any(p.requires_grad for p in text.parameters())
 
 
 def _text_groups(token_batches: list[torch.Tensor]) -> torch.Tensor:
