@@ -104,6 +104,9 @@ def process_image(data: bytes, settings: ImageSettings) -> ImageInfo:
     orientation = img.getexif().get(_ORIENTATION, 1) if "exif" in img.info else 1
     oriented = img if orientation in (1, None) else ImageOps.exif_transpose(img)
     phash = int(str(imagehash.phash(oriented)), 16)
+    # the size recorded is the upright one decode_image gives, so sizes read from the lake
+    # (token counts, pixel budgets, exports) agree with the pixels the models see
+    width, height = oriented.size
     return ImageInfo(mime, width, height, phash, _thumbnail(data, img, oriented, settings))
 
 

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
-from lake.images import ImageSettings
+from lake.images import ImageSettings, decode_image
 from lake.ingest import IngestSettings, ingest
 from lake.store import Lake
 from plugins.image_folder import ImageFolderSource
@@ -157,7 +157,9 @@ def test_multi_image_record_with_one_bad_image_lands_nothing(tmp_path: Path, lak
     assert _table(lake, "samples")[0]["source_uri"] == "data.jsonl#L2"
 
 
-def test_exif_orientation_applies_to_thumbnail_only(tmp_path: Path, lake: Lake) -> None:
+def test_exif_orientation_gives_upright_size_and_thumbnail(tmp_path: Path, lake: Lake) -> None:
+    """The original bytes are kept; the recorded size and the thumbnail are upright, as
+    decode_image gives the pixels."""
     root = tmp_path / "exif" / "x"
     root.mkdir(parents=True)
     img = Image.new("RGB", (200, 100), (250, 10, 10))
@@ -169,7 +171,8 @@ def test_exif_orientation_applies_to_thumbnail_only(tmp_path: Path, lake: Lake) 
     ingest(ImageFolderSource(root.parent), lake, settings=QUIET)
     row = _table(lake, "media")[0]
     assert row["bytes"] == buf.getvalue()
-    assert (row["width"], row["height"]) == (200, 100)
+    assert (row["width"], row["height"]) == (100, 200)
+    assert decode_image(row["bytes"]).size == (100, 200)
     assert Image.open(io.BytesIO(row["thumb"])).size == (64, 128)
 
 

@@ -99,9 +99,9 @@ def test_real_photos_ingest_upright_through_the_one_decoder(tmp_path: Path) -> N
     media = {m["source_uri"]: m for m in lake.dataset("media").to_table().to_pylist()}
     cat = media[EXIF_PHOTO]
     assert cat["bytes"] == (out / EXIF_PHOTO).read_bytes()  # original bytes kept
-    # width/height describe the stored pixels (the lake's contract, tests/lake/test_ingest.py);
-    # every decoded view (the one decoder, the thumbnail) is upright: wider than tall
-    assert (cat["width"], cat["height"]) == (106, 160)
+    # the recorded size and every decoded view (the one decoder, the thumbnail) are
+    # upright: wider than tall, while the stored pixels are turned sideways
+    assert (cat["width"], cat["height"]) == (160, 106)
     assert decode_image(cat["bytes"]).size == (160, 106)
     thumb = Image.open(io.BytesIO(cat["thumb"]))
     assert thumb.width > thumb.height
