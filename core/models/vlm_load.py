@@ -43,9 +43,14 @@ def load_vlm(
     quantization: str | None = None,
     allow_cpu_quantization: bool = False,
     attn_implementation: str | None = None,
+    language_source: str | None = None,
 ) -> tuple[nn.Module, Any, FamilySpec]:
     """``(model, processor, spec)`` for ``source``: ``tiny`` (built from ``tiny`` sizes),
     a local checkpoint directory, or a hub id (offline unless the cache has it).
+
+    ``language_source`` (with ``source=tiny``, LLaVA): a real causal LM (a packaged name such
+    as ``smollm2-135m-instruct``, a local directory or a hub id) behind the tiny random
+    vision tower; its tokenizer and ChatML template become the processor's.
 
     ``quantization="4bit"`` loads the language model in 4-bit NF4 through bitsandbytes
     (QLoRA); it needs a CUDA GPU unless ``allow_cpu_quantization`` (tests only).
@@ -54,10 +59,17 @@ def load_vlm(
     if source == "tiny":
         if quantization:
             raise ConfigError("quantization needs a pretrained source, not source=tiny")
+        from core.models.packaged import resolve_source
         from core.models.vlm_tiny import build_tiny
 
-        model, processor = build_tiny(family_name, dict(tiny or {}), seed)
+        lm_dir = resolve_source(language_source) if language_source else None
+        model, processor = build_tiny(family_name, dict(tiny or {}), seed, lm_dir)
         return model, processor, spec
+    if language_source:
+        raise ConfigError(
+            f"model.language_source needs model.source=tiny (the tiny vision tower), not "
+            f"{source!r}: a full VLM checkpoint brings its own language model"
+        )
     import transformers
     from transformers import AutoConfig, AutoProcessor
 

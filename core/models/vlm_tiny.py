@@ -27,6 +27,16 @@ LLAVA_TEMPLATE = (
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 
+#: ChatML as SmolLM2 is tuned on ("<|im_start|>user\n<image>\nq<|im_end|>\n..."), with
+#: content parts; no default system turn (it would cost ~20 tokens per sample on CPU).
+CHATML_LLAVA_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 #: The standard Qwen2-VL chat template (without ``add_vision_id``).
 QWEN_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
@@ -186,16 +196,26 @@ def build_tokenizer(
     )
 
 
-def build_tiny(family: str, tiny: dict[str, Any], seed: int = 0) -> tuple[Any, Any]:
+def build_tiny(
+    family: str, tiny: dict[str, Any], seed: int = 0, language_dir: str | None = None
+) -> tuple[Any, Any]:
     """``(model, processor)`` of a tiny ``family`` model with random weights.
 
     ``tiny`` holds the sizes: ``hidden_size``, ``intermediate_size``, ``layers``, ``heads``,
     ``kv_heads``, ``vision_hidden``, ``vision_layers``, ``vision_heads``, ``image_size``
     (LLaVA), ``min_pixels`` / ``max_pixels`` (Qwen), ``max_positions``.
+
+    ``language_dir`` (LLaVA only): a local causal-LM folder (e.g. SmolLM2) that becomes
+    the language model, with its tokenizer; only the vision tower and projector are tiny
+    and random (the ``tiny`` LM sizes are then unused).
     """
     import torch
 
     torch.manual_seed(seed)
+    if language_dir is not None:
+        if family != "llava":
+            raise ValueError(f"a real language model is wired for llava only, not {family!r}")
+        return _tiny_llava_on(tiny, language_dir)
     if family == "llava":
         return _tiny_llava(tiny)
     if family in ("qwen2_vl", "qwen2_5_vl"):
@@ -259,6 +279,76 @@ def _tiny_llava(t: dict[str, Any]) -> tuple[Any, Any]:
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         chat_template=LLAVA_TEMPLATE,
+    )
+    return model, processor
+
+
+def _vision_config(t: dict[str, Any]) -> Any:
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=t.get("vision_hidden", 64),
+        intermediate_size=2 * t.get("vision_hidden", 64),
+        num_hidden_layers=t.get("vision_layers", 2),
+        num_attention_heads=t.get("vision_heads", 4),
+        image_size=int(t.get("image_size", 56)),
+        patch_size=int(t.get("patch_size", 14)),
+        projection_dim=t.get("vision_hidden", 64),
+    )
+
+
+def _clip_image_processor(size: int) -> Any:
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_mean=[0.4815, 0.4578, 0.4082],
+        image_std=[0.2686, 0.2613, 0.2758],
+    )
+
+
+def _tiny_llava_on(t: dict[str, Any], language_dir: str) -> tuple[Any, Any]:
+    """LLaVA = tiny random CLIP tower + projector + the causal LM in ``language_dir``
+    (its weights loaded, ``<image>`` added to its tokenizer, embeddings resized)."""
+    import torch
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tok = AutoTokenizer.from_pretrained(language_dir)
+    lm = AutoModelForCausalLM.from_pretrained(language_dir, dtype=torch.float32)
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    size, patch = int(t.get("image_size", 56)), int(t.get("patch_size", 14))
+    cfg = LlavaConfig(
+        vision_config=_vision_config(t),
+        text_config=lm.config,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        image_seq_length=(size // patch) ** 2,
+        tie_word_embeddings=lm.config.tie_word_embeddings,
+    )
+    model = LlavaForConditionalGeneration(cfg)
+    model.model.language_model.load_state_dict(lm.model.state_dict())
+    model.lm_head.load_state_dict(lm.lm_head.state_dict())
+    # the <image> row is never read (image features replace it); plain init, no sampling
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    processor = LlavaProcessor(
+        image_processor=_clip_image_processor(size),
+        tokenizer=tok,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHATML_LLAVA_TEMPLATE,
     )
     return model, processor
 
@@ -330,9 +420,12 @@ def _tiny_qwen(family: str, t: dict[str, Any]) -> tuple[Any, Any]:
     return model, processor
 
 
-def save_tiny(family: str, tiny: dict[str, Any], out: str | Path, seed: int = 0) -> Path:
+def save_tiny(
+    family: str, tiny: dict[str, Any], out: str | Path, seed: int = 0,
+    language_dir: str | None = None,
+) -> Path:  # fmt: skip
     """Build a tiny model and write it with its processor as a checkpoint directory."""
-    model, processor = build_tiny(family, tiny, seed)
+    model, processor = build_tiny(family, tiny, seed, language_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

@@ -74,6 +74,7 @@ class VlmModule(TrainableOnlyCheckpoints, LakeloomModule):
         *,
         family: str,
         source: str,
+        language_source: str | None,
         tiny: Mapping[str, Any] | None,
         revision: str | None,
         trust_remote_code: bool,
@@ -123,7 +124,7 @@ class VlmModule(TrainableOnlyCheckpoints, LakeloomModule):
             raise ConfigError("a quantized model trains only through adapters: set peft.method")
         model, self.processor, self.spec = load_vlm(
             family, source, tiny, seed, dtype, trust_remote_code, revision,
-            quantization, allow_cpu_quantization, attn_implementation,
+            quantization, allow_cpu_quantization, attn_implementation, language_source,
         )  # fmt: skip
         if init_from:
             load_trained_tensors(model, init_from)
