@@ -27,11 +27,12 @@ config names (:func:`clip_tokenizer`): every caller (training collator, enricher
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,36 @@ def create_clip(
     return model, preprocess_train, preprocess_val, tokenizer
 
 
+class _PartialBuildNotes(logging.Filter):
+    """Drops open_clip's notes that a model built from a bare config has no CLIP weights
+    (expected here: the text tower's come from the package, the rest is loaded next)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("no CLIP weights found" in message or "initialized partially" in message)
+
+
+@contextlib.contextmanager
+def _quiet_partial_build() -> Iterator[None]:
+    """Silence the expected notes of building over a packaged text tower: open_clip's (root
+    logger), transformers' load report (BERT's unused pooler weights) and its progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    note = _PartialBuildNotes()
+    root = logging.getLogger()
+    root.addFilter(note)
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+        root.removeFilter(note)
+
+
 def _build_packaged(
     model_cfg: dict[str, Any],
     weights: Path | None,
@@ -280,7 +311,8 @@ def _build_packaged(
     """A model whose HF text tower is a packaged model: built from the resolved config
     (the packaged weights in the text tower), then ``weights`` (a full open_clip state
     dict) loaded over it when given; the symbolic config is kept on the model."""
-    built = _build_from_cfg(model_cfg, device, precision, aug_cfg, model_kwargs, preprocess_cfg)
+    with _quiet_partial_build():
+        built = _build_from_cfg(model_cfg, device, precision, aug_cfg, model_kwargs, preprocess_cfg)
     model = built[0]
     if weights is not None:
         if not weights.is_file():
