@@ -37,6 +37,11 @@ class FamilySpec:
     mrope: bool = False  # Qwen2-VL style 3-D rotary positions (packing passes 4 x B x L)
     # the token a ``<video>`` becomes (its processor's video input); None: no video input
     video_token: str | None = None
+    # tokens the processor writes around an image's run of ``image_token`` (SmolVLM's
+    # ``<fake_token_around_image>`` ...): never compared with the plain tokenization
+    media_tokens: tuple[str, ...] = ()
+    # why packing samples into one row is wrong for this family (None: packing works)
+    pack_refusal: str | None = None
 
     @property
     def media_kinds(self) -> tuple[str, ...]:
@@ -78,26 +83,53 @@ def strip_peft_prefix(name: str) -> str:
 _LM_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def _qwen(name: str, prefix: str) -> FamilySpec:
-    """Qwen2-VL and Qwen2.5-VL share their layout; only the class names differ."""
+#: Qwen3.5's gated delta-net (linear attention) layers: input and output projections (the
+#: per-head gates ``in_proj_a`` / ``in_proj_b`` are a few columns: left alone)
+_GDN_PROJ = ("in_proj_qkv", "in_proj_z", "out_proj")
+
+_QWEN3_VIDEO = (
+    "its processor writes frame timestamps ('<0.5 seconds>') as text into the prompt, "
+    "which the label alignment does not yet account for"
+)
+
+
+def _qwen(
+    name: str,
+    prefix: str,
+    *,
+    decoder: str = "DecoderLayer",
+    projectors: tuple[str, ...] = ("model.visual.merger",),
+    lora_modules: tuple[str, ...] = _LM_PROJ,
+    processor: str | None = None,
+    video: bool = True,
+    pack_refusal: str | None = None,
+) -> FamilySpec:
+    """The Qwen VL layout (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5): ``model.visual`` with
+    its merger(s) as the projector, ``model.language_model``, M-RoPE positions."""
     module = f"{name}.modeling_{name}"
     return FamilySpec(
         name=name,
         model_class=f"{prefix}ForConditionalGeneration",
-        processor_class=f"{prefix}Processor",
+        processor_class=processor or f"{prefix}Processor",
         model_types=(name,),
         roles={
             "vision": ("model.visual",),
-            "projector": ("model.visual.merger",),
+            "projector": projectors,
             "language_model": ("model.language_model", "lm_head"),
         },
-        lora_modules=_LM_PROJ,
-        fsdp_wrap=(f"{module}:{prefix}DecoderLayer", f"{module}:{prefix}VisionBlock"),
+        lora_modules=lora_modules,
+        fsdp_wrap=(f"{module}:{prefix}{decoder}", f"{module}:{prefix}VisionBlock"),
         image_token="<|image_pad|>",
         never_supervised=("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"),
         mrope=True,
-        video_token="<|video_pad|>",
+        video_token="<|video_pad|>" if video else None,
+        pack_refusal=pack_refusal,
     )
+
+
+#: SmolVLM's image grid tokens (``<row_r_col_c>`` before each tile when it splits images)
+_SMOLVLM_GRID = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))
+_SMOLVLM_AROUND = ("<fake_token_around_image>", "<global-img>", *_SMOLVLM_GRID)
 
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -124,11 +156,61 @@ FAMILIES: dict[str, FamilySpec] = {
     ),
     "qwen2_vl": _qwen("qwen2_vl", "Qwen2VL"),
     "qwen2_5_vl": _qwen("qwen2_5_vl", "Qwen2_5_VL"),
+    # interleaved M-RoPE; DeepStack mergers feed vision features into the first LM layers
+    # (projectors too); packing works: per-sample 3-D positions as for Qwen2-VL
+    "qwen3_vl": _qwen(
+        "qwen3_vl",
+        "Qwen3VL",
+        decoder="TextDecoderLayer",
+        projectors=("model.visual.merger", "model.visual.deepstack_merger_list"),
+        video=False,
+    ),
+    # Qwen3.5 is a VLM (Qwen3-VL's processor and vision tower, no DeepStack); 3 of 4 LM
+    # layers are gated delta-net linear attention, whose recurrent state runs across a
+    # packed row: transformers' PyTorch path ignores the sample boundaries
+    "qwen3_5": _qwen(
+        "qwen3_5",
+        "Qwen3_5",
+        processor="Qwen3VLProcessor",
+        lora_modules=(*_LM_PROJ, *_GDN_PROJ),
+        video=False,
+        pack_refusal=(
+            "its linear-attention (gated delta-net) layers carry their state from one "
+            "packed sample into the next (no per-sample reset on transformers' path)"
+        ),
+    ),
+    "smolvlm": FamilySpec(
+        name="smolvlm",
+        model_class="SmolVLMForConditionalGeneration",
+        processor_class="SmolVLMProcessor",
+        model_types=("smolvlm",),
+        roles={
+            "vision": ("model.vision_model",),
+            "projector": ("model.connector",),
+            "language_model": ("model.text_model", "lm_head"),
+        },
+        lora_modules=_LM_PROJ,
+        fsdp_wrap=(
+            "llama.modeling_llama:LlamaDecoderLayer",
+            "smolvlm.modeling_smolvlm:SmolVLMEncoderLayer",
+        ),
+        image_token="<image>",
+        never_supervised=("<image>", *_SMOLVLM_AROUND),
+        media_tokens=_SMOLVLM_AROUND,
+    ),
+}
+
+#: families whose video input is not wired yet, and why (their pre-flight refuses videos)
+VIDEO_NOT_WIRED = {
+    "qwen3_vl": _QWEN3_VIDEO,
+    "qwen3_5": _QWEN3_VIDEO,
+    "smolvlm": "its processor writes a video intro and per-frame timestamps as text",
 }
 
 
 def family(name: str) -> FamilySpec:
-    """The spec of a family by name (``llava``, ``qwen2_vl``, ``qwen2_5_vl``)."""
+    """The spec of a family by name (``llava``, ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl``,
+    ``qwen3_5``, ``smolvlm``)."""
     try:
         return FAMILIES[name]
     except KeyError:

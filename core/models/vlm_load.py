@@ -198,6 +198,10 @@ def apply_peft(
         if not frozen.get(role, True)
         for path in spec.roles[role]
     ]
+    # peft copies single modules only: a container (Qwen3-VL's DeepStack merger list)
+    # becomes its children
+    names = dict(model.named_modules())
+    save = [sub for path in save for sub in _save_paths(names, path)]
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
@@ -208,6 +212,14 @@ def apply_peft(
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def _save_paths(names: Mapping[str, nn.Module], path: str) -> list[str]:
+    """``path``, or its children's paths when it is a ``ModuleList`` / ``ModuleDict``."""
+    module = names.get(path)
+    if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+        return [f"{path}.{child}" for child in module._modules]
+    return [path]
 
 
 # ---- reporting and optimiser groups ------------------------------------------------------

@@ -58,6 +58,25 @@ QWEN_SPECIAL = (
     "<|video_pad|>",
 )
 
+#: SmolVLM's template (Idefics3 style: "User:<image>q<end_of_utterance>\nAssistant: a"),
+#: with plain-string content accepted as well.
+SMOLVLM_TEMPLATE = (
+    "<|im_start|>{% for m in messages %}{{ m['role'] | capitalize }}"
+    "{% if m['content'] is string %}: {{ m['content'] }}{% else %}"
+    "{% if m['content'][0]['type'] == 'image' %}:{% else %}: {% endif %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}"
+    "{% elif c['type'] == 'image' %}<image>{% endif %}{% endfor %}{% endif %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+#: the tokens SmolVLM's processor writes around each image's ``<image>`` run (the grid
+#: tokens only when it splits images into tiles)
+SMOLVLM_SPECIAL = (
+    "<|im_start|>", "<end_of_utterance>", "<image>", "<fake_token_around_image>",
+    "<global-img>",
+    *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)),
+)  # fmt: skip
+
 _WORDS = [
     "circle",
     "square",
@@ -218,8 +237,10 @@ def build_tiny(
         return _tiny_llava_on(tiny, language_dir)
     if family == "llava":
         return _tiny_llava(tiny)
-    if family in ("qwen2_vl", "qwen2_5_vl"):
+    if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"):
         return _tiny_qwen(family, tiny)
+    if family == "smolvlm":
+        return _tiny_smolvlm(tiny)
     raise ValueError(f"no tiny builder for family {family!r}")
 
 
@@ -377,6 +398,8 @@ def _tiny_qwen(family: str, t: dict[str, Any]) -> tuple[Any, Any]:
         tie_word_embeddings=False,
     )
     vh = int(t.get("vision_hidden", 32))
+    if family in ("qwen3_vl", "qwen3_5"):
+        return _tiny_qwen3(family, t, tok, ids, text, vh)
     if family == "qwen2_vl":
         vision = dict(depth=t.get("vision_layers", 2), embed_dim=vh, hidden_size=hidden,
                       num_heads=t.get("vision_heads", 2), mlp_ratio=2, patch_size=14,
@@ -416,6 +439,132 @@ def _tiny_qwen(family: str, t: dict[str, Any]) -> tuple[Any, Any]:
         tokenizer=tok,
         video_processor=tf.Qwen2VLVideoProcessor(**kw),
         chat_template=QWEN_TEMPLATE,
+    )
+    return model, processor
+
+
+def _tiny_qwen3(
+    family: str, t: dict[str, Any], tok: Any, ids: dict[str, int], text: dict[str, Any], vh: int
+) -> tuple[Any, Any]:
+    """Qwen3-VL (interleaved M-RoPE, DeepStack: vision features also added to the first LM
+    layers) and Qwen3.5 (the same vision tower without DeepStack; LM layers alternate gated
+    delta-net linear attention with full attention, ``full_attention_interval``)."""
+    import transformers as tf
+
+    head_dim = int(text["hidden_size"]) // int(text["num_attention_heads"])
+    depth = int(t.get("vision_layers", 2))
+    vision = dict(depth=depth, hidden_size=vh, intermediate_size=2 * vh,
+                  num_heads=t.get("vision_heads", 2), out_hidden_size=text["hidden_size"],
+                  patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                  num_position_embeddings=int(t.get("vision_positions", 64)))  # fmt: skip
+    half = head_dim // 2  # Qwen3 keeps (t, h, w) = (24, 20, 20) of 64: same 2:5:5-ish split
+    section = [half - 2 * (half * 5 // 16), half * 5 // 16, half * 5 // 16]
+    rope = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": section,
+            "mrope_interleaved": True}  # fmt: skip
+    text = {**text, "head_dim": head_dim, "rope_parameters": rope}
+    if family == "qwen3_vl":
+        vision["deepstack_visual_indexes"] = list(range(depth - 1))  # every block but the last
+        cfg_cls, model_cls = tf.Qwen3VLConfig, tf.Qwen3VLForConditionalGeneration
+    else:
+        n = int(text["num_hidden_layers"])
+        every = int(t.get("full_attention_interval", 2))
+        text.update(
+            layer_types=["full_attention" if (i + 1) % every == 0 else "linear_attention"
+                         for i in range(n)],
+            linear_conv_kernel_dim=4, linear_key_head_dim=head_dim,
+            linear_value_head_dim=head_dim, linear_num_key_heads=int(t.get("kv_heads", 2)),
+            linear_num_value_heads=int(text["num_attention_heads"]),
+        )  # fmt: skip
+        rope["partial_rotary_factor"] = 1.0
+        cfg_cls, model_cls = tf.Qwen3_5Config, tf.Qwen3_5ForConditionalGeneration
+    cfg = cfg_cls(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    model = model_cls(cfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    kw = dict(
+        min_pixels=int(t.get("min_pixels", 64 * 64)),
+        max_pixels=int(t.get("max_pixels", 128 * 128)),
+        patch_size=16,
+        temporal_patch_size=2,
+        merge_size=2,
+    )
+    processor = tf.Qwen3VLProcessor(
+        image_processor=tf.Qwen2VLImageProcessor(**kw),
+        tokenizer=tok,
+        video_processor=tf.Qwen3VLVideoProcessor(
+            size={"shortest_edge": kw["min_pixels"], "longest_edge": kw["max_pixels"]},
+            patch_size=16,
+            temporal_patch_size=2,
+            merge_size=2,
+        ),
+        chat_template=QWEN_TEMPLATE,
+    )
+    return model, processor
+
+
+def _tiny_smolvlm(t: dict[str, Any]) -> tuple[Any, Any]:
+    """SmolVLM: SigLIP-style vision tower, pixel-shuffle connector (the projector), Llama
+    LM; one ``image_size`` square per image (``image_splitting`` adds tiles of that size)."""
+    import transformers as tf
+
+    tok = build_tokenizer(SMOLVLM_SPECIAL, pad="<|endoftext|>", eos="<end_of_utterance>",
+                          bos="<|im_start|>", unk=None)  # fmt: skip
+    size, patch, scale = int(t.get("image_size", 64)), int(t.get("patch_size", 16)), 2
+    vh = int(t.get("vision_hidden", 32))
+    cfg = tf.SmolVLMConfig(
+        vision_config=dict(
+            hidden_size=vh,
+            intermediate_size=2 * vh,
+            num_hidden_layers=t.get("vision_layers", 2),
+            num_attention_heads=t.get("vision_heads", 2),
+            image_size=size,
+            patch_size=patch,
+        ),
+        text_config=dict(
+            model_type="llama",
+            vocab_size=len(tok),
+            hidden_size=t.get("hidden_size", 64),
+            intermediate_size=t.get("intermediate_size", 128),
+            num_hidden_layers=t.get("layers", 2),
+            num_attention_heads=t.get("heads", 4),
+            num_key_value_heads=t.get("kv_heads", 2),
+            max_position_embeddings=t.get("max_positions", 1024),
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            tie_word_embeddings=False,
+        ),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        scale_factor=scale,
+        tie_word_embeddings=False,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = tf.SmolVLMForConditionalGeneration(cfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    split = bool(t.get("image_splitting", False))
+    image_processor = tf.SmolVLMImageProcessor(
+        do_image_splitting=split,
+        size={"longest_edge": size * int(t.get("max_tiles_side", 2) if split else 1)},
+        max_image_size={"longest_edge": size},
+    )
+    video_processor = tf.SmolVLMVideoProcessor(
+        size={"longest_edge": size}, max_image_size={"longest_edge": size}
+    )
+    processor = tf.SmolVLMProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=video_processor,
+        image_seq_len=(size // patch) ** 2 // scale**2,
+        chat_template=SMOLVLM_TEMPLATE,
     )
     return model, processor
 

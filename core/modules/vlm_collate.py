@@ -53,8 +53,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
+from core.models.vlm_families import VIDEO_NOT_WIRED
 from lake.errors import ConfigError
 from lake.images import decode_image
 from lake.schema import IMAGE_TOKEN, PLACEHOLDERS
@@ -261,6 +263,7 @@ class Renderer:
         never_supervised: Sequence[str],
         image_token: str,
         video_token: str | None = None,
+        media_tokens: Sequence[str] = (),
     ):
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -269,6 +272,7 @@ class Renderer:
         self.media_token_ids = {self.image_token_id}
         if video_token is not None:
             self.media_token_ids.add(int(self.tokenizer.convert_tokens_to_ids(video_token)))
+        self.media_token_ids |= {int(self.tokenizer.convert_tokens_to_ids(t)) for t in media_tokens}
         self.never = torch.tensor(
             [int(self.tokenizer.convert_tokens_to_ids(t)) for t in never_supervised]
         )
@@ -369,7 +373,7 @@ def video_kwargs(videos: Sequence[VideoClip]) -> dict[str, Any]:
 #: processor outputs the model takes (images, then videos: Qwen2-VL / Qwen2.5-VL)
 VISION_KEYS = (
     "pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
-    "second_per_grid_ts",
+    "second_per_grid_ts", "pixel_attention_mask",
 )  # fmt: skip
 OBJECTIVES = ("sft", "dpo", "kto")
 
@@ -404,6 +408,7 @@ class VlmCollator:
         video_token: str | None = None,
         video: Mapping[str, Any] | None = None,
         family: str = "",
+        media_tokens: Sequence[str] = (),
     ) -> None:
         if overlong not in ("skip", "truncate_text"):
             raise ValueError(f"overlong must be 'skip' or 'truncate_text', not {overlong!r}")
@@ -413,7 +418,8 @@ class VlmCollator:
             raise ValueError(f"on_error must be 'error' or 'skip', not {on_error!r}")
         if pack and objective != "sft":
             raise ValueError(f"packing is for SFT; {objective} scores each row on its own")
-        self.renderer = Renderer(processor, never_supervised, image_token, video_token)
+        self.renderer = Renderer(processor, never_supervised, image_token, video_token,
+                                 media_tokens)  # fmt: skip
         self.takes_video = video_token is not None
         self.video = VideoSettings.of(video)
         self.family = family
@@ -478,7 +484,9 @@ class VlmCollator:
                 raise SampleError(
                     f"{_where(sample)}: media {i} is {kind}, which the "
                     f"{self.family or 'model'} family cannot take"
-                )
+                    + (f" (not wired yet: {VIDEO_NOT_WIRED[self.family]})"
+                       if kind == "video" and self.family in VIDEO_NOT_WIRED else "")
+                )  # fmt: skip
             try:
                 rgb = decode_image(data)
             except Exception as err:  # PIL raises several types for bad bytes
@@ -798,11 +806,25 @@ def _prompt_of(conv: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _cat_vision(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Concatenate the processor's vision tensors of several samples in order."""
     out: dict[str, torch.Tensor] = {}
+    per_row = any(p["pixel_values"].dim() == 5 for p in parts if "pixel_values" in p)
     for key in VISION_KEYS:
         tensors = [p[key] for p in parts if key in p]
-        if tensors:
+        if tensors and per_row and key in ("pixel_values", "pixel_attention_mask"):
+            # SmolVLM: (1, images, [3,] H, W) per sample -> one row of every image (the
+            # model takes images in token order, whatever row they sit in)
+            out[key] = _cat_padded(tensors)
+        elif tensors:
             out[key] = torch.cat(tensors, dim=0)
     return out
+
+
+def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``(1, n_i, ..., H_i, W_i)`` tensors as one ``(1, sum n_i, ..., H, W)``, zero-padded
+    to the largest H, W (zero pixels are what the processor pads with, masked out)."""
+    h = max(t.shape[-2] for t in tensors)
+    w = max(t.shape[-1] for t in tensors)
+    padded = [F.pad(t, (0, w - t.shape[-1], 0, h - t.shape[-2])) for t in tensors]
+    return torch.cat([t.flatten(0, 1) for t in padded], dim=0)[None]
 
 
 def pack_first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from core.models.vlm_families import family as vlm_family
 from core.models.vlm_load import (
     apply_peft,
     format_table,
@@ -61,7 +62,7 @@ log = logging.getLogger(__name__)
 
 MODEL_INPUTS = (
     "pixel_values", "image_grid_thw", "mm_token_type_ids", "pixel_values_videos",
-    "video_grid_thw", "second_per_grid_ts",
+    "video_grid_thw", "second_per_grid_ts", "pixel_attention_mask",
 )  # fmt: skip
 DEFAULT_FREEZE = {"vision": True, "projector": False, "language_model": False}
 
@@ -122,6 +123,10 @@ class VlmModule(TrainableOnlyCheckpoints, LakeloomModule):
         peft_cfg = {"method": "none", "r": 16, "alpha": 32, "dropout": 0.05, **dict(peft or {})}
         if quantization and peft_cfg["method"] == "none":
             raise ConfigError("a quantized model trains only through adapters: set peft.method")
+        refusal = vlm_family(family).pack_refusal
+        if pack and refusal:
+            raise ConfigError(f"model.pack=true is refused for family {family!r}: {refusal}; "
+                              "set model.pack=false (rows are padded)")  # fmt: skip
         model, self.processor, self.spec = load_vlm(
             family, source, tiny, seed, dtype, trust_remote_code, revision,
             quantization, allow_cpu_quantization, attn_implementation, language_source,
@@ -187,6 +192,7 @@ class VlmModule(TrainableOnlyCheckpoints, LakeloomModule):
             video_token=self.spec.video_token,
             video=h.video,
             family=self.spec.name,
+            media_tokens=self.spec.media_tokens,
         )
 
     def pop_events(self) -> list[tuple[str, dict[str, Any]]]:
@@ -446,7 +452,12 @@ class VlmModule(TrainableOnlyCheckpoints, LakeloomModule):
         n = min(room, prompts["input_ids"].shape[0])
         if "video_grid_thw" in prompts and n < prompts["input_ids"].shape[0]:
             return  # video inputs are not cut per row: generate only whole batches of them
-        if "pixel_values" in prompts and "image_grid_thw" not in prompts:
+        if "pixel_values" in prompts and prompts["pixel_values"].dim() == 5:
+            # SmolVLM: one row of (padded) images per prompt
+            for key in ("pixel_values", "pixel_attention_mask"):
+                if key in prompts:
+                    prompts[key] = prompts[key][:n]
+        elif "pixel_values" in prompts and "image_grid_thw" not in prompts:
             # rows may hold no image (text-only samples) or several: count them per row
             k = int(sum(_images_per_row(prompts["input_ids"], self.spec, self.processor)[:n]))
             prompts["pixel_values"] = prompts["pixel_values"][:k]

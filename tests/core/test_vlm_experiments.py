@@ -15,6 +15,16 @@ REAL = {
     "qwen2vl_lora": ("qwen2_vl", "Qwen/Qwen2-VL-2B-Instruct"),
     "qwen2vl_qlora": ("qwen2_vl", "Qwen/Qwen2-VL-2B-Instruct"),
     "qwen2vl_dpo": ("qwen2_vl", "Qwen/Qwen2-VL-2B-Instruct"),
+    **{
+        f"{name}_{kind}": (fam, hub)
+        for name, fam, hub in (
+            ("qwen2_5vl", "qwen2_5_vl", "Qwen/Qwen2.5-VL-3B-Instruct"),
+            ("qwen3vl", "qwen3_vl", "Qwen/Qwen3-VL-4B-Instruct"),
+            ("qwen3_5", "qwen3_5", "Qwen/Qwen3.5-9B"),
+            ("smolvlm", "smolvlm", "HuggingFaceTB/SmolVLM-256M-Instruct"),
+        )
+        for kind in ("lora", "dpo")
+    },
 }
 
 
@@ -36,12 +46,14 @@ def test_real_experiments_compose_and_state_their_cost(compose, name: str) -> No
         assert dict(m.freeze) == {"vision": True, "projector": False, "language_model": False}
         assert m.peft.method == "lora"
     assert (m.quantization == "4bit") == (name == "qwen2vl_qlora")
-    assert (m.objective == "dpo") == (name == "qwen2vl_dpo")
-    if name == "qwen2vl_dpo":
+    assert (m.objective == "dpo") == name.endswith("_dpo")
+    if name.endswith("_dpo"):
         assert "chosen IS NOT NULL" in cfg.data.where
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize(
+    "family", ["llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "smolvlm"]
+)
 def test_fsdp_policy_covers_every_block(compose, family: str) -> None:
     from hydra.utils import instantiate
 
