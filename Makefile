@@ -48,9 +48,7 @@ demo: $(STAMP)
 	       $$(test -f runs/$(DEMO_MINILM_RUN)/checkpoints/last.ckpt && echo resume=true)
 # the MiniLM-text CLIP (384-d) embeds and checks a copy of the lake (its vectors have another
 # width than the tiny CLIP's, which stay in data/lake); bench/checks.py compares the two
-	rm -rf $(DEMO_MINILM_LAKE) && cp -r data/lake $(DEMO_MINILM_LAKE)
-	$(BIN)/python -c "import lance; [lance.dataset('$(DEMO_MINILM_LAKE)/' + t + '.lance').drop_columns(c) for t, c in \
-	  (('media', ['clip_image', 'clip_image_model']), ('samples', ['clip_text', 'clip_text_model']))]"
+	$(BIN)/python -m lake.fork data/lake $(DEMO_MINILM_LAKE) --drop-embeddings
 	$(BIN)/lakeloom enrich enrich=clip enrich.model.run=$(DEMO_MINILM_RUN) lake.uri=$(DEMO_MINILM_LAKE)
 	$(BIN)/lakeloom check lake.uri=$(DEMO_MINILM_LAKE) lake.reports=data/reports-minilm
 	$(BIN)/python bench/checks.py --compare-lake $(DEMO_MINILM_LAKE)

@@ -346,6 +346,16 @@ class Lake:
                 tbl.add_columns(pa.schema(missing))
         return [f.name for f in missing]
 
+    def drop_columns(self, name: str, columns: Iterable[str]) -> list[str]:
+        """Drop those of ``columns`` that ``name`` has (one commit, metadata only: the
+        older versions keep them); return the names dropped."""
+        with self.lock():
+            tbl = self.table(name)
+            present = [c for c in columns if c in tbl.schema.names]
+            if present:
+                tbl.drop_columns(present)
+        return present
+
     # -- versions -------------------------------------------------------------------------
     def versions(self, name: str) -> list[dict[str, Any]]:
         """Versions of a table, oldest first, with their timestamp, row count and tags."""
