@@ -134,9 +134,10 @@ def test_dpo_starts_at_log2_and_a_step_moves_it(vlm_lake: Path, name: str) -> No
     assert float(metrics["reward_chosen"]) > float(metrics["reward_rejected"])
 
 
-@pytest.mark.parametrize("name", ["qwen3_vl", "smolvlm"])
+@pytest.mark.parametrize("name", ["qwen2_5_vl", "qwen3_vl", "smolvlm"])
 def test_packed_batch_gives_the_unpacked_loss(vlm_lake: Path, name: str) -> None:
-    """Qwen3-VL (interleaved M-RoPE, DeepStack): per-sample 3-D positions; SmolVLM: 1-D."""
+    """Qwen2.5-VL / Qwen3-VL (interleaved M-RoPE, DeepStack): per-sample 3-D positions;
+    SmolVLM: 1-D."""
     module = make(name, pack=True).eval()
     rows = samples(vlm_lake, "convs")
     rows = [s for s in rows if s["images"]][:3] + [s for s in rows if not s["images"]][:1]
