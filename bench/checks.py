@@ -297,9 +297,13 @@ def search_queries() -> dict[str, list[tuple[str, str, str]]]:
     return out
 
 
-def search_figures(lake_uri: str, demo: Path, dataset: str, k: int = SEARCH_K) -> dict:
-    """Mean precision@k and R-precision of text search over ``dataset``'s images."""
+def search_figures(
+    lake_uri: str, demo: Path, dataset: str, k: int = SEARCH_K, runs_dir: str | None = None
+) -> dict:
+    """Mean precision@k and R-precision of text search over ``dataset``'s images, and
+    where the lake's model's weights come from (``weights``, read from its run)."""
     from lake.query import lake_model, load_embedder
+    from lake.weights_origin import describe_owner
 
     truth = json.loads((demo / "ground_truth.json").read_text())
     lake = Lake(lake_uri, storage_options({"uri": lake_uri}))
@@ -318,7 +322,9 @@ def search_figures(lake_uri: str, demo: Path, dataset: str, k: int = SEARCH_K) -
     images /= np.maximum(np.linalg.norm(images, axis=1, keepdims=True), 1e-12)
     labels = np.array([f"{attrs[i][0]}|{attrs[i][1]}" for i in ids])
     embedder = load_embedder(lake, "clip_text")
-    out: dict[str, Any] = {"model": lake_model(lake), "images": len(ids), "k": k}
+    model = lake_model(lake)
+    weights = describe_owner(model, runs_dir) or "unknown"
+    out: dict[str, Any] = {"model": model, "weights": weights, "images": len(ids), "k": k}
     for variant, queries in search_queries().items():
         vectors = embedder.embed_texts([q for q, _, _ in queries])
         order = np.argsort(-(vectors @ images.T), axis=1, kind="stable")
@@ -341,7 +347,12 @@ def search_figures(lake_uri: str, demo: Path, dataset: str, k: int = SEARCH_K) -
 
 
 def side_by_side(
-    lake_uri: str, other_uri: str, demo: Path, dataset: str, caption_dataset: str
+    lake_uri: str,
+    other_uri: str,
+    demo: Path,
+    dataset: str,
+    caption_dataset: str,
+    runs_dir: str | None = None,
 ) -> dict[str, Any]:
     """Caption-check and text-search figures of two lakes (two CLIPs) of the same demo."""
     out: dict[str, Any] = {}
@@ -350,7 +361,7 @@ def side_by_side(
         out[name] = {
             "lake": uri,
             "caption_mismatch": fig["caption_mismatch"],
-            "search": search_figures(uri, demo, dataset),
+            "search": search_figures(uri, demo, dataset, runs_dir=runs_dir),
         }
     return out
 
@@ -363,9 +374,10 @@ def _side_table(side: dict[str, Any]) -> str:
         "",
         "side by side: two CLIPs on the same demo lake "
         f"(A: {a['search']['model']}; B: {b['search']['model']})",
-        "  both image towers are random-init tiny ViTs trained only on this demo; B's text",
-        "  tower is the real all-MiniLM-L6-v2, pretrained on text only (never saw an image)",
-        "  and frozen; A's text tower is trained from scratch on the demo captions.",
+        f"  A weights: {a['search'].get('weights', 'unknown')}",
+        f"  B weights: {b['search'].get('weights', 'unknown')}",
+        "  (all-MiniLM-L6-v2 is pretrained on text only and never saw an image: no figure",
+        "  here is a pretrained image-text model's quality)",
         "",
         f"{'':<44}{'A':>{w}}{'B':>{w}}",
     ]
@@ -406,11 +418,26 @@ def label_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def lake_weights(lake_uri: str, runs_dir: str | None) -> str:
+    """Where the weights of the CLIP that embedded the lake come from (``unknown``: no
+    embeddings, several models, or a model no run under ``runs_dir`` made)."""
+    from lake.errors import ConfigError
+    from lake.query import lake_model
+    from lake.weights_origin import describe_owner
+
+    try:
+        model = lake_model(Lake(lake_uri, storage_options({"uri": lake_uri})))
+    except ConfigError:
+        return "unknown"
+    return describe_owner(model, runs_dir) or "unknown"
+
+
 def _table(fig: dict[str, Any]) -> str:
     c, d = fig["caption_mismatch"], fig["duplicates"]
     lines = [
         f"checks vs ground truth: duplicates in {fig['dataset']}, "
         f"captions in {fig['caption_dataset']}",
+        f"CLIP weights: {fig.get('weights', 'unknown')}",
         "",
     ]
     lines.append(f"{'caption mismatch':<34}{'value':>12}")
@@ -494,6 +521,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a copy of the lake embedded and checked by another CLIP: adds the side-by-side "
         "table (caption check and paraphrased text search)",
     )
+    ap.add_argument(
+        "--runs-dir",
+        default="runs",
+        help="where the runs that embedded the lakes live (their weights' origin is shown)",
+    )
     args = ap.parse_args(argv)
     if None in (args.lake, args.demo, args.dataset, args.caption_dataset):
         for key, value in demo_defaults().items():
@@ -506,10 +538,16 @@ def main(argv: list[str] | None = None) -> None:
     """Command line: print the table and a final JSON line."""
     args = parse_args(argv)
     fig = evaluate(args.lake, Path(args.demo), args.dataset, args.caption_dataset)
+    fig["weights"] = lake_weights(args.lake, args.runs_dir)
     print(_table(fig))
     if args.compare_lake:
         side = side_by_side(
-            args.lake, args.compare_lake, Path(args.demo), args.dataset, args.caption_dataset
+            args.lake,
+            args.compare_lake,
+            Path(args.demo),
+            args.dataset,
+            args.caption_dataset,
+            args.runs_dir,
         )
         fig["side_by_side"] = side
         print(_side_table(side))

@@ -3,8 +3,9 @@
 For each split (``val``, ``test``) a table of exact match and token F1 per run, read from
 the runs' ``summary.json`` (the last validation and the test figures), then, per split, the
 answers each run generated for the same samples next to their reference (from the runs'
-``generations`` events). A note marks how the runs were made where their summary says
-(e.g. a random-init vision tower): the figures are the demo's, not a pretrained model's.
+``generations`` events). A ``weights`` line per run says how it was made
+(:mod:`lake.weights_origin`, e.g. a random-init vision tower trained only on the demo): such
+figures are the demo's, not a pretrained model's.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from lake.errors import ConfigError
 from lake.runs import EV_GENERATIONS, RunDir, read_events
+from lake.weights_origin import describe, run_weights
 
 SPLITS = ("val", "test")
 METRICS = ("exact_match", "token_f1")
@@ -53,6 +55,9 @@ def compare(run_dirs: list[Path], samples: int = 3) -> str:
                 for m, w in zip(METRICS, (12, 10), strict=True)
             )
             lines.append(f"{'':<6}{run.name:<{width}}{cells}")
+    lines.append("weights:")
+    for run in run_dirs:
+        lines.append(f"  {run.name:<{width}}{describe(run_weights(run))}")
     for split in SPLITS:
         per_run = {run: {g["sample_id"]: g for g in generations(run, split)} for run in run_dirs}
         shared = [sid for sid in per_run[run_dirs[0]] if all(sid in p for p in per_run.values())]

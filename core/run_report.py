@@ -1,8 +1,10 @@
 """``python -m core.run_report RUN_DIR``: a run's story from its events log, as text.
 
-Every logged training loss (``train/loss``, and each head's ``train/loss_*``) from its
-first to its last logged value, curriculum switches, the last validation figures and a
-few of the texts generated at validation. Works for any lakeloom run directory.
+Where the weights come from (each part random-init / pretrained / from a run; frozen /
+LoRA / trained; the data: :mod:`lake.weights_origin`), every logged training loss
+(``train/loss``, and each head's ``train/loss_*``) from its first to its last logged value,
+curriculum switches, the last validation figures and a few of the texts generated at
+validation. Works for any lakeloom run directory.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from lake.runs import EV_CURRICULUM, EV_GENERATIONS, EV_TRAIN, EV_VAL, RunDir, read_events
+from lake.weights_origin import describe, run_weights
 
 
 def report(run_dir: str | Path, generations: int = 4) -> str:
     """The report of one run directory (see the module docstring)."""
     events = read_events(RunDir(run_dir).events)
-    lines = [f"run {Path(run_dir).name}"]
+    lines = [f"run {Path(run_dir).name}", f"  weights: {describe(run_weights(run_dir))}"]
     spans: dict[str, list[tuple[int, float]]] = {}
     for e in events:
         if e["type"] == EV_TRAIN:

@@ -35,6 +35,7 @@ from lake.job import (
     redact_secrets,
     traceback_locals,
 )
+from lake.weights_origin import SUMMARY_KEY, weights_origin
 
 log = logging.getLogger("lakeloom.train")
 
@@ -50,7 +51,7 @@ def train(cfg: Any) -> dict[str, Any]:
     ``fit`` begins (a config error, a missing lake, an empty selection) never started: its
     folder is removed and the error (or interrupt) re-raised, so only real runs are listed.
     """
-    from omegaconf import open_dict
+    from omegaconf import OmegaConf, open_dict
 
     from core.run import resolve_run
 
@@ -91,6 +92,8 @@ def train(cfg: Any) -> dict[str, Any]:
         "status": runs.FAILED,
         "started_at": time.time(),
         "resumed_from": str(ckpt) if ckpt else None,
+        # what each part of the model starts from (random-init / pretrained / a run)
+        SUMMARY_KEY: weights_origin(OmegaConf.to_container(cfg, resolve=True), cfg.runs_dir),
     }
     t0 = time.perf_counter()
     stage = {"fit": False}

@@ -37,6 +37,7 @@ from lake.plugin import Check
 from lake.schema import SAMPLES
 from lake.sql import and_filters, filter_error, in_list, quote
 from lake.store import Lake
+from lake.weights_origin import describe_owner
 
 log = logging.getLogger("lakeloom.check")
 
@@ -94,11 +95,14 @@ def run_checks(
     reports: str | Path | None = None,
     ctx: RunContext | None = None,
     worst: int = 10,
+    runs_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run ``checks`` (name -> Check) on the samples selected by ``where``; write results.
 
     Returns the report (also written to ``reports``/checks.json and checks.md when
-    ``reports`` is given).
+    ``reports`` is given). ``weights`` in it says, for each model a check used that a
+    training run under ``runs_dir`` made, where its weights come from
+    (:mod:`lake.weights_origin`): a random-init tower trained on the demo says so.
     """
     if not lake.exists(SAMPLES):
         raise ConfigError(f"lake {lake.uri} has no samples table: ingest something first")
@@ -174,6 +178,7 @@ def run_checks(
             n: {k: v for k, v in s.items() if k != "group_list"} for n, s in summaries.items()
         },
     }
+    report["weights"] = model_weights(report, runs_dir)
     if reports is not None:
         write_reports(lake, Path(reports), report, summaries, results, worst)
     return report
@@ -194,6 +199,16 @@ def write_reports(
     if groups:
         (folder / "duplicates.json").write_text(json.dumps(groups, indent=1) + "\n")
     (folder / "checks.md").write_text(markdown(lake, report, results, worst))
+
+
+def model_weights(report: dict[str, Any], runs_dir: str | Path | None) -> dict[str, str]:
+    """``{model id: weights line}`` for the models of the report's checks that say where
+    their weights come from (a run's model, a random init)."""
+    ids = {
+        m for s in report["checks"].values() for v in (s.get("models") or {}).values() for m in v
+    }
+    found = {m: describe_owner(m, runs_dir) for m in sorted(ids)}
+    return {m: line for m, line in found.items() if line}
 
 
 def _cell(value: Any) -> str:
@@ -221,6 +236,9 @@ def markdown(lake: Lake, report: dict[str, Any], results: dict[str, pa.Table], w
             f"| {name} | {s['version']} | {s.get('scored', 0)} | {s.get('flagged', 0)} | "
             f"{100 * s['flagged_frac']:.1f} | {_cell(thresholds)} | {_cell(models)} |"
         )
+    if report.get("weights"):
+        lines += ["", "Where the models' weights come from:", ""]
+        lines += [f"- `{m}`: {line}" for m, line in report["weights"].items()]
     fell_back = [(n, why) for n, s in report["checks"].items() for why in s.get("fallbacks") or ()]
     if fell_back:
         lines += ["", "Fallbacks (a check could not run as configured):", ""]
@@ -287,6 +305,7 @@ def format_report(report: dict[str, Any]) -> str:
             f"  {name:<18} {s.get('flagged', 0):>6} flagged of {s.get('scored', 0):>6}{extra}"
         )
         lines += [f"  {'':<18} fell back: {why}" for why in s.get("fallbacks") or ()]
+    lines += [f"  model {m}: {line}" for m, line in (report.get("weights") or {}).items()]
     return "\n".join(lines)
 
 
@@ -302,9 +321,9 @@ def main(cfg: Any) -> int:
         if cfg.executor.name == "ray":
             from lake.ray_check import run_checks_ray
 
-            report = run_checks_ray(*args, executor=cfg.executor)
+            report = run_checks_ray(*args, executor=cfg.executor, runs_dir=cfg.runs_dir)
         else:
-            report = run_checks(*args)
+            report = run_checks(*args, runs_dir=cfg.runs_dir)
         print(format_report(report))
         print(f"reports: {Path(cfg.lake.reports) / 'checks.md'}, checks.json")
         versions = lake.tag(ctx.run_id)

@@ -36,6 +36,7 @@ from lake.query_cache import VectorCache
 from lake.schema import MEDIA, SAMPLES
 from lake.sql import and_filters, filter_error, in_list, quote
 from lake.store import Lake
+from lake.weights_origin import describe_owner
 
 IMAGE_COLUMN = "clip_image"
 IMAGE_OWNER = "clip_image_model"
@@ -469,8 +470,16 @@ def format_hits(hits: list[Hit]) -> str:
     return "\n".join(lines)
 
 
-def run_query(cfg: Any) -> list[Hit]:
-    """Embed the configured query and search (the job without the printing)."""
+def query_header(owner: str, runs_dir: str | None) -> str:
+    """Which model ranked the results and where its weights come from (a demo-trained,
+    random-init tower says so: its scores are not a pretrained model's)."""
+    weights = describe_owner(owner, runs_dir)
+    return f"model: {owner}" + (f"\nweights: {weights}" if weights else "")
+
+
+def run_query(cfg: Any, info: dict[str, Any] | None = None) -> list[Hit]:
+    """Embed the configured query and search (the job without the printing); ``info``
+    receives the lake's model id (``model``)."""
     if bool(cfg.text) == bool(cfg.image):
         raise ConfigError('give exactly one of text="..." or image=PATH')
     lake = Lake.from_config(cfg.lake)
@@ -484,6 +493,8 @@ def run_query(cfg: Any) -> list[Hit]:
         kind, query = "image", path.read_bytes()
     cache = VectorCache(cfg.get("vector_cache"))
     owner = lake_model(lake)
+    if info is not None:
+        info["model"] = owner
     # only a model checked against this owner id put vectors under it (below)
     vector = cache.get(owner, kind, query)
     if vector is None:
@@ -501,11 +512,13 @@ def run_query(cfg: Any) -> list[Hit]:
 @hydra_job("query")
 def main(cfg: Any) -> int:
     """Hydra entry point: print the nearest samples (``json=true`` for JSON lines)."""
-    hits = run_query(cfg)
+    info: dict[str, Any] = {}
+    hits = run_query(cfg, info)
     if cfg.get("json"):
         for h in hits:
             sys.stdout.write(json.dumps(h.__dict__) + "\n")
     else:
+        print(query_header(info["model"], cfg.model.get("runs_dir")))
         print(format_hits(hits))
     return 0
 

@@ -112,6 +112,7 @@ def run_checks_ray(
     ctx: RunContext | None,
     worst: int,
     executor: Any,
+    runs_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """:func:`lake.check.run_checks` with the checks' heavy passes on Ray."""
     with ray_session(
@@ -122,7 +123,7 @@ def run_checks_ray(
         for name in saved:
             checks[name].passes = passes  # type: ignore[attr-defined]
         try:
-            return run_checks(lake, checks, where, reports, ctx, worst)
+            return run_checks(lake, checks, where, reports, ctx, worst, runs_dir)
         finally:
             for name, value in saved.items():
                 if value is None:

@@ -44,6 +44,7 @@ from core.checkpoint import check_checkpoint, load_checkpoint
 from core.models.packaged import is_packaged, resolve_source
 from lake.errors import ConfigError
 from lake.runs import RunDir
+from lake.weights_origin import CLIP_CONFIG_DIR
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 LOCAL_DIR = "local-dir:"
 #: lakeloom's own architectures (tiny-clip, ...), one JSON per model, named by file stem
-CLIP_CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf" / "model" / "clip_configs"
+#: in CLIP_CONFIG_DIR (owned by lake.weights_origin, which reads their text towers too)
 #: attribute under which the factory keeps the model's open_clip config
 MODEL_CFG_ATTR = "lakeloom_model_cfg"
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from core.run_report import report
 from core.train import train
 from lake import runs
+from lake.weights_origin import weights_origin
 from tui.runs_data import EventTail, list_runs
 
 FAST = ("trainer.enable_progress_bar=false", "trainer.enable_model_summary=false")
@@ -33,6 +36,10 @@ def test_tui_and_report_read_a_run_core_wrote(compose, tmp_path: Path) -> None:
     assert run.last_ckpt.is_file() and run.best_ckpt.is_file()
     assert run.step_checkpoints() and run.step_checkpoints()[0].parent == run.checkpoints
     assert runs.read_summary(run)["step"] == summary["step"]
+    # where the weights come from, once, in the summary (the probe is no known model)
+    weights = runs.read_summary(run)["weights"]
+    assert weights == weights_origin(yaml.safe_load(run.config.read_text()), cfg.runs_dir)
+    assert weights["model"] == cfg.model._target_ and weights["lake"] == cfg.lake.uri
 
     # the TUI's run list
     (info,) = list_runs(cfg.runs_dir)
@@ -49,5 +56,5 @@ def test_tui_and_report_read_a_run_core_wrote(compose, tmp_path: Path) -> None:
 
     # the text report
     text = report(run.path)
-    assert text.splitlines()[0] == "run contract"
+    assert text.splitlines()[:2] == ["run contract", "  weights: unknown"]
     assert f"(step {summary['step']})" in text and "val/acc" in text

@@ -1,4 +1,5 @@
-"""One training run, live: curves, throughput, memory, status and the event log."""
+"""One training run, live: curves, throughput, memory, status, where its weights come from
+(random-init / pretrained / from a run, frozen / LoRA / trained; the data) and the event log."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Log, Static
 
+from lake.weights_origin import UNKNOWN, describe, run_weights
 from tui.config import TuiConfig
 from tui.format import clip, fmt_duration, printable
 from tui.runs_data import EventTail, fmt_value
@@ -33,6 +35,7 @@ class Snapshot:
     started: float | None
     log: list[str] = field(default_factory=list)  # lines new since the previous snapshot
     log_reset: bool = False  # the log restarted: replace what is shown
+    weights: str | None = None  # where the model's weights come from (lake.weights_origin)
 
 
 class RunScreen(PollingScreen):
@@ -58,6 +61,7 @@ class RunScreen(PollingScreen):
         self._seen = -1
         self._corrupt = 0
         self._started: float | None = None
+        self._weights: str | None = None
 
     @property
     def run_id(self) -> str:
@@ -65,6 +69,7 @@ class RunScreen(PollingScreen):
 
     def compose(self) -> ComposeResult:
         yield Static(Text(printable(self.run_id), style="bold"), id="run-head", markup=False)
+        yield Static("", id="run-weights", markup=False)
         yield Static("", id="run-notice", markup=False)
         yield Static("", id="run-error", markup=False)
         with Horizontal(id="run-body"):
@@ -90,6 +95,9 @@ class RunScreen(PollingScreen):
         if status.get("status") == "started":
             self._started = status.get("t")
         self._seen, self._corrupt = tail.events, tail.corrupt
+        if self._weights is None or self._weights == UNKNOWN:  # config.yaml may come later
+            folder = self.tail.path.parent
+            self._weights = printable(clip(describe(run_weights(folder)), self.max_chars))
         names = tail.metric_names()
         return Snapshot(
             names=names,
@@ -106,6 +114,7 @@ class RunScreen(PollingScreen):
                 for line in tail.log_lines(min(new, self.log_n))
             ],
             log_reset=reset,
+            weights=self._weights,
         )
 
     # -- showing (UI thread) ----------------------------------------------------------
@@ -113,6 +122,8 @@ class RunScreen(PollingScreen):
         self.snapshot = snap
         self.query_one("#run-plots", PlotGrid).update_data(snap.data, snap.names)
         self._show_head()
+        if snap.weights:
+            self.query_one("#run-weights", Static).update(f"weights: {snap.weights}")
         self._show_notice()
         self._show_error()
         self.query_one("#run-stats", Static).update(self._stats(snap))

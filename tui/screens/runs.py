@@ -1,4 +1,5 @@
-"""The list of training runs: status, experiment, start, duration and best metric."""
+"""The list of training runs: status, experiment, start, duration and best metric; the
+highlighted run's folder and where its weights come from (:mod:`lake.weights_origin`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
+from lake.weights_origin import describe, run_weights
 from tui.config import TuiConfig
 from tui.format import fmt_duration, literal, printable
 from tui.runs_data import RunInfo, list_runs
@@ -46,6 +48,7 @@ class RunsScreen(PollingScreen):
         self.poll_s = config.refresh_s
         self.runs: dict[str, RunInfo] = {}
         self.marked: set[str] = set()
+        self._weights: dict[Path, str] = {}  # run folder -> its weights line (config is fixed)
 
     def compose(self) -> ComposeResult:
         yield Static(f"Reading {printable(self.runs_dir)} …", id="runs-empty", markup=False)
@@ -107,6 +110,10 @@ class RunsScreen(PollingScreen):
                     f"   marked for comparison: {len(self.marked)}",
                     style=self.style("runs--marked"),
                 )
+            if run.path not in self._weights:
+                self._weights[run.path] = describe(run_weights(run.path))
+            text.append("\n")
+            text.append(printable(f"weights: {self._weights[run.path]}"))
             if run.error:
                 text.append("\n")
                 text.append(printable(run.error, multiline=True), style=self.style("runs--error"))
