@@ -29,6 +29,8 @@ from typing import Any
 
 from PIL import Image
 
+from lake.images import decode_image
+
 #: (package, file inside the package's data folder, stored name, caption)
 PHOTOS: tuple[tuple[str, str, str, str], ...] = (
     ("skimage", "astronaut.png", "astronaut.jpg", "a portrait of the astronaut Eileen Collins"),
@@ -87,8 +89,7 @@ def package_data_dir(package: str) -> Path | None:
 
 def _photo_bytes(src: Path, name: str, max_side: int) -> bytes:
     """``src`` as RGB JPEG of at most ``max_side`` pixels; the EXIF photo rotated + tagged."""
-    with Image.open(src) as img:
-        rgb = img.convert("RGB")
+    rgb = decode_image(src.read_bytes())
     rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     if name == EXIF_PHOTO:
