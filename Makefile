@@ -59,6 +59,7 @@ demo: $(STAMP)
 	  print('llava_tiny: train loss %.3f -> %.3f; val' % tuple(s['train_loss']), s['last_val'])"
 	test -f runs/$(DEMO_SMOL_ALIGN)/summary.json && grep -q '"status": "finished"' runs/$(DEMO_SMOL_ALIGN)/summary.json \
 	  || $(BIN)/lakeloom train +experiment=llava_smollm2_align run_id=$(DEMO_SMOL_ALIGN) \
+	       model.vision_from=runs/$(DEMO_RUN) \
 	       $$(test -f runs/$(DEMO_SMOL_ALIGN)/checkpoints/last.ckpt && echo resume=true)
 	test -f runs/$(DEMO_SMOL_LORA)/summary.json && grep -q '"status": "finished"' runs/$(DEMO_SMOL_LORA)/summary.json \
 	  || $(BIN)/lakeloom train +experiment=llava_smollm2_lora run_id=$(DEMO_SMOL_LORA) \

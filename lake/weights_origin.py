@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lake.runs import CONFIG_FILE, RunDir, read_summary
+from lake.runs import CHECKPOINTS_DIR, CKPT_SUFFIX, CONFIG_FILE, RunDir, read_summary
 
 RANDOM = "random-init"
 FROZEN, LORA, TRAINED = "frozen", "LoRA", "trained"
@@ -127,8 +127,8 @@ def _init_run(init_from: str, runs_dir: Path | None) -> Path:
     path = Path(init_from)
     if not path.exists() and runs_dir is not None and (runs_dir / init_from).exists():
         path = runs_dir / init_from
-    if path.is_file() or path.suffix == ".ckpt":
-        path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if path.is_file() or path.suffix == CKPT_SUFFIX:
+        path = path.parent.parent if path.parent.name == CHECKPOINTS_DIR else path.parent
     return path
 
 
@@ -156,6 +156,15 @@ def weights_origin(
         kind, parts = "apotheon", _apotheon_parts(model)
     else:
         kind, parts = target or UNKNOWN, {}
+    vision_from = model.get("vision_from") if kind == "vlm" else None
+    if vision_from and _depth < _MAX_DEPTH:
+        clip_run = _init_run(str(vision_from), Path(runs_dir) if runs_dir is not None else None)
+        clip = _read(clip_run, Path(runs_dir) if runs_dir else None, config_dir, _depth + 1)
+        image = (clip or {}).get("parts", {}).get("image tower") or {}
+        parts["vision tower"].update(
+            origin=f"from run {clip_run.name} (CLIP image tower)",
+            base=image.get("base") or image.get("origin") or UNKNOWN,
+        )
     data = cfg.get("data") or {}
     datasets = list(data["datasets"]) if data.get("datasets") else None
     out: dict[str, Any] = {
@@ -174,6 +183,9 @@ def weights_origin(
             before = (parent or {}).get("parts", {}).get(name)
             if before is None:
                 part.update(origin=f"from run {run.name}", base=UNKNOWN)
+            elif before["training"] == FROZEN and name == "vision tower" and "base" in before:
+                # a frozen tower from a CLIP run (vision_from) is rebuilt from that run
+                part.update(origin=before["origin"], base=before["base"])
             elif before["training"] != FROZEN:  # the run trained it: its tensors start this one
                 part.update(
                     origin=f"from run {run.name}", base=before.get("base") or before["origin"]

@@ -44,6 +44,7 @@ def load_vlm(
     allow_cpu_quantization: bool = False,
     attn_implementation: str | None = None,
     language_source: str | None = None,
+    vision_from: str | None = None,
 ) -> tuple[nn.Module, Any, FamilySpec]:
     """``(model, processor, spec)`` for ``source``: ``tiny`` (built from ``tiny`` sizes),
     a local checkpoint directory, or a hub id (offline unless the cache has it).
@@ -51,6 +52,8 @@ def load_vlm(
     ``language_source`` (with ``source=tiny``, LLaVA): a real causal LM (a packaged name such
     as ``smollm2-135m-instruct``, a local directory or a hub id) behind the tiny random
     vision tower; its tokenizer and ChatML template become the processor's.
+    ``vision_from`` (with ``language_source``): a lakeloom CLIP run whose image tower
+    replaces the random one (:func:`core.models.vlm_tiny.build_tiny`).
 
     ``quantization="4bit"`` loads the language model in 4-bit NF4 through bitsandbytes
     (QLoRA); it needs a CUDA GPU unless ``allow_cpu_quantization`` (tests only).
@@ -63,8 +66,12 @@ def load_vlm(
         from core.models.vlm_tiny import build_tiny
 
         lm_dir = resolve_source(language_source) if language_source else None
-        model, processor = build_tiny(family_name, dict(tiny or {}), seed, lm_dir)
+        if vision_from and not lm_dir:
+            raise ConfigError("model.vision_from needs model.language_source (LLaVA)")
+        model, processor = build_tiny(family_name, dict(tiny or {}), seed, lm_dir, vision_from)
         return model, processor, spec
+    if vision_from:
+        raise ConfigError(f"model.vision_from needs model.source=tiny, not {source!r}")
     if language_source:
         raise ConfigError(
             f"model.language_source needs model.source=tiny (the tiny vision tower), not "
@@ -290,6 +297,19 @@ def save_processor(processor: Any, out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     processor.save_pretrained(out)
     return out
+
+
+def vision_from_of(path: str | Path) -> str | None:
+    """The ``model.vision_from`` of the run that ``path`` (a run directory or one of its
+    ``.ckpt`` files) belongs to, or None (so ``init_from`` rebuilds the same frozen tower)."""
+    from omegaconf import OmegaConf
+
+    p = Path(path)
+    run = RunDir(p if p.is_dir() else p.parent.parent)
+    if not run.config.is_file():
+        return None
+    value = OmegaConf.select(OmegaConf.load(run.config), "model.vision_from", default=None)
+    return str(value) if value else None
 
 
 def load_trained_tensors(model: nn.Module, path: str | Path) -> int:

@@ -216,8 +216,9 @@ def build_tokenizer(
 
 
 def build_tiny(
-    family: str, tiny: dict[str, Any], seed: int = 0, language_dir: str | None = None
-) -> tuple[Any, Any]:
+    family: str, tiny: dict[str, Any], seed: int = 0, language_dir: str | None = None,
+    vision_from: str | None = None,
+) -> tuple[Any, Any]:  # fmt: skip
     """``(model, processor)`` of a tiny ``family`` model with random weights.
 
     ``tiny`` holds the sizes: ``hidden_size``, ``intermediate_size``, ``layers``, ``heads``,
@@ -227,6 +228,10 @@ def build_tiny(
     ``language_dir`` (LLaVA only): a local causal-LM folder (e.g. SmolLM2) that becomes
     the language model, with its tokenizer; only the vision tower and projector are tiny
     and random (the ``tiny`` LM sizes are then unused).
+
+    ``vision_from`` (with ``language_dir``): a lakeloom CLIP run directory whose exported
+    ViT image tower (converted by :mod:`core.models.clip_to_hf`) becomes the vision tower,
+    with its preprocessing; the ``tiny`` vision sizes are then unused.
     """
     import torch
 
@@ -234,7 +239,9 @@ def build_tiny(
     if language_dir is not None:
         if family != "llava":
             raise ValueError(f"a real language model is wired for llava only, not {family!r}")
-        return _tiny_llava_on(tiny, language_dir)
+        return _tiny_llava_on(tiny, language_dir, vision_from)
+    if vision_from is not None:
+        raise ValueError("vision_from (a CLIP run's tower) needs a real language model too")
     if family == "llava":
         return _tiny_llava(tiny)
     if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"):
@@ -329,9 +336,12 @@ def _clip_image_processor(size: int) -> Any:
     )
 
 
-def _tiny_llava_on(t: dict[str, Any], language_dir: str) -> tuple[Any, Any]:
-    """LLaVA = tiny random CLIP tower + projector + the causal LM in ``language_dir``
-    (its weights loaded, ``<image>`` added to its tokenizer, embeddings resized)."""
+def _tiny_llava_on(
+    t: dict[str, Any], language_dir: str, vision_from: str | None = None
+) -> tuple[Any, Any]:
+    """LLaVA = tiny CLIP tower (random, or the one of the CLIP run ``vision_from``) +
+    projector + the causal LM in ``language_dir`` (its weights loaded, ``<image>`` added to
+    its tokenizer, embeddings resized)."""
     import torch
     from transformers import (
         AutoModelForCausalLM,
@@ -346,9 +356,18 @@ def _tiny_llava_on(t: dict[str, Any], language_dir: str) -> tuple[Any, Any]:
     tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    size, patch = int(t.get("image_size", 56)), int(t.get("patch_size", 14))
+    tower = None
+    if vision_from is not None:
+        from core.models.clip_to_hf import vision_from_run
+
+        tower, image_processor = vision_from_run(vision_from)
+        vision_config = tower.config
+        size, patch = int(vision_config.image_size), int(vision_config.patch_size)
+    else:
+        size, patch = int(t.get("image_size", 56)), int(t.get("patch_size", 14))
+        vision_config, image_processor = _vision_config(t), _clip_image_processor(size)
     cfg = LlavaConfig(
-        vision_config=_vision_config(t),
+        vision_config=vision_config,
         text_config=lm.config,
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
@@ -359,12 +378,14 @@ def _tiny_llava_on(t: dict[str, Any], language_dir: str) -> tuple[Any, Any]:
     model = LlavaForConditionalGeneration(cfg)
     model.model.language_model.load_state_dict(lm.model.state_dict())
     model.lm_head.load_state_dict(lm.lm_head.state_dict())
+    if tower is not None:
+        model.model.vision_tower.load_state_dict(tower.state_dict())
     # the <image> row is never read (image features replace it); plain init, no sampling
     model.resize_token_embeddings(len(tok), mean_resizing=False)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     processor = LlavaProcessor(
-        image_processor=_clip_image_processor(size),
+        image_processor=image_processor,
         tokenizer=tok,
         patch_size=patch,
         vision_feature_select_strategy="default",

@@ -49,6 +49,7 @@ from core.models.vlm_load import (
     parameter_table,
     role_param_groups,
     save_processor,
+    vision_from_of,
 )
 from core.modules.base import LakeloomModule
 from core.modules.optim import adamw_warmup_cosine
@@ -76,6 +77,7 @@ class VlmModule(TrainableOnlyCheckpoints, LakeloomModule):
         family: str,
         source: str,
         language_source: str | None,
+        vision_from: str | None,
         tiny: Mapping[str, Any] | None,
         revision: str | None,
         trust_remote_code: bool,
@@ -127,9 +129,13 @@ class VlmModule(TrainableOnlyCheckpoints, LakeloomModule):
         if pack and refusal:
             raise ConfigError(f"model.pack=true is refused for family {family!r}: {refusal}; "
                               "set model.pack=false (rows are padded)")  # fmt: skip
+        if init_from and not vision_from:
+            # a frozen tower is not in the earlier run's checkpoint: rebuild it as it was
+            vision_from = vision_from_of(init_from)
         model, self.processor, self.spec = load_vlm(
             family, source, tiny, seed, dtype, trust_remote_code, revision,
             quantization, allow_cpu_quantization, attn_implementation, language_source,
+            vision_from,
         )  # fmt: skip
         if init_from:
             load_trained_tensors(model, init_from)

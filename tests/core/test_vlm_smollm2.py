@@ -1,8 +1,10 @@
-"""LLaVA with the real SmolLM2-135M-Instruct as its language model (tiny random vision tower).
+"""LLaVA with the real SmolLM2-135M-Instruct as its language model.
 
-The build (SmolLM2's weights and tokenizer, ``<image>`` added, ChatML template), and the
-two stages through ``core.train``: projector(+tower) alignment, then LoRA started from it
-with ``init_from``, merged and reloaded to the same outputs.
+The build (SmolLM2's weights and tokenizer, ``<image>`` added, ChatML template); the
+open_clip ViT -> ``CLIPVisionModel`` conversion and ``model.vision_from`` (a CLIP run's
+image tower as LLaVA's, inherited through ``init_from``); and the two stages through
+``core.train``: projector alignment, then LoRA started from it with ``init_from``, merged
+and reloaded to the same outputs.
 """
 
 from __future__ import annotations
@@ -42,6 +44,84 @@ def test_llava_on_smollm2_has_its_weights_tokenizer_and_image_token(smollm2_dir:
     text = processor.apply_chat_template(conv, add_generation_prompt=True)
     assert text == "<|im_start|>user\n<image>\nHi?<|im_end|>\n<|im_start|>assistant\n"
     assert tok("The capital of France")["input_ids"] == load_vlm_tokens(smollm2_dir)
+
+
+def _clip_run(tmp_path: Path) -> Path:
+    """A CLIP run directory holding an exported tiny-clip-p8 (random weights), as
+    ``core.train`` leaves one (``runs/<id>/open_clip/``)."""
+    from core.models.clip import create_clip, save_open_clip
+    from lake.runs import RunDir
+
+    torch.manual_seed(0)
+    model, _, _, _ = create_clip("tiny-clip-p8", None)
+    run = tmp_path / "runs" / "clip"
+    save_open_clip(model, None, RunDir(run).open_clip)
+    return run
+
+
+def test_open_clip_vit_converts_to_hf_clip_vision_model(tmp_path: Path) -> None:
+    import numpy as np
+    import open_clip
+    from PIL import Image
+
+    from core.models.clip import load_from_run
+    from core.models.clip_to_hf import hf_image_processor, vision_tower_of
+
+    clip, _, preprocess, _ = load_from_run(_clip_run(tmp_path))
+    clip.eval()
+    tower = vision_tower_of(clip).eval()
+    cfg = tower.config
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads) == (64, 3, 2)
+    assert (cfg.image_size, cfg.patch_size, cfg.intermediate_size) == (64, 8, 256)
+    assert cfg.hidden_act == "gelu"  # open_clip's nn.GELU (quick_gelu is not set)
+    pre_cfg = open_clip.get_model_preprocess_cfg(clip)
+    proc = hf_image_processor(pre_cfg)
+    assert proc.size == {"shortest_edge": 64} and proc.crop_size == {"height": 64, "width": 64}
+    assert list(proc.image_mean) == list(pre_cfg["mean"])
+    assert list(proc.image_std) == list(pre_cfg["std"])
+    img = Image.fromarray(np.random.RandomState(0).randint(0, 255, (96, 80, 3), dtype=np.uint8))
+    theirs = preprocess(img).unsqueeze(0)
+    ours = proc(images=img, return_tensors="pt")["pixel_values"]
+    # both resize with PIL bicubic; rounding differs by at most one 8-bit level
+    assert (ours - theirs).abs().max() <= 1 / 255 / min(pre_cfg["std"]) + 1e-6
+    with torch.no_grad():
+        clip.visual.output_tokens = True
+        pooled, tokens = clip.visual(theirs)
+        out = tower(pixel_values=theirs)
+        assert torch.allclose(out.pooler_output @ clip.visual.proj, pooled, atol=1e-5)
+        assert torch.allclose(tower.post_layernorm(out.last_hidden_state[:, 1:]), tokens,
+                              atol=1e-5)  # fmt: skip
+
+
+def test_vision_from_puts_the_clip_runs_tower_behind_smollm2(
+    smollm2_dir: Path, tmp_path: Path
+) -> None:
+    from core.models.clip import load_from_run
+    from core.models.clip_to_hf import vision_tower_of
+    from core.models.vlm_load import vision_from_of
+    from lake.weights_origin import weights_origin
+
+    run = _clip_run(tmp_path)
+    model, processor, _ = load_vlm(
+        "llava", "tiny", {}, 0, language_source=str(smollm2_dir), vision_from=str(run)
+    )
+    want = vision_tower_of(load_from_run(run)[0]).state_dict()
+    got = model.model.vision_tower.state_dict()
+    assert want.keys() == got.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert model.config.image_seq_length == 64  # (64 / 8) ** 2 patches, CLS dropped
+    assert processor.image_processor.crop_size == {"height": 64, "width": 64}
+    # stage 2 (init_from the stage-1 run) rebuilds the same frozen tower from its config
+    align = tmp_path / "runs" / "align"
+    align.mkdir()
+    (align / "config.yaml").write_text(f"model:\n  vision_from: {run}\n")
+    assert vision_from_of(align) == str(run)
+    assert vision_from_of(align / "checkpoints" / "last.ckpt") == str(run)
+    cfg = {"model": {"_target_": "core.modules.vlm_module.VlmModule", "source": "tiny",
+                     "language_source": "smollm2-135m-instruct", "vision_from": str(run),
+                     "freeze": {"vision": True, "language_model": True}}}  # fmt: skip
+    vision = weights_origin(cfg)["parts"]["vision tower"]
+    assert vision["origin"] == "from run clip (CLIP image tower)" and vision["training"] == "frozen"
 
 
 def load_vlm_tokens(folder: Path) -> list[int]:
