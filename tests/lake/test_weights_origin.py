@@ -78,7 +78,9 @@ def test_vlm_tiny_hub_id_and_smollm2(tmp_path: Path) -> None:
     hub = weights_origin(composed(tmp_path, "+experiment=llava_lora"))
     assert origins(hub)["language model"] == ("pretrained: llava-hf/llava-1.5-7b-hf", "LoRA")
     assert origins(hub)["vision tower"] == ("pretrained: llava-hf/llava-1.5-7b-hf", "frozen")
-    align = weights_origin(composed(tmp_path, "+experiment=llava_smollm2_align"))
+    align = weights_origin(
+        composed(tmp_path, "+experiment=llava_smollm2_align", "model.freeze.vision=false")
+    )
     assert origins(align) == {
         "vision tower": (RANDOM, "trained"),
         "projector": (RANDOM, "trained"),
@@ -88,7 +90,11 @@ def test_vlm_tiny_hub_id_and_smollm2(tmp_path: Path) -> None:
 
 def test_init_from_a_run_keeps_what_that_run_started_from(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    stage1 = save_run(runs, "align", composed(runs, "+experiment=llava_smollm2_align"))
+    stage1 = save_run(
+        runs,
+        "align",
+        composed(runs, "+experiment=llava_smollm2_align", "model.freeze.vision=false"),
+    )
     cfg = composed(runs, "+experiment=llava_smollm2_lora", f"model.init_from={stage1}")
     w = weights_origin(cfg, runs)
     parts = w["parts"]
