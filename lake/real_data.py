@@ -30,6 +30,7 @@ from typing import Any
 from PIL import Image
 
 from lake.images import decode_image
+from lake.synth_speech import ground_truth_current
 
 #: (package, file inside the package's data folder, stored name, caption)
 PHOTOS: tuple[tuple[str, str, str, str], ...] = (
@@ -211,11 +212,7 @@ def demo_read_speech(src: str | Path, out: str | Path) -> dict[str, Any]:
     plan = speech_plan(src)
     texts = {name: text for name, (_, text) in plan.items()}
     gt_path = out / "ground_truth.json"
-    try:
-        stored = json.loads(gt_path.read_text())
-    except (OSError, ValueError):
-        stored = None
-    if stored == texts and all((out / name).is_file() for name in texts):
+    if ground_truth_current(out, texts):
         return {"files": list(texts), "texts": texts}
     out.mkdir(parents=True, exist_ok=True)
     gt_path.unlink(missing_ok=True)

@@ -60,16 +60,13 @@ def demo_speech(out: str | Path, n: int = 24, seed: int = 0) -> dict[str, Any]:
     out = Path(out)
     texts = {f"speech_{i:03d}.wav": t for i, t in enumerate(sentences(int(n), int(seed)))}
     gt_path = out / "ground_truth.json"
-    try:
-        stored = json.loads(gt_path.read_text())
-    except (OSError, ValueError):
-        stored = None
-    if stored == texts and all((out / name).is_file() for name in texts):
+    if ground_truth_current(out, texts):
         return {"files": list(texts), "texts": texts}
     if shutil.which("espeak-ng") is None:
         print(f"demo speech: {SKIPPED}, no speech files written")
         return {"files": [], "skipped": SKIPPED}
     out.mkdir(parents=True, exist_ok=True)
+    stored = stored_ground_truth(out)
     for name in stored if isinstance(stored, dict) else ():
         if name not in texts and Path(name).name == name:
             (out / name).unlink(missing_ok=True)
@@ -81,3 +78,18 @@ def demo_speech(out: str | Path, n: int = 24, seed: int = 0) -> dict[str, Any]:
         tmp.replace(out / name)
     gt_path.write_text(json.dumps(texts, indent=1) + "\n")
     return {"files": list(texts), "texts": texts}
+
+
+def stored_ground_truth(out: Path) -> Any:
+    """The parsed ``ground_truth.json`` of ``out``, or None when absent or unreadable."""
+    try:
+        return json.loads((out / "ground_truth.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ground_truth_current(out: Path, texts: dict[str, str]) -> bool:
+    """Whether ``out`` already holds every file of ``texts`` and a ``ground_truth.json``
+    equal to it (written last, so a killed writer is redone)."""
+    stored = stored_ground_truth(out)
+    return stored == texts and all((out / name).is_file() for name in texts)

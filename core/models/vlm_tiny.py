@@ -436,18 +436,7 @@ def _tiny_qwen(family: str, t: dict[str, Any]) -> tuple[Any, Any]:
         cfg_cls, model_cls, proc_cls = (
             tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration, tf.Qwen2_5_VLProcessor,
         )  # fmt: skip
-    cfg = cfg_cls(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-    )
-    model = model_cls(cfg)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
+    model = _qwen_model(cfg_cls, model_cls, text, vision, ids, tok)
     kw = dict(
         min_pixels=int(t.get("min_pixels", 56 * 56)),
         max_pixels=int(t.get("max_pixels", 112 * 112)),
@@ -498,18 +487,7 @@ def _tiny_qwen3(
         )  # fmt: skip
         rope["partial_rotary_factor"] = 1.0
         cfg_cls, model_cls = tf.Qwen3_5Config, tf.Qwen3_5ForConditionalGeneration
-    cfg = cfg_cls(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-    )
-    model = model_cls(cfg)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
+    model = _qwen_model(cfg_cls, model_cls, text, vision, ids, tok)
     kw = dict(
         min_pixels=int(t.get("min_pixels", 64 * 64)),
         max_pixels=int(t.get("max_pixels", 128 * 128)),
@@ -529,6 +507,26 @@ def _tiny_qwen3(
         chat_template=QWEN_TEMPLATE,
     )
     return model, processor
+
+
+def _qwen_model(
+    cfg_cls: Any, model_cls: Any, text: Any, vision: Any, ids: dict[str, int], tok: Any
+) -> Any:
+    """A random-init Qwen-family VLM from its text / vision configs and the vision token ids
+    of the tiny tokenizer, generating with its pad / eos tokens."""
+    cfg = cfg_cls(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    model = model_cls(cfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model
 
 
 def _tiny_smolvlm(t: dict[str, Any]) -> tuple[Any, Any]:
