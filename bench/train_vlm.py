@@ -381,6 +381,7 @@ def world_of_one(device: torch.device) -> Iterator[None]:
 
     folder = Path(tempfile.mkdtemp(prefix="bench_train_vlm_pg_"))
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")  # NCCL's bootstrap socket, loopback only
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, init_method=f"file://{folder}/store", rank=0, world_size=1)
     try:
