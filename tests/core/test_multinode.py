@@ -79,11 +79,17 @@ def test_two_lightning_nodes_train_in_step(lake_dir: Path, tmp_path: Path) -> No
     script = f"""
 export MASTER_ADDR=127.0.0.1 MASTER_PORT=29511 GLOO_SOCKET_IFNAME=lo
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-NODE_RANK=0 LOCAL_RANK=0 {command} > {logs[0]} 2>&1 &
-NODE_RANK=1 LOCAL_RANK=0 {command} > {logs[1]} 2>&1 &
-for _ in 1 2; do
-  wait -n; rc=$?
-  [ $rc -eq 0 ] || {{ echo "a node exited with $rc"; exit $rc; }}
+NODE_RANK=0 LOCAL_RANK=0 {command} > {logs[0]} 2>&1 & pids="$!"
+NODE_RANK=1 LOCAL_RANK=0 {command} > {logs[1]} 2>&1 & pids="$pids $!"
+# poll by PID: `wait -n` answers 127 when both nodes end together (nothing left to wait for)
+while [ -n "$pids" ]; do
+  left=""
+  for pid in $pids; do
+    if kill -0 "$pid" 2>/dev/null; then left="$left $pid"; continue; fi
+    wait "$pid"; rc=$?
+    [ $rc -eq 0 ] || {{ echo "a node exited with $rc"; exit $rc; }}
+  done
+  pids="$left"; [ -z "$pids" ] || sleep 1
 done
 """
     try:
