@@ -35,7 +35,8 @@ class FamilySpec:
     image_token: str
     never_supervised: tuple[str, ...]  # vision special tokens, always label -100
     mrope: bool = False  # Qwen2-VL style 3-D rotary positions (packing passes 4 x B x L)
-    # the token a ``<video>`` becomes (its processor's video input); None: no video input
+    # the video placeholder the chat template writes and the processor expands into its
+    # video input (frames, with any timestamp text it adds); None: no video input
     video_token: str | None = None
     # tokens the processor writes around an image's run of ``image_token`` (SmolVLM's
     # ``<fake_token_around_image>`` ...): never compared with the plain tokenization
@@ -87,11 +88,6 @@ _LM_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "dow
 #: per-head gates ``in_proj_a`` / ``in_proj_b`` are a few columns: left alone)
 _GDN_PROJ = ("in_proj_qkv", "in_proj_z", "out_proj")
 
-_QWEN3_VIDEO = (
-    "its processor writes frame timestamps ('<0.5 seconds>') as text into the prompt, "
-    "which the label alignment does not yet account for"
-)
-
 
 def _qwen(
     name: str,
@@ -101,7 +97,6 @@ def _qwen(
     projectors: tuple[str, ...] = ("model.visual.merger",),
     lora_modules: tuple[str, ...] = _LM_PROJ,
     processor: str | None = None,
-    video: bool = True,
     pack_refusal: str | None = None,
 ) -> FamilySpec:
     """The Qwen VL layout (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5): ``model.visual`` with
@@ -122,7 +117,7 @@ def _qwen(
         image_token="<|image_pad|>",
         never_supervised=("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"),
         mrope=True,
-        video_token="<|video_pad|>" if video else None,
+        video_token="<|video_pad|>",
         pack_refusal=pack_refusal,
     )
 
@@ -163,7 +158,6 @@ FAMILIES: dict[str, FamilySpec] = {
         "Qwen3VL",
         decoder="TextDecoderLayer",
         projectors=("model.visual.merger", "model.visual.deepstack_merger_list"),
-        video=False,
     ),
     # Qwen3.5 is a VLM (Qwen3-VL's processor and vision tower, no DeepStack); 3 of 4 LM
     # layers are gated delta-net linear attention, whose recurrent state runs across a
@@ -173,7 +167,6 @@ FAMILIES: dict[str, FamilySpec] = {
         "Qwen3_5",
         processor="Qwen3VLProcessor",
         lora_modules=(*_LM_PROJ, *_GDN_PROJ),
-        video=False,
         pack_refusal=(
             "its linear-attention (gated delta-net) layers carry their state from one "
             "packed sample into the next (no per-sample reset on transformers' path)"
@@ -196,15 +189,10 @@ FAMILIES: dict[str, FamilySpec] = {
         ),
         image_token="<image>",
         never_supervised=("<image>", *_SMOLVLM_AROUND),
+        # a <video> becomes frames on the image input, each with SmolVLM's image tokens
+        video_token="<video>",
         media_tokens=_SMOLVLM_AROUND,
     ),
-}
-
-#: families whose video input is not wired yet, and why (their pre-flight refuses videos)
-VIDEO_NOT_WIRED = {
-    "qwen3_vl": _QWEN3_VIDEO,
-    "qwen3_5": _QWEN3_VIDEO,
-    "smolvlm": "its processor writes a video intro and per-frame timestamps as text",
 }
 
 

@@ -58,14 +58,15 @@ QWEN_SPECIAL = (
     "<|video_pad|>",
 )
 
-#: SmolVLM's template (Idefics3 style: "User:<image>q<end_of_utterance>\nAssistant: a"),
-#: with plain-string content accepted as well.
+#: SmolVLM's template (Idefics3 style: "User:<image>q<end_of_utterance>\nAssistant: a",
+#: a video part as ``<video>``), with plain-string content accepted as well.
 SMOLVLM_TEMPLATE = (
     "<|im_start|>{% for m in messages %}{{ m['role'] | capitalize }}"
     "{% if m['content'] is string %}: {{ m['content'] }}{% else %}"
     "{% if m['content'][0]['type'] == 'image' %}:{% else %}: {% endif %}"
     "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}"
-    "{% elif c['type'] == 'image' %}<image>{% endif %}{% endfor %}{% endif %}"
+    "{% elif c['type'] == 'image' %}<image>{% elif c['type'] == 'video' %}<video>{% endif %}"
+    "{% endfor %}{% endif %}"
     "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 
@@ -73,7 +74,7 @@ SMOLVLM_TEMPLATE = (
 #: tokens only when it splits images into tiles)
 SMOLVLM_SPECIAL = (
     "<|im_start|>", "<end_of_utterance>", "<image>", "<fake_token_around_image>",
-    "<global-img>",
+    "<global-img>", "<video>",
     *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)),
 )  # fmt: skip
 
@@ -371,7 +372,9 @@ def _tiny_llava_on(
         text_config=lm.config,
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
+        # a CLS-pooled CLIP tower trains its last layer's patch outputs for nothing (only
+        # the CLS is read): LLaVA reads the layer before (-2), whose patches the CLS attends
+        vision_feature_layer=int(t.get("vision_feature_layer", -1)),
         image_seq_length=(size // patch) ** 2,
         tie_word_embeddings=lm.config.tie_word_embeddings,
     )

@@ -16,7 +16,9 @@ model's own chat template and processor when the loader asks for it. Per sample:
    rendered text (the template rendered up to each assistant turn with the generation
    prompt must be a prefix of the full text), the text is tokenized once more with
    offsets, and only tokens starting inside a span get labels. The two tokenizations
-   agree on every non-image token (checked), and image tokens are always -100.
+   agree on every text token (checked; text the processor inserts next to a media run,
+   such as Qwen3-VL's frame timestamps, is aligned around and never supervised), and
+   image tokens are always -100.
    A sample with no supervised token is an error.
 5. **Length**: a sample longer than ``max_length`` is skipped and reported, or with
    ``overlong="truncate_text"`` cut in text after its last image (never inside an image).
@@ -47,7 +49,7 @@ import io
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +58,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from core.models.vlm_families import VIDEO_NOT_WIRED
 from lake.errors import ConfigError
 from lake.images import decode_image
 from lake.schema import IMAGE_TOKEN, PLACEHOLDERS
@@ -220,6 +221,7 @@ class VideoClip:
 
     frames: list[Image.Image]
     fps: float
+    duration_s: float | None = None  # the whole video's (SmolVLM writes it in its intro)
 
 
 def split_media(media: Sequence[Any]) -> tuple[list[Image.Image], list[VideoClip]]:
@@ -276,6 +278,9 @@ class Renderer:
         self.never = torch.tensor(
             [int(self.tokenizer.convert_tokens_to_ids(t)) for t in never_supervised]
         )
+        # the tokens that bracket a media run (never supervised): a placeholder's
+        # neighbourhood in the alignment reaches past them to the nearest text
+        self.bracket_ids = {int(t) for t in self.never.tolist()} - self.media_token_ids
 
     def render(self, conv: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
         """The chat template's text for ``conv``."""
@@ -310,12 +315,17 @@ class Renderer:
         """The processor's encoding (as ``apply_chat_template(tokenize=True)`` does it);
         ``images`` may hold :class:`VideoClip` entries, fed to the video input."""
         stills, videos = split_media(images)
+        if videos and (stills or len(videos) > 1) and frames_as_images(self.processor):
+            raise SampleError(
+                "this processor feeds a video's frames on its image input (SmolVLM): a "
+                "sample may hold one video and no image beside it"
+            )
         return self.processor(
             text=[text],
             images=stills or None,
             return_tensors="pt",
             add_special_tokens=self._special(text),
-            **video_kwargs(videos),
+            **video_kwargs(videos, self.processor),
         )
 
     def labels(
@@ -331,15 +341,9 @@ class Renderer:
             for start, end in offsets
         ]  # fmt: skip
         media = self.media_token_ids
-        text_ids = [t for t in ids if t not in media]
         text_keep = [k for t, k in zip(ids, keep, strict=True) if t not in media]
         full = input_ids.tolist()
-        positions = [j for j, t in enumerate(full) if t not in media]
-        if [full[j] for j in positions] != text_ids:
-            raise SampleError(
-                "the processor's tokens differ from the tokenizer's outside image spans; "
-                "cannot align labels"
-            )
+        positions = align_to_processor(ids, full, media, self.bracket_ids, self.tokenizer.decode)
         labels = torch.full_like(input_ids, IGNORE)
         for j, k in zip(positions, text_keep, strict=True):
             if k:
@@ -348,24 +352,91 @@ class Renderer:
         return labels
 
 
-def video_kwargs(videos: Sequence[VideoClip]) -> dict[str, Any]:
+def align_to_processor(
+    plain: Sequence[int],
+    full: Sequence[int],
+    media: set[int],
+    brackets: Collection[int] = (),
+    decode: Callable[[list[int]], str] | None = None,
+) -> list[int]:
+    """Where each non-media token of the plain tokenization sits in the processor's
+    ``full`` ids (positions, in order).
+
+    Processors may write text of their own around a media run (Qwen3-VL's frame
+    timestamps ``<0.5 seconds>``, SmolVLM's video intro and ``Frame from 00:01:`` lines):
+    the two id lists are aligned (``difflib``, no junk heuristic) and only matched and
+    inserted tokens are accepted. Every inserted token must lie inside the neighbourhood
+    of a media placeholder: strictly between the processor positions of the nearest plain
+    text tokens before and after the placeholder (bracket tokens such as
+    ``<|vision_start|>`` skipped), so inserted text can never be confused with the
+    conversation's own (an answer containing ``0.5 seconds`` stays where it is). A
+    replaced or dropped text token raises :class:`SampleError`.
+    """
+    plain_text = [i for i, t in enumerate(plain) if t not in media]
+    ids = [plain[i] for i in plain_text]
+    at = [j for j, t in enumerate(full) if t not in media]
+    proc = [full[j] for j in at]
+    if proc == ids:
+        return at
+    import difflib
+
+    show = decode or (lambda toks: str(list(toks)))
+    out: list[int] = []
+    inserted: list[int] = []
+    ops = difflib.SequenceMatcher(None, ids, proc, autojunk=False).get_opcodes()
+    for tag, i1, i2, j1, j2 in ops:
+        if tag == "equal":
+            out.extend(at[j1:j2])
+        elif tag == "insert":
+            inserted.extend(at[j1:j2])
+        else:
+            what = "replaced" if tag == "replace" else "dropped"
+            raise SampleError(
+                f"the processor {what} text tokens {show(ids[i1:i2])!r}"
+                + (f" with {show(proc[j1:j2])!r}" if tag == "replace" else "")
+                + " outside its media spans; cannot align labels"
+            )
+    if inserted:
+        where = dict(zip(plain_text, out, strict=True))  # plain index -> processor position
+        regions = []
+        for i, t in enumerate(plain):
+            if t not in media:
+                continue
+            a = next((k for k in range(i - 1, -1, -1)
+                      if plain[k] not in media and plain[k] not in brackets), None)  # fmt: skip
+            b = next((k for k in range(i + 1, len(plain))
+                      if plain[k] not in media and plain[k] not in brackets), None)  # fmt: skip
+            regions.append((-1 if a is None else where[a], len(full) if b is None else where[b]))
+        stray = [j for j in inserted if not any(lo < j < hi for lo, hi in regions)]
+        if stray:
+            raise SampleError(
+                f"the processor inserted text tokens {show([full[j] for j in stray])!r} away "
+                "from any media placeholder; cannot align labels"
+            )
+    return out
+
+
+def video_kwargs(videos: Sequence[VideoClip], processor: Any = None) -> dict[str, Any]:
     """The processor's video arguments for already sampled clips (no resampling; the
-    sampling rate as metadata, from which Qwen2.5-VL derives ``second_per_grid_ts``)."""
+    sampling rate and duration as metadata, from which Qwen2.5-VL derives
+    ``second_per_grid_ts`` and Qwen3-VL / SmolVLM write their frame timestamps)."""
     if not videos:
         return {}
     from transformers.video_utils import VideoMetadata
 
     meta = [
-        VideoMetadata(total_num_frames=len(v.frames), fps=v.fps,
+        VideoMetadata(total_num_frames=len(v.frames), fps=v.fps, duration=v.duration_s,
                       frames_indices=list(range(len(v.frames))))
         for v in videos
     ]  # fmt: skip
-    return {
+    out: dict[str, Any] = {
         "videos": [v.frames for v in videos],
         "video_metadata": meta,
         "do_sample_frames": False,
-        "cap_pixels_per_frame": True,  # frames come fitted into the budget already
     }
+    if hasattr(getattr(processor, "video_processor", None), "cap_pixels_per_frame"):
+        out["cap_pixels_per_frame"] = True  # Qwen: frames come fitted into the budget already
+    return out
 
 
 # ---- the collator ------------------------------------------------------------------------
@@ -484,9 +555,7 @@ class VlmCollator:
                 raise SampleError(
                     f"{_where(sample)}: media {i} is {kind}, which the "
                     f"{self.family or 'model'} family cannot take"
-                    + (f" (not wired yet: {VIDEO_NOT_WIRED[self.family]})"
-                       if kind == "video" and self.family in VIDEO_NOT_WIRED else "")
-                )  # fmt: skip
+                )
             try:
                 rgb = decode_image(data)
             except Exception as err:  # PIL raises several types for bad bytes
@@ -522,7 +591,7 @@ class VlmCollator:
             v.min_pixels if v.min_pixels is not None else budget.min_pixels,
             v.max_pixels if v.max_pixels is not None else budget.max_pixels,
         )
-        return VideoClip([fit.fit(f.convert("RGB")) for f in got.frames], got.fps)
+        return VideoClip([fit.fit(f.convert("RGB")) for f in got.frames], got.fps, got.duration_s)
 
     def encode(
         self,
@@ -541,9 +610,9 @@ class VlmCollator:
             raise SampleError(f"{_where(sample)}: {err}") from err
         if last_turn_only:
             spans = spans[-1:]
-        enc = r.tokenize(text, images)
-        ids = enc["input_ids"][0]
         try:
+            enc = r.tokenize(text, images)
+            ids = enc["input_ids"][0]
             labels = r.labels(text, spans, ids)
         except SampleError as err:
             raise SampleError(f"{_where(sample)}: {err}") from err
@@ -770,6 +839,8 @@ class VlmCollator:
         texts = [r.render(conv, add_generation_prompt=True) for conv, _ in prompts]
         images = [split_media(media)[0] for _, media in prompts]
         videos = [v for _, media in prompts for v in split_media(media)[1]]
+        if videos and frames_as_images(self.processor):
+            return {"prompts": self._prompts_per_row(texts, [m for _, m in prompts])}
         tok = r.tokenizer
         side = tok.padding_side
         tok.padding_side = "left"
@@ -777,7 +848,7 @@ class VlmCollator:
             enc = self.processor(
                 text=texts,
                 images=images if any(images) else None,
-                **video_kwargs(videos),
+                **video_kwargs(videos, self.processor),
                 return_tensors="pt",
                 padding=True,
                 add_special_tokens=r._special(texts[0]),
@@ -785,6 +856,31 @@ class VlmCollator:
         finally:
             tok.padding_side = side
         return {"prompts": dict(enc)}
+
+    def _prompts_per_row(self, texts: list[str], media: list[list[Any]]) -> dict[str, Any]:
+        """Prompts encoded one row at a time and left-padded here: SmolVLM's processor
+        cannot take one row's video beside another row's images in one call (both come
+        out as ``pixel_values``); its model takes every row's images as one sequence."""
+        rows = [self.renderer.tokenize(text, m) for text, m in zip(texts, media, strict=True)]
+        width = max(int(e["input_ids"].shape[1]) for e in rows)
+        out: dict[str, Any] = {}
+        for key, fill in (("input_ids", self.pad_id), ("attention_mask", 0),
+                          ("mm_token_type_ids", 0)):  # fmt: skip
+            if key in rows[0]:
+                out[key] = torch.stack([
+                    F.pad(torch.as_tensor(e[key][0]), (width - e[key].shape[1], 0), value=fill)
+                    for e in rows
+                ])  # fmt: skip
+        out.update(_cat_vision([{k: torch.as_tensor(e[k]) for k in VISION_KEYS if k in e}
+                                for e in rows]))  # fmt: skip
+        return out
+
+
+def frames_as_images(processor: Any) -> bool:
+    """Whether the processor feeds video frames on its image input (SmolVLM: its video
+    processor outputs ``pixel_values``), so images and videos cannot share one call."""
+    names = getattr(getattr(processor, "video_processor", None), "model_input_names", ())
+    return "pixel_values" in names
 
 
 def _prompt_only(conv: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -456,7 +456,7 @@ class VlmModule(TrainableOnlyCheckpoints, LakeloomModule):
         room = self.hparams.generate_samples - len(self._gen)
         prompts = {k: v for k, v in batch["prompts"].items() if isinstance(v, torch.Tensor)}
         n = min(room, prompts["input_ids"].shape[0])
-        if "video_grid_thw" in prompts and n < prompts["input_ids"].shape[0]:
+        if batch.get("video_frames") and n < prompts["input_ids"].shape[0]:
             return  # video inputs are not cut per row: generate only whole batches of them
         if "pixel_values" in prompts and prompts["pixel_values"].dim() == 5:
             # SmolVLM: one row of (padded) images per prompt

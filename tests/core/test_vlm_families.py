@@ -152,17 +152,14 @@ def test_packed_batch_gives_the_unpacked_loss(vlm_lake: Path, name: str) -> None
     assert float(a) == pytest.approx(float(b), rel=1e-4)
 
 
-def test_qwen3_5_refuses_packing_and_the_new_families_refuse_video_with_the_reason() -> None:
+def test_qwen3_5_refuses_packing_and_the_new_families_take_video() -> None:
+    """Qwen3.5 refuses packing with the reason; every new family takes ``<video>`` (their
+    frames, timestamps included, are tested in tests/core/test_vlm_video.py)."""
     with pytest.raises(ConfigError, match="linear-attention"):
         make("qwen3_5", pack=True)
-    for name in ("qwen3_vl", "qwen3_5", "smolvlm"):
+    tokens = {"qwen2_5_vl": "<|video_pad|>", "qwen3_vl": "<|video_pad|>",
+              "qwen3_5": "<|video_pad|>", "smolvlm": "<video>"}  # fmt: skip
+    for name in NEW:
         spec = family(name)
-        assert spec.video_token is None and spec.media_kinds == ("image", "frame")
-    from core.modules.vlm_collate import SampleError
-
-    module = make("qwen3_vl")
-    sample = {"sample_id": "v", "dataset": "d", "media_kinds": ["video"], "images": [b"x"],
-              "messages": [{"role": "user", "content": "<video>\nWhat?"},
-                           {"role": "assistant", "content": "a"}]}  # fmt: skip
-    with pytest.raises(SampleError, match="frame timestamps"):
-        module.make_collator().images(sample)
+        assert spec.video_token == tokens[name]
+        assert spec.media_kinds == ("image", "frame", "video")

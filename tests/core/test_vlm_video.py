@@ -2,10 +2,12 @@
 
 Lakes are built directly with ``Lake.insert_new``: a ``video`` media row stored as a Lance
 blob, one stored by reference (``source_uri`` under ``data.media_root``), an ``audio`` row
-with 16 kHz FLAC bytes, and samples whose ``media_ids`` follow their placeholders. Qwen2-VL
-and Qwen2.5-VL get the video's frames (sampled at ``video.fps``) on their video input and
-train on them; LLaVA (no video), Qwen (no audio) and Apotheon (no whole videos) refuse such
-samples at pre-flight in one line naming them; Apotheon feeds a conversation's audio.
+with 16 kHz FLAC bytes, and samples whose ``media_ids`` follow their placeholders. Qwen2-VL,
+Qwen2.5-VL, Qwen3-VL and Qwen3.5 get the video's frames (sampled at ``video.fps``) on their
+video input, SmolVLM on its image input, and train on them (the frame timestamps Qwen3-VL
+and SmolVLM's processors write into the prompt are never supervised); LLaVA (no video),
+Qwen (no audio) and Apotheon (no whole videos) refuse such samples at pre-flight in one
+line naming them; Apotheon feeds a conversation's audio.
 """
 
 from __future__ import annotations
@@ -231,3 +233,160 @@ def test_apotheon_refuses_whole_videos_at_preflight(lake) -> None:
     dm.setup()
     with pytest.raises(ConfigError, match=r"apotheon cannot take video media: 2 selected"):
         dm.set_collator(tiny_apotheon().make_collator())
+
+
+# ---- Qwen3-VL, Qwen3.5, SmolVLM: processors that write text around the frames -------------
+
+#: families whose processors write text (timestamps, an intro) beside a video's frames
+NEW_VIDEO = ("qwen3_vl", "qwen3_5", "smolvlm")
+
+
+def own_tiny(family: str, **kw: Any) -> VlmModule:
+    """VlmModule as the family's own ``conf/model/<family>_tiny.yaml``."""
+    return VlmModule(**conf_kwargs("train", "model", f"model={family}_tiny", **kw))
+
+
+def supervised_text(module: VlmModule, batch: dict[str, Any], row: int) -> str:
+    """The decoded supervised ids of one row (special tokens left out)."""
+    labels = batch["labels"][row]
+    assert (labels[labels != -100] == batch["input_ids"][row][labels != -100]).all()
+    tok = module.processor.tokenizer
+    return tok.decode(labels[labels != -100], skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize("family", NEW_VIDEO)
+def test_new_families_feed_video_frames_with_timestamps_train_and_generate(lake, family) -> None:
+    module = own_tiny(family, video={"fps": 2.0, "max_frames": 32}, lr=5e-3)
+    assert module.spec.media_kinds == ("image", "frame", "video")
+    dm = data(lake, where="sample_id != 'snd'")
+    collate = module.make_collator()
+    dm.set_collator(collate)  # pre-flight passes: the family takes images and videos
+    got = items(dm)
+    batch = collate([got["img"], got["vid"], got["ref"]])
+    assert batch["video_frames"] == [4, 6]  # 2 s and 3 s at 2 fps
+    assert batch["n_videos"] == [0, 1, 1] and batch["n_images"] == [1, 0, 0]
+    tok = module.processor.tokenizer
+    rows = [tok.decode(batch["input_ids"][r]) for r in range(3)]
+    if family == "smolvlm":
+        # frames reach the image input: 1 image + 4 + 6 frames, each its own <image> run
+        assert batch["pixel_values"].shape[:2] == (1, 11)
+        assert "series of four frames from a 0:00:02" in rows[1]
+        assert rows[1].count("Frame from 00:00:") == 2 and rows[1].count("Frame from 00:01:") == 2
+        assert rows[2].count("Frame from") == 6 and "0:00:03" in rows[2]
+        per_frame = module.processor.image_seq_len
+        image = tok.convert_tokens_to_ids("<image>")
+        assert (batch["input_ids"] == image).sum(-1).tolist() == [per_frame, 4 * per_frame,
+                                                                  6 * per_frame]  # fmt: skip
+    else:
+        grids = batch["video_grid_thw"]
+        assert grids[:, 0].tolist() == [2, 3]  # the temporal patch (2) halves the frames
+        assert batch["pixel_values_videos"].shape[0] == int(grids.prod(-1).sum())
+        video_pad = tok.convert_tokens_to_ids("<|video_pad|>")
+        per_row = (batch["input_ids"] == video_pad).sum(-1).tolist()
+        assert per_row == [0, *(int(g.prod()) // 4 for g in grids)]
+        # one timestamp per temporal patch: the mean time of its two frames (0, 0.5 s ...)
+        assert "<0.2 seconds>" in rows[1] and "<1.2 seconds>" in rows[1]
+        assert "<2.2 seconds>" in rows[2] and "<2.2 seconds>" not in rows[1]
+    # labels supervise exactly the answers, never the inserted text
+    for row, answer in ((0, "Green."), (1, "Red to blue."), (2, "Yellow.")):
+        assert supervised_text(module, batch, row) == answer
+    # a few training steps on the video alone (LoRA-free tiny: projector and LM train)
+    module.train()
+    only = collate([got["vid"]])
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=5e-3)
+    losses = []
+    for _ in range(3):
+        loss, n = module.sft_loss(only)
+        assert n > 0 and torch.isfinite(loss)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+    if module.spec.pack_refusal is None:
+        # packed: per-sample (M-RoPE: 3-D, with the video's grid) positions, the same loss
+        module.eval()
+        module.hparams.pack = True
+        packed = module.make_collator()([got["img"], got["vid"], got["ref"]])
+        assert packed["packed"] and packed["input_ids"].shape[0] < 3
+        with torch.no_grad():
+            a, n_a = module.sft_loss(packed)
+            b, n_b = module.sft_loss(batch)
+        assert n_a == n_b and float(a) == pytest.approx(float(b), rel=1e-4)
+        module.hparams.pack = False
+    # generation on a video sample, beside an image sample in the same batch
+    module.hparams.generate_samples, module.hparams.max_new_tokens = 2, 3
+    gen = module.make_collator(train=False)([got["vid"], got["img"]])
+    module.eval()
+    module.on_validation_epoch_start()
+    with torch.no_grad():
+        module.validation_step(gen, 0)
+    module._eval_epoch_end("val")
+    ((_, event),) = [e for e in module.pop_events() if e[0] == "generations"]
+    assert [g["sample_id"] for g in event["samples"]] == ["vid", "img"]
+    assert all(isinstance(g["prediction"], str) for g in event["samples"])
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "smolvlm"])
+def test_an_answer_holding_the_timestamp_text_is_labelled_exactly(lake, family) -> None:
+    """The processor's inserted text ('<0.2 seconds>', 'Frame from 00:00:') also occurs in
+    the answer: the alignment never takes the answer's tokens for the inserted ones."""
+    module = own_tiny(family, video={"fps": 2.0, "max_frames": 32})
+    got = items(data(lake, where="sample_id = 'vid'"))["vid"]
+    answer = ("<0.2 seconds> seconds 0.5: red. Frame from 00:00: red; frames from a video "
+              "<1.2 seconds> blue.")  # fmt: skip
+    sample = {**got, "messages": _msgs(("user", "<video>\nWhen?"), ("assistant", answer))}
+    batch = module.make_collator()([sample])
+    assert supervised_text(module, batch, 0) == answer
+    text = module.processor.tokenizer.decode(batch["input_ids"][0])
+    # the processor's and the answer's
+    if family == "smolvlm":
+        assert text.count("Frame from 00:00:") == 3
+    else:
+        assert text.count("<1.2 seconds>") == 2
+
+
+def test_alignment_accepts_insertions_near_media_and_refuses_the_rest() -> None:
+    from core.modules.vlm_collate import SampleError, align_to_processor
+
+    media, brackets = {9}, {7, 8}  # 9: a media token, 7 / 8: vision start / end
+    plain = [1, 2, 7, 9, 8, 3, 4]
+    # the processor expands 9 and writes 5, 6 (a timestamp) before each frame's run
+    full = [1, 2, 7, 5, 6, 7, 9, 9, 8, 5, 6, 7, 9, 9, 8, 8, 3, 4]
+    pos = align_to_processor(plain, full, media, brackets)
+    assert [full[j] for j in pos] == [1, 2, 7, 8, 3, 4]
+    assert pos[0:2] == [0, 1] and pos[-2:] == [16, 17]
+    assert align_to_processor(plain, plain, media, brackets) == [0, 1, 2, 4, 5, 6]
+    with pytest.raises(SampleError, match="replaced text tokens"):
+        align_to_processor(plain, [1, 5, 7, 9, 8, 3, 4], media, brackets)
+    with pytest.raises(SampleError, match="dropped text tokens"):
+        align_to_processor(plain, [1, 2, 7, 9, 8, 4], media, brackets)
+    with pytest.raises(SampleError, match="away from any media placeholder"):
+        align_to_processor(plain, [1, 2, 7, 9, 8, 3, 5, 4], media, brackets)
+
+
+def test_a_replaced_token_is_refused_and_errors_name_the_sample(lake) -> None:
+    """Qwen3-VL's real processor output with one answer token changed is refused (a
+    replacement, not an insertion); SmolVLM refuses a video beside an image in one sample
+    (both would be its image input), naming the sample."""
+    from core.modules.vlm_collate import SampleError
+
+    module = own_tiny("qwen3_vl")
+    collate = module.make_collator()
+    got = items(data(lake, where="sample_id IN ('vid', 'img')"))
+    r = collate.renderer
+    conv = collate.sft_conversation(got["vid"])
+    text = r.render(conv)
+    spans = r.assistant_spans(conv, text)
+    ids = r.tokenize(text, collate.images(got["vid"]))["input_ids"][0].clone()
+    labels = r.labels(text, spans, ids)  # the timestamps are insertions: accepted
+    j = int((labels != -100).nonzero()[0])
+    ids[j] = r.tokenizer.convert_tokens_to_ids("<|im_start|>")  # the answer's first token
+    with pytest.raises(SampleError, match="replaced text tokens"):
+        r.labels(text, spans, ids)
+    both = {**got["vid"], "sample_id": "both", "media_kinds": ["image", "video"],
+            "images": [got["img"]["images"][0], got["vid"]["images"][0]],
+            "messages": _msgs(("user", "<image><video>\nA?"), ("assistant", "B."))}  # fmt: skip
+    with pytest.raises(SampleError, match=r"sample both.*one video and no image beside it"):
+        own_tiny("smolvlm").make_collator()([both])
+    module.make_collator()([both])  # Qwen3-VL takes both
