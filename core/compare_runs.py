@@ -44,7 +44,7 @@ def compare(run_dirs: list[Path], samples: int = 3) -> str:
         if not path.is_file():
             raise ConfigError(f"{path}: no summary (has the run finished?)")
         summaries[run] = json.loads(path.read_text())
-    width = max(len(r.name) for r in run_dirs) + 2
+    width = max(len("reference"), *(len(r.name) for r in run_dirs)) + 2
     lines = []
     for split in SPLITS:
         lines.append(f"{split:<6}{'run':<{width}}{'exact match':>12}{'token F1':>10}")
@@ -65,7 +65,7 @@ def compare(run_dirs: list[Path], samples: int = 3) -> str:
             continue
         lines.append(f"{split} answers (same samples):")
         for sid in shared[:samples]:
-            lines.append(f"  reference{'':<{width - 9}} {per_run[run_dirs[0]][sid]['reference']}")
+            lines.append(f"  {'reference':<{width}}{per_run[run_dirs[0]][sid]['reference']}")
             for run in run_dirs:
                 lines.append(f"  {run.name:<{width}}{per_run[run][sid]['prediction']}")
     return "\n".join(lines)

@@ -102,14 +102,25 @@ def test_vision_from_puts_the_clip_runs_tower_behind_smollm2(
     from lake.weights_origin import weights_origin
 
     run = _clip_run(tmp_path)
+    tiny = {"vision_feature_layer": -2}  # conf/model/llava_smollm2.yaml's
     model, processor, _ = load_vlm(
-        "llava", "tiny", {}, 0, language_source=str(smollm2_dir), vision_from=str(run)
+        "llava", "tiny", tiny, 0, language_source=str(smollm2_dir), vision_from=str(run)
     )
     want = vision_tower_of(load_from_run(run)[0]).state_dict()
     got = model.model.vision_tower.state_dict()
     assert want.keys() == got.keys()
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert model.config.image_seq_length == 64  # (64 / 8) ** 2 patches, CLS dropped
+    # the image tokens are the projected patches of the layer before the last (LLaVA-1.5)
+    pixels = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
+        features = model.model.get_image_features(pixel_values=pixels)
+        features = getattr(features, "pooler_output", features)
+    features = torch.cat(list(features)) if isinstance(features, (list, tuple)) else features
+    with torch.no_grad():
+        expected = model.model.multi_modal_projector(hidden[-2][:, 1:])
+    assert torch.allclose(features.reshape(expected.shape), expected, atol=1e-5)
     assert processor.image_processor.crop_size == {"height": 64, "width": 64}
     # stage 2 (init_from the stage-1 run) rebuilds the same frozen tower from its config
     align = tmp_path / "runs" / "align"

@@ -39,11 +39,18 @@ def test_report_and_compare_label_random_init_and_pretrained_parts(tmp_path: Pat
     )
     assert "no figure is a pretrained model's quality" in head
     assert "language model pretrained: smollm2-135m-instruct, frozen" in report(smol)
-    text = compare([tiny, smol])
+    for run, answer in ((tiny, "A red square."), (smol, "A red circle.")):
+        sample = {"sample_id": "s1", "prediction": answer, "reference": "A red circle."}
+        event = {"type": "generations", "split": "val", "step": 1, "samples": [sample]}
+        (run / "events.jsonl").write_text(json.dumps(event) + "\n")
+    text = compare([tiny, smol])  # run names shorter than "reference"
     lines = text.splitlines()
     at = lines.index("weights:")
     assert lines[at + 1].split()[0] == "tiny" and "random-init" in lines[at + 1]
     assert lines[at + 2].split()[0] == "smol" and "pretrained: smollm2" in lines[at + 2]
+    answers = lines[lines.index("val answers (same samples):") + 1 :]
+    assert answers == ["  reference  A red circle.", "  tiny       A red square.",
+                       "  smol       A red circle."]  # fmt: skip
 
 
 def test_report_of_a_run_recorded_with_the_field(tmp_path: Path) -> None:
