@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: venv sysdeps demo test check format bench pipeline clean-demo
+.PHONY: venv sysdeps demo test check format bench pipeline clean-demo families
 
 venv: $(STAMP)
 
@@ -73,6 +73,10 @@ demo: $(STAMP)
 	       $$(test -f runs/$(DEMO_APOTHEON_RUN)/checkpoints/last.ckpt && echo resume=true)
 	$(BIN)/python -m core.run_report runs/$(DEMO_APOTHEON_RUN)
 	$(BIN)/lakeloom stats
+
+# Every VLM family a few steps on the demo lake (after `make demo`): train, merge, reload.
+families: $(STAMP)
+	$(BIN)/python -m core.family_check data/lake
 
 # System packages the tests and the demo use: espeak-ng synthesises the speech they
 # transcribe; pocketsphinx-testdata holds real read speech with reference transcripts.
