@@ -75,7 +75,7 @@ def prepare_lake(src: str | Path, dst: Path, n_train: int, n_val: int = 2) -> di
 
     from lake.errors import ConfigError
     from lake.fork import fork_lake
-    from lake.schema import MEDIA, SAMPLES
+    from lake.schema import MEDIA, SAMPLES, VIDEO_TOKEN
     from lake.sql import quote
     from lake.store import Lake
 
@@ -109,7 +109,7 @@ def prepare_lake(src: str | Path, dst: Path, n_train: int, n_val: int = 2) -> di
         videos.append({
             "sample_id": f"family-check-video-{m['media_id'][:16]}", "dataset": VIDEOS,
             "media_ids": [m["media_id"]], "split": "train",
-            "messages": [{"role": "user", "content": f"<video>\n{QUESTION}"},
+            "messages": [{"role": "user", "content": f"{VIDEO_TOKEN}\n{QUESTION}"},
                          {"role": "assistant", "content": answer}],
         })  # fmt: skip
     if videos:
@@ -219,7 +219,7 @@ def check_family(name: str, lake: Path, out: Path, chosen: Mapping[str, list[str
     if summary.get("status") != "finished":
         raise RuntimeError(f"training ended {summary.get('status')} at step {summary.get('step')}")
     seen = json.loads((run.path / SEEN).read_text(encoding="utf-8"))
-    merged = merge(out / "runs", name, "last", out / "merged" / name)
+    merged = merge(out / "runs", name, "last")  # into the run's merged/ (lake.runs)
     where_check = f"sample_id IN {in_list(chosen['val'])}"
     samples = lake_samples(lake, where_check, "val")
     if video:

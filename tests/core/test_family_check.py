@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from core.family_check import FAMILIES
+from lake.runs import RunDir
 
 REPO = Path(__file__).resolve().parents[2]
 VIDEO_FAMILIES = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "smolvlm"}
@@ -59,7 +60,7 @@ def test_every_family_trains_merges_and_reloads_on_the_demo_lake(tmp_path: Path)
             assert r["kinds"] == ["image", "video"] and r["video_samples"] == 2, r
             assert r["video_frames"] > 0, r
     assert f"{'family':<12}" in got.stdout  # the table
-    assert (out / "merged" / "qwen3_vl" / "config.json").is_file()
+    assert (RunDir(out / "runs" / "qwen3_vl").merged / "config.json").is_file()
     assert (out / "runs" / "qwen3_vl" / "summary.json").is_file()
     import lance  # the demo lake itself is not written: the videos' conversations are in the fork
 
