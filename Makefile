@@ -89,7 +89,7 @@ sysdeps:
 	    apt-get install -y -qq espeak-ng pocketsphinx-testdata >/dev/null; }
 
 test: $(STAMP) sysdeps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 check: $(STAMP)
 	$(BIN)/ruff format --check .
