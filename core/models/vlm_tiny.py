@@ -252,6 +252,23 @@ def build_tiny(
     raise ValueError(f"no tiny builder for family {family!r}")
 
 
+def _tiny_llama_text(t: dict[str, Any], tok: Any) -> dict[str, Any]:
+    """The tiny Llama language model's config keys (LLaVA's and SmolVLM's), sized by ``t``."""
+    return dict(
+        vocab_size=len(tok),
+        hidden_size=t.get("hidden_size", 64),
+        intermediate_size=t.get("intermediate_size", 128),
+        num_hidden_layers=t.get("layers", 2),
+        num_attention_heads=t.get("heads", 4),
+        num_key_value_heads=t.get("kv_heads", 2),
+        max_position_embeddings=t.get("max_positions", 1024),
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False,
+    )
+
+
 def _tiny_llava(t: dict[str, Any]) -> tuple[Any, Any]:
     from transformers import (
         CLIPImageProcessor,
@@ -274,19 +291,7 @@ def _tiny_llava(t: dict[str, Any]) -> tuple[Any, Any]:
             patch_size=patch,
             projection_dim=t.get("vision_hidden", 64),
         ),
-        text_config=LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=t.get("hidden_size", 64),
-            intermediate_size=t.get("intermediate_size", 128),
-            num_hidden_layers=t.get("layers", 2),
-            num_attention_heads=t.get("heads", 4),
-            num_key_value_heads=t.get("kv_heads", 2),
-            max_position_embeddings=t.get("max_positions", 1024),
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            tie_word_embeddings=False,
-        ),
+        text_config=LlamaConfig(**_tiny_llama_text(t, tok)),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
@@ -550,20 +555,7 @@ def _tiny_smolvlm(t: dict[str, Any]) -> tuple[Any, Any]:
             image_size=size,
             patch_size=patch,
         ),
-        text_config=dict(
-            model_type="llama",
-            vocab_size=len(tok),
-            hidden_size=t.get("hidden_size", 64),
-            intermediate_size=t.get("intermediate_size", 128),
-            num_hidden_layers=t.get("layers", 2),
-            num_attention_heads=t.get("heads", 4),
-            num_key_value_heads=t.get("kv_heads", 2),
-            max_position_embeddings=t.get("max_positions", 1024),
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            tie_word_embeddings=False,
-        ),
+        text_config=dict(model_type="llama", **_tiny_llama_text(t, tok)),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         scale_factor=scale,
         tie_word_embeddings=False,
