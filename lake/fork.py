@@ -6,8 +6,8 @@ models' results can be compared on the same rows (the demo's MiniLM-text CLIP do
 
     python -m lake.fork SRC DST [--drop clip_image,clip_image_model,...]
 
-The copy is written beside ``DST`` and renamed into place once complete, so a killed fork
-leaves either the old ``DST`` or the new one, never a half copy.
+The copy is written beside ``DST`` and renamed into place once complete (the old ``DST``
+renamed away first), so a killed fork never leaves a half copy or a half-deleted ``DST``.
 """
 
 from __future__ import annotations
@@ -35,17 +35,19 @@ def fork_lake(src: str | Path, dst: str | Path, drop: Iterable[str] = ()) -> dic
     if not Lake(source).present():
         raise ConfigError(f"{source}: no lake here to fork")
     tmp = target.parent / f".{target.name}.fork-{os.getpid()}"
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         shutil.copytree(source, tmp, symlinks=True)
         lake = Lake(tmp)
         columns = list(drop)
         dropped = {name: lake.drop_columns(name, columns) for name in lake.table_names()}
-        if target.exists():
-            shutil.rmtree(target)
+        if target.exists():  # renamed away, not deleted in place: never a half-deleted DST
+            os.replace(target, old)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     return {name: cols for name, cols in dropped.items() if cols}
 
 
