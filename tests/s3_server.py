@@ -24,6 +24,12 @@ SECRET_KEY = "lakeloomtestsecret"
 BUCKET = "lake"
 REGION = "us-east-1"
 START_BUDGET_S = 15.0
+# weed mini sizes its volumes from the disk's free space (1 GiB each, free / size of them):
+# on a nearly full disk it got 3, and every PUT failed with "No writable volumes and no
+# free volumes left" (a 500 to the client). Small volumes and an explicit count make the
+# server independent of the disk it happens to run on; volumes are not preallocated.
+VOLUME_SIZE_MB = 64
+VOLUME_COUNT = 64
 STOP_GRACE_S = 10.0
 # Every listener of `weed mini` gets its own port; gRPC ports are given explicitly too,
 # so nothing falls back to "http port + 10000" (which may be taken).
@@ -124,6 +130,7 @@ class S3Server:
             "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.config={config}", f"-bucket={BUCKET}",
             "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.telemetry=false", "-volume.preStopSeconds=0",
+            f"-master.volumeSizeLimitMB={VOLUME_SIZE_MB}", f"-volume.max={VOLUME_COUNT}",
             f"-filer.localSocket={self.root / 'filer.sock'}",
             f"-s3.localSocket={self.root / 's3.sock'}",
             f"-admin.dataDir={self.root / 'admin'}",
