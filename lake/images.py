@@ -15,6 +15,7 @@ import warnings
 from dataclasses import dataclass
 
 import imagehash
+import numpy as np
 from PIL import Image, ImageOps
 
 Image.MAX_IMAGE_PIXELS = None  # we enforce our own, configurable limit below
@@ -103,11 +104,23 @@ def process_image(data: bytes, settings: ImageSettings) -> ImageInfo:
         raise ImageRejected(f"corrupt or truncated image: {exc}") from None
     orientation = img.getexif().get(_ORIENTATION, 1) if "exif" in img.info else 1
     oriented = img if orientation in (1, None) else ImageOps.exif_transpose(img)
-    phash = int(str(imagehash.phash(oriented)), 16)
+    phash = phash_int(oriented)
     # the size recorded is the upright one decode_image gives, so sizes read from the lake
     # (token counts, pixel budgets, exports) agree with the pixels the models see
     width, height = oriented.size
     return ImageInfo(mime, width, height, phash, _thumbnail(data, img, oriented, settings))
+
+
+def phash_int(img: Image.Image) -> int:
+    """``imagehash.phash(img)`` as the unsigned 64-bit integer the lake stores: the hash's
+    bits in row order, first bit highest (what ``int(str(hash), 16)`` gives, without the
+    hex string in between)."""
+    return hash_int(imagehash.phash(img))
+
+
+def hash_int(h: imagehash.ImageHash) -> int:
+    """An ImageHash's bits as an unsigned integer, first bit highest."""
+    return int.from_bytes(np.packbits(h.hash.ravel()).tobytes(), "big")
 
 
 def _thumbnail(

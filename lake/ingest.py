@@ -13,8 +13,11 @@ Run it as ``python -m lake.ingest source=NAME source.path=PATH`` or ``lakeloom i
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
+import operator
 import os
 import re
 import stat
@@ -372,20 +375,31 @@ def _read(path: Path | str | None, limit: int | None = None) -> bytes:
     if not stat.S_ISREG(os.stat(path).st_mode):
         raise RejectedInput("not a regular file")
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise RejectedInput("not a regular file")
         if limit is not None and st.st_size > limit:
             raise RejectedInput(f"file is {too_big(st.st_size, limit, 'max_media_bytes')}")
-        data = fh.read() if limit is None else fh.read(limit + 1)
-    if limit is not None and len(data) > limit:
-        raise RejectedInput(f"file is {too_big(len(data), limit, 'max_media_bytes')}")
-    return data
+        # reads sized by the file, not by the limit: a buffer of ``limit + 1`` bytes
+        # (64 MiB) allocated and shrunk per file cost a small JPEG's decode time over again
+        parts, total, want = [], 0, st.st_size + 1
+        while part := os.read(fd, want):
+            parts.append(part)
+            total += len(part)
+            if limit is not None and total > limit:
+                raise RejectedInput(f"file is {too_big(total, limit, 'max_media_bytes')}")
+            want = max(want - len(part), 1 << 20)  # it grew or was read short: read on
+    finally:
+        os.close(fd)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class _Writer:
-    """Buffers accepted rows column-wise and commits them media-first in large batches.
+    """Buffers accepted rows and commits them media-first in large batches.
+
+    Rows are kept as the dicts they arrive as and turned into columns once per chunk
+    (:meth:`seal`), which costs less than appending every field to its column list.
 
     Provenance values repeat (one per run and source step list), so rows hold an index
     into the distinct values and the column is built with one ``take``.
@@ -397,8 +411,8 @@ class _Writer:
     def __init__(self, lake: Lake, write_batch: int):
         self.lake = lake
         self.write_batch = write_batch
-        self.media: dict[str, list[Any]] = {f.name: [] for f in MEDIA_SCHEMA}
-        self.samples: dict[str, list[Any]] = {f.name: [] for f in SAMPLES_SCHEMA}
+        self.media: list[dict[str, Any]] = []
+        self.samples: list[dict[str, Any]] = []
         self.provs: list[dict[str, Any]] = []
         self.prov_index: dict[int, int] = {}
         self.new_media = 0
@@ -424,15 +438,13 @@ class _Writer:
     def add_media(self, media_rows: list[dict[str, Any]]) -> None:
         """Buffer media rows (no flush: :meth:`add` flushes with the sample)."""
         for row in media_rows:
-            for k, v in row.items():
-                self.media[k].append(v)
+            self.media.append(row)
             self.buffered_bytes += len(row["bytes"] or b"") + len(row["blob"] or b"")
 
     def add(self, media_rows: list[dict[str, Any]], sample_row: dict[str, Any]) -> None:
         """Buffer one accepted sample and its new media; flush a full batch."""
         self.add_media(media_rows)
-        for k, v in sample_row.items():
-            self.samples[k].append(v)
+        self.samples.append(sample_row)
         self.buffered_samples += 1
         if self.buffered_samples >= self.write_batch or self.buffered_bytes >= self.max_bytes:
             self.flush()
@@ -440,12 +452,10 @@ class _Writer:
     def seal(self) -> None:
         """Convert the rows buffered so far to Arrow (after each chunk, while the workers
         still decode), so that a flush only concatenates and writes."""
-        for name, cols in ((MEDIA, self.media), (SAMPLES, self.samples)):
-            schema = self.schemas[name]
-            if cols[schema.names[0]]:
-                self.parts[name].append(self.table(cols, schema))
-        self.media = {k: [] for k in self.media}
-        self.samples = {k: [] for k in self.samples}
+        for name, rows in ((MEDIA, self.media), (SAMPLES, self.samples)):
+            if rows:
+                self.parts[name].append(self.table(rows, self.schemas[name]))
+        self.media, self.samples = [], []
         self.provs, self.prov_index = [], {}  # the sealed tables hold the values themselves
 
     def sealed(self, name: str) -> pa.Table | None:
@@ -454,18 +464,20 @@ class _Writer:
         parts = self.parts[name]
         return pa.concat_tables(parts) if parts else None
 
-    def table(self, cols: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
-        """The buffered rows ``cols`` (provenance as indices) as a table of ``schema``."""
-        n = len(cols[schema.names[0]])
+    def table(self, rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+        """The buffered ``rows`` (provenance as indices) as a table of ``schema``."""
+        n = len(rows)
+        if n == 0:
+            return schema.empty_table()
+        columns = zip(*map(operator.itemgetter(*schema.names), rows), strict=True)
+        cols = dict(zip(schema.names, map(list, columns), strict=True))
         provs = pa.array(self.provs, type=schema.field("provenance").type)
         arrays = []
         for f in schema:
             if f.name == "provenance":
                 arrays.append(provs.take(pa.array(cols[f.name], pa.int32())))
-            elif cols[f.name]:
-                arrays.append(_array(cols[f.name], f.type))
             else:
-                arrays.append(pa.nulls(n, f.type))
+                arrays.append(_array(cols[f.name], f.type))
         return pa.Table.from_arrays(arrays, schema=schema)
 
     def flush(self) -> None:
@@ -492,8 +504,7 @@ class _Writer:
 
     def clear(self) -> None:
         """Empty the buffers (after they were written)."""
-        self.media = {k: [] for k in self.media}
-        self.samples = {k: [] for k in self.samples}
+        self.media, self.samples = [], []
         self.provs, self.prov_index = [], {}
         self.parts = {MEDIA: [], SAMPLES: []}
         self.buffered_bytes = 0
@@ -505,11 +516,33 @@ class _Writer:
 
 
 def _array(values: list[Any], type_: pa.DataType) -> pa.Array:
-    """``pa.array(values, type_)``; large binaries built as binaries and widened when they
-    fit 32-bit offsets (pyarrow converts Python bytes to large_binary several times slower)."""
-    if pa.types.is_large_binary(type_) and sum(len(v) for v in values if v) < 2**31 - 1:
-        return pa.array(values, pa.binary()).cast(type_)
+    """``pa.array(values, type_)``; binary columns built from one joined buffer (pyarrow
+    converts a list of Python bytes one object at a time: the media bytes and thumbnails
+    were most of the ingest's Arrow conversion)."""
+    if pa.types.is_large_binary(type_) or pa.types.is_binary(type_):
+        return _binary_array(values, type_)
     return pa.array(values, type=type_)
+
+
+def _binary_array(values: list[bytes | None], type_: pa.DataType) -> pa.Array:
+    """A (large) binary array of ``values`` (None: null) from its buffers."""
+    import numpy as np
+
+    n = len(values)
+    valid = np.fromiter((v is not None for v in values), dtype=bool, count=n)
+    nulls = n - int(valid.sum())
+    if nulls:
+        values = [b"" if v is None else v for v in values]
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=n)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if pa.types.is_binary(type_):
+        if offsets[-1] >= 2**31:
+            return pa.array(values, type=type_)  # pyarrow answers with its own error
+        offsets = offsets.astype(np.int32)
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    buffers = [bitmap, pa.py_buffer(offsets), pa.py_buffer(b"".join(values))]
+    return pa.Array.from_buffers(type_, n, buffers, null_count=nulls)
 
 
 def ingest(
@@ -642,7 +675,9 @@ def _ingest(
                 media_rows.append(_media_row(mid, data, ref, info, prov))
                 status[mid] = None  # written and valid: drop the thumbnail it holds
             prov = writer.prov(_sample_prov(rec, source, ctx))
-            writer.add(media_rows, {**_sample_row(sid, dataset, item, rec, prov), **extra})
+            row = _sample_row(sid, dataset, item, rec, prov)
+            row.update(extra)
+            writer.add(media_rows, row)
         # Valid media whose records were all rejected may still be used by a later record.
         for mid, staged_media in staged.new_media.items():
             if mid not in written_media and isinstance(status.get(mid), ImageInfo | MediaMeta):
@@ -652,19 +687,20 @@ def _ingest(
             bar.update(len(staged.items))
 
     try:
-        if process is not None:
-            process(feeder, consume)
-        elif workers == 0:
-            _init_worker(settings.image)
-            for task in feeder.read_tasks():
-                consume(*_read_chunk(task))
-        else:
-            # once every chunk is submitted, write what is buffered while the workers
-            # decode the last chunks: the run's end then commits only those
-            _run_pool(
-                feeder, consume, workers, settings.image, 2 * workers + 2, drained=writer.flush
-            )
-        writer.commit()
+        with _quiet_gc():
+            if process is not None:
+                process(feeder, consume)
+            elif workers == 0:
+                _init_worker(settings.image)
+                for task in feeder.read_tasks():
+                    consume(*_read_chunk(task))
+            else:
+                # once every chunk is submitted, write what is buffered while the workers
+                # decode the last chunks: the run's end then commits only those
+                _run_pool(
+                    feeder, consume, workers, settings.image, 2 * workers + 2, drained=writer.flush
+                )
+            writer.commit()
     finally:
         rejects.close()
         if bar is not None:
@@ -711,6 +747,26 @@ def _dataset_keys(lake: Lake, dataset: str) -> set[str]:
         columns=[SAMPLE_KEY], filter=f"dataset = {sql.quote(dataset)}"
     )
     return set(rows.column(0).to_pylist())
+
+
+@contextlib.contextmanager
+def _quiet_gc(gen0: int = 20_000) -> Iterator[None]:
+    """Keep the cyclic garbage collector off the objects that outlive the run's loop.
+
+    Every record, media reference and buffered row is a tracked object, so the full
+    collections that their allocations trigger rescanned the whole heap (the lake's and
+    the source listing's objects included): a sixth of the main process's time at 10k
+    images. What exists now is frozen out of collection and collections run less often;
+    both are restored afterwards.
+    """
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(max(gen0, threshold[0]), *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 def _run_pool(

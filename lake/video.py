@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import av
-import imagehash
 import numpy as np
 import scenedetect
 from av.video.reformatter import Interpolation, VideoReformatter
@@ -57,7 +56,7 @@ from lake.audio import (
     make_track,
     open_media_file,
 )
-from lake.images import decode_image
+from lake.images import decode_image, phash_int
 
 DETECTORS: tuple[str, ...] = ("content", "adaptive", "none")
 THREAD_TYPES: tuple[str, ...] = ("AUTO", "FRAME", "SLICE", "NONE")
@@ -568,7 +567,7 @@ class _Analyser:
         buf = io.BytesIO()
         image.save(buf, format="JPEG", quality=self.s.jpeg_quality)
         jpeg = buf.getvalue()
-        phash = int(str(imagehash.phash(decode_image(jpeg))), 16)  # hash what the lake stores
+        phash = phash_int(decode_image(jpeg))  # hash what the lake stores
         return jpeg, image.width, image.height, phash, image
 
     def _thumb(self, image: Image.Image) -> bytes:

@@ -148,3 +148,64 @@ def test_a_crash_between_media_and_samples_commits_converges(folder: Path, tmp_p
     assert report.new_samples == 10 and report.new_media == 5
     for name in COMPARED:
         assert _rows(rerun, name) == _rows(clean, name)
+
+
+def test_read_sizes_its_buffer_by_the_file_and_still_enforces_the_limit(tmp_path: Path) -> None:
+    from lake.errors import RejectedInput
+    from lake.ingest import _read
+
+    empty, small, big = tmp_path / "empty", tmp_path / "small", tmp_path / "big"
+    empty.write_bytes(b"")
+    small.write_bytes(b"x" * 1000)
+    big.write_bytes(bytes(range(256)) * 5000)  # 1.28 MB: more than one read
+    assert _read(empty, 64) == b""
+    assert _read(small, 1000) == b"x" * 1000
+    assert _read(big, None) == big.read_bytes()
+    with pytest.raises(RejectedInput, match="max_media_bytes"):
+        _read(small, 999)
+    with pytest.raises(RejectedInput, match="not a regular file"):
+        _read(tmp_path, None)
+
+
+@pytest.mark.parametrize("type_", [pa.binary(), pa.large_binary()])
+def test_binary_columns_built_from_buffers_equal_pyarrows_own(type_: pa.DataType) -> None:
+    from lake.ingest import _array
+
+    for values in ([b"ab", b"", None, b"\x00" * 300, None], [None, None], [b"only"], []):
+        built = _array(values, type_)
+        built.validate(full=True)
+        assert built.type == type_ and built.equals(pa.array(values, type_))
+        assert built.null_count == values.count(None) and built.to_pylist() == values
+
+
+def test_phash_int_is_the_hex_hash_as_an_integer() -> None:
+    import io
+
+    import imagehash
+    import numpy as np
+    from PIL import Image
+
+    from lake.images import hash_int, phash_int
+
+    for color in ((0, 0, 0), (250, 10, 10), (30, 200, 90)):
+        img = Image.open(io.BytesIO(jpeg_bytes(color)))
+        img.load()
+        assert phash_int(img) == int(str(imagehash.phash(img)), 16)
+    # leading zero bits and the top bit set: what the hex string gave, bit for bit
+    for bits in (0, 1, 2**63, 2**64 - 1, 0x00FF00FF00FF00FF):
+        arr = np.array([[(bits >> (63 - 8 * r - c)) & 1 for c in range(8)] for r in range(8)])
+        h = imagehash.ImageHash(arr.astype(bool))
+        assert hash_int(h) == int(str(h), 16) == bits
+
+
+def test_an_ingest_leaves_the_garbage_collector_as_it_found_it(folder: Path, lake: Lake) -> None:
+    import gc
+
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
+    settings = IngestSettings(workers=0, chunk_size=4, progress=False)
+    assert ingest(ImageFolderSource(folder), lake, settings=settings).new_samples == 10
+    assert gc.get_threshold() == threshold and gc.get_freeze_count() == frozen
+    dies = _DiesBetweenCommits(lake.uri + "-dies")
+    with pytest.raises(SystemExit):  # and when the run dies in its commit
+        ingest(ImageFolderSource(folder), dies, settings=settings)
+    assert gc.get_threshold() == threshold and gc.get_freeze_count() == frozen
