@@ -757,16 +757,20 @@ def _quiet_gc(gen0: int = 20_000) -> Iterator[None]:
     collections that their allocations trigger rescanned the whole heap (the lake's and
     the source listing's objects included): a sixth of the main process's time at 10k
     images. What exists now is frozen out of collection and collections run less often;
-    both are restored afterwards.
+    both are restored afterwards. A process that froze objects itself (a forking server)
+    keeps its freeze: nothing is frozen or unfrozen then.
     """
     threshold = gc.get_threshold()
-    gc.freeze()
+    ours = gc.get_freeze_count() == 0
+    if ours:
+        gc.freeze()
     gc.set_threshold(max(gen0, threshold[0]), *threshold[1:])
     try:
         yield
     finally:
         gc.set_threshold(*threshold)
-        gc.unfreeze()
+        if ours:
+            gc.unfreeze()
 
 
 def _run_pool(

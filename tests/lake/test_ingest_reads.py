@@ -209,3 +209,11 @@ def test_an_ingest_leaves_the_garbage_collector_as_it_found_it(folder: Path, lak
     with pytest.raises(SystemExit):  # and when the run dies in its commit
         ingest(ImageFolderSource(folder), dies, settings=settings)
     assert gc.get_threshold() == threshold and gc.get_freeze_count() == frozen
+    gc.freeze()  # someone else's freeze (a forking server's) stays as it was
+    try:
+        before = gc.get_freeze_count()
+        report = ingest(ImageFolderSource(folder), Lake(lake.uri + "-2"), settings=settings)
+        # not unfrozen (0) by the run; frozen objects that died meanwhile leave the count
+        assert report.new_samples == 10 and before >= gc.get_freeze_count() > before - 1000
+    finally:
+        gc.unfreeze()
