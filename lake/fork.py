@@ -47,6 +47,8 @@ def fork_lake(src: str | Path, dst: str | Path, drop: Iterable[str] = ()) -> dic
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not target.exists():  # the new copy did not land: put DST back
+            os.replace(old, target)
         shutil.rmtree(old, ignore_errors=True)
     return {name: cols for name, cols in dropped.items() if cols}
 

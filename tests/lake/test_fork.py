@@ -50,3 +50,27 @@ def test_fork_command_and_errors(
         fork_lake(tmp_path / "nothing", tmp_path / "x")
     with pytest.raises(ConfigError, match="local lakes only"):
         fork_lake("s3://bucket/lake", tmp_path / "x")
+
+
+def test_a_fork_whose_copy_cannot_land_leaves_dst_as_it_was(
+    class_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import lake.fork as fork_module
+
+    src = _lake_with_vectors(tmp_path / "lake", class_folder)
+    (tmp_path / "fork").mkdir()
+    (tmp_path / "fork" / "mine.txt").write_text("kept")
+    real_replace = os.replace
+
+    def replace(a: str | Path, b: str | Path) -> None:
+        if ".fork-" in str(a):  # the new copy moving in: the disk refuses it
+            raise OSError("no space left on device")
+        real_replace(a, b)
+
+    monkeypatch.setattr(fork_module.os, "replace", replace)
+    with pytest.raises(OSError, match="no space"):
+        fork_lake(src.uri, tmp_path / "fork")
+    assert (tmp_path / "fork" / "mine.txt").read_text() == "kept"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fork")]  # no half copy
